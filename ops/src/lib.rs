@@ -1,0 +1,8 @@
+//! # kiln-ops
+//!
+//! The fused operations of a training step, each written as a Kiln kernel in `ops/kernels/` and
+//! wrapped in a typed Rust function that picks block sizes and launches it: RMSNorm, SwiGLU,
+//! QK-RoPE, cross-entropy over vocabulary chunks, AdamW, elementwise helpers.
+
+/// The shipped kernel sources, by file name, embedded at build time.
+pub const KERNEL_SOURCES: &[(&str, &str)] = &[];
