@@ -12,6 +12,7 @@
 //! Errors are [`CompileError`]s that render as `file:line:col: error: ...` with the source line
 //! and a caret.
 
+pub mod backend;
 pub mod diag;
 pub mod ir;
 pub mod passes;
