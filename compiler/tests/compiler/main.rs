@@ -1,0 +1,1 @@
+//! The compiler's integration tests, in one binary (linking is slow; one binary links once).
