@@ -1,1 +1,130 @@
-fn main() {}
+//! The `kiln` command line: compile kernels and dump any stage of the pipeline.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use kiln::compiler::{self, Defines, Source};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: a tile kernel language and JIT compiler"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compile a .kiln file and print one stage of the pipeline.
+    Compile {
+        /// The kernel source file.
+        file: std::path::PathBuf,
+        /// Which stage to print.
+        #[arg(long, value_enum, default_value_t = Emit::Ir)]
+        emit: Emit,
+        /// Set a compile-time constant: `-D BLOCK=1024`.
+        #[arg(short = 'D', value_name = "NAME=VALUE")]
+        define: Vec<String>,
+        /// Only this kernel of the file.
+        #[arg(long)]
+        kernel: Option<String>,
+        /// Print the IR as the checker produced it, before any pass.
+        #[arg(long)]
+        no_passes: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Emit {
+    /// The syntax tree.
+    Ast,
+    /// The tile IR.
+    Ir,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(msg) => {
+            eprintln!("{}", msg.trim_end());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<String, String> {
+    match cli.command {
+        Command::Compile {
+            file,
+            emit,
+            define,
+            kernel,
+            no_passes,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| format!("error: cannot read {}: {e}", file.display()))?;
+            let src = Source::new(file.display().to_string(), text);
+            let defines = parse_defines(&define)?;
+            match emit {
+                Emit::Ast => {
+                    let module = compiler::parse(&src).map_err(|e| e.to_string())?;
+                    Ok(compiler::syntax::print_module(&module))
+                }
+                Emit::Ir => {
+                    let kernels = if no_passes {
+                        compiler::check(&src, &defines)
+                    } else {
+                        compiler::compile_to_ir(&src, &defines)
+                    }
+                    .map_err(|e| e.to_string())?;
+                    let selected = select(&kernels, kernel.as_deref())?;
+                    Ok(selected
+                        .iter()
+                        .map(|k| compiler::ir::print_kernel(k))
+                        .collect::<Vec<_>>()
+                        .join("\n"))
+                }
+            }
+        }
+    }
+}
+
+fn select<'k>(
+    kernels: &'k [compiler::ir::Kernel],
+    name: Option<&str>,
+) -> Result<Vec<&'k compiler::ir::Kernel>, String> {
+    match name {
+        None => Ok(kernels.iter().collect()),
+        Some(n) => {
+            let found: Vec<_> = kernels.iter().filter(|k| k.name == n).collect();
+            if found.is_empty() {
+                let names: Vec<&str> = kernels.iter().map(|k| k.name.as_str()).collect();
+                return Err(format!(
+                    "error: no kernel `{n}` in this file (it has: {})",
+                    names.join(", ")
+                ));
+            }
+            Ok(found)
+        }
+    }
+}
+
+fn parse_defines(defs: &[String]) -> Result<Defines, String> {
+    let mut out = Defines::new();
+    for d in defs {
+        let (name, value) = d
+            .split_once('=')
+            .ok_or_else(|| format!("error: `-D {d}`: expected NAME=VALUE"))?;
+        let v = compiler::parse_define_value(value.trim()).ok_or_else(|| {
+            format!("error: `-D {d}`: `{value}` is not an integer, a float, `true` or `false`")
+        })?;
+        out.insert(name.trim().to_string(), v);
+    }
+    Ok(out)
+}

@@ -91,7 +91,10 @@ impl Builder {
 
     /// Opens a nested block with these arguments; instructions go there until `end_block`.
     pub fn begin_block(&mut self, args: Vec<Value>) {
-        self.open.push(Block { args, insts: vec![] });
+        self.open.push(Block {
+            args,
+            insts: vec![],
+        });
     }
 
     pub fn end_block(&mut self) -> Block {

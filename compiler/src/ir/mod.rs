@@ -327,7 +327,11 @@ pub enum Op {
         axis: u32,
     },
     /// `acc + a @ b` for `a: <M x K>`, `b: <K x N>`, `acc: <M x N x f32>`.
-    Dot { a: Value, b: Value, acc: Value },
+    Dot {
+        a: Value,
+        b: Value,
+        acc: Value,
+    },
     /// `for iv in lo..hi step step`, iv an i32 or i64 scalar, step > 0. `body.args` are the
     /// induction variable followed by the carried values, initialised from `init`; the body ends
     /// with a `yield` of the next carried values; the results are the final carried values.

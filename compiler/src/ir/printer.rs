@@ -10,9 +10,7 @@
 //! }
 //! ```
 
-use super::{
-    BinaryOp, Block, CmpPred, Inst, Kernel, Op, ParamKind, ReduceOp, UnaryOp, Value,
-};
+use super::{BinaryOp, Block, CmpPred, Inst, Kernel, Op, ParamKind, ReduceOp, UnaryOp, Value};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -40,11 +38,7 @@ impl Printer<'_> {
         let k = self.kernel;
         write!(self.out, "kernel @{}", k.name).unwrap();
         if !k.consts.is_empty() {
-            let consts: Vec<String> = k
-                .consts
-                .iter()
-                .map(|(n, v)| format!("{n} = {v}"))
-                .collect();
+            let consts: Vec<String> = k.consts.iter().map(|(n, v)| format!("{n} = {v}")).collect();
             write!(self.out, "<{}>", consts.join(", ")).unwrap();
         }
         self.out.push('(');
@@ -167,9 +161,15 @@ impl Printer<'_> {
                 s
             }
             Op::Reduce { op, value, axis } => {
-                format!("reduce {} {}, axis {axis}", reduce_name(*op), n(self, value))
+                format!(
+                    "reduce {} {}, axis {axis}",
+                    reduce_name(*op),
+                    n(self, value)
+                )
             }
-            Op::Dot { a, b, acc } => format!("dot {}, {}, {}", n(self, a), n(self, b), n(self, acc)),
+            Op::Dot { a, b, acc } => {
+                format!("dot {}, {}, {}", n(self, a), n(self, b), n(self, acc))
+            }
             Op::Yield(vs) => format!("yield {}", self.names(vs)).trim_end().to_string(),
             Op::For {
                 lo,

@@ -28,7 +28,12 @@ impl CpuKernel {
     /// # Safety
     /// `args` must match [`CpuKernel::params`] one to one, and every pointer must be valid for
     /// every element the program touches.
-    pub unsafe fn run_program(&self, _args: &[u64], _program_id: [u32; 3], _num_programs: [u32; 3]) {
+    pub unsafe fn run_program(
+        &self,
+        _args: &[u64],
+        _program_id: [u32; 3],
+        _num_programs: [u32; 3],
+    ) {
         unimplemented!("cranelift backend")
     }
 }
