@@ -22,10 +22,12 @@
 //! - `exp`, `log`, ... may use hardware approximations whose error is within a few ulp of f32.
 
 mod builder;
+mod parser;
 mod printer;
 mod verify;
 
 pub use builder::Builder;
+pub use parser::{parse_kernel, IrParseError};
 pub use printer::print_kernel;
 pub use verify::{verify, VerifyError};
 

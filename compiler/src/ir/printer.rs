@@ -100,9 +100,10 @@ impl Printer<'_> {
 
     fn inst(&mut self, inst: &Inst, depth: usize) {
         self.indent(depth);
-        // Operands are named before results so that a use always prints an earlier name.
-        let body = self.op_text(&inst.op, depth);
+        // Results are numbered before the nested blocks of a `for` or `if`, so numbers follow
+        // the text from top to bottom.
         let results: Vec<String> = inst.results.iter().map(|&r| self.define(r)).collect();
+        let body = self.op_text(&inst.op, depth);
         if !results.is_empty() {
             write!(self.out, "{} = ", results.join(", ")).unwrap();
         }

@@ -108,12 +108,14 @@ fn const_param(c: &mut Checker, cp: &ast::ConstParam, defines: &Defines, kernel:
                 ))
             }
         },
-        (None, None) => return Err(Diagnostic::new(
-            cp.name.span,
-            format!(
+        (None, None) => {
+            return Err(Diagnostic::new(
+                cp.name.span,
+                format!(
                 "`{kernel}` needs a value for `{name}`: pass `-D {name}=...` or give it a default"
             ),
-        )),
+            ))
+        }
     };
     let fits = match (given, d) {
         (ConstValue::Int(v), DType::I32) => i32::try_from(v).is_ok(),

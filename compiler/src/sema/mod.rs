@@ -8,11 +8,11 @@
 mod builtins;
 mod checker;
 mod expr;
-mod fold;
+pub mod fold;
 mod kernel;
 pub mod rules;
 mod stmt;
-mod value;
+pub mod value;
 
 use crate::diag::Diagnostic;
 use crate::ir::Kernel;

@@ -1,0 +1,137 @@
+//! Straightforward f64 references for every shipped kernel, written from the math, not from the
+//! kernels. Inputs are given as f64 (already rounded to the kernel's input dtype).
+
+/// RMSNorm forward of `rows x n`: (y, rstd).
+pub fn rmsnorm_fwd(x: &[f64], w: &[f64], n: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let rows = x.len() / n;
+    let mut y = vec![0.0; x.len()];
+    let mut rstd = vec![0.0; rows];
+    for r in 0..rows {
+        let row = &x[r * n..(r + 1) * n];
+        let ms = row.iter().map(|v| v * v).sum::<f64>() / n as f64;
+        let s = 1.0 / (ms + eps).sqrt();
+        rstd[r] = s;
+        for c in 0..n {
+            y[r * n + c] = row[c] * s * w[c];
+        }
+    }
+    (y, rstd)
+}
+
+/// RMSNorm backward: (dx, dw), from the definition y_c = x_c * s * w_c with
+/// s = (mean(x^2) + eps)^-1/2, so ds/dx_c = -s^3 x_c / n.
+pub fn rmsnorm_bwd(x: &[f64], w: &[f64], dy: &[f64], n: usize, eps: f64) -> (Vec<f64>, Vec<f64>) {
+    let rows = x.len() / n;
+    let mut dx = vec![0.0; x.len()];
+    let mut dw = vec![0.0; n];
+    for r in 0..rows {
+        let row = &x[r * n..(r + 1) * n];
+        let g = &dy[r * n..(r + 1) * n];
+        let ms = row.iter().map(|v| v * v).sum::<f64>() / n as f64;
+        let s = 1.0 / (ms + eps).sqrt();
+        // dL/ds = sum_c g_c * w_c * x_c
+        let dl_ds: f64 = (0..n).map(|c| g[c] * w[c] * row[c]).sum();
+        for c in 0..n {
+            dx[r * n + c] = g[c] * w[c] * s + dl_ds * (-s * s * s * row[c] / n as f64);
+            dw[c] += g[c] * row[c] * s;
+        }
+    }
+    (dx, dw)
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// SwiGLU forward: silu(gate) * up.
+pub fn swiglu_fwd(gate: &[f64], up: &[f64]) -> Vec<f64> {
+    gate.iter().zip(up).map(|(g, u)| g * sigmoid(*g) * u).collect()
+}
+
+/// SwiGLU backward: (dgate, dup).
+pub fn swiglu_bwd(gate: &[f64], up: &[f64], dout: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut dg = vec![];
+    let mut du = vec![];
+    for i in 0..gate.len() {
+        let (g, u, d) = (gate[i], up[i], dout[i]);
+        let s = sigmoid(g);
+        // d/dg [g s(g)] = s + g s (1 - s)
+        dg.push(d * u * (s + g * s * (1.0 - s)));
+        du.push(d * g * s);
+    }
+    (dg, du)
+}
+
+/// Hugging Face RoPE (`rotate_half` layout) applied to `x: [tokens, heads, dim]` in place;
+/// `inverse` rotates by the opposite angle (the backward pass).
+pub fn rope(x: &mut [f64], positions: &[i32], heads: usize, dim: usize, theta: f64, inverse: bool) {
+    let half = dim / 2;
+    for (t, &pos) in positions.iter().enumerate() {
+        for h in 0..heads {
+            let base = (t * heads + h) * dim;
+            for i in 0..half {
+                let inv_freq = theta.powf(-2.0 * i as f64 / dim as f64);
+                let angle = pos as f64 * inv_freq;
+                let (s, c) = angle.sin_cos();
+                let s = if inverse { -s } else { s };
+                let (x1, x2) = (x[base + i], x[base + i + half]);
+                x[base + i] = x1 * c - x2 * s;
+                x[base + i + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+}
+
+/// Cross-entropy per row of `logits: [rows, vocab]`: (loss, lse); ignored rows get loss 0.
+pub fn cross_entropy_fwd(logits: &[f64], labels: &[i32], vocab: usize, ignore: i32) -> (Vec<f64>, Vec<f64>) {
+    let mut loss = vec![];
+    let mut lse = vec![];
+    for (r, &label) in labels.iter().enumerate() {
+        let row = &logits[r * vocab..(r + 1) * vocab];
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let l = m + row.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
+        lse.push(l);
+        loss.push(if label == ignore { 0.0 } else { l - row[label as usize] });
+    }
+    (loss, lse)
+}
+
+/// Gradient of sum(dloss[r] * loss[r]) with respect to the logits.
+pub fn cross_entropy_bwd(logits: &[f64], labels: &[i32], dloss: &[f64], vocab: usize, ignore: i32) -> Vec<f64> {
+    let (_, lse) = cross_entropy_fwd(logits, labels, vocab, ignore);
+    let mut d = vec![0.0; logits.len()];
+    for (r, &label) in labels.iter().enumerate() {
+        if label == ignore {
+            continue;
+        }
+        for c in 0..vocab {
+            let p = (logits[r * vocab + c] - lse[r]).exp();
+            let onehot = if c as i32 == label { 1.0 } else { 0.0 };
+            d[r * vocab + c] = (p - onehot) * dloss[r];
+        }
+    }
+    d
+}
+
+/// Hyper-parameters of one AdamW step (bias corrections precomputed for step t).
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub step: i32,
+}
+
+/// One AdamW step (decoupled weight decay, PyTorch's formulation with bias correction).
+pub fn adamw(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], grad_scale: f64, h: &AdamW) {
+    let b1 = 1.0 - h.beta1.powi(h.step);
+    let b2 = 1.0 - h.beta2.powi(h.step);
+    for i in 0..p.len() {
+        let gi = g[i] * grad_scale;
+        m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
+        v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
+        let update = (m[i] / b1) / ((v[i] / b2).sqrt() + h.eps) + h.weight_decay * p[i];
+        p[i] -= h.lr * update;
+    }
+}
