@@ -1,5 +1,7 @@
 //! The compiler's integration tests, in one binary (linking is slow; one binary links once).
 
+mod errors;
+mod fuzz;
 mod kernels;
 mod passes;
 mod sema;
