@@ -435,8 +435,12 @@ fn statement(i: In) -> PResult<StmtOrTail> {
     if let Ok((_, start)) = kw("else")(i) {
         return fatal(PError::message(start, "`else` without a preceding `if`"));
     }
-    if let Ok(r) = assignment(i) {
-        return Ok((r.0, StmtOrTail::Stmt(Box::new(r.1))));
+    match assignment(i) {
+        Ok((rest, s)) => return Ok((rest, StmtOrTail::Stmt(Box::new(s)))),
+        // Past the `=`: the error is inside the assignment; reparsing as an expression would
+        // only report "expected `;`, found `=`".
+        Err(e @ nom::Err::Failure(_)) => return Err(e),
+        Err(_) => {}
     }
     let (i, e) = commit(expr(i))?;
     // An expression without `;` right before `}` is the block's value.
