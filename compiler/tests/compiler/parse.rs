@@ -118,7 +118,10 @@ fn a_dot_needs_a_digit_so_ranges_lex_as_int_dotdot_name() {
     let StmtKind::For { start, end, .. } = &b.stmts[0].kind else {
         panic!("{b:?}")
     };
-    assert_eq!((&start.kind, &end.kind), (&ExprKind::Int(1), &ExprKind::Int(2)));
+    assert_eq!(
+        (&start.kind, &end.kind),
+        (&ExprKind::Int(1), &ExprKind::Int(2))
+    );
 }
 
 #[test]
@@ -133,7 +136,10 @@ fn calls_indexing_and_lists() {
     assert_eq!(e("zeros([BM, BN], f32)"), "(zeros [BM, BN] f32)");
     assert_eq!(e("[]"), "[]");
     assert_eq!(e("range(BM)[:, None]"), "(index (range BM) [:, None])");
-    assert_eq!(e("x[None, :][:, None]"), "(index (index x [None, :]) [:, None])");
+    assert_eq!(
+        e("x[None, :][:, None]"),
+        "(index (index x [None, :]) [:, None])"
+    );
     assert_eq!(e("sum(x, axis: 1) as f32"), "(as (sum x axis: 1) f32)");
 }
 
@@ -153,8 +159,20 @@ fn every_statement_form() {
     );
     let kinds: Vec<&StmtKind> = b.stmts.iter().map(|s| &s.kind).collect();
     assert_eq!(kinds.len(), 12);
-    assert!(matches!(kinds[0], StmtKind::Let { mutable: false, ty: None, .. }));
-    let StmtKind::Let { mutable: true, ty: Some(t), .. } = kinds[1] else {
+    assert!(matches!(
+        kinds[0],
+        StmtKind::Let {
+            mutable: false,
+            ty: None,
+            ..
+        }
+    ));
+    let StmtKind::Let {
+        mutable: true,
+        ty: Some(t),
+        ..
+    } = kinds[1]
+    else {
         panic!("{:?}", kinds[1])
     };
     assert_eq!(t.kind, TypeExprKind::Scalar(DType::F32));
@@ -168,24 +186,43 @@ fn every_statement_form() {
         .collect();
     assert_eq!(
         ops,
-        [Some(BinOp::Add), Some(BinOp::Sub), Some(BinOp::Mul), Some(BinOp::Div)]
+        [
+            Some(BinOp::Add),
+            Some(BinOp::Sub),
+            Some(BinOp::Mul),
+            Some(BinOp::Div)
+        ]
     );
     assert!(matches!(kinds[7], StmtKind::For { step: Some(_), .. }));
     // `else if` is an else block holding one `if`.
-    let StmtKind::If { else_block: Some(els), .. } = kinds[8] else {
+    let StmtKind::If {
+        else_block: Some(els),
+        ..
+    } = kinds[8]
+    else {
         panic!("{:?}", kinds[8])
     };
     assert_eq!(els.stmts.len(), 1);
     assert!(els.tail.is_none());
-    let StmtKind::If { else_block: Some(last), .. } = &els.stmts[0].kind else {
+    let StmtKind::If {
+        else_block: Some(last),
+        ..
+    } = &els.stmts[0].kind
+    else {
         panic!("{els:?}")
     };
     assert_eq!(last.stmts.len(), 1);
     let StmtKind::StaticAssert { message, .. } = kinds[9] else {
         panic!("{:?}", kinds[9])
     };
-    assert_eq!(message.as_deref(), Some("BLOCK must be a \"multiple\" of 32"));
-    assert!(matches!(kinds[10], StmtKind::StaticAssert { message: None, .. }));
+    assert_eq!(
+        message.as_deref(),
+        Some("BLOCK must be a \"multiple\" of 32")
+    );
+    assert!(matches!(
+        kinds[10],
+        StmtKind::StaticAssert { message: None, .. }
+    ));
     assert!(matches!(kinds[11], StmtKind::Expr(_)));
     assert_eq!(b.tail.unwrap().kind, ExprKind::Name("b".into()));
 }
@@ -274,9 +311,18 @@ fn errors_say_what_was_expected_and_what_was_found() {
         err_in_body("let v = f(a;"),
         "2:12: expected `,` or `)`, found `;`"
     );
-    assert_eq!(err_in_body("let v = ;"), "2:9: expected an expression, found `;`");
-    assert_eq!(err_in_body("let v = 1\nstore(y, v);"), "2:10: expected `;`, found `store`");
-    assert_eq!(err_in_body("let = 1;"), "2:5: expected a variable name, found `=`");
+    assert_eq!(
+        err_in_body("let v = ;"),
+        "2:9: expected an expression, found `;`"
+    );
+    assert_eq!(
+        err_in_body("let v = 1\nstore(y, v);"),
+        "2:10: expected `;`, found `store`"
+    );
+    assert_eq!(
+        err_in_body("let = 1;"),
+        "2:5: expected a variable name, found `=`"
+    );
     assert_eq!(
         err_in_body("let v = 1 +"),
         "3:1: expected an expression, found `}`"
@@ -286,9 +332,18 @@ fn errors_say_what_was_expected_and_what_was_found() {
         "2:8: unknown type `float`; the element types are bool, i32, i64, f16, bf16, f32"
     );
     assert_eq!(err("kernel k(x) {}"), "1:11: expected `:`, found `)`");
-    assert_eq!(err("kernel (x: f32) {}"), "1:8: expected an identifier, found `(`");
-    assert_eq!(err("kernel k(x: f32)"), "1:17: expected `{`, found end of file");
-    assert_eq!(err("kernel k() {} }"), "1:15: expected `kernel` or `fn`, found `}`");
+    assert_eq!(
+        err("kernel (x: f32) {}"),
+        "1:8: expected an identifier, found `(`"
+    );
+    assert_eq!(
+        err("kernel k(x: f32)"),
+        "1:17: expected `{`, found end of file"
+    );
+    assert_eq!(
+        err("kernel k() {} }"),
+        "1:15: expected `kernel` or `fn`, found `}`"
+    );
     assert_eq!(
         err("kernel k() { let v = 1; "),
         "1:25: expected `}`, found end of file"
@@ -302,7 +357,10 @@ fn errors_say_what_was_expected_and_what_was_found() {
 #[test]
 fn a_bad_assignment_is_reported_inside_its_value() {
     // Not "expected `;`, found `=`" at the target: the assignment was recognised by its `=`.
-    assert_eq!(err_in_body("acc = acc +;"), "2:12: expected an expression, found `;`");
+    assert_eq!(
+        err_in_body("acc = acc +;"),
+        "2:12: expected an expression, found `;`"
+    );
     assert_eq!(err_in_body("acc += 1 2;"), "2:9: expected `;`, found `2`");
 }
 
@@ -326,7 +384,10 @@ fn literal_errors() {
         err_in_body("let v = 0xFFFFFFFFFFFFFFFFF;"),
         "2:9: bad hexadecimal literal `0xFFFFFFFFFFFFFFFFF`"
     );
-    assert_eq!(err_in_body("let v = 0x;"), "2:9: bad hexadecimal literal `0x`");
+    assert_eq!(
+        err_in_body("let v = 0x;"),
+        "2:9: bad hexadecimal literal `0x`"
+    );
     assert!(err_in_body("let v = 1e;").contains("exponent has no digits"));
     assert!(err_in_body("let v = 1e999;").contains("out of range"));
     assert!(err_in_body("let v = 1.5f;").contains("bad literal"));
