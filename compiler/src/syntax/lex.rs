@@ -43,6 +43,8 @@ pub struct PError {
     /// Where the unexpected token is, when the caret points elsewhere (a missing `;` is shown
     /// at the end of the statement, the token found is on the next line).
     pub found_at: Option<usize>,
+    /// A sentence printed as a note under the error: how to fix it.
+    pub hint: Option<String>,
 }
 
 impl PError {
@@ -53,6 +55,7 @@ impl PError {
             message: None,
             note: None,
             found_at: None,
+            hint: None,
         }
     }
 
@@ -63,6 +66,7 @@ impl PError {
             message: Some(message.into()),
             note: None,
             found_at: None,
+            hint: None,
         }
     }
 }
@@ -75,6 +79,7 @@ impl<'a> ParseError<In<'a>> for PError {
             message: None,
             note: None,
             found_at: None,
+            hint: None,
         }
     }
 
@@ -223,30 +228,42 @@ pub fn sym<'a>(s: &'static str) -> impl Fn(In<'a>) -> PResult<'a, usize> {
     }
 }
 
-/// The text of the token at `offset`, for "found ..." in messages.
-pub fn token_at(text: &str, offset: usize) -> String {
+/// The token starting at `offset` as written in the source; empty at the end of the file.
+pub fn token_text(text: &str, offset: usize) -> &str {
     let rest = text.get(offset..).unwrap_or("");
     let Some(c) = rest.chars().next() else {
-        return "end of file".into();
+        return "";
     };
-    let tok: String = if is_ident_char(c) {
-        rest.chars()
-            .take_while(|&c| is_ident_char(c) || c == '.')
-            .collect()
+    if is_ident_char(c) {
+        // A `.` belongs to a number (`2.5`) only before a digit: `0..n` starts with `0`.
+        let bytes = rest.as_bytes();
+        let len = (0..bytes.len())
+            .find(|&k| {
+                let b = bytes[k];
+                let fraction_dot = b == b'.'
+                    && c.is_ascii_digit()
+                    && bytes.get(k + 1).is_some_and(u8::is_ascii_digit);
+                !(is_ident_char(b as char) || fraction_dot)
+            })
+            .unwrap_or(bytes.len());
+        &rest[..len]
     } else {
         const OPS: &[&str] = &[
             "..", "==", "!=", "<=", ">=", "&&", "||", "<<", ">>", "+=", "-=", "*=", "/=", "/*",
         ];
         match OPS.iter().find(|op| rest.starts_with(*op)) {
-            Some(op) => op.to_string(),
-            None => c.to_string(),
+            Some(op) => &rest[..op.len()],
+            None => &rest[..c.len_utf8()],
         }
-    };
-    let tok = tok.trim_end_matches('.').to_string();
-    let tok = if tok.is_empty() { c.to_string() } else { tok };
-    if KEYWORDS.contains(&tok.as_str()) {
-        format!("keyword `{tok}`")
-    } else {
-        format!("`{tok}`")
+    }
+}
+
+/// The token at `offset`, for "found ..." in messages: `` `x` ``, ``keyword `let` ``, or
+/// "end of file".
+pub fn token_at(text: &str, offset: usize) -> String {
+    match token_text(text, offset) {
+        "" => "end of file".into(),
+        tok if KEYWORDS.contains(&tok) => format!("keyword `{tok}`"),
+        tok => format!("`{tok}`"),
     }
 }

@@ -6,7 +6,8 @@
 
 use super::ast::*;
 use super::lex::{
-    backtrack, commit, fatal, ident, kw, offset, sym, token_at, word, ws, In, PError, PResult,
+    backtrack, commit, fatal, ident, kw, offset, sym, token_at, token_text, word, ws, In, PError,
+    PResult,
 };
 use crate::diag::Diagnostic;
 use crate::types::DType;
@@ -42,12 +43,20 @@ fn to_diagnostic(text: &str, e: PError) -> Diagnostic {
         None if e.expected.is_empty() => format!("unexpected {found}"),
         None => format!("expected {}, found {found}", join_or(&e.expected)),
     };
-    let end = (e.offset + 1).min(text.len().max(e.offset));
+    // The caret underlines the offending token, or one column where something is missing.
+    let len = match e.found_at {
+        Some(_) => 1,
+        None => token_text(text, e.offset).len().max(1),
+    };
+    let end = (e.offset + len).min(text.len().max(e.offset));
     let mut d = Diagnostic::new(Span::new(e.offset, end), message);
     if let Some((at, note)) = e.note {
         let src = crate::diag::Source::new("", text);
         let (line, col) = src.line_col(at as u32);
         d = d.with_note(format!("{note} {line}:{col}"));
+    }
+    if let Some(hint) = e.hint {
+        d = d.with_note(hint);
     }
     d
 }
@@ -210,6 +219,18 @@ fn const_param(i: In) -> PResult<ConstParam> {
     let (i, default) = match sym("=")(i) {
         Ok((i, _)) => {
             let (i, e) = const_default(i)?;
+            // `>` closes the list, so a default cannot be a general expression; say so.
+            if let Ok((_, (op, at))) = binary_op(i) {
+                if op != BinOp::Gt {
+                    let mut e = PError::expected(at, "`,` or `>`");
+                    e.hint = Some(
+                        "a constant's default is a literal, `-literal`, `true`, `false` \
+                         or the name of an earlier constant"
+                            .into(),
+                    );
+                    return fatal(e);
+                }
+            }
             (i, Some(e))
         }
         Err(_) => (i, None),

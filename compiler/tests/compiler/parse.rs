@@ -436,3 +436,65 @@ fn errors_never_split_a_multibyte_character() {
     let msg = err_in_body("let v = é;");
     assert_eq!(msg, "2:9: expected an expression, found `é`");
 }
+
+#[test]
+fn a_constant_default_is_not_an_expression() {
+    let d = parse_module("kernel k<B: i32 = 128 * 2>(y: *mut f32) {}").unwrap_err();
+    assert_eq!(d.message, "expected `,` or `>`, found `*`");
+    assert_eq!(d.span.start, 22);
+    assert!(d.notes[0].starts_with("a constant's default is a literal"));
+    assert!(err("kernel k<B: i32 = >(y: *mut f32) {}").contains("a literal or a constant name"));
+}
+
+#[test]
+fn the_found_token_is_one_token() {
+    assert_eq!(
+        err_in_body("for i 0..n { }"),
+        "2:7: expected `in`, found `0`"
+    );
+    assert_eq!(
+        err_in_body("let v = 1 2.5e3;"),
+        "2:10: expected `;`, found `2.5e3`"
+    );
+    assert_eq!(
+        err_in_body("let v = a b.c;"),
+        "2:10: expected `;`, found `b`"
+    );
+}
+
+/// Parse speed on the documented kernels and `ops/kernels/` (run in release:
+/// `cargo test --release -p kiln-compiler --test compiler parse_speed -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn parse_speed() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let docs = std::fs::read_to_string(root.join("docs/LANGUAGE.md")).unwrap();
+    let mut sources: Vec<String> = docs
+        .split("```kiln\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next().map(String::from))
+        .filter(|b| parse_module(b).is_ok_and(|m| !m.items.is_empty()))
+        .collect();
+    let doc_blocks = sources.len();
+    for entry in std::fs::read_dir(root.join("ops/kernels")).unwrap() {
+        sources.push(std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    let bytes: usize = sources.iter().map(String::len).sum();
+    let start = std::time::Instant::now();
+    let mut rounds = 0u32;
+    while start.elapsed().as_secs_f64() < 2.0 {
+        for s in &sources {
+            std::hint::black_box(parse_module(std::hint::black_box(s)).unwrap());
+        }
+        rounds += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let kb = (bytes as f64 * rounds as f64) / 1024.0;
+    println!(
+        "{} sources ({doc_blocks} from LANGUAGE.md), {bytes} bytes, {rounds} rounds: \
+         {:.1} us/KB, {:.1} MB/s",
+        sources.len(),
+        secs * 1e6 / kb,
+        kb / 1024.0 / secs
+    );
+}
