@@ -32,14 +32,33 @@ pub const KEYWORDS: &[&str] = &[
     "static_assert",
 ];
 
+/// One thing the parser would have accepted at an error's position. Static, so that the many
+/// errors of failed alternatives cost no string formatting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// A token, shown in backticks: `;`.
+    Token(&'static str),
+    /// A description: "an expression".
+    What(&'static str),
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Token(t) => write!(f, "`{t}`"),
+            Expected::What(w) => f.write_str(w),
+        }
+    }
+}
+
 /// A parse error: where, and either what was expected there or a full message.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PError {
     pub offset: usize,
-    pub expected: Vec<String>,
+    pub expected: Vec<Expected>,
     pub message: Option<String>,
-    /// A second place worth pointing at, e.g. where an unclosed block opened.
-    pub note: Option<(usize, String)>,
+    /// At the end of the file inside a block: where the outermost open block's `{` is.
+    pub unclosed: Option<usize>,
     /// Where the unexpected token is, when the caret points elsewhere (a missing `;` is shown
     /// at the end of the statement, the token found is on the next line).
     pub found_at: Option<usize>,
@@ -48,12 +67,12 @@ pub struct PError {
 }
 
 impl PError {
-    pub fn expected(offset: usize, what: impl Into<String>) -> PError {
+    pub fn expected(offset: usize, what: Expected) -> PError {
         PError {
             offset,
-            expected: vec![what.into()],
+            expected: vec![what],
             message: None,
-            note: None,
+            unclosed: None,
             found_at: None,
             hint: None,
         }
@@ -64,7 +83,7 @@ impl PError {
             offset,
             expected: vec![],
             message: Some(message.into()),
-            note: None,
+            unclosed: None,
             found_at: None,
             hint: None,
         }
@@ -77,7 +96,7 @@ impl<'a> ParseError<In<'a>> for PError {
             offset: input.location_offset(),
             expected: vec![],
             message: None,
-            note: None,
+            unclosed: None,
             found_at: None,
             hint: None,
         }
@@ -111,7 +130,7 @@ impl<'a> ParseError<In<'a>> for PError {
 }
 
 /// A recoverable error: another branch may still match.
-pub fn backtrack<T>(offset: usize, what: impl Into<String>) -> PResult<'static, T> {
+pub fn backtrack<T>(offset: usize, what: Expected) -> PResult<'static, T> {
     Err(nom::Err::Error(PError::expected(offset, what)))
 }
 
@@ -166,7 +185,7 @@ pub fn word(i: In<'_>) -> PResult<'_, (usize, &str)> {
     let (i, _) = ws(i)?;
     let start = offset(&i);
     if !i.fragment().starts_with(is_ident_start) {
-        return backtrack(start, "an identifier");
+        return backtrack(start, Expected::What("an identifier"));
     }
     let (i, w) = take_while1(is_ident_char).parse(i)?;
     Ok((i, (start, *w.fragment())))
@@ -176,7 +195,7 @@ pub fn word(i: In<'_>) -> PResult<'_, (usize, &str)> {
 pub fn ident(i: In<'_>) -> PResult<'_, (usize, &str)> {
     let (rest, (start, w)) = word(i)?;
     if KEYWORDS.contains(&w) {
-        return backtrack(start, "an identifier");
+        return backtrack(start, Expected::What("an identifier"));
     }
     Ok((rest, (start, w)))
 }
@@ -188,7 +207,7 @@ pub fn kw<'a>(k: &'static str) -> impl Fn(In<'a>) -> PResult<'a, usize> {
         let start = offset(&after_ws);
         match word(i) {
             Ok((rest, (s, w))) if w == k => Ok((rest, s)),
-            _ => backtrack(start, format!("`{k}`")),
+            _ => backtrack(start, Expected::Token(k)),
         }
     }
 }
@@ -219,11 +238,11 @@ pub fn sym<'a>(s: &'static str) -> impl Fn(In<'a>) -> PResult<'a, usize> {
             Ok((rest, _)) => {
                 let next = rest.fragment().chars().next();
                 if next.is_some_and(|c| forbidden_after(s).contains(c)) {
-                    return backtrack(start, format!("`{s}`"));
+                    return backtrack(start, Expected::Token(s));
                 }
                 Ok((rest, start))
             }
-            Err(_) => backtrack(start, format!("`{s}`")),
+            Err(_) => backtrack(start, Expected::Token(s)),
         }
     }
 }

@@ -6,10 +6,11 @@
 
 use super::ast::*;
 use super::lex::{
-    backtrack, commit, fatal, ident, kw, offset, sym, token_at, token_text, word, ws, In, PError,
-    PResult,
+    backtrack, commit, fatal, ident, kw, offset, sym, token_at, token_text, word, ws, Expected, In,
+    PError, PResult,
 };
-use crate::diag::Diagnostic;
+use super::unclosed::likely_unclosed;
+use crate::diag::{Diagnostic, Source};
 use crate::types::DType;
 use nom::bytes::complete::{take_while, take_while1};
 use nom::{Input, Parser};
@@ -50,10 +51,23 @@ fn to_diagnostic(text: &str, e: PError) -> Diagnostic {
     };
     let end = (e.offset + len).min(text.len().max(e.offset));
     let mut d = Diagnostic::new(Span::new(e.offset, end), message);
-    if let Some((at, note)) = e.note {
-        let src = crate::diag::Source::new("", text);
-        let (line, col) = src.line_col(at as u32);
-        d = d.with_note(format!("{note} {line}:{col}"));
+    if let Some(open) = e.unclosed {
+        let src = Source::new("", text);
+        let at = |offset: usize| {
+            let (line, col) = src.line_col(offset as u32);
+            format!("{line}:{col}")
+        };
+        d = d.with_note(format!(
+            "this block is never closed; it opens at {}",
+            at(open)
+        ));
+        if let Some(inner) = likely_unclosed(text, open + 1) {
+            d = d.with_note(format!(
+                "the `{{` at {} is probably the one missing its `}}`: the `}}` matched with it \
+                 is indented less than its line",
+                at(inner)
+            ));
+        }
     }
     if let Some(hint) = e.hint {
         d = d.with_note(hint);
@@ -61,8 +75,9 @@ fn to_diagnostic(text: &str, e: PError) -> Diagnostic {
     d
 }
 
-fn join_or(items: &[String]) -> String {
-    match items {
+fn join_or(items: &[Expected]) -> String {
+    let items: Vec<String> = items.iter().map(Expected::to_string).collect();
+    match items.as_slice() {
         [] => String::new(),
         [one] => one.clone(),
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
@@ -120,7 +135,7 @@ fn module(mut i: In) -> PResult<Module> {
             .map_err(|e| match e {
                 nom::Err::Error(mut e) => {
                     if e.offset == offset(&i) {
-                        e.expected = vec!["`kernel`".into(), "`fn`".into()];
+                        e.expected = vec![Expected::Token("kernel"), Expected::Token("fn")];
                     }
                     nom::Err::Failure(e)
                 }
@@ -198,16 +213,16 @@ fn comma_list<'a, T>(
         match sym(",")(i) {
             Ok((rest, _)) => i = rest,
             Err(_) => {
-                let (rest, _) = sym(close)(i).map_err(|e| add_expected(e, "`,`"))?;
+                let (rest, _) = sym(close)(i).map_err(|e| add_expected(e, Expected::Token(",")))?;
                 return Ok((rest, out));
             }
         }
     }
 }
 
-fn add_expected(e: nom::Err<PError>, what: &str) -> nom::Err<PError> {
+fn add_expected(e: nom::Err<PError>, what: Expected) -> nom::Err<PError> {
     e.map(|mut e| {
-        e.expected.insert(0, what.to_string());
+        e.expected.insert(0, what);
         e
     })
 }
@@ -220,9 +235,10 @@ fn const_param(i: In) -> PResult<ConstParam> {
         Ok((i, _)) => {
             let (i, e) = const_default(i)?;
             // `>` closes the list, so a default cannot be a general expression; say so.
-            if let Ok((_, (op, at))) = binary_op(i) {
+            if let Some((_, (op, at))) = binary_op(i) {
                 if op != BinOp::Gt {
-                    let mut e = PError::expected(at, "`,` or `>`");
+                    let mut e = PError::expected(at, Expected::Token(","));
+                    e.expected.push(Expected::Token(">"));
                     e.hint = Some(
                         "a constant's default is a literal, `-literal`, `true`, `false` \
                          or the name of an earlier constant"
@@ -281,7 +297,7 @@ fn const_default(i: In) -> PResult<Expr> {
     .parse(i);
     r.map_err(|e| {
         e.map(|mut e| {
-            e.expected = vec!["a literal or a constant name".into()];
+            e.expected = vec![Expected::What("a literal or a constant name")];
             e
         })
     })
@@ -323,7 +339,7 @@ fn fn_param(i: In) -> PResult<FnParam> {
 }
 
 /// An identifier, with a precise message when a keyword stands where a name should.
-fn named<'a>(i: In<'a>, what: &str) -> PResult<'a, (usize, &'a str)> {
+fn named<'a>(i: In<'a>, what: &'static str) -> PResult<'a, (usize, &'a str)> {
     match ident(i) {
         Ok(r) => Ok(r),
         Err(_) => {
@@ -336,7 +352,7 @@ fn named<'a>(i: In<'a>, what: &str) -> PResult<'a, (usize, &'a str)> {
                 ));
             }
             let (i, _) = ws(i)?;
-            backtrack(offset(&i), what)
+            backtrack(offset(&i), Expected::What(what))
         }
     }
 }
@@ -356,7 +372,7 @@ fn type_expr(i: In) -> PResult<TypeExpr> {
     };
     let (i, (ws_start, w)) = word(i).map_err(|e| {
         e.map(|e| PError {
-            expected: vec!["a type".into()],
+            expected: vec![Expected::What("a type")],
             ..e
         })
     })?;
@@ -405,8 +421,8 @@ fn block_rest(mut i: In, open: usize) -> PResult<Block> {
             ));
         }
         if i.fragment().is_empty() {
-            let mut e = PError::expected(offset(&i), "`}`");
-            e.note = Some((open, "this block is never closed; it opens at".into()));
+            let mut e = PError::expected(offset(&i), Expected::Token("}"));
+            e.unclosed = Some(open);
             return fatal(e);
         }
         match statement(i)? {
@@ -417,7 +433,7 @@ fn block_rest(mut i: In, open: usize) -> PResult<Block> {
             (rest, StmtOrTail::Tail(e)) => {
                 let (rest, _) = sym("}")(rest).map_err(|e| {
                     e.map(|mut e| {
-                        e.expected = vec!["`;`".into(), "`}`".into()];
+                        e.expected = vec![Expected::Token(";"), Expected::Token("}")];
                         e
                     })
                 })?;
@@ -485,7 +501,7 @@ fn semicolon(i: In) -> PResult<usize> {
     sym(";")(i).or_else(|_| {
         let end = offset(&i);
         let (after, _) = ws(i)?;
-        let mut e = PError::expected(end, "`;`");
+        let mut e = PError::expected(end, Expected::Token(";"));
         e.found_at = Some(offset(&after));
         fatal(e)
     })
@@ -549,7 +565,7 @@ fn assignment(i: In) -> PResult<Stmt> {
             ));
         }
     }
-    backtrack(ns, "an assignment")
+    backtrack(ns, Expected::What("an assignment"))
 }
 
 fn for_stmt(i: In, start: usize) -> PResult<Stmt> {
@@ -600,7 +616,7 @@ fn if_stmt(i: In, start: usize) -> PResult<Stmt> {
                 )
             }
             Err(_) => {
-                let (i, b) = block(i).map_err(|e| add_expected(e, "`if`"))?;
+                let (i, b) = block(i).map_err(|e| add_expected(e, Expected::Token("if")))?;
                 (i, Some(b))
             }
         },
@@ -673,7 +689,9 @@ pub fn expr(i: In) -> PResult<Expr> {
     nest(i, |i| binary(i, 0))
 }
 
-fn binary_op(i: In) -> PResult<(BinOp, usize)> {
+/// The binary operator next in the input, if any. Most calls find none (the operand is followed
+/// by `,` `)` `;`), so one look at the next character settles them.
+fn binary_op(i: In) -> Option<(In, (BinOp, usize))> {
     const OPS: [(&str, BinOp); 18] = [
         ("||", BinOp::LogicalOr),
         ("&&", BinOp::LogicalAnd),
@@ -694,13 +712,12 @@ fn binary_op(i: In) -> PResult<(BinOp, usize)> {
         ("/", BinOp::Div),
         ("%", BinOp::Rem),
     ];
-    for (s, op) in OPS {
-        if let Ok((rest, at)) = sym(s)(i) {
-            return Ok((rest, (op, at)));
-        }
+    let (i, _) = ws(i).ok()?;
+    if !i.fragment().starts_with(|c| "|&=!<>^+-*/%".contains(c)) {
+        return None;
     }
-    let (i, _) = ws(i)?;
-    backtrack(offset(&i), "an operator")
+    OPS.iter()
+        .find_map(|&(s, op)| sym(s)(i).ok().map(|(rest, at)| (rest, (op, at))))
 }
 
 fn is_comparison(op: BinOp) -> bool {
@@ -714,7 +731,7 @@ fn binary(i: In, min_prec: u8) -> PResult<Expr> {
     let (mut i, mut lhs) = cast(i)?;
     let mut compared = false;
     loop {
-        let Ok((rest, (op, at))) = binary_op(i) else {
+        let Some((rest, (op, at))) = binary_op(i) else {
             return Ok((i, lhs));
         };
         let prec = op.precedence();
@@ -804,7 +821,9 @@ fn index_item(i: In) -> PResult<IndexItem> {
         return Ok((i, IndexItem::NewAxis));
     }
     let (i, _) = ws(i)?;
-    backtrack(offset(&i), "`:` or `None`")
+    let mut e = PError::expected(offset(&i), Expected::Token(":"));
+    e.expected.push(Expected::Token("None"));
+    Err(nom::Err::Error(e))
 }
 
 fn primary(i: In) -> PResult<Expr> {
@@ -841,7 +860,8 @@ fn primary(i: In) -> PResult<Expr> {
     }
     if let Ok((rest, _)) = sym("(")(i) {
         let (rest, inner) = commit(expr(rest))?;
-        let (rest, _) = commit(sym(")")(rest).map_err(|e| add_expected(e, "an operator")))?;
+        let (rest, _) =
+            commit(sym(")")(rest).map_err(|e| add_expected(e, Expected::What("an operator"))))?;
         return Ok((
             rest,
             Expr {
@@ -868,7 +888,7 @@ fn primary(i: In) -> PResult<Expr> {
             ));
         }
     }
-    backtrack(start, "an expression")
+    backtrack(start, Expected::What("an expression"))
 }
 
 fn arg(i: In) -> PResult<Arg> {
@@ -898,7 +918,7 @@ fn bool_lit(i: In) -> PResult<Expr> {
                 span: Span::new(s, s + w.len()),
             },
         )),
-        _ => backtrack(s, "`true` or `false`"),
+        _ => backtrack(s, Expected::What("`true` or `false`")),
     }
 }
 
@@ -909,7 +929,7 @@ fn number(i: In) -> PResult<Expr> {
     let start = offset(&i);
     let text = *i.fragment();
     if !text.starts_with(|c: char| c.is_ascii_digit()) {
-        return backtrack(start, "a number");
+        return backtrack(start, Expected::What("a number"));
     }
     if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         let digits: String = hex

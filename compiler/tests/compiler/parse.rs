@@ -408,8 +408,23 @@ fn unterminated_comment_points_at_its_start() {
 fn unclosed_block_names_where_it_opened() {
     let d = parse_module("kernel k(n: i32) {\n  if n < 2 {\n    let v = 1;\n}\n").unwrap_err();
     assert_eq!(d.message, "expected `}`, found end of file");
-    assert_eq!(d.notes.len(), 1);
-    assert!(d.notes[0].ends_with("1:18"), "{:?}", d.notes);
+    assert_eq!(d.notes.len(), 2, "{:?}", d.notes);
+    assert!(d.notes[0].ends_with("opens at 1:18"), "{:?}", d.notes);
+    assert!(
+        d.notes[1].starts_with("the `{` at 2:12 is probably"),
+        "{:?}",
+        d.notes
+    );
+    // Consistent indentation gives no guess.
+    let d = parse_module(
+        "kernel k(n: i32) {
+  if n < 2 {
+    let v = 1;
+  }
+",
+    )
+    .unwrap_err();
+    assert_eq!(d.notes.len(), 1, "{:?}", d.notes);
 }
 
 #[test]
