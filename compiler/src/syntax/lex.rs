@@ -5,7 +5,7 @@
 //! `alt` tries several branches, the error that got furthest wins (at a tie, the expectations
 //! merge), so the final message names the real problem.
 
-use nom::bytes::complete::{tag, take_while, take_while1};
+use nom::bytes::complete::{take_while, take_while1};
 use nom::error::{ErrorKind, ParseError};
 use nom::{IResult, Input, Parser};
 use nom_locate::LocatedSpan;
@@ -153,6 +153,13 @@ pub fn offset(i: &In) -> usize {
 
 /// Skips whitespace, `// line` and `/* block */` comments.
 pub fn ws(mut i: In) -> PResult<()> {
+    // Most calls find a token right away.
+    if !i
+        .fragment()
+        .starts_with(|c: char| c.is_whitespace() || c == '/')
+    {
+        return Ok((i, ()));
+    }
     loop {
         let (rest, _) = take_while(char::is_whitespace).parse(i)?;
         i = rest;
@@ -233,16 +240,12 @@ pub fn sym<'a>(s: &'static str) -> impl Fn(In<'a>) -> PResult<'a, usize> {
     move |i: In<'a>| {
         let (i, _) = ws(i)?;
         let start = offset(&i);
-        let r: PResult<'a, In<'a>> = tag(s).parse(i);
-        match r {
-            Ok((rest, _)) => {
-                let next = rest.fragment().chars().next();
-                if next.is_some_and(|c| forbidden_after(s).contains(c)) {
-                    return backtrack(start, Expected::Token(s));
-                }
-                Ok((rest, start))
-            }
-            Err(_) => backtrack(start, Expected::Token(s)),
+        let text = i.fragment();
+        let longer = || text[s.len()..].starts_with(|c| forbidden_after(s).contains(c));
+        if text.starts_with(s) && !longer() {
+            Ok((i.take_from(s.len()), start))
+        } else {
+            backtrack(start, Expected::Token(s))
         }
     }
 }
