@@ -63,7 +63,7 @@ pub struct PError {
     /// at the end of the statement, the token found is on the next line).
     pub found_at: Option<usize>,
     /// A sentence printed as a note under the error: how to fix it.
-    pub hint: Option<String>,
+    pub hint: Option<&'static str>,
 }
 
 impl PError {

@@ -103,6 +103,31 @@ fn nest<'a, T>(i: In<'a>, f: impl FnOnce(In<'a>) -> PResult<'a, T>) -> PResult<'
     r
 }
 
+/// Runs a parser that builds a left-leaning chain (`a + b + c`, `x as i64 as f32`, `x[:][None]`)
+/// and may call [`deepen`] once per link; the depth it added is released at the end.
+fn chain<'a, T>(i: In<'a>, f: impl FnOnce(In<'a>) -> PResult<'a, T>) -> PResult<'a, T> {
+    let before = DEPTH.with(Cell::get);
+    let r = f(i);
+    DEPTH.with(|d| d.set(before));
+    r
+}
+
+/// One more link of a chain: a flat chain builds a tree as deep as it is long, which the
+/// checker walks recursively, so it counts as nesting.
+fn deepen(at: usize) -> Result<(), nom::Err<PError>> {
+    let depth = DEPTH.with(|d| {
+        d.set(d.get() + 1);
+        d.get()
+    });
+    if depth > MAX_DEPTH {
+        return Err(nom::Err::Failure(PError::message(
+            at,
+            format!("nesting is deeper than {MAX_DEPTH} levels"),
+        )));
+    }
+    Ok(())
+}
+
 fn span_from(start: usize, i: &In) -> Span {
     Span::new(start, last_end(i))
 }
@@ -241,8 +266,7 @@ fn const_param(i: In) -> PResult<ConstParam> {
                     e.expected.push(Expected::Token(">"));
                     e.hint = Some(
                         "a constant's default is a literal, `-literal`, `true`, `false` \
-                         or the name of an earlier constant"
-                            .into(),
+                         or the name of an earlier constant",
                     );
                     return fatal(e);
                 }
@@ -728,6 +752,10 @@ fn is_comparison(op: BinOp) -> bool {
 }
 
 fn binary(i: In, min_prec: u8) -> PResult<Expr> {
+    chain(i, |i| binary_chain(i, min_prec))
+}
+
+fn binary_chain(i: In, min_prec: u8) -> PResult<Expr> {
     let (mut i, mut lhs) = cast(i)?;
     let mut compared = false;
     loop {
@@ -744,6 +772,7 @@ fn binary(i: In, min_prec: u8) -> PResult<Expr> {
                 "comparison operators cannot be chained; use `&&` to combine comparisons",
             ));
         }
+        deepen(at)?;
         let (rest, rhs) = commit(nest(rest, |r| binary(r, prec + 1)))?;
         compared = is_comparison(op);
         let span = lhs.span.to(rhs.span);
@@ -760,8 +789,13 @@ fn binary(i: In, min_prec: u8) -> PResult<Expr> {
 }
 
 fn cast(i: In) -> PResult<Expr> {
+    chain(i, cast_chain)
+}
+
+fn cast_chain(i: In) -> PResult<Expr> {
     let (mut i, mut e) = unary(i)?;
-    while let Ok((rest, _)) = kw("as")(i) {
+    while let Ok((rest, at)) = kw("as")(i) {
+        deepen(at)?;
         let (rest, ty) = commit(type_expr(rest))?;
         let span = e.span.to(ty.span);
         e = Expr {
@@ -797,8 +831,13 @@ fn unary(i: In) -> PResult<Expr> {
 }
 
 fn postfix(i: In) -> PResult<Expr> {
+    chain(i, postfix_chain)
+}
+
+fn postfix_chain(i: In) -> PResult<Expr> {
     let (mut i, mut e) = primary(i)?;
-    while let Ok((rest, _)) = sym("[")(i) {
+    while let Ok((rest, at)) = sym("[")(i) {
+        deepen(at)?;
         let (rest, items) = commit(comma_list(rest, index_item, "]"))?;
         let span = Span::new(e.span.start as usize, last_end(&rest));
         e = Expr {

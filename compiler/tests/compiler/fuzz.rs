@@ -191,10 +191,13 @@ fn mutated_kernels() {
     });
 }
 
-/// Deep nesting is refused with an error instead of overflowing the stack.
+/// Deep nesting and very long chains are refused with an error instead of overflowing the stack.
 #[test]
 fn deep_nesting_is_an_error() {
-    for (open, close) in [("(", ")"), ("-", ""), ("{", "}"), ("[", "]")] {
+    let nested = [("(", ")"), ("-", ""), ("{", "}"), ("[", "]")];
+    // Flat chains build trees as deep as they are long.
+    let chains = [("1 + ", ""), ("", " as i32"), ("", "[:]")];
+    for (open, close) in nested.into_iter().chain(chains) {
         let depth = 100_000;
         let body = format!("{}1{}", open.repeat(depth), close.repeat(depth));
         let text = format!("kernel k(y: *mut f32) {{ let v = {body}; }}");

@@ -442,6 +442,13 @@ fn nesting_is_limited_but_reasonable_depth_parses() {
     assert_eq!(e(&ok), "x");
     let ifs = "if c { ".repeat(100) + &"}".repeat(100);
     assert_eq!(body(&ifs).stmts.len(), 1);
+    // A flat chain builds a tree as deep as it is long: long ones count as nesting too.
+    let chain = vec!["x"; 150].join(" + ");
+    assert!(e(&chain).starts_with("(+ (+ (+"));
+    let chain = vec!["x"; 250].join(" * ");
+    assert!(err_in_body(&format!("let v = {chain};")).contains("nesting is deeper"));
+    let casts = format!("x{}", " as f32".repeat(250));
+    assert!(err_in_body(&format!("let v = {casts};")).contains("nesting is deeper"));
     let deep = format!("{}x{}", "(".repeat(250), ")".repeat(250));
     assert!(err_in_body(&format!("let v = {deep};")).contains("nesting is deeper"));
 }
