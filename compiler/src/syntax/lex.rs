@@ -5,7 +5,7 @@
 //! `alt` tries several branches, the error that got furthest wins (at a tie, the expectations
 //! merge), so the final message names the real problem.
 
-use nom::bytes::complete::{tag, take_while, take_while1};
+use nom::bytes::complete::{take_while, take_while1};
 use nom::error::{ErrorKind, ParseError};
 use nom::{IResult, Input, Parser};
 use nom_locate::LocatedSpan;
@@ -32,27 +32,49 @@ pub const KEYWORDS: &[&str] = &[
     "static_assert",
 ];
 
+/// One thing the parser would have accepted at an error's position. Static, so that the many
+/// errors of failed alternatives cost no string formatting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expected {
+    /// A token, shown in backticks: `;`.
+    Token(&'static str),
+    /// A description: "an expression".
+    What(&'static str),
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expected::Token(t) => write!(f, "`{t}`"),
+            Expected::What(w) => f.write_str(w),
+        }
+    }
+}
+
 /// A parse error: where, and either what was expected there or a full message.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PError {
     pub offset: usize,
-    pub expected: Vec<String>,
+    pub expected: Vec<Expected>,
     pub message: Option<String>,
-    /// A second place worth pointing at, e.g. where an unclosed block opened.
-    pub note: Option<(usize, String)>,
+    /// At the end of the file inside a block: where the outermost open block's `{` is.
+    pub unclosed: Option<usize>,
     /// Where the unexpected token is, when the caret points elsewhere (a missing `;` is shown
     /// at the end of the statement, the token found is on the next line).
     pub found_at: Option<usize>,
+    /// A sentence printed as a note under the error: how to fix it.
+    pub hint: Option<&'static str>,
 }
 
 impl PError {
-    pub fn expected(offset: usize, what: impl Into<String>) -> PError {
+    pub fn expected(offset: usize, what: Expected) -> PError {
         PError {
             offset,
-            expected: vec![what.into()],
+            expected: vec![what],
             message: None,
-            note: None,
+            unclosed: None,
             found_at: None,
+            hint: None,
         }
     }
 
@@ -61,8 +83,9 @@ impl PError {
             offset,
             expected: vec![],
             message: Some(message.into()),
-            note: None,
+            unclosed: None,
             found_at: None,
+            hint: None,
         }
     }
 }
@@ -73,8 +96,9 @@ impl<'a> ParseError<In<'a>> for PError {
             offset: input.location_offset(),
             expected: vec![],
             message: None,
-            note: None,
+            unclosed: None,
             found_at: None,
+            hint: None,
         }
     }
 
@@ -106,7 +130,7 @@ impl<'a> ParseError<In<'a>> for PError {
 }
 
 /// A recoverable error: another branch may still match.
-pub fn backtrack<T>(offset: usize, what: impl Into<String>) -> PResult<'static, T> {
+pub fn backtrack<T>(offset: usize, what: Expected) -> PResult<'static, T> {
     Err(nom::Err::Error(PError::expected(offset, what)))
 }
 
@@ -129,6 +153,13 @@ pub fn offset(i: &In) -> usize {
 
 /// Skips whitespace, `// line` and `/* block */` comments.
 pub fn ws(mut i: In) -> PResult<()> {
+    // Most calls find a token right away.
+    if !i
+        .fragment()
+        .starts_with(|c: char| c.is_whitespace() || c == '/')
+    {
+        return Ok((i, ()));
+    }
     loop {
         let (rest, _) = take_while(char::is_whitespace).parse(i)?;
         i = rest;
@@ -161,7 +192,7 @@ pub fn word(i: In<'_>) -> PResult<'_, (usize, &str)> {
     let (i, _) = ws(i)?;
     let start = offset(&i);
     if !i.fragment().starts_with(is_ident_start) {
-        return backtrack(start, "an identifier");
+        return backtrack(start, Expected::What("an identifier"));
     }
     let (i, w) = take_while1(is_ident_char).parse(i)?;
     Ok((i, (start, *w.fragment())))
@@ -171,7 +202,7 @@ pub fn word(i: In<'_>) -> PResult<'_, (usize, &str)> {
 pub fn ident(i: In<'_>) -> PResult<'_, (usize, &str)> {
     let (rest, (start, w)) = word(i)?;
     if KEYWORDS.contains(&w) {
-        return backtrack(start, "an identifier");
+        return backtrack(start, Expected::What("an identifier"));
     }
     Ok((rest, (start, w)))
 }
@@ -183,7 +214,7 @@ pub fn kw<'a>(k: &'static str) -> impl Fn(In<'a>) -> PResult<'a, usize> {
         let start = offset(&after_ws);
         match word(i) {
             Ok((rest, (s, w))) if w == k => Ok((rest, s)),
-            _ => backtrack(start, format!("`{k}`")),
+            _ => backtrack(start, Expected::Token(k)),
         }
     }
 }
@@ -209,44 +240,52 @@ pub fn sym<'a>(s: &'static str) -> impl Fn(In<'a>) -> PResult<'a, usize> {
     move |i: In<'a>| {
         let (i, _) = ws(i)?;
         let start = offset(&i);
-        let r: PResult<'a, In<'a>> = tag(s).parse(i);
-        match r {
-            Ok((rest, _)) => {
-                let next = rest.fragment().chars().next();
-                if next.is_some_and(|c| forbidden_after(s).contains(c)) {
-                    return backtrack(start, format!("`{s}`"));
-                }
-                Ok((rest, start))
-            }
-            Err(_) => backtrack(start, format!("`{s}`")),
+        let text = i.fragment();
+        let longer = || text[s.len()..].starts_with(|c| forbidden_after(s).contains(c));
+        if text.starts_with(s) && !longer() {
+            Ok((i.take_from(s.len()), start))
+        } else {
+            backtrack(start, Expected::Token(s))
         }
     }
 }
 
-/// The text of the token at `offset`, for "found ..." in messages.
-pub fn token_at(text: &str, offset: usize) -> String {
+/// The token starting at `offset` as written in the source; empty at the end of the file.
+pub fn token_text(text: &str, offset: usize) -> &str {
     let rest = text.get(offset..).unwrap_or("");
     let Some(c) = rest.chars().next() else {
-        return "end of file".into();
+        return "";
     };
-    let tok: String = if is_ident_char(c) {
-        rest.chars()
-            .take_while(|&c| is_ident_char(c) || c == '.')
-            .collect()
+    if is_ident_char(c) {
+        // A `.` belongs to a number (`2.5`) only before a digit: `0..n` starts with `0`.
+        let bytes = rest.as_bytes();
+        let len = (0..bytes.len())
+            .find(|&k| {
+                let b = bytes[k];
+                let fraction_dot = b == b'.'
+                    && c.is_ascii_digit()
+                    && bytes.get(k + 1).is_some_and(u8::is_ascii_digit);
+                !(is_ident_char(b as char) || fraction_dot)
+            })
+            .unwrap_or(bytes.len());
+        &rest[..len]
     } else {
         const OPS: &[&str] = &[
             "..", "==", "!=", "<=", ">=", "&&", "||", "<<", ">>", "+=", "-=", "*=", "/=", "/*",
         ];
         match OPS.iter().find(|op| rest.starts_with(*op)) {
-            Some(op) => op.to_string(),
-            None => c.to_string(),
+            Some(op) => &rest[..op.len()],
+            None => &rest[..c.len_utf8()],
         }
-    };
-    let tok = tok.trim_end_matches('.').to_string();
-    let tok = if tok.is_empty() { c.to_string() } else { tok };
-    if KEYWORDS.contains(&tok.as_str()) {
-        format!("keyword `{tok}`")
-    } else {
-        format!("`{tok}`")
+    }
+}
+
+/// The token at `offset`, for "found ..." in messages: `` `x` ``, ``keyword `let` ``, or
+/// "end of file".
+pub fn token_at(text: &str, offset: usize) -> String {
+    match token_text(text, offset) {
+        "" => "end of file".into(),
+        tok if KEYWORDS.contains(&tok) => format!("keyword `{tok}`"),
+        tok => format!("`{tok}`"),
     }
 }

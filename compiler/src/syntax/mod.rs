@@ -4,6 +4,7 @@ pub mod ast;
 mod lex;
 mod parser;
 mod print;
+mod unclosed;
 
 pub use parser::parse_module;
 pub use print::print_module;

@@ -6,9 +6,11 @@
 
 use super::ast::*;
 use super::lex::{
-    backtrack, commit, fatal, ident, kw, offset, sym, token_at, word, ws, In, PError, PResult,
+    backtrack, commit, fatal, ident, kw, offset, sym, token_at, token_text, word, ws, Expected, In,
+    PError, PResult,
 };
-use crate::diag::Diagnostic;
+use super::unclosed::likely_unclosed;
+use crate::diag::{Diagnostic, Source};
 use crate::types::DType;
 use nom::bytes::complete::{take_while, take_while1};
 use nom::{Input, Parser};
@@ -42,18 +44,40 @@ fn to_diagnostic(text: &str, e: PError) -> Diagnostic {
         None if e.expected.is_empty() => format!("unexpected {found}"),
         None => format!("expected {}, found {found}", join_or(&e.expected)),
     };
-    let end = (e.offset + 1).min(text.len().max(e.offset));
+    // The caret underlines the offending token, or one column where something is missing.
+    let len = match e.found_at {
+        Some(_) => 1,
+        None => token_text(text, e.offset).len().max(1),
+    };
+    let end = (e.offset + len).min(text.len().max(e.offset));
     let mut d = Diagnostic::new(Span::new(e.offset, end), message);
-    if let Some((at, note)) = e.note {
-        let src = crate::diag::Source::new("", text);
-        let (line, col) = src.line_col(at as u32);
-        d = d.with_note(format!("{note} {line}:{col}"));
+    if let Some(open) = e.unclosed {
+        let src = Source::new("", text);
+        let at = |offset: usize| {
+            let (line, col) = src.line_col(offset as u32);
+            format!("{line}:{col}")
+        };
+        d = d.with_note(format!(
+            "this block is never closed; it opens at {}",
+            at(open)
+        ));
+        if let Some(inner) = likely_unclosed(text, open + 1) {
+            d = d.with_note(format!(
+                "the `{{` at {} is probably the one missing its `}}`: the `}}` matched with it \
+                 is indented less than its line",
+                at(inner)
+            ));
+        }
+    }
+    if let Some(hint) = e.hint {
+        d = d.with_note(hint);
     }
     d
 }
 
-fn join_or(items: &[String]) -> String {
-    match items {
+fn join_or(items: &[Expected]) -> String {
+    let items: Vec<String> = items.iter().map(Expected::to_string).collect();
+    match items.as_slice() {
         [] => String::new(),
         [one] => one.clone(),
         [init @ .., last] => format!("{} or {last}", init.join(", ")),
@@ -77,6 +101,31 @@ fn nest<'a, T>(i: In<'a>, f: impl FnOnce(In<'a>) -> PResult<'a, T>) -> PResult<'
     };
     DEPTH.with(|d| d.set(d.get() - 1));
     r
+}
+
+/// Runs a parser that builds a left-leaning chain (`a + b + c`, `x as i64 as f32`, `x[:][None]`)
+/// and may call [`deepen`] once per link; the depth it added is released at the end.
+fn chain<'a, T>(i: In<'a>, f: impl FnOnce(In<'a>) -> PResult<'a, T>) -> PResult<'a, T> {
+    let before = DEPTH.with(Cell::get);
+    let r = f(i);
+    DEPTH.with(|d| d.set(before));
+    r
+}
+
+/// One more link of a chain: a flat chain builds a tree as deep as it is long, which the
+/// checker walks recursively, so it counts as nesting.
+fn deepen(at: usize) -> Result<(), nom::Err<PError>> {
+    let depth = DEPTH.with(|d| {
+        d.set(d.get() + 1);
+        d.get()
+    });
+    if depth > MAX_DEPTH {
+        return Err(nom::Err::Failure(PError::message(
+            at,
+            format!("nesting is deeper than {MAX_DEPTH} levels"),
+        )));
+    }
+    Ok(())
 }
 
 fn span_from(start: usize, i: &In) -> Span {
@@ -111,7 +160,7 @@ fn module(mut i: In) -> PResult<Module> {
             .map_err(|e| match e {
                 nom::Err::Error(mut e) => {
                     if e.offset == offset(&i) {
-                        e.expected = vec!["`kernel`".into(), "`fn`".into()];
+                        e.expected = vec![Expected::Token("kernel"), Expected::Token("fn")];
                     }
                     nom::Err::Failure(e)
                 }
@@ -189,16 +238,16 @@ fn comma_list<'a, T>(
         match sym(",")(i) {
             Ok((rest, _)) => i = rest,
             Err(_) => {
-                let (rest, _) = sym(close)(i).map_err(|e| add_expected(e, "`,`"))?;
+                let (rest, _) = sym(close)(i).map_err(|e| add_expected(e, Expected::Token(",")))?;
                 return Ok((rest, out));
             }
         }
     }
 }
 
-fn add_expected(e: nom::Err<PError>, what: &str) -> nom::Err<PError> {
+fn add_expected(e: nom::Err<PError>, what: Expected) -> nom::Err<PError> {
     e.map(|mut e| {
-        e.expected.insert(0, what.to_string());
+        e.expected.insert(0, what);
         e
     })
 }
@@ -210,6 +259,18 @@ fn const_param(i: In) -> PResult<ConstParam> {
     let (i, default) = match sym("=")(i) {
         Ok((i, _)) => {
             let (i, e) = const_default(i)?;
+            // `>` closes the list, so a default cannot be a general expression; say so.
+            if let Some((_, (op, at))) = binary_op(i) {
+                if op != BinOp::Gt {
+                    let mut e = PError::expected(at, Expected::Token(","));
+                    e.expected.push(Expected::Token(">"));
+                    e.hint = Some(
+                        "a constant's default is a literal, `-literal`, `true`, `false` \
+                         or the name of an earlier constant",
+                    );
+                    return fatal(e);
+                }
+            }
             (i, Some(e))
         }
         Err(_) => (i, None),
@@ -260,7 +321,7 @@ fn const_default(i: In) -> PResult<Expr> {
     .parse(i);
     r.map_err(|e| {
         e.map(|mut e| {
-            e.expected = vec!["a literal or a constant name".into()];
+            e.expected = vec![Expected::What("a literal or a constant name")];
             e
         })
     })
@@ -302,7 +363,7 @@ fn fn_param(i: In) -> PResult<FnParam> {
 }
 
 /// An identifier, with a precise message when a keyword stands where a name should.
-fn named<'a>(i: In<'a>, what: &str) -> PResult<'a, (usize, &'a str)> {
+fn named<'a>(i: In<'a>, what: &'static str) -> PResult<'a, (usize, &'a str)> {
     match ident(i) {
         Ok(r) => Ok(r),
         Err(_) => {
@@ -315,7 +376,7 @@ fn named<'a>(i: In<'a>, what: &str) -> PResult<'a, (usize, &'a str)> {
                 ));
             }
             let (i, _) = ws(i)?;
-            backtrack(offset(&i), what)
+            backtrack(offset(&i), Expected::What(what))
         }
     }
 }
@@ -335,7 +396,7 @@ fn type_expr(i: In) -> PResult<TypeExpr> {
     };
     let (i, (ws_start, w)) = word(i).map_err(|e| {
         e.map(|e| PError {
-            expected: vec!["a type".into()],
+            expected: vec![Expected::What("a type")],
             ..e
         })
     })?;
@@ -384,8 +445,8 @@ fn block_rest(mut i: In, open: usize) -> PResult<Block> {
             ));
         }
         if i.fragment().is_empty() {
-            let mut e = PError::expected(offset(&i), "`}`");
-            e.note = Some((open, "this block is never closed; it opens at".into()));
+            let mut e = PError::expected(offset(&i), Expected::Token("}"));
+            e.unclosed = Some(open);
             return fatal(e);
         }
         match statement(i)? {
@@ -396,7 +457,7 @@ fn block_rest(mut i: In, open: usize) -> PResult<Block> {
             (rest, StmtOrTail::Tail(e)) => {
                 let (rest, _) = sym("}")(rest).map_err(|e| {
                     e.map(|mut e| {
-                        e.expected = vec!["`;`".into(), "`}`".into()];
+                        e.expected = vec![Expected::Token(";"), Expected::Token("}")];
                         e
                     })
                 })?;
@@ -435,8 +496,12 @@ fn statement(i: In) -> PResult<StmtOrTail> {
     if let Ok((_, start)) = kw("else")(i) {
         return fatal(PError::message(start, "`else` without a preceding `if`"));
     }
-    if let Ok(r) = assignment(i) {
-        return Ok((r.0, StmtOrTail::Stmt(Box::new(r.1))));
+    match assignment(i) {
+        Ok((rest, s)) => return Ok((rest, StmtOrTail::Stmt(Box::new(s)))),
+        // Past the `=`: the error is inside the assignment; reparsing as an expression would
+        // only report "expected `;`, found `=`".
+        Err(e @ nom::Err::Failure(_)) => return Err(e),
+        Err(_) => {}
     }
     let (i, e) = commit(expr(i))?;
     // An expression without `;` right before `}` is the block's value.
@@ -460,7 +525,7 @@ fn semicolon(i: In) -> PResult<usize> {
     sym(";")(i).or_else(|_| {
         let end = offset(&i);
         let (after, _) = ws(i)?;
-        let mut e = PError::expected(end, "`;`");
+        let mut e = PError::expected(end, Expected::Token(";"));
         e.found_at = Some(offset(&after));
         fatal(e)
     })
@@ -524,7 +589,7 @@ fn assignment(i: In) -> PResult<Stmt> {
             ));
         }
     }
-    backtrack(ns, "an assignment")
+    backtrack(ns, Expected::What("an assignment"))
 }
 
 fn for_stmt(i: In, start: usize) -> PResult<Stmt> {
@@ -575,7 +640,7 @@ fn if_stmt(i: In, start: usize) -> PResult<Stmt> {
                 )
             }
             Err(_) => {
-                let (i, b) = block(i).map_err(|e| add_expected(e, "`if`"))?;
+                let (i, b) = block(i).map_err(|e| add_expected(e, Expected::Token("if")))?;
                 (i, Some(b))
             }
         },
@@ -648,7 +713,9 @@ pub fn expr(i: In) -> PResult<Expr> {
     nest(i, |i| binary(i, 0))
 }
 
-fn binary_op(i: In) -> PResult<(BinOp, usize)> {
+/// The binary operator next in the input, if any. Most calls find none (the operand is followed
+/// by `,` `)` `;`), so one look at the next character settles them.
+fn binary_op(i: In) -> Option<(In, (BinOp, usize))> {
     const OPS: [(&str, BinOp); 18] = [
         ("||", BinOp::LogicalOr),
         ("&&", BinOp::LogicalAnd),
@@ -669,13 +736,12 @@ fn binary_op(i: In) -> PResult<(BinOp, usize)> {
         ("/", BinOp::Div),
         ("%", BinOp::Rem),
     ];
-    for (s, op) in OPS {
-        if let Ok((rest, at)) = sym(s)(i) {
-            return Ok((rest, (op, at)));
-        }
+    let (i, _) = ws(i).ok()?;
+    if !i.fragment().starts_with(|c| "|&=!<>^+-*/%".contains(c)) {
+        return None;
     }
-    let (i, _) = ws(i)?;
-    backtrack(offset(&i), "an operator")
+    OPS.iter()
+        .find_map(|&(s, op)| sym(s)(i).ok().map(|(rest, at)| (rest, (op, at))))
 }
 
 fn is_comparison(op: BinOp) -> bool {
@@ -686,10 +752,14 @@ fn is_comparison(op: BinOp) -> bool {
 }
 
 fn binary(i: In, min_prec: u8) -> PResult<Expr> {
+    chain(i, |i| binary_chain(i, min_prec))
+}
+
+fn binary_chain(i: In, min_prec: u8) -> PResult<Expr> {
     let (mut i, mut lhs) = cast(i)?;
     let mut compared = false;
     loop {
-        let Ok((rest, (op, at))) = binary_op(i) else {
+        let Some((rest, (op, at))) = binary_op(i) else {
             return Ok((i, lhs));
         };
         let prec = op.precedence();
@@ -702,6 +772,7 @@ fn binary(i: In, min_prec: u8) -> PResult<Expr> {
                 "comparison operators cannot be chained; use `&&` to combine comparisons",
             ));
         }
+        deepen(at)?;
         let (rest, rhs) = commit(nest(rest, |r| binary(r, prec + 1)))?;
         compared = is_comparison(op);
         let span = lhs.span.to(rhs.span);
@@ -718,8 +789,13 @@ fn binary(i: In, min_prec: u8) -> PResult<Expr> {
 }
 
 fn cast(i: In) -> PResult<Expr> {
+    chain(i, cast_chain)
+}
+
+fn cast_chain(i: In) -> PResult<Expr> {
     let (mut i, mut e) = unary(i)?;
-    while let Ok((rest, _)) = kw("as")(i) {
+    while let Ok((rest, at)) = kw("as")(i) {
+        deepen(at)?;
         let (rest, ty) = commit(type_expr(rest))?;
         let span = e.span.to(ty.span);
         e = Expr {
@@ -755,8 +831,13 @@ fn unary(i: In) -> PResult<Expr> {
 }
 
 fn postfix(i: In) -> PResult<Expr> {
+    chain(i, postfix_chain)
+}
+
+fn postfix_chain(i: In) -> PResult<Expr> {
     let (mut i, mut e) = primary(i)?;
-    while let Ok((rest, _)) = sym("[")(i) {
+    while let Ok((rest, at)) = sym("[")(i) {
+        deepen(at)?;
         let (rest, items) = commit(comma_list(rest, index_item, "]"))?;
         let span = Span::new(e.span.start as usize, last_end(&rest));
         e = Expr {
@@ -779,7 +860,9 @@ fn index_item(i: In) -> PResult<IndexItem> {
         return Ok((i, IndexItem::NewAxis));
     }
     let (i, _) = ws(i)?;
-    backtrack(offset(&i), "`:` or `None`")
+    let mut e = PError::expected(offset(&i), Expected::Token(":"));
+    e.expected.push(Expected::Token("None"));
+    Err(nom::Err::Error(e))
 }
 
 fn primary(i: In) -> PResult<Expr> {
@@ -816,7 +899,8 @@ fn primary(i: In) -> PResult<Expr> {
     }
     if let Ok((rest, _)) = sym("(")(i) {
         let (rest, inner) = commit(expr(rest))?;
-        let (rest, _) = commit(sym(")")(rest).map_err(|e| add_expected(e, "an operator")))?;
+        let (rest, _) =
+            commit(sym(")")(rest).map_err(|e| add_expected(e, Expected::What("an operator"))))?;
         return Ok((
             rest,
             Expr {
@@ -843,7 +927,7 @@ fn primary(i: In) -> PResult<Expr> {
             ));
         }
     }
-    backtrack(start, "an expression")
+    backtrack(start, Expected::What("an expression"))
 }
 
 fn arg(i: In) -> PResult<Arg> {
@@ -873,7 +957,7 @@ fn bool_lit(i: In) -> PResult<Expr> {
                 span: Span::new(s, s + w.len()),
             },
         )),
-        _ => backtrack(s, "`true` or `false`"),
+        _ => backtrack(s, Expected::What("`true` or `false`")),
     }
 }
 
@@ -884,7 +968,7 @@ fn number(i: In) -> PResult<Expr> {
     let start = offset(&i);
     let text = *i.fragment();
     if !text.starts_with(|c: char| c.is_ascii_digit()) {
-        return backtrack(start, "a number");
+        return backtrack(start, Expected::What("a number"));
     }
     if let Some(hex) = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
         let digits: String = hex

@@ -3,14 +3,25 @@
 
 use kiln_compiler::{check, Defines, Source};
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+use std::cell::Cell;
 
+/// The kernels of `ops/kernels/` and every ```kiln block of `docs/LANGUAGE.md` (fragments
+/// included: mutating them exercises the error paths).
 fn corpus() -> Vec<String> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/kernels");
-    let mut out: Vec<String> = std::fs::read_dir(dir)
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut out: Vec<String> = std::fs::read_dir(root.join("ops/kernels"))
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
         .collect();
     out.sort();
+    let docs = std::fs::read_to_string(root.join("docs/LANGUAGE.md")).unwrap();
+    let mut blocks = docs.split("```kiln\n").skip(1);
+    out.extend(
+        blocks
+            .by_ref()
+            .filter_map(|b| b.split("```").next().map(String::from)),
+    );
     out
 }
 
@@ -75,10 +86,6 @@ const ALPHABET: &[&str] = &[
     "\n",
 ];
 
-fn check_no_panic(text: &str) {
-    let _ = check(&Source::new("fuzz.kiln", text), &Defines::new());
-}
-
 #[derive(Debug, Clone)]
 enum Mutation {
     Delete(usize, usize),
@@ -133,35 +140,64 @@ fn cases() -> u32 {
     std::env::var("KILN_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3000)
+        .unwrap_or(4000)
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
-
-    #[test]
-    fn random_token_soup(tokens in proptest::collection::vec(0..ALPHABET.len(), 0..80)) {
-        let text: String = tokens.iter().map(|&t| ALPHABET[t]).collect::<Vec<_>>().join(" ");
-        check_no_panic(&text);
+/// Runs `property` on `cases()` inputs from `strategy` and prints how many it checked.
+fn run_property<S: Strategy>(name: &str, strategy: S, property: impl Fn(S::Value) -> String) {
+    let config = ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    };
+    let mut runner = TestRunner::new(config);
+    let bytes = Cell::new(0usize);
+    let result = runner.run(&strategy, |input| {
+        let text = property(input);
+        bytes.set(bytes.get() + text.len());
+        let _ = check(&Source::new("fuzz.kiln", text), &Defines::new());
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{name}: {e}");
     }
-
-    #[test]
-    fn random_bytes(text in "\\PC{0,200}") {
-        check_no_panic(&text);
-    }
-
-    #[test]
-    fn mutated_kernels(file in 0usize..64, muts in proptest::collection::vec(mutation(), 1..6)) {
-        let corpus = corpus();
-        let text = apply(&corpus[file % corpus.len()], &muts);
-        check_no_panic(&text);
-    }
+    println!(
+        "{name}: {} inputs ({} bytes) checked without a panic",
+        cases(),
+        bytes.get()
+    );
 }
 
-/// Deep nesting is refused with an error instead of overflowing the stack.
+#[test]
+fn random_token_soup() {
+    let tokens = proptest::collection::vec(0..ALPHABET.len(), 0..80);
+    run_property("token soup", tokens, |tokens| {
+        let words: Vec<&str> = tokens.iter().map(|&t| ALPHABET[t]).collect();
+        words.join(" ")
+    });
+}
+
+#[test]
+fn random_text() {
+    run_property("random text", "\\PC{0,200}", |text: String| text);
+}
+
+#[test]
+fn mutated_kernels() {
+    let corpus = corpus();
+    let inputs = (0..corpus.len(), proptest::collection::vec(mutation(), 1..6));
+    run_property("mutated kernels", inputs, |(file, muts)| {
+        apply(&corpus[file], &muts)
+    });
+}
+
+/// Deep nesting and very long chains are refused with an error instead of overflowing the stack.
 #[test]
 fn deep_nesting_is_an_error() {
-    for (open, close) in [("(", ")"), ("-", ""), ("{", "}"), ("[", "]")] {
+    let nested = [("(", ")"), ("-", ""), ("{", "}"), ("[", "]")];
+    // Flat chains build trees as deep as they are long.
+    let chains = [("1 + ", ""), ("", " as i32"), ("", "[:]")];
+    for (open, close) in nested.into_iter().chain(chains) {
         let depth = 100_000;
         let body = format!("{}1{}", open.repeat(depth), close.repeat(depth));
         let text = format!("kernel k(y: *mut f32) {{ let v = {body}; }}");

@@ -4,5 +4,6 @@ mod docs;
 mod errors;
 mod fuzz;
 mod kernels;
+mod parse;
 mod passes;
 mod sema;
