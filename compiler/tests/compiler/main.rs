@@ -3,3 +3,4 @@
 mod kernels;
 mod passes;
 mod sema;
+mod cranelift;
