@@ -158,7 +158,7 @@ impl Checker<'_> {
                 match fs {
                     Val::Const(c) => Ok(Val::tile(self.materialize(c, d, &shape))),
                     other => {
-                        let v = self.to_value_exact(&other, d, fspan)?;
+                        let v = self.exact_operand(&other, d, fspan)?;
                         let v = self.broadcast_value(v, &shape, fspan, "the fill value")?;
                         Ok(Val::tile(v))
                     }
@@ -441,7 +441,7 @@ impl Checker<'_> {
 
     /// An operand that must already have element type `d` (no implicit conversion except for
     /// weak literals).
-    fn to_value_exact(&mut self, v: &Val, d: DType, span: Span) -> R<Value> {
+    fn exact_operand(&mut self, v: &Val, d: DType, span: Span) -> R<Value> {
         if let Val::Const(c) = v {
             if c.weak || c.dtype == d {
                 return Ok(self.materialize(*c, d, &[]));
@@ -456,7 +456,7 @@ impl Checker<'_> {
                 ),
             ));
         }
-        self.to_value(v, d, span)
+        self.scalar_operand(v, d, span)
     }
 
     fn math1(&mut self, u: UnaryOp, (v, s): (Val, Span), name: &str) -> R<Val> {
@@ -623,9 +623,9 @@ impl Checker<'_> {
         let (ptr, d, _) = self.pointer_arg((pv.clone(), ps), "`load`")?;
         let mask = self.mask_arg(a)?;
         let other = a.named("other");
-        if other.is_some() && mask.is_none() {
+        if let (Some((_, other_span)), None) = (&other, &mask) {
             return Err(Diagnostic::new(
-                other.unwrap().1,
+                *other_span,
                 "`other:` only makes sense with a `mask:`",
             ));
         }
@@ -643,7 +643,7 @@ impl Checker<'_> {
         };
         let other = match other {
             Some((o, s)) => {
-                let v = self.to_value_exact(&o, d, s)?;
+                let v = self.exact_operand(&o, d, s)?;
                 Some(self.broadcast_value(v, &shape, s, "`other`")?)
             }
             None => None,
@@ -685,7 +685,7 @@ impl Checker<'_> {
                 "{what} of a {} value through {} pointers: the value would be written to the same address more than once",
                 shape_text(&shape), shape_text(&self.shape_of(&pv)))));
         }
-        let value = self.to_value_exact(&vv, d, vs)?;
+        let value = self.exact_operand(&vv, d, vs)?;
         let value = self.broadcast_value(value, &shape, vs, "the value")?;
         let mask = match mask {
             Some((m, s)) => Some(self.operand(&m, DType::Bool, &shape, s, "the mask")?),
@@ -753,7 +753,7 @@ impl Checker<'_> {
                         ),
                     ));
                 }
-                self.to_value(acc, DType::F32, *s)?
+                self.scalar_operand(acc, DType::F32, *s)?
             }
             None => self.materialize(Const::weak_float(0.0), DType::F32, &out),
         };
@@ -793,7 +793,7 @@ impl Checker<'_> {
                 ),
             ));
         }
-        if self.call_stack.iter().any(|n| *n == f.name.name) || self.call_stack.len() > 64 {
+        if self.call_stack.contains(&f.name.name) || self.call_stack.len() > 64 {
             return Err(Diagnostic::new(
                 span,
                 format!(
@@ -871,7 +871,10 @@ fn unary_math(name: &str) -> Option<UnaryOp> {
 
 fn relabel(d: Diagnostic, message: &str) -> Diagnostic {
     Diagnostic {
-        message: format!("{message}: {}", d.message),
+        message: format!(
+            "{message}: {}",
+            d.message.trim_start_matches("shape mismatch: ")
+        ),
         ..d
     }
 }

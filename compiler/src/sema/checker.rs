@@ -110,19 +110,15 @@ impl<'m> Checker<'m> {
 
     /// An IR value for an operand of element type `dtype` (which it must already have, or be a
     /// constant that converts to it), at its own shape.
-    pub fn to_value(&mut self, v: &Val, dtype: DType, span: Span) -> R<Value> {
+    pub fn scalar_operand(&mut self, v: &Val, dtype: DType, span: Span) -> R<Value> {
         match v {
             Val::Const(c) => Ok(self.materialize(*c, dtype, &[])),
             Val::Tile { value, .. } => {
                 let ty = self.ty(*value);
                 match ty.elem {
                     Elem::Scalar(d) if d == dtype => Ok(*value),
-                    Elem::Scalar(d) => Ok(self.b.push(Op::Cast(*value), ty.with_dtype(dtype)))
-                        .and_then(|v| {
-                            // Only widening is implicit; callers check promotion first.
-                            debug_assert!(d != dtype);
-                            Ok(v)
-                        }),
+                    // Only widening reaches here: callers apply the promotion rules first.
+                    Elem::Scalar(_) => Ok(self.b.push(Op::Cast(*value), ty.with_dtype(dtype))),
                     Elem::Ptr(_) => Err(Diagnostic::new(
                         span,
                         format!("expected a number, found {}", self.describe(v)),
@@ -176,7 +172,7 @@ impl<'m> Checker<'m> {
         if let Val::Const(c) = v {
             return Ok(self.materialize(*c, dtype, shape));
         }
-        let value = self.to_value(v, dtype, span)?;
+        let value = self.scalar_operand(v, dtype, span)?;
         self.broadcast_value(value, shape, span, what)
     }
 

@@ -11,6 +11,11 @@ use crate::types::DType;
 
 impl Checker<'_> {
     pub fn check_expr(&mut self, e: &Expr) -> R<Val> {
+        // Nesting is bounded by the parser; the stack may still need to grow in debug builds.
+        stacker::maybe_grow(256 * 1024, 4 * 1024 * 1024, || self.check_expr_inner(e))
+    }
+
+    fn check_expr_inner(&mut self, e: &Expr) -> R<Val> {
         match &e.kind {
             ExprKind::Int(i) => Ok(Val::Const(Const::weak_int(*i))),
             ExprKind::Float(f) => Ok(Val::Const(Const::weak_float(*f))),

@@ -28,7 +28,7 @@ pub fn weak_joins(weak: &Const, other: DType) -> Result<DType, String> {
             "a float literal cannot be used with an integer `{other}` operand"
         )),
         (_, DType::Bool) if weak.dtype != DType::Bool => {
-            Err(format!("a number cannot be used with a `bool` operand"))
+            Err("a number cannot be used with a `bool` operand".to_string())
         }
         _ => Ok(other),
     }

@@ -194,7 +194,8 @@ impl Checker<'_> {
                 Val::Const(c) => c.weak || c.dtype == d,
                 other => self.dtype_of(other) == Some(d),
             };
-            if same_elem {
+            let fits = super::rules::broadcasts_to(&self.shape_of(&new), &ty.shape);
+            if same_elem && fits {
                 let v = self.operand(&new, d, &ty.shape, span, "the new value")?;
                 return Ok(Val::Tile {
                     value: v,
@@ -224,10 +225,8 @@ impl Checker<'_> {
     fn assigned_names(block: &Block, out: &mut Vec<String>) {
         for s in &block.stmts {
             match &s.kind {
-                StmtKind::Assign { target, .. } => {
-                    if !out.contains(&target.name) {
-                        out.push(target.name.clone());
-                    }
+                StmtKind::Assign { target, .. } if !out.contains(&target.name) => {
+                    out.push(target.name.clone());
                 }
                 StmtKind::For { body, .. } => Self::assigned_names(body, out),
                 StmtKind::If {
@@ -408,7 +407,7 @@ impl Checker<'_> {
                 ),
             ));
         }
-        let cond_v = self.to_value(&c, DType::Bool, cond.span)?;
+        let cond_v = self.scalar_operand(&c, DType::Bool, cond.span)?;
         let blocks: Vec<&Block> = std::iter::once(then_block).chain(else_block).collect();
         let carried = self.carried_vars(&blocks);
         let branch = |this: &mut Self, block: Option<&Block>| -> R<crate::ir::Block> {

@@ -1,6 +1,7 @@
 //! The front end: source text to [`ast::Module`], with nom.
 
 pub mod ast;
+mod lex;
 mod parser;
 mod print;
 
