@@ -5,8 +5,12 @@ use kiln_compiler::backend::cranelift::{compile, CpuKernel};
 use kiln_compiler::{compile_to_ir, Defines, Source};
 
 fn kernel(src: &str, name: &str) -> CpuKernel {
-    let ks = compile_to_ir(&Source::new("t.kiln", src), &Defines::new()).unwrap_or_else(|e| panic!("{e}"));
-    let k = ks.iter().find(|k| k.name.starts_with(name)).unwrap_or_else(|| panic!("{:?}", ks.iter().map(|k| &k.name).collect::<Vec<_>>()));
+    let ks = compile_to_ir(&Source::new("t.kiln", src), &Defines::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let k = ks
+        .iter()
+        .find(|k| k.name.starts_with(name))
+        .unwrap_or_else(|| panic!("{:?}", ks.iter().map(|k| &k.name).collect::<Vec<_>>()));
     compile(k).unwrap_or_else(|e| panic!("{e}"))
 }
 
@@ -41,13 +45,20 @@ fn conv_kernel(from: &str, to: &str) -> CpuKernel {
 #[test]
 fn half_widening_all_bit_patterns() {
     for (ty, reference) in [
-        ("bf16", (|b: u16| bf16::from_bits(b).to_f32()) as fn(u16) -> f32),
+        (
+            "bf16",
+            (|b: u16| bf16::from_bits(b).to_f32()) as fn(u16) -> f32,
+        ),
         ("f16", |b: u16| f16::from_bits(b).to_f32()),
     ] {
         let k = conv_kernel(ty, "f32");
         let x: Vec<u16> = (0..=u16::MAX).collect();
         let mut y = vec![0f32; x.len()];
-        run(&k, &[x.as_ptr() as u64, y.as_mut_ptr() as u64, x.len() as u64], 64);
+        run(
+            &k,
+            &[x.as_ptr() as u64, y.as_mut_ptr() as u64, x.len() as u64],
+            64,
+        );
         for (&b, &got) in x.iter().zip(&y) {
             let want = reference(b);
             assert!(
@@ -61,7 +72,9 @@ fn half_widening_all_bit_patterns() {
 #[test]
 fn half_narrowing() {
     let mut rng = Rng(0x9e3779b97f4a7c15);
-    let mut xs: Vec<f32> = (0..200_000).map(|_| f32::from_bits(rng.next() as u32)).collect();
+    let mut xs: Vec<f32> = (0..200_000)
+        .map(|_| f32::from_bits(rng.next() as u32))
+        .collect();
     // Ties, subnormals, overflow edges, infinities, NaN.
     for b in 0..=u16::MAX {
         let f = f16::from_bits(b).to_f32();
@@ -71,19 +84,40 @@ fn half_narrowing() {
             xs.push(f32::from_bits(bb.to_bits().wrapping_add(d)));
         }
     }
-    xs.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 65504.0, 65519.99, 65520.0, f32::MAX, 1e-8, -3e-8]);
+    xs.extend([
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        65504.0,
+        65519.99,
+        65520.0,
+        f32::MAX,
+        1e-8,
+        -3e-8,
+    ]);
     for (ty, reference) in [
-        ("bf16", (|x: f32| bf16::from_f32(x).to_bits()) as fn(f32) -> u16),
+        (
+            "bf16",
+            (|x: f32| bf16::from_f32(x).to_bits()) as fn(f32) -> u16,
+        ),
         ("f16", |x: f32| f16::from_f32(x).to_bits()),
     ] {
         let k = conv_kernel("f32", ty);
         let mut y = vec![0u16; xs.len()];
         let n = xs.len() as u32;
-        run(&k, &[xs.as_ptr() as u64, y.as_mut_ptr() as u64, n as u64], n.div_ceil(1024));
+        run(
+            &k,
+            &[xs.as_ptr() as u64, y.as_mut_ptr() as u64, n as u64],
+            n.div_ceil(1024),
+        );
         for (&x, &got) in xs.iter().zip(&y) {
             let want = reference(x);
             if x.is_nan() {
-                let g = if ty == "bf16" { bf16::from_bits(got).is_nan() } else { f16::from_bits(got).is_nan() };
+                let g = if ty == "bf16" {
+                    bf16::from_bits(got).is_nan()
+                } else {
+                    f16::from_bits(got).is_nan()
+                };
                 assert!(g, "{ty} NaN {x:e} -> {got:#06x}");
             } else {
                 assert_eq!(got, want, "{ty} of {x:e} ({:#010x})", x.to_bits());
@@ -94,16 +128,29 @@ fn half_narrowing() {
 
 #[test]
 fn rmsnorm_matches_reference_and_speed() {
-    let src = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/kernels/rmsnorm.kiln")).unwrap();
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ops/kernels/rmsnorm.kiln"
+    ))
+    .unwrap();
     let k = kernel(&src, "rmsnorm_fwd");
     let (rows, n) = (64usize, 896usize);
     let mut rng = Rng(7);
-    let x: Vec<bf16> = (0..rows * n).map(|_| bf16::from_f32(rng.f32() * 3.0)).collect();
+    let x: Vec<bf16> = (0..rows * n)
+        .map(|_| bf16::from_f32(rng.f32() * 3.0))
+        .collect();
     let w: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.f32())).collect();
     let mut y = vec![bf16::ZERO; rows * n];
     let mut rstd = vec![0f32; rows];
     let eps = 1e-6f32;
-    let args = [x.as_ptr() as u64, w.as_ptr() as u64, y.as_mut_ptr() as u64, rstd.as_mut_ptr() as u64, n as u64, eps.to_bits() as u64];
+    let args = [
+        x.as_ptr() as u64,
+        w.as_ptr() as u64,
+        y.as_mut_ptr() as u64,
+        rstd.as_mut_ptr() as u64,
+        n as u64,
+        eps.to_bits() as u64,
+    ];
     run(&k, &args, rows as u32);
     for r in 0..rows {
         let xr = &x[r * n..(r + 1) * n];
@@ -113,7 +160,10 @@ fn rmsnorm_matches_reference_and_speed() {
         for c in 0..n {
             let want = xr[c].to_f64() * rs * w[c].to_f64();
             let got = y[r * n + c].to_f64();
-            assert!((got - want).abs() <= 1e-2 * want.abs() + 1e-6, "y[{r},{c}] {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-2 * want.abs() + 1e-6,
+                "y[{r},{c}] {got} vs {want}"
+            );
         }
     }
 }
@@ -128,7 +178,16 @@ fn int_division_never_traps() {
     let a = [7, -7, i32::MIN, i32::MIN, 5, 0, 100, -9];
     let b = [2, 2, -1, 0, 0, 3, -7, 4];
     let (mut q, mut r) = ([0i32; 8], [0i32; 8]);
-    run(&k, &[a.as_ptr() as u64, b.as_ptr() as u64, q.as_mut_ptr() as u64, r.as_mut_ptr() as u64], 1);
+    run(
+        &k,
+        &[
+            a.as_ptr() as u64,
+            b.as_ptr() as u64,
+            q.as_mut_ptr() as u64,
+            r.as_mut_ptr() as u64,
+        ],
+        1,
+    );
     for i in 0..8 {
         if b[i] != 0 {
             assert_eq!(q[i], a[i].wrapping_div(b[i]));

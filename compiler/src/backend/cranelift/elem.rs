@@ -18,7 +18,10 @@ impl Lowerer<'_, '_> {
             return Ok(self.slot_load(slot, cl_type(self.k.ty(v).elem), i));
         }
         if self.plan.is_virtual(v) {
-            let op = *self.defs.get(&v).ok_or("virtual value without a definition")?;
+            let op = *self
+                .defs
+                .get(&v)
+                .ok_or("virtual value without a definition")?;
             return self.op_elem(op, v, i);
         }
         Err(format!("value v{} used before it is defined", v.0))
@@ -89,7 +92,11 @@ impl Lowerer<'_, '_> {
                 self.cast(from, to, x)
             }
             Op::PtrAdd(p, off) => {
-                let size = rty.elem.pointee().ok_or("ptr_add on a non-pointer")?.size_bytes();
+                let size = rty
+                    .elem
+                    .pointee()
+                    .ok_or("ptr_add on a non-pointer")?
+                    .size_bytes();
                 let p = self.elem(*p, i)?;
                 let off = self.elem(*off, i)?;
                 let off = if self.b.func.dfg.value_type(off) == types::I64 {
@@ -112,7 +119,10 @@ impl Lowerer<'_, '_> {
         let mut src_inner = 1i64;
         for d in (0..dst.len()).rev() {
             if src[d] == dst[d] && dst[d] > 1 {
-                let c = self.b.ins().ushr_imm_s(i, dst_inner.trailing_zeros() as i64);
+                let c = self
+                    .b
+                    .ins()
+                    .ushr_imm_s(i, dst_inner.trailing_zeros() as i64);
                 let c = self.b.ins().band_imm_s(c, i64::from(dst[d]) - 1);
                 let c = self.b.ins().imul_imm_s(c, src_inner);
                 j = Some(match j {
@@ -128,7 +138,10 @@ impl Lowerer<'_, '_> {
 
     pub(super) fn slot_addr(&mut self, slot: StackSlot, ty: ClType, i: ClValue) -> ClValue {
         let base = self.b.ins().stack_addr(types::I64, slot, 0);
-        let off = self.b.ins().ishl_imm_s(i, ty.bytes().trailing_zeros() as i64);
+        let off = self
+            .b
+            .ins()
+            .ishl_imm_s(i, ty.bytes().trailing_zeros() as i64);
         self.b.ins().iadd(base, off)
     }
 
@@ -181,7 +194,10 @@ impl Lowerer<'_, '_> {
         let params = self.b.block_params(blk).to_vec();
         let next = body(self, params[0], &params[1..])?;
         let i = self.b.ins().iadd_imm_s(params[0], 1);
-        let more = self.b.ins().icmp_imm_s(IntCC::UnsignedLessThan, i, n as i64);
+        let more = self
+            .b
+            .ins()
+            .icmp_imm_s(IntCC::UnsignedLessThan, i, n as i64);
         let mut again = vec![BlockArg::from(i)];
         again.extend(next.iter().map(|&v| BlockArg::from(v)));
         let done: Vec<BlockArg> = next.iter().map(|&v| v.into()).collect();

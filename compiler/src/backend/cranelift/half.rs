@@ -34,7 +34,9 @@ pub(super) fn f32_to_bf16(b: &mut FunctionBuilder, x: Value) -> Value {
     let quiet = b.ins().ushr_imm_s(u, 16);
     let quiet = b.ins().bor_imm_s(quiet, 0x40);
     let abs = b.ins().band_imm_s(u, 0x7fff_ffff);
-    let is_nan = b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, abs, 0x7f80_0000);
+    let is_nan = b
+        .ins()
+        .icmp_imm_s(IntCC::UnsignedGreaterThan, abs, 0x7f80_0000);
     let r = b.ins().select(is_nan, quiet, rounded);
     b.ins().ireduce(types::I16, r)
 }
@@ -59,7 +61,9 @@ pub(super) fn f16_to_f32(b: &mut FunctionBuilder, h: Value) -> Value {
     let inf = b.ins().iconst(types::I32, 0x7f80_0000);
     let top = b.ins().select(is_nan, quiet, inf);
     let special = b.ins().bor(top, man_bits);
-    let is_special = b.ins().icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, mag, 0x7c00);
+    let is_special = b
+        .ins()
+        .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, mag, 0x7c00);
     let r = b.ins().select(is_special, special, finite);
     let r = b.ins().bor(r, sign);
     bits_to_f32(b, r)
@@ -93,9 +97,13 @@ pub(super) fn f32_to_f16(b: &mut FunctionBuilder, x: Value) -> Value {
 
     let is_sub = b.ins().icmp_imm_s(IntCC::UnsignedLessThan, a, 0x3880_0000);
     let r = b.ins().select(is_sub, sub, normal);
-    let is_big = b.ins().icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, a, 0x477f_f000);
+    let is_big = b
+        .ins()
+        .icmp_imm_s(IntCC::UnsignedGreaterThanOrEqual, a, 0x477f_f000);
     let r = b.ins().select(is_big, inf, r);
-    let is_nan = b.ins().icmp_imm_s(IntCC::UnsignedGreaterThan, a, 0x7f80_0000);
+    let is_nan = b
+        .ins()
+        .icmp_imm_s(IntCC::UnsignedGreaterThan, a, 0x7f80_0000);
     let r = b.ins().select(is_nan, nan, r);
     let r = b.ins().bor(r, sign);
     b.ins().ireduce(types::I16, r)

@@ -122,9 +122,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
                 ParamKind::Scalar(DType::F16 | DType::Bf16) => {
                     self.b.ins().ireduce(types::I16, raw)
                 }
-                ParamKind::Scalar(DType::Bool) => {
-                    self.b.ins().icmp_imm_s(IntCC::NotEqual, raw, 0)
-                }
+                ParamKind::Scalar(DType::Bool) => self.b.ins().icmp_imm_s(IntCC::NotEqual, raw, 0),
             };
             self.scalars.insert(v, val);
         }
@@ -421,7 +419,14 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         let d = e.dtype().ok_or("pointer constant")?;
         let ins = self.b.ins();
         Ok(match (d, c) {
-            (DType::Bool, c) => ins.iconst(types::I8, i64::from(c != ConstValue::Int(0) && c != ConstValue::Bool(false) && c != ConstValue::Float(0.0))),
+            (DType::Bool, c) => ins.iconst(
+                types::I8,
+                i64::from(
+                    c != ConstValue::Int(0)
+                        && c != ConstValue::Bool(false)
+                        && c != ConstValue::Float(0.0),
+                ),
+            ),
             (DType::I32 | DType::I64, ConstValue::Int(i)) => ins.iconst(cl_type(e), i),
             (DType::I32 | DType::I64, ConstValue::Float(f)) => ins.iconst(cl_type(e), f as i64),
             (DType::I32 | DType::I64, ConstValue::Bool(b)) => ins.iconst(cl_type(e), i64::from(b)),

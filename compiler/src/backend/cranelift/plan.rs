@@ -141,13 +141,10 @@ pub(super) fn plan(k: &Kernel) -> Plan {
             virtual_.insert(v);
             continue;
         }
-        let elementwise = reads_elementwise(op) && !matches!(op, Op::Store { .. } | Op::Reduce { .. });
+        let elementwise =
+            reads_elementwise(op) && !matches!(op, Op::Store { .. } | Op::Reduce { .. });
         let uses = facts.uses.get(&v).map(Vec::as_slice).unwrap_or(&[]);
-        if elementwise
-            && uses.len() == 1
-            && uses[0].fusing
-            && uses[0].at.block == site.block
-        {
+        if elementwise && uses.len() == 1 && uses[0].fusing && uses[0].at.block == site.block {
             virtual_.insert(v);
         }
     }

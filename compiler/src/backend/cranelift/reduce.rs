@@ -53,18 +53,30 @@ impl Lowerer<'_, '_> {
         stride: u64,
     ) -> Res<ClValue> {
         let float = d.is_float();
-        let acc_ty = if float { types::F32 } else { cl_type(self.k.ty(x).elem) };
+        let acc_ty = if float {
+            types::F32
+        } else {
+            cl_type(self.k.ty(x).elem)
+        };
         let init = match (op, float) {
             (ReduceOp::Sum, true) => self.b.ins().f32const(0.0),
             (ReduceOp::Max | ReduceOp::Argmax, true) => self.b.ins().f32const(f32::NEG_INFINITY),
             (ReduceOp::Min, true) => self.b.ins().f32const(f32::INFINITY),
             (ReduceOp::Sum, false) => self.b.ins().iconst(acc_ty, 0),
             (ReduceOp::Max | ReduceOp::Argmax, false) => {
-                let min = if d == DType::Bool { 0 } else { i64::MIN >> (64 - acc_ty.bits()) };
+                let min = if d == DType::Bool {
+                    0
+                } else {
+                    i64::MIN >> (64 - acc_ty.bits())
+                };
                 self.b.ins().iconst(acc_ty, min)
             }
             (ReduceOp::Min, false) => {
-                let max = if d == DType::Bool { 1 } else { i64::MAX >> (64 - acc_ty.bits()) };
+                let max = if d == DType::Bool {
+                    1
+                } else {
+                    i64::MAX >> (64 - acc_ty.bits())
+                };
                 self.b.ins().iconst(acc_ty, max)
             }
         };

@@ -75,7 +75,13 @@ impl Lowerer<'_, '_> {
         })
     }
 
-    pub(super) fn binary(&mut self, op: BinaryOp, d: DType, a: ClValue, b: ClValue) -> Res<ClValue> {
+    pub(super) fn binary(
+        &mut self,
+        op: BinaryOp,
+        d: DType,
+        a: ClValue,
+        b: ClValue,
+    ) -> Res<ClValue> {
         if d.is_float() {
             let a = self.to_f32(d, a);
             let b = self.to_f32(d, b);
