@@ -437,7 +437,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
                     ConstValue::Bool(b) => f32::from(u8::from(b)),
                 };
                 let f = ins.f32const(f);
-                self.from_f32(d, f)
+                self.narrow_f32(d, f)
             }
         })
     }

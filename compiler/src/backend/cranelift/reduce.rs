@@ -85,7 +85,7 @@ impl Lowerer<'_, '_> {
             let at = l.b.ins().imul_imm_s(k, stride as i64);
             let at = l.b.ins().iadd(base, at);
             let v = l.elem(x, at)?;
-            let v = if float { l.to_f32(d, v) } else { v };
+            let v = if float { l.widen_f32(d, v) } else { v };
             let (a, best_i) = (acc[0], acc[1]);
             let ins = l.b.ins();
             Ok(match (op, float) {
@@ -124,7 +124,7 @@ impl Lowerer<'_, '_> {
         })?;
         Ok(match op {
             ReduceOp::Argmax => accs[1],
-            _ if float => self.from_f32(d, accs[0]),
+            _ if float => self.narrow_f32(d, accs[0]),
             _ => accs[0],
         })
     }

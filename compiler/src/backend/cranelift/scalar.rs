@@ -19,7 +19,7 @@ fn int_type(d: DType) -> ClType {
 
 impl Lowerer<'_, '_> {
     /// A float element of type `d` as an f32.
-    pub(super) fn to_f32(&mut self, d: DType, x: ClValue) -> ClValue {
+    pub(super) fn widen_f32(&mut self, d: DType, x: ClValue) -> ClValue {
         match d {
             DType::Bf16 => half::bf16_to_f32(&mut self.b, x),
             DType::F16 => half::f16_to_f32(&mut self.b, x),
@@ -28,7 +28,7 @@ impl Lowerer<'_, '_> {
     }
 
     /// An f32 rounded to the float type `d`.
-    pub(super) fn from_f32(&mut self, d: DType, x: ClValue) -> ClValue {
+    pub(super) fn narrow_f32(&mut self, d: DType, x: ClValue) -> ClValue {
         match d {
             DType::Bf16 => half::f32_to_bf16(&mut self.b, x),
             DType::F16 => half::f32_to_f16(&mut self.b, x),
@@ -44,7 +44,7 @@ impl Lowerer<'_, '_> {
 
     pub(super) fn unary(&mut self, op: UnaryOp, d: DType, x: ClValue) -> Res<ClValue> {
         if d.is_float() {
-            let x = self.to_f32(d, x);
+            let x = self.widen_f32(d, x);
             let r = match op {
                 UnaryOp::Neg => self.b.ins().fneg(x),
                 UnaryOp::Abs => self.b.ins().fabs(x),
@@ -64,7 +64,7 @@ impl Lowerer<'_, '_> {
                 UnaryOp::Sigmoid => self.call1(MathFn::Sigmoid, x),
                 UnaryOp::Not => return Err(format!("`not` on {d}")),
             };
-            return Ok(self.from_f32(d, r));
+            return Ok(self.narrow_f32(d, r));
         }
         Ok(match (op, d) {
             (UnaryOp::Not, DType::Bool) => self.b.ins().bxor_imm_s(x, 1),
@@ -83,8 +83,8 @@ impl Lowerer<'_, '_> {
         b: ClValue,
     ) -> Res<ClValue> {
         if d.is_float() {
-            let a = self.to_f32(d, a);
-            let b = self.to_f32(d, b);
+            let a = self.widen_f32(d, a);
+            let b = self.widen_f32(d, b);
             let ins = self.b.ins();
             let r = match op {
                 BinaryOp::Add => ins.fadd(a, b),
@@ -100,7 +100,7 @@ impl Lowerer<'_, '_> {
                 }
                 _ => return Err(format!("{op:?} on {d}")),
             };
-            return Ok(self.from_f32(d, r));
+            return Ok(self.narrow_f32(d, r));
         }
         let ins = self.b.ins();
         Ok(match op {
@@ -153,8 +153,8 @@ impl Lowerer<'_, '_> {
     /// A comparison, as a bool (i8 0 or 1). Float `!=` is true on NaN, the others false.
     pub(super) fn cmp(&mut self, p: CmpPred, d: DType, a: ClValue, b: ClValue) -> ClValue {
         if d.is_float() {
-            let a = self.to_f32(d, a);
-            let b = self.to_f32(d, b);
+            let a = self.widen_f32(d, a);
+            let b = self.widen_f32(d, b);
             let cc = match p {
                 CmpPred::Eq => FloatCC::Equal,
                 CmpPred::Ne => FloatCC::NotEqual,
@@ -184,11 +184,11 @@ impl Lowerer<'_, '_> {
     /// `a * b + c`; one rounding for f32 (16-bit floats round once more when narrowed).
     pub(super) fn fma(&mut self, d: DType, a: ClValue, b: ClValue, c: ClValue) -> ClValue {
         if d.is_float() {
-            let a = self.to_f32(d, a);
-            let b = self.to_f32(d, b);
-            let c = self.to_f32(d, c);
+            let a = self.widen_f32(d, a);
+            let b = self.widen_f32(d, b);
+            let c = self.widen_f32(d, c);
             let r = self.b.ins().fma(a, b, c);
-            return self.from_f32(d, r);
+            return self.narrow_f32(d, r);
         }
         let p = self.b.ins().imul(a, b);
         self.b.ins().iadd(p, c)
@@ -202,7 +202,7 @@ impl Lowerer<'_, '_> {
         match (from.is_float(), to) {
             (_, DType::Bool) => {
                 if from.is_float() {
-                    let f = self.to_f32(from, x);
+                    let f = self.widen_f32(from, x);
                     let zero = self.b.ins().f32const(0.0);
                     self.b.ins().fcmp(FloatCC::NotEqual, f, zero)
                 } else {
@@ -210,12 +210,12 @@ impl Lowerer<'_, '_> {
                 }
             }
             (true, DType::I32 | DType::I64) => {
-                let f = self.to_f32(from, x);
+                let f = self.widen_f32(from, x);
                 self.b.ins().fcvt_to_sint_sat(int_type(to), f)
             }
             (true, _) => {
-                let f = self.to_f32(from, x);
-                self.from_f32(to, f)
+                let f = self.widen_f32(from, x);
+                self.narrow_f32(to, f)
             }
             (false, DType::I32 | DType::I64) => {
                 let (fw, tw) = (int_type(from).bits(), int_type(to).bits());
@@ -234,7 +234,7 @@ impl Lowerer<'_, '_> {
                 } else {
                     self.b.ins().fcvt_from_sint(types::F32, x)
                 };
-                self.from_f32(to, f)
+                self.narrow_f32(to, f)
             }
         }
     }
