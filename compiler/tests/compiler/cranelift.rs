@@ -127,7 +127,7 @@ fn half_narrowing() {
 }
 
 #[test]
-fn rmsnorm_matches_reference_and_speed() {
+fn rmsnorm_matches_reference() {
     let src = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../ops/kernels/rmsnorm.kiln"
@@ -213,4 +213,66 @@ fn atomic_add_from_many_threads() {
     });
     assert_eq!(i, 8 * 1000 * 4);
     assert_eq!(f, 8.0 * 1000.0 * 4.0 * 0.5);
+}
+
+#[test]
+fn reductions_both_axes_and_loop_carries() {
+    let k = kernel(
+        "kernel r(x: *f32, s0: *mut f32, m1: *mut f32, a1: *mut i32, lse: *mut f32, n: i32) {
+            let rows = range(8)[:, None];
+            let cols = range(16)[None, :];
+            let t = load(x + rows * 16 + cols);
+            store(s0 + range(16), sum(t, axis: 0));
+            store(m1 + range(8), max(t, axis: 1));
+            store(a1 + range(8), argmax(t, axis: 1));
+            let mut m = -inf;
+            let mut l = 0.0;
+            let mut acc = zeros([16], f32);
+            for start in 0..n step 16 {
+                let o = start + range(16);
+                let v = load(x + o, mask: o < n, other: -inf);
+                let m_new = max(m, max(v));
+                l = l * exp(m - m_new) + sum(exp(v - m_new));
+                m = m_new;
+                acc += where(o < n, v, 0.0);
+            }
+            store(lse, m + log(l) + sum(acc) * 0.0);
+        }",
+        "r",
+    );
+    let mut rng = Rng(3);
+    let x: Vec<f32> = (0..128).map(|_| rng.f32() * 4.0).collect();
+    let (mut s0, mut m1, mut a1, mut lse) = ([0f32; 16], [0f32; 8], [0i32; 8], 0f32);
+    let n = 117;
+    let args = [
+        x.as_ptr() as u64,
+        s0.as_mut_ptr() as u64,
+        m1.as_mut_ptr() as u64,
+        a1.as_mut_ptr() as u64,
+        &mut lse as *mut f32 as u64,
+        n as u64,
+    ];
+    run(&k, &args, 1);
+    for c in 0..16 {
+        let want: f64 = (0..8).map(|r| x[r * 16 + c] as f64).sum();
+        assert!((s0[c] as f64 - want).abs() < 1e-4);
+    }
+    for r in 0..8 {
+        let row = &x[r * 16..(r + 1) * 16];
+        let (ai, &mx) =
+            row.iter().enumerate().fold(
+                (0, &f32::MIN),
+                |b, (i, v)| if *v > *b.1 { (i, v) } else { b },
+            );
+        assert_eq!(m1[r], mx);
+        assert_eq!(a1[r], ai as i32);
+    }
+    let mx = x[..n].iter().fold(f64::MIN, |a, &v| a.max(v as f64));
+    let want = mx
+        + x[..n]
+            .iter()
+            .map(|&v| (v as f64 - mx).exp())
+            .sum::<f64>()
+            .ln();
+    assert!((lse as f64 - want).abs() < 1e-4, "{lse} vs {want}");
 }
