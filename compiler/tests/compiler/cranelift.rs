@@ -276,3 +276,15 @@ fn reductions_both_axes_and_loop_carries() {
             .ln();
     assert!((lse as f64 - want).abs() < 1e-4, "{lse} vs {want}");
 }
+
+#[test]
+fn clif_of_small_kernels() {
+    for (name, src) in [
+        ("add", "kernel add(a: *bf16, b: *f32, out: *mut f32, n: i32) { let o = range(16); let m = o < n; store(out + o, load(a + o, mask: m) as f32 + load(b + o, mask: m), mask: m); }"),
+        ("rowsum", "kernel rowsum(x: *f32, out: *mut f32) { let t = load(x + range(4)[:, None] * 8 + range(8)[None, :]); store(out + range(4), sum(t * t, axis: 1)); }"),
+    ] {
+        let ks = compile_to_ir(&Source::new("t.kiln", src), &Defines::new()).unwrap();
+        let clif = kiln_compiler::backend::cranelift::emit_clif(&ks[0]).unwrap();
+        insta::assert_snapshot!(format!("clif_{name}"), clif);
+    }
+}
