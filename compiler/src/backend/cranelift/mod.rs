@@ -1,18 +1,51 @@
-//! The CPU backend: tile IR to native code through Cranelift. (To be written.)
+//! The CPU backend: tile IR to native code through Cranelift.
 //!
 //! ABI of a compiled kernel: one native function
 //! `extern "C" fn(args: *const u64, program_id: *const u32, num_programs: *const u32)` run once
 //! per program. `args[i]` holds parameter `i`: a pointer's address, or a scalar's bits
 //! zero-extended (i32, f32 as its IEEE bits, i64).
+//!
+//! Scalars live in SSA registers; tiles are loops over their elements. Chains of elementwise ops
+//! are fused into the loop of the op that consumes them (see `plan`), so only tiles that are
+//! read more than once, across blocks, or by reductions, `dot`, `trans` and `broadcast` are
+//! stored, in stack arrays of the function's frame. 16-bit floats are carried as their bits and
+//! computed in f32; math functions without an instruction call Rust (`math`).
+
+mod elem;
+mod half;
+mod jit;
+mod lower;
+mod math;
+mod memory;
+mod plan;
+mod reduce;
+mod scalar;
 
 use super::BackendError;
 use crate::ir::{Kernel, Param};
+use cranelift_codegen::ir::UserFuncName;
+use cranelift_codegen::Context;
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
+use cranelift_jit::JITModule;
+use cranelift_module::{Linkage, Module};
+
+type KernelFn = unsafe extern "C" fn(*const u64, *const u32, *const u32);
 
 /// A kernel compiled to native code; runs one program per call.
 pub struct CpuKernel {
     name: String,
     params: Vec<Param>,
+    entry: KernelFn,
+    frame_bytes: u64,
+    /// Owns the code `entry` points to; freed on drop.
+    module: Option<JITModule>,
 }
+
+// SAFETY: after `finalize_definitions` the module's code is immutable and never touched again
+// until `Drop`, which has exclusive access. The generated function keeps all state in its own
+// frame, so any number of threads may call it at once.
+unsafe impl Send for CpuKernel {}
+unsafe impl Sync for CpuKernel {}
 
 impl CpuKernel {
     pub fn name(&self) -> &str {
@@ -23,35 +56,102 @@ impl CpuKernel {
         &self.params
     }
 
-    /// Runs program `program_id` of a grid of `num_programs`.
+    /// Bytes of tile arrays in the function's stack frame: a thread running programs needs at
+    /// least this much stack (plus a little).
+    pub fn frame_bytes(&self) -> u64 {
+        self.frame_bytes
+    }
+
+    /// Runs program `program_id` of a grid of `num_programs`. Fails, without running, when
+    /// `args` does not have one entry per parameter.
     ///
     /// # Safety
     /// `args` must match [`CpuKernel::params`] one to one, and every pointer must be valid for
     /// every element the program touches.
     pub unsafe fn run_program(
         &self,
-        _args: &[u64],
-        _program_id: [u32; 3],
-        _num_programs: [u32; 3],
-    ) {
-        unimplemented!("cranelift backend")
+        args: &[u64],
+        program_id: [u32; 3],
+        num_programs: [u32; 3],
+    ) -> Result<(), BackendError> {
+        if args.len() != self.params.len() {
+            return Err(error(
+                &self.name,
+                format!(
+                    "{} arguments for {} parameters",
+                    args.len(),
+                    self.params.len()
+                ),
+            ));
+        }
+        // SAFETY: the caller vouches for the arguments; the function reads `args` (checked
+        // above), three u32s from each grid array, and what the kernel's pointers address.
+        unsafe { (self.entry)(args.as_ptr(), program_id.as_ptr(), num_programs.as_ptr()) };
+        Ok(())
     }
+}
+
+impl Drop for CpuKernel {
+    fn drop(&mut self) {
+        if let Some(m) = self.module.take() {
+            // SAFETY: `&mut self` means no call of `entry` is running or can start.
+            unsafe { m.free_memory() };
+        }
+    }
+}
+
+fn error(kernel: &str, message: impl Into<String>) -> BackendError {
+    BackendError {
+        backend: "cranelift",
+        kernel: kernel.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Translates `k` into a function in `module`; returns its context and the frame's tile bytes.
+fn translate(k: &Kernel, module: &mut JITModule) -> Result<(Context, u64), BackendError> {
+    let err = |m: String| error(&k.name, m);
+    crate::ir::verify(k).map_err(|e| err(e.to_string()))?;
+    let math_ids = jit::declare_math(module).map_err(err)?;
+    let mut ctx = module.make_context();
+    ctx.func.signature = jit::kernel_signature(module);
+    ctx.func.name = UserFuncName::testcase(&k.name);
+    let mut fctx = FunctionBuilderContext::new();
+    let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+    let frame = lower::Lowerer::lower_kernel(k, builder, module, &math_ids).map_err(err)?;
+    Ok((ctx, frame))
 }
 
 /// Compiles a kernel to native code for this machine.
 pub fn compile(k: &Kernel) -> Result<CpuKernel, BackendError> {
-    Err(BackendError {
-        backend: "cranelift",
-        kernel: k.name.clone(),
-        message: "not implemented".into(),
+    let err = |m: String| error(&k.name, m);
+    let mut module = jit::new_module().map_err(err)?;
+    let (mut ctx, frame_bytes) = translate(k, &mut module)?;
+    let id = module
+        .declare_function(&k.name, Linkage::Local, &ctx.func.signature)
+        .map_err(|e| err(e.to_string()))?;
+    module
+        .define_function(id, &mut ctx)
+        .map_err(|e| err(format!("{e:?}")))?;
+    module
+        .finalize_definitions()
+        .map_err(|e| err(e.to_string()))?;
+    let code = module.get_finalized_function(id);
+    // SAFETY: the function was defined with `kernel_signature`, which is `KernelFn`.
+    let entry = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
+    Ok(CpuKernel {
+        name: k.name.clone(),
+        params: k.params.clone(),
+        entry,
+        frame_bytes,
+        module: Some(module),
     })
 }
 
-/// The Cranelift IR of a kernel, as text (`kiln compile --emit clif`).
+/// The Cranelift IR of a kernel as translated, before Cranelift's optimisations, as text
+/// (`kiln compile --emit clif`).
 pub fn emit_clif(k: &Kernel) -> Result<String, BackendError> {
-    Err(BackendError {
-        backend: "cranelift",
-        kernel: k.name.clone(),
-        message: "not implemented".into(),
-    })
+    let mut module = jit::new_module().map_err(|m| error(&k.name, m))?;
+    let (ctx, _) = translate(k, &mut module)?;
+    Ok(ctx.func.display().to_string())
 }

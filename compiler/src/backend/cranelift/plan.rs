@@ -1,0 +1,179 @@
+//! Which tiles are *virtual*: computed element by element inside the loop of the op that reads
+//! them, instead of being stored to a stack array first. Fusing elementwise chains this way keeps
+//! intermediates in registers.
+//!
+//! - *Cheap* tiles (constants, splats, ranges, and integer/compare/select/shape arithmetic on
+//!   cheap tiles, no loads and no calls) are always virtual: recomputing them is as cheap as
+//!   reading them back.
+//! - `broadcast` and `trans` are virtual index remaps of their operand, which is materialised
+//!   unless cheap.
+//! - Any other elementwise tile (math, float arithmetic, loads, casts) is virtual when it has one
+//!   use, in the same block, by an op that reads it elementwise; a load additionally needs no
+//!   memory write between it and the op that finally evaluates its chain.
+//!
+//! Everything else (results of reductions, `dot`, `for`, `if`, loop arguments) lives in a slot.
+
+use crate::ir::{Block, Kernel, Op, UnaryOp, Value};
+use std::collections::{HashMap, HashSet};
+
+/// The fusion decisions for one kernel.
+pub(super) struct Plan {
+    virtual_: HashSet<Value>,
+}
+
+impl Plan {
+    pub(super) fn is_virtual(&self, v: Value) -> bool {
+        self.virtual_.contains(&v)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Site {
+    block: usize,
+    inst: usize,
+}
+
+struct Use {
+    at: Site,
+    fusing: bool,
+    /// The value the using instruction defines, if any.
+    result: Option<Value>,
+}
+
+#[derive(Default)]
+struct Facts<'a> {
+    defs: HashMap<Value, (Site, &'a Op)>,
+    uses: HashMap<Value, Vec<Use>>,
+    /// Per block, for each instruction: does it write memory?
+    effects: Vec<Vec<bool>>,
+}
+
+/// True for ops that read their tile operands elementwise at the same index as they produce.
+fn reads_elementwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(..)
+            | Op::Binary(..)
+            | Op::Cmp(..)
+            | Op::Select(..)
+            | Op::Fma(..)
+            | Op::Cast(_)
+            | Op::PtrAdd(..)
+            | Op::Reshape(_)
+            | Op::Load { .. }
+            | Op::Store { .. }
+            | Op::AtomicAdd { .. }
+            | Op::Reduce { .. }
+    )
+}
+
+impl<'a> Facts<'a> {
+    fn block(&mut self, b: &'a Block) {
+        let id = self.effects.len();
+        self.effects.push(vec![]);
+        for (i, inst) in b.insts.iter().enumerate() {
+            let at = Site { block: id, inst: i };
+            let effect = !matches!(inst.op, Op::Yield(_)) && inst.op.has_side_effects();
+            self.effects[id].push(effect);
+            for v in inst.op.operands() {
+                self.uses.entry(v).or_default().push(Use {
+                    at,
+                    fusing: reads_elementwise(&inst.op),
+                    result: inst.results.first().copied(),
+                });
+            }
+            for &r in &inst.results {
+                self.defs.insert(r, (at, &inst.op));
+            }
+            for nested in inst.op.blocks() {
+                self.block(nested);
+            }
+        }
+    }
+}
+
+/// Decides which values are virtual.
+pub(super) fn plan(k: &Kernel) -> Plan {
+    let mut facts = Facts::default();
+    facts.block(&k.body);
+    let is_tile = |v: Value| !k.ty(v).is_scalar();
+
+    let mut cheap: HashSet<Value> = HashSet::new();
+    let mut sorted: Vec<Value> = facts.defs.keys().copied().filter(|&v| is_tile(v)).collect();
+    sorted.sort();
+    // Value numbers need not follow definition order, so iterate to a fixed point.
+    loop {
+        let before = cheap.len();
+        for &v in &sorted {
+            if cheap.contains(&v) {
+                continue;
+            }
+            let op = facts.defs[&v].1;
+            let ok = match op {
+                Op::Const(_) | Op::Range(_) | Op::Splat(_) => true,
+                Op::Unary(UnaryOp::Neg | UnaryOp::Not | UnaryOp::Abs, _)
+                | Op::Binary(..)
+                | Op::Cmp(..)
+                | Op::Select(..)
+                | Op::Cast(_)
+                | Op::PtrAdd(..)
+                | Op::Reshape(_)
+                | Op::Broadcast(_)
+                | Op::Trans(_) => op
+                    .operands()
+                    .iter()
+                    .all(|&o| !is_tile(o) || cheap.contains(&o)),
+                _ => false,
+            };
+            if ok {
+                cheap.insert(v);
+            }
+        }
+        if cheap.len() == before {
+            break;
+        }
+    }
+
+    let mut virtual_ = cheap.clone();
+    for &v in &sorted {
+        let (site, op) = facts.defs[&v];
+        if matches!(op, Op::Broadcast(_) | Op::Trans(_)) {
+            virtual_.insert(v);
+            continue;
+        }
+        let elementwise =
+            reads_elementwise(op) && !matches!(op, Op::Store { .. } | Op::Reduce { .. });
+        let uses = facts.uses.get(&v).map(Vec::as_slice).unwrap_or(&[]);
+        if elementwise && uses.len() == 1 && uses[0].fusing && uses[0].at.block == site.block {
+            virtual_.insert(v);
+        }
+    }
+
+    // A virtual load is read where its chain is finally evaluated; no write may come between.
+    let root = |mut v: Value| -> Site {
+        loop {
+            let u = &facts.uses[&v][0];
+            match u.result {
+                Some(r) if virtual_.contains(&r) && !cheap.contains(&r) => v = r,
+                _ => return u.at,
+            }
+        }
+    };
+    let hazards: Vec<Value> = sorted
+        .iter()
+        .copied()
+        .filter(|&v| virtual_.contains(&v) && !cheap.contains(&v))
+        .filter(|v| matches!(facts.defs[v].1, Op::Load { .. }))
+        .filter(|&v| {
+            let def = facts.defs[&v].0;
+            let end = root(v);
+            facts.effects[def.block][def.inst + 1..end.inst]
+                .iter()
+                .any(|&e| e)
+        })
+        .collect();
+    for v in hazards {
+        virtual_.remove(&v);
+    }
+    Plan { virtual_ }
+}

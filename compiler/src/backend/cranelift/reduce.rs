@@ -1,0 +1,167 @@
+//! Reductions along one axis of an N-D tile, and `dot`. Float reductions accumulate in f32 in
+//! index order and round once to the element type.
+
+use super::lower::{cl_type, Lowerer, Res};
+use crate::ir::{ReduceOp, Value};
+use crate::types::DType;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, InstBuilder, Value as ClValue};
+
+impl Lowerer<'_, '_> {
+    pub(super) fn reduce(&mut self, op: ReduceOp, x: Value, axis: u32, r: Value) -> Res<()> {
+        let shape = self.k.ty(x).shape.clone();
+        let d = self.k.ty(x).dtype().ok_or("reduction of pointers")?;
+        let axis = axis as usize;
+        let len = u64::from(*shape.get(axis).ok_or("reduce axis out of range")?);
+        let inner: u64 = shape[axis + 1..].iter().map(|&s| u64::from(s)).product();
+        let out_n: u64 = shape.iter().map(|&s| u64::from(s)).product::<u64>() / len;
+        let scalar_result = self.k.ty(r).is_scalar();
+        let slot = if scalar_result {
+            None
+        } else {
+            Some(self.slot_of(r)?)
+        };
+        let mut result = None;
+        self.counted_loop(out_n, |l, o| {
+            // Output `o` = (outer, in); its inputs are outer * len * inner + k * inner + in.
+            let shift = inner.trailing_zeros() as i64;
+            let outer = l.b.ins().ushr_imm_s(o, shift);
+            let within = l.b.ins().band_imm_s(o, inner as i64 - 1);
+            let base = l.b.ins().imul_imm_s(outer, (len * inner) as i64);
+            let base = l.b.ins().iadd(base, within);
+            let v = l.reduce_line(op, d, x, base, len, inner)?;
+            match slot {
+                Some(s) => l.slot_store(s, v, o),
+                None => result = Some(v),
+            }
+            Ok(())
+        })?;
+        if let Some(v) = result {
+            self.scalars.insert(r, v);
+        }
+        Ok(())
+    }
+
+    /// Reduces `len` elements of `x` starting at `base`, `stride` apart.
+    fn reduce_line(
+        &mut self,
+        op: ReduceOp,
+        d: DType,
+        x: Value,
+        base: ClValue,
+        len: u64,
+        stride: u64,
+    ) -> Res<ClValue> {
+        let float = d.is_float();
+        let acc_ty = if float {
+            types::F32
+        } else {
+            cl_type(self.k.ty(x).elem)
+        };
+        let init = match (op, float) {
+            (ReduceOp::Sum, true) => self.b.ins().f32const(0.0),
+            (ReduceOp::Max | ReduceOp::Argmax, true) => self.b.ins().f32const(f32::NEG_INFINITY),
+            (ReduceOp::Min, true) => self.b.ins().f32const(f32::INFINITY),
+            (ReduceOp::Sum, false) => self.b.ins().iconst(acc_ty, 0),
+            (ReduceOp::Max | ReduceOp::Argmax, false) => {
+                let min = if d == DType::Bool {
+                    0
+                } else {
+                    i64::MIN >> (64 - acc_ty.bits())
+                };
+                self.b.ins().iconst(acc_ty, min)
+            }
+            (ReduceOp::Min, false) => {
+                let max = if d == DType::Bool {
+                    1
+                } else {
+                    i64::MAX >> (64 - acc_ty.bits())
+                };
+                self.b.ins().iconst(acc_ty, max)
+            }
+        };
+        let zero_idx = self.b.ins().iconst(types::I32, 0);
+        let accs = self.fold_loop(len, &[init, zero_idx], |l, k, acc| {
+            let at = l.b.ins().imul_imm_s(k, stride as i64);
+            let at = l.b.ins().iadd(base, at);
+            let v = l.elem(x, at)?;
+            let v = if float { l.widen_f32(d, v) } else { v };
+            let (a, best_i) = (acc[0], acc[1]);
+            let ins = l.b.ins();
+            Ok(match (op, float) {
+                (ReduceOp::Sum, true) => vec![ins.fadd(a, v), best_i],
+                (ReduceOp::Sum, false) => vec![ins.iadd(a, v), best_i],
+                (ReduceOp::Max, true) => vec![ins.fmax(a, v), best_i],
+                (ReduceOp::Min, true) => vec![ins.fmin(a, v), best_i],
+                (ReduceOp::Max, false) if d == DType::Bool => vec![ins.umax(a, v), best_i],
+                (ReduceOp::Min, false) if d == DType::Bool => vec![ins.umin(a, v), best_i],
+                (ReduceOp::Max, false) => vec![ins.smax(a, v), best_i],
+                (ReduceOp::Min, false) => vec![ins.smin(a, v), best_i],
+                (ReduceOp::Argmax, _) => {
+                    // Strictly greater keeps the first of equal maxima; a NaN counts as the
+                    // largest value, and the first NaN wins.
+                    let better = if float {
+                        let gt = ins.fcmp(FloatCC::GreaterThan, v, a);
+                        let v_nan = l.b.ins().fcmp(FloatCC::Unordered, v, v);
+                        let a_num = l.b.ins().fcmp(FloatCC::Ordered, a, a);
+                        let nan_wins = l.b.ins().band(v_nan, a_num);
+                        l.b.ins().bor(gt, nan_wins)
+                    } else {
+                        let cc = if d == DType::Bool {
+                            IntCC::UnsignedGreaterThan
+                        } else {
+                            IntCC::SignedGreaterThan
+                        };
+                        ins.icmp(cc, v, a)
+                    };
+                    let k32 = l.b.ins().ireduce(types::I32, k);
+                    vec![
+                        l.b.ins().select(better, v, a),
+                        l.b.ins().select(better, k32, best_i),
+                    ]
+                }
+            })
+        })?;
+        Ok(match op {
+            ReduceOp::Argmax => accs[1],
+            _ if float => self.narrow_f32(d, accs[0]),
+            _ => accs[0],
+        })
+    }
+
+    /// `acc + a @ b` as a triple loop, accumulating in f32.
+    pub(super) fn dot(&mut self, a: Value, b: Value, acc: Value, r: Value) -> Res<()> {
+        let (ta, tb) = (self.k.ty(a).clone(), self.k.ty(b).clone());
+        let (m, kk, n) = (
+            u64::from(ta.shape[0]),
+            u64::from(ta.shape[1]),
+            u64::from(tb.shape[1]),
+        );
+        let (da, db) = (
+            ta.dtype().ok_or("dot of pointers")?,
+            tb.dtype().ok_or("dot of pointers")?,
+        );
+        let dacc = self.k.ty(acc).dtype().ok_or("dot of pointers")?;
+        let slot = self.slot_of(r)?;
+        self.counted_loop(m * n, |l, mn| {
+            let row = l.b.ins().ushr_imm_s(mn, n.trailing_zeros() as i64);
+            let col = l.b.ins().band_imm_s(mn, n as i64 - 1);
+            let a_row = l.b.ins().imul_imm_s(row, kk as i64);
+            let c0 = l.elem(acc, mn)?;
+            let c0 = l.cast(dacc, DType::F32, c0);
+            let sum = l.fold_loop(kk, &[c0], |l, k, c| {
+                let ai = l.b.ins().iadd(a_row, k);
+                let bi = l.b.ins().imul_imm_s(k, n as i64);
+                let bi = l.b.ins().iadd(bi, col);
+                let x = l.elem(a, ai)?;
+                let x = l.cast(da, DType::F32, x);
+                let y = l.elem(b, bi)?;
+                let y = l.cast(db, DType::F32, y);
+                Ok(vec![l.b.ins().fma(x, y, c[0])])
+            })?;
+            let out = l.cast(DType::F32, dacc, sum[0]);
+            l.slot_store(slot, out, mn);
+            Ok(())
+        })
+    }
+}

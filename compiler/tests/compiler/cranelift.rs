@@ -1,0 +1,290 @@
+//! The Cranelift backend against plain-Rust references on random inputs.
+
+use half::{bf16, f16};
+use kiln_compiler::backend::cranelift::{compile, CpuKernel};
+use kiln_compiler::{compile_to_ir, Defines, Source};
+
+fn kernel(src: &str, name: &str) -> CpuKernel {
+    let ks = compile_to_ir(&Source::new("t.kiln", src), &Defines::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let k = ks
+        .iter()
+        .find(|k| k.name.starts_with(name))
+        .unwrap_or_else(|| panic!("{:?}", ks.iter().map(|k| &k.name).collect::<Vec<_>>()));
+    compile(k).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn run(k: &CpuKernel, args: &[u64], grid: u32) {
+    for p in 0..grid {
+        unsafe { k.run_program(args, [p, 0, 0], [grid, 1, 1]).unwrap() };
+    }
+}
+
+/// xorshift, never all zero.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() % 2_000_001) as f32 / 1_000_000.0 - 1.0
+    }
+}
+
+fn conv_kernel(from: &str, to: &str) -> CpuKernel {
+    let src = format!(
+        "kernel c(x: *{from}, y: *mut {to}, n: i32) {{ let o = program_id(0) * 1024 + range(1024); \
+         let m = o < n; store(y + o, load(x + o, mask: m) as {to}, mask: m); }}"
+    );
+    kernel(&src, "c")
+}
+
+#[test]
+fn half_widening_all_bit_patterns() {
+    for (ty, reference) in [
+        (
+            "bf16",
+            (|b: u16| bf16::from_bits(b).to_f32()) as fn(u16) -> f32,
+        ),
+        ("f16", |b: u16| f16::from_bits(b).to_f32()),
+    ] {
+        let k = conv_kernel(ty, "f32");
+        let x: Vec<u16> = (0..=u16::MAX).collect();
+        let mut y = vec![0f32; x.len()];
+        run(
+            &k,
+            &[x.as_ptr() as u64, y.as_mut_ptr() as u64, x.len() as u64],
+            64,
+        );
+        for (&b, &got) in x.iter().zip(&y) {
+            let want = reference(b);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{ty} {b:#06x}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn half_narrowing() {
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    let mut xs: Vec<f32> = (0..200_000)
+        .map(|_| f32::from_bits(rng.next() as u32))
+        .collect();
+    // Ties, subnormals, overflow edges, infinities, NaN.
+    for b in 0..=u16::MAX {
+        let f = f16::from_bits(b).to_f32();
+        let bb = bf16::from_bits(b).to_f32();
+        for d in [0, 1, 0x1000, 0x0fff, 0x1001, 0x8000, 0x7fff] {
+            xs.push(f32::from_bits(f.to_bits().wrapping_add(d)));
+            xs.push(f32::from_bits(bb.to_bits().wrapping_add(d)));
+        }
+    }
+    xs.extend([
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        65504.0,
+        65519.99,
+        65520.0,
+        f32::MAX,
+        1e-8,
+        -3e-8,
+    ]);
+    for (ty, reference) in [
+        (
+            "bf16",
+            (|x: f32| bf16::from_f32(x).to_bits()) as fn(f32) -> u16,
+        ),
+        ("f16", |x: f32| f16::from_f32(x).to_bits()),
+    ] {
+        let k = conv_kernel("f32", ty);
+        let mut y = vec![0u16; xs.len()];
+        let n = xs.len() as u32;
+        run(
+            &k,
+            &[xs.as_ptr() as u64, y.as_mut_ptr() as u64, n as u64],
+            n.div_ceil(1024),
+        );
+        for (&x, &got) in xs.iter().zip(&y) {
+            let want = reference(x);
+            if x.is_nan() {
+                let g = if ty == "bf16" {
+                    bf16::from_bits(got).is_nan()
+                } else {
+                    f16::from_bits(got).is_nan()
+                };
+                assert!(g, "{ty} NaN {x:e} -> {got:#06x}");
+            } else {
+                assert_eq!(got, want, "{ty} of {x:e} ({:#010x})", x.to_bits());
+            }
+        }
+    }
+}
+
+#[test]
+fn rmsnorm_matches_reference() {
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../ops/kernels/rmsnorm.kiln"
+    ))
+    .unwrap();
+    let k = kernel(&src, "rmsnorm_fwd");
+    let (rows, n) = (64usize, 896usize);
+    let mut rng = Rng(7);
+    let x: Vec<bf16> = (0..rows * n)
+        .map(|_| bf16::from_f32(rng.f32() * 3.0))
+        .collect();
+    let w: Vec<bf16> = (0..n).map(|_| bf16::from_f32(rng.f32())).collect();
+    let mut y = vec![bf16::ZERO; rows * n];
+    let mut rstd = vec![0f32; rows];
+    let eps = 1e-6f32;
+    let args = [
+        x.as_ptr() as u64,
+        w.as_ptr() as u64,
+        y.as_mut_ptr() as u64,
+        rstd.as_mut_ptr() as u64,
+        n as u64,
+        eps.to_bits() as u64,
+    ];
+    run(&k, &args, rows as u32);
+    for r in 0..rows {
+        let xr = &x[r * n..(r + 1) * n];
+        let ms: f64 = xr.iter().map(|v| (v.to_f64()).powi(2)).sum::<f64>() / n as f64;
+        let rs = 1.0 / (ms + eps as f64).sqrt();
+        assert!((rstd[r] as f64 - rs).abs() <= 1e-5 * rs, "rstd row {r}");
+        for c in 0..n {
+            let want = xr[c].to_f64() * rs * w[c].to_f64();
+            let got = y[r * n + c].to_f64();
+            assert!(
+                (got - want).abs() <= 1e-2 * want.abs() + 1e-6,
+                "y[{r},{c}] {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn int_division_never_traps() {
+    let k = kernel(
+        "kernel d(a: *i32, b: *i32, q: *mut i32, r: *mut i32) { let o = range(8); \
+         store(q + o, load(a + o) / load(b + o)); store(r + o, load(a + o) % load(b + o)); }",
+        "d",
+    );
+    let a = [7, -7, i32::MIN, i32::MIN, 5, 0, 100, -9];
+    let b = [2, 2, -1, 0, 0, 3, -7, 4];
+    let (mut q, mut r) = ([0i32; 8], [0i32; 8]);
+    run(
+        &k,
+        &[
+            a.as_ptr() as u64,
+            b.as_ptr() as u64,
+            q.as_mut_ptr() as u64,
+            r.as_mut_ptr() as u64,
+        ],
+        1,
+    );
+    for i in 0..8 {
+        if b[i] != 0 {
+            assert_eq!(q[i], a[i].wrapping_div(b[i]));
+            assert_eq!(r[i], a[i].wrapping_rem(b[i]));
+        }
+    }
+}
+
+#[test]
+fn atomic_add_from_many_threads() {
+    let k = kernel(
+        "kernel a(f: *mut f32, i: *mut i32) { atomic_add(f + range(4) * 0, full([4], 0.5, f32)); \
+         atomic_add(i + range(4) * 0, full([4], 1, i32)); }",
+        "a",
+    );
+    let mut f = 0f32;
+    let mut i = 0i32;
+    let args = [&mut f as *mut f32 as u64, &mut i as *mut i32 as u64];
+    std::thread::scope(|s| {
+        for _ in 0..8 {
+            s.spawn(|| run(&k, &args, 1000));
+        }
+    });
+    assert_eq!(i, 8 * 1000 * 4);
+    assert_eq!(f, 8.0 * 1000.0 * 4.0 * 0.5);
+}
+
+#[test]
+fn reductions_both_axes_and_loop_carries() {
+    let k = kernel(
+        "kernel r(x: *f32, s0: *mut f32, m1: *mut f32, a1: *mut i32, lse: *mut f32, n: i32) {
+            let rows = range(8)[:, None];
+            let cols = range(16)[None, :];
+            let t = load(x + rows * 16 + cols);
+            store(s0 + range(16), sum(t, axis: 0));
+            store(m1 + range(8), max(t, axis: 1));
+            store(a1 + range(8), argmax(t, axis: 1));
+            let mut m = -inf;
+            let mut l = 0.0;
+            let mut acc = zeros([16], f32);
+            for start in 0..n step 16 {
+                let o = start + range(16);
+                let v = load(x + o, mask: o < n, other: -inf);
+                let m_new = max(m, max(v));
+                l = l * exp(m - m_new) + sum(exp(v - m_new));
+                m = m_new;
+                acc += where(o < n, v, 0.0);
+            }
+            store(lse, m + log(l) + sum(acc) * 0.0);
+        }",
+        "r",
+    );
+    let mut rng = Rng(3);
+    let x: Vec<f32> = (0..128).map(|_| rng.f32() * 4.0).collect();
+    let (mut s0, mut m1, mut a1, mut lse) = ([0f32; 16], [0f32; 8], [0i32; 8], 0f32);
+    let n = 117;
+    let args = [
+        x.as_ptr() as u64,
+        s0.as_mut_ptr() as u64,
+        m1.as_mut_ptr() as u64,
+        a1.as_mut_ptr() as u64,
+        &mut lse as *mut f32 as u64,
+        n as u64,
+    ];
+    run(&k, &args, 1);
+    for c in 0..16 {
+        let want: f64 = (0..8).map(|r| x[r * 16 + c] as f64).sum();
+        assert!((s0[c] as f64 - want).abs() < 1e-4);
+    }
+    for r in 0..8 {
+        let row = &x[r * 16..(r + 1) * 16];
+        let (ai, &mx) =
+            row.iter().enumerate().fold(
+                (0, &f32::MIN),
+                |b, (i, v)| if *v > *b.1 { (i, v) } else { b },
+            );
+        assert_eq!(m1[r], mx);
+        assert_eq!(a1[r], ai as i32);
+    }
+    let mx = x[..n].iter().fold(f64::MIN, |a, &v| a.max(v as f64));
+    let want = mx
+        + x[..n]
+            .iter()
+            .map(|&v| (v as f64 - mx).exp())
+            .sum::<f64>()
+            .ln();
+    assert!((lse as f64 - want).abs() < 1e-4, "{lse} vs {want}");
+}
+
+#[test]
+fn clif_of_small_kernels() {
+    for (name, src) in [
+        ("add", "kernel add(a: *bf16, b: *f32, out: *mut f32, n: i32) { let o = range(16); let m = o < n; store(out + o, load(a + o, mask: m) as f32 + load(b + o, mask: m), mask: m); }"),
+        ("rowsum", "kernel rowsum(x: *f32, out: *mut f32) { let t = load(x + range(4)[:, None] * 8 + range(8)[None, :]); store(out + range(4), sum(t * t, axis: 1)); }"),
+    ] {
+        let ks = compile_to_ir(&Source::new("t.kiln", src), &Defines::new()).unwrap();
+        let clif = kiln_compiler::backend::cranelift::emit_clif(&ks[0]).unwrap();
+        insta::assert_snapshot!(format!("clif_{name}"), clif);
+    }
+}
