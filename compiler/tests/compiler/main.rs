@@ -4,5 +4,7 @@ mod docs;
 mod errors;
 mod fuzz;
 mod kernels;
+mod nvptx;
+mod nvptx_ptxas;
 mod passes;
 mod sema;

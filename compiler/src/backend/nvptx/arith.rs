@@ -36,7 +36,11 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             DType::F32 => x.into(),
             _ => self
                 .b
-                .build_float_trunc(x, super::lower::scalar_type(self.ctx, d).into_float_type(), "")?
+                .build_float_trunc(
+                    x,
+                    super::lower::scalar_type(self.ctx, d).into_float_type(),
+                    "",
+                )?
                 .into(),
         })
     }
@@ -134,8 +138,12 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             BinaryOp::Sub => self.b.build_int_sub(a, b, "")?,
             BinaryOp::Mul => self.b.build_int_mul(a, b, "")?,
             BinaryOp::Div | BinaryOp::Rem => self.div_rem(op == BinaryOp::Div, a, b)?,
-            BinaryOp::Min => self.call("llvm.smin", &[ty.into()], &[a.into(), b.into()])?.into_int_value(),
-            BinaryOp::Max => self.call("llvm.smax", &[ty.into()], &[a.into(), b.into()])?.into_int_value(),
+            BinaryOp::Min => self
+                .call("llvm.smin", &[ty.into()], &[a.into(), b.into()])?
+                .into_int_value(),
+            BinaryOp::Max => self
+                .call("llvm.smax", &[ty.into()], &[a.into(), b.into()])?
+                .into_int_value(),
             BinaryOp::And => self.b.build_and(a, b, "")?,
             BinaryOp::Or => self.b.build_or(a, b, "")?,
             BinaryOp::Xor => self.b.build_xor(a, b, "")?,
@@ -156,17 +164,31 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     /// replaced by 1, and `x / -1` is computed as `-x` (wrapping), `x % -1` as 0.
     fn div_rem(&self, div: bool, a: IntValue<'ctx>, b: IntValue<'ctx>) -> Res<IntValue<'ctx>> {
         let ty = a.get_type();
-        let zero = self.b.build_int_compare(IntPredicate::EQ, b, ty.const_zero(), "")?;
-        let minus1 = self.b.build_int_compare(IntPredicate::EQ, b, ty.const_all_ones(), "")?;
+        let zero = self
+            .b
+            .build_int_compare(IntPredicate::EQ, b, ty.const_zero(), "")?;
+        let minus1 = self
+            .b
+            .build_int_compare(IntPredicate::EQ, b, ty.const_all_ones(), "")?;
         let unsafe_ = self.b.build_or(zero, minus1, "")?;
-        let safe_b = self.b.build_select(unsafe_, ty.const_int(1, false), b, "")?.into_int_value();
+        let safe_b = self
+            .b
+            .build_select(unsafe_, ty.const_int(1, false), b, "")?
+            .into_int_value();
         let q = if div {
             self.b.build_int_signed_div(a, safe_b, "")?
         } else {
             self.b.build_int_signed_rem(a, safe_b, "")?
         };
-        let special = if div { self.b.build_int_neg(a, "")? } else { ty.const_zero() };
-        Ok(self.b.build_select(minus1, special, q, "")?.into_int_value())
+        let special = if div {
+            self.b.build_int_neg(a, "")?
+        } else {
+            ty.const_zero()
+        };
+        Ok(self
+            .b
+            .build_select(minus1, special, q, "")?
+            .into_int_value())
     }
 
     pub fn compare(&self, pred: CmpPred, x: V<'ctx>, y: V<'ctx>, d: DType) -> Res<V<'ctx>> {
@@ -198,7 +220,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
 
     pub fn fma(&self, x: V<'ctx>, y: V<'ctx>, z: V<'ctx>, d: DType) -> Res<V<'ctx>> {
         if !d.is_float() {
-            let p = self.b.build_int_mul(x.into_int_value(), y.into_int_value(), "")?;
+            let p = self
+                .b
+                .build_int_mul(x.into_int_value(), y.into_int_value(), "")?;
             return Ok(self.b.build_int_add(p, z.into_int_value(), "")?.into());
         }
         let (a, b, c) = (self.widen(x, d)?, self.widen(y, d)?, self.widen(z, d)?);
@@ -223,7 +247,11 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             }
             (true, false) => {
                 let f = self.widen(x, from)?;
-                self.call("llvm.fptosi.sat", &[to_ty, self.ctx.f32_type().into()], &[f.into()])?
+                self.call(
+                    "llvm.fptosi.sat",
+                    &[to_ty, self.ctx.f32_type().into()],
+                    &[f.into()],
+                )?
             }
             (false, true) => {
                 let i = x.into_int_value();

@@ -153,10 +153,7 @@ impl AxisAnalysis {
                     BinaryOp::Mul => AxisInfo {
                         contig: 1,
                         constancy,
-                        div: a
-                            .div_at(1)
-                            .saturating_mul(b.div_at(1))
-                            .min(DIV_MAX),
+                        div: a.div_at(1).saturating_mul(b.div_at(1)).min(DIV_MAX),
                     },
                     _ => AxisInfo {
                         constancy,
@@ -169,9 +166,7 @@ impl AxisAnalysis {
                 let mut constancy = a.constancy.min(b.constancy);
                 // `range < n` is constant on aligned runs that `n` does not split.
                 if matches!(pred, CmpPred::Lt | CmpPred::Ge) && a.contig > 1 {
-                    let run = (a.contig.min(b.constancy) as u64)
-                        .min(b.div)
-                        .min(a.div) as u32;
+                    let run = (a.contig.min(b.constancy) as u64).min(b.div).min(a.div) as u32;
                     constancy = constancy.max(run);
                 }
                 AxisInfo {

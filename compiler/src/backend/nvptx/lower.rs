@@ -54,7 +54,7 @@ pub fn build_module<'ctx>(
         return Err(error(k, "num_warps must be a power of two from 1 to 32"));
     }
     let module = ctx.create_module(&k.name);
-    let shared_bytes = shared::bytes_needed(k, 32 * opts.num_warps);
+    let shared_bytes = shared::bytes_needed(k);
     if shared_bytes > 48 * 1024 {
         return Err(error(
             k,
@@ -119,9 +119,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         let b = ctx.create_builder();
         b.position_at_end(ctx.append_basic_block(func, "entry"));
         let tid_fn = intrinsics::declare(&module, "llvm.nvvm.read.ptx.sreg.tid.x", &[])?;
-        let tid = b
-            .build_call(tid_fn, &[], "tid")?
-            .try_as_basic_value();
+        let tid = b.build_call(tid_fn, &[], "tid")?.try_as_basic_value();
         let ValueKind::Basic(tid) = tid else {
             return Err(LowerError("tid.x has no value".into()));
         };
@@ -224,8 +222,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             .b
             .build_int_add(t, self.i32(l.reg_offset(reg) as u64), "")?;
         Ok(if l.replicated() {
-            self.b
-                .build_and(i, self.i32(l.numel as u64 - 1), "")?
+            self.b.build_and(i, self.i32(l.numel as u64 - 1), "")?
         } else {
             i
         })
@@ -353,9 +350,12 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     .collect::<Res<_>>()?
             }
             Op::PtrAdd(p, o) => {
-                let d = self.k.ty(*p).elem.pointee().ok_or_else(|| {
-                    LowerError("ptr_add on a non-pointer".into())
-                })?;
+                let d = self
+                    .k
+                    .ty(*p)
+                    .elem
+                    .pointee()
+                    .ok_or_else(|| LowerError("ptr_add on a non-pointer".into()))?;
                 let elem = memory_type(self.ctx, d);
                 let (rp, ro) = (self.regs(*p)?, self.regs(*o)?);
                 let mut v = Vec::with_capacity(rp.len());
@@ -470,7 +470,13 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         Ok(())
     }
 
-    fn if_else(&mut self, cond: Value, then_b: &Block, else_b: &Block, results: &[Value]) -> Res<()> {
+    fn if_else(
+        &mut self,
+        cond: Value,
+        then_b: &Block,
+        else_b: &Block,
+        results: &[Value],
+    ) -> Res<()> {
         let c = self.scalar(cond)?.into_int_value();
         let then_bb = self.ctx.append_basic_block(self.func, "then");
         let else_bb = self.ctx.append_basic_block(self.func, "else");

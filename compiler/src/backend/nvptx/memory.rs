@@ -5,7 +5,8 @@ use super::layout::Layout;
 use super::lower::{memory_type, Lowerer, Res};
 use crate::ir::Value;
 use crate::types::DType;
-use inkwell::values::{AsValueRef, BasicValue, BasicValueEnum, IntValue, PointerValue};
+use inkwell::types::BasicType;
+use inkwell::values::{AsValueRef, BasicValue, BasicValueEnum, IntValue, PointerValue, ValueKind};
 use inkwell::IntPredicate;
 
 type V<'ctx> = BasicValueEnum<'ctx>;
@@ -67,8 +68,18 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         })
     }
 
-    pub fn load(&mut self, ptr: Value, mask: Option<Value>, other: Option<Value>) -> Res<Vec<V<'ctx>>> {
-        let d = self.k.ty(ptr).elem.pointee().ok_or("load from a non-pointer".to_string())?;
+    pub fn load(
+        &mut self,
+        ptr: Value,
+        mask: Option<Value>,
+        other: Option<Value>,
+    ) -> Res<Vec<V<'ctx>>> {
+        let d = self
+            .k
+            .ty(ptr)
+            .elem
+            .pointee()
+            .ok_or("load from a non-pointer".to_string())?;
         let l = self.layout(ptr);
         let w = self.vector_width(ptr, mask, d);
         let ptrs = self.regs(ptr)?;
@@ -86,20 +97,26 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                     .guarded(cond, Some(zero), |s| {
                         let raw = s.b.build_load(mty, p, "")?;
                         set_align(raw, d.size_bytes() as u32);
-                        Ok(Some(s.from_memory(raw, d)?))
+                        Ok(Some(s.register_from_memory(raw, d)?))
                     })?
                     .ok_or("load lost its value".to_string())?;
                 vec![v]
             } else {
-                let vty = mty.into_vector_type_of(w);
-                let v = self
-                    .guarded(cond, Some(vty.const_zero().into()), |s| {
-                        let raw = s.b.build_load(vty, p, "")?;
-                        set_align(raw, align);
-                        Ok(Some(raw))
-                    })?
-                    .ok_or("load lost its value".to_string())?
-                    .into_vector_value();
+                let (raw_ty, vty) = (self.access_type(mty, w, d), mty.into_vector_type_of(w));
+                let raw = match cond {
+                    Some(c) if raw_ty.get_element_type().is_int_type() => {
+                        self.predicated_load(p, c, raw_ty)?
+                    }
+                    _ => {
+                        let raw = self.guarded(cond, Some(raw_ty.const_zero().into()), |s| {
+                            let raw = s.b.build_load(raw_ty, p, "")?;
+                            set_align(raw, align);
+                            Ok(Some(raw))
+                        })?;
+                        raw.ok_or("load lost its value".to_string())?
+                    }
+                };
+                let v = self.b.build_bit_cast(raw, vty, "")?.into_vector_value();
                 (0..w)
                     .map(|j| {
                         self.b
@@ -111,7 +128,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             for (j, v) in loaded.into_iter().enumerate() {
                 let i = g + j;
                 out.push(match (&masks, &others) {
-                    (Some(m), Some(o)) => self.b.build_select(m[i].into_int_value(), v, o[i], "")?,
+                    (Some(m), Some(o)) => {
+                        self.b.build_select(m[i].into_int_value(), v, o[i], "")?
+                    }
                     _ => v,
                 });
             }
@@ -120,10 +139,25 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     }
 
     /// `store` (or `atomic_add` when `atomic`): only the owner of each element writes it.
-    pub fn store(&mut self, ptr: Value, value: Value, mask: Option<Value>, atomic: bool) -> Res<()> {
-        let d = self.k.ty(ptr).elem.pointee().ok_or("store to a non-pointer".to_string())?;
+    pub fn store(
+        &mut self,
+        ptr: Value,
+        value: Value,
+        mask: Option<Value>,
+        atomic: bool,
+    ) -> Res<()> {
+        let d = self
+            .k
+            .ty(ptr)
+            .elem
+            .pointee()
+            .ok_or("store to a non-pointer".to_string())?;
         let l: Layout = self.layout(ptr);
-        let w = if atomic { 1 } else { self.vector_width(ptr, mask, d) };
+        let w = if atomic {
+            1
+        } else {
+            self.vector_width(ptr, mask, d)
+        };
         let ptrs = self.regs(ptr)?;
         let vals = self.regs(value)?;
         let masks = mask.map(|m| self.regs(m)).transpose()?;
@@ -136,17 +170,18 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 if atomic {
                     s.atomic_add(p, vals[g], d)?;
                 } else if w == 1 {
-                    let v = s.to_memory(vals[g], d)?;
+                    let v = s.register_to_memory(vals[g], d)?;
                     let st = s.b.build_store(p, v)?;
-                    st.set_alignment(d.size_bytes() as u32).map_err(|e| e.to_string())?;
+                    st.set_alignment(d.size_bytes() as u32)
+                        .map_err(|e| e.to_string())?;
                 } else {
                     let mut vec = mty.into_vector_type_of(w).get_undef();
                     for j in 0..w as usize {
-                        vec = s
-                            .b
-                            .build_insert_element(vec, vals[g + j], s.i32(j as u64), "")?;
+                        vec =
+                            s.b.build_insert_element(vec, vals[g + j], s.i32(j as u64), "")?;
                     }
-                    let st = s.b.build_store(p, vec)?;
+                    let raw = s.b.build_bit_cast(vec, s.access_type(mty, w, d), "")?;
+                    let st = s.b.build_store(p, raw)?;
                     st.set_alignment(w * d.size_bytes() as u32)
                         .map_err(|e| e.to_string())?;
                 }
@@ -179,8 +214,78 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         Ok(())
     }
 
+    /// `@pred ld.global.v{n}.b32` in inline PTX, zero where `pred` is false. A branch around an
+    /// LLVM vector load would do, but LLVM splits a vector phi into scalars and then the load too.
+    fn predicated_load(
+        &self,
+        p: PointerValue<'ctx>,
+        pred: IntValue<'ctx>,
+        ty: inkwell::types::VectorType<'ctx>,
+    ) -> Res<V<'ctx>> {
+        let words = ty.get_size();
+        let i32t = self.ctx.i32_type();
+        let outs: Vec<String> = (0..words).map(|i| format!("${i}")).collect();
+        let mut asm: String = outs.iter().map(|o| format!("mov.b32 {o}, 0;\n")).collect();
+        let (suffix, dst) = match words {
+            1 => (String::new(), outs[0].clone()),
+            n => (format!(".v{n}"), format!("{{{}}}", outs.join(", "))),
+        };
+        asm += &format!("@${} ld.global{suffix}.b32 {dst}, [${}];", words + 1, words);
+        let constraints = "=r,".repeat(words as usize) + "l,b";
+        let ret: inkwell::types::BasicTypeEnum = if words == 1 {
+            i32t.into()
+        } else {
+            let fields = vec![i32t.into(); words as usize];
+            self.ctx.struct_type(&fields, false).into()
+        };
+        let fn_ty = ret.fn_type(
+            &[self.ctx.i64_type().into(), self.ctx.bool_type().into()],
+            false,
+        );
+        // Side effects on: the load must not move across stores to the same memory.
+        let asm = self
+            .ctx
+            .create_inline_asm(fn_ty, asm, constraints, true, false, None, false);
+        let addr = self.b.build_ptr_to_int(p, self.ctx.i64_type(), "")?;
+        let call = self
+            .b
+            .build_indirect_call(fn_ty, asm, &[addr.into(), pred.into()], "")?;
+        let ValueKind::Basic(result) = call.try_as_basic_value() else {
+            return Err("inline load returned nothing".to_string().into());
+        };
+        let mut v = ty.get_undef();
+        for i in 0..words {
+            let word = if words == 1 {
+                result
+            } else {
+                self.b
+                    .build_extract_value(result.into_struct_value(), i, "")?
+            };
+            v = self
+                .b
+                .build_insert_element(v, word, self.i32(i as u64), "")?;
+        }
+        Ok(v.into())
+    }
+
+    /// The type one vector access of `w` elements uses: whole 32-bit words when the elements are
+    /// narrower (so that LLVM keeps `<4 x bf16>` as one `ld.v2.b32` rather than splitting it).
+    fn access_type(
+        &self,
+        mty: inkwell::types::BasicTypeEnum<'ctx>,
+        w: u32,
+        d: DType,
+    ) -> inkwell::types::VectorType<'ctx> {
+        let bytes = w * d.size_bytes() as u32;
+        if d.size_bytes() < 4 && bytes >= 4 {
+            self.ctx.i32_type().vec_type(bytes / 4)
+        } else {
+            mty.into_vector_type_of(w)
+        }
+    }
+
     /// A register value as stored in memory (`bool` becomes a byte).
-    pub fn to_memory(&self, v: V<'ctx>, d: DType) -> Res<V<'ctx>> {
+    pub fn register_to_memory(&self, v: V<'ctx>, d: DType) -> Res<V<'ctx>> {
         Ok(if d == DType::Bool {
             self.b
                 .build_int_z_extend(v.into_int_value(), self.ctx.i8_type(), "")?
@@ -191,7 +296,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     }
 
     /// A value loaded from memory as a register (`bool` is `byte != 0`).
-    pub fn from_memory(&self, v: V<'ctx>, d: DType) -> Res<V<'ctx>> {
+    pub fn register_from_memory(&self, v: V<'ctx>, d: DType) -> Res<V<'ctx>> {
         Ok(if d == DType::Bool {
             let i = v.into_int_value();
             self.b

@@ -25,7 +25,13 @@ struct Acc<'ctx> {
 }
 
 impl<'ctx> Lowerer<'_, 'ctx> {
-    pub fn reduce(&mut self, op: ReduceOp, src: Value, axis: u32, result: Value) -> Res<Vec<V<'ctx>>> {
+    pub fn reduce(
+        &mut self,
+        op: ReduceOp,
+        src: Value,
+        axis: u32,
+        result: Value,
+    ) -> Res<Vec<V<'ctx>>> {
         let d = self.dtype(src)?;
         if d == DType::Bool {
             return Err("reductions over bool tiles".to_string().into());
@@ -59,7 +65,11 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     }
 
     fn lift(&self, v: V<'ctx>, i: IntValue<'ctx>, d: DType) -> Res<Acc<'ctx>> {
-        let v = if d.is_float() { self.widen(v, d)?.into() } else { v };
+        let v = if d.is_float() {
+            self.widen(v, d)?.into()
+        } else {
+            v
+        };
         Ok(Acc { v, i })
     }
 
@@ -138,7 +148,10 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             // Replicas must not count twice.
             acc = Acc {
                 v: self.b.build_select(owner, acc.v, id.v, "")?,
-                i: self.b.build_select(owner, acc.i, id.i, "")?.into_int_value(),
+                i: self
+                    .b
+                    .build_select(owner, acc.i, id.i, "")?
+                    .into_int_value(),
             };
         }
         for lanes in [16, 8, 4, 2, 1] {
@@ -156,7 +169,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let index_base = REDUCE_BYTES - 32 * 4;
         let lane = self.b.build_and(self.tid, self.i32(31), "")?;
         let warp = self.b.build_right_shift(self.tid, self.i32(5), false, "")?;
-        let leader = self.b.build_int_compare(IntPredicate::EQ, lane, self.i32(0), "")?;
+        let leader = self
+            .b
+            .build_int_compare(IntPredicate::EQ, lane, self.i32(0), "")?;
         let write = self.ctx.append_basic_block(self.func, "reduce.write");
         let cont = self.ctx.append_basic_block(self.func, "reduce.sync");
         self.b.build_conditional_branch(leader, write, cont)?;
@@ -202,7 +217,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         }
         let i32t = self.ctx.i32_type();
         let lo = self.b.build_int_truncate(x, i32t, "")?;
-        let hi_s = self.b.build_right_shift(x, x.get_type().const_int(32, false), false, "")?;
+        let hi_s = self
+            .b
+            .build_right_shift(x, x.get_type().const_int(32, false), false, "")?;
         let hi = self.b.build_int_truncate(hi_s, i32t, "")?;
         let lo = self.call("llvm.nvvm.shfl.sync.bfly.i32", &[], &args(lo.into()))?;
         let hi = self.call("llvm.nvvm.shfl.sync.bfly.i32", &[], &args(hi.into()))?;
@@ -239,7 +256,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             for (od, &dim) in out_shape.iter().enumerate() {
                 let sd = if od < ax { od } else { od + 1 };
                 let digit = self.digit(f, out_shifts[od], dim)?;
-                let placed = self.b.build_left_shift(digit, self.i32(shifts[sd] as u64), "")?;
+                let placed = self
+                    .b
+                    .build_left_shift(digit, self.i32(shifts[sd] as u64), "")?;
                 base = self.b.build_or(base, placed, "")?;
             }
             let mut acc = self.identity(op, d);

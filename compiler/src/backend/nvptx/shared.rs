@@ -20,8 +20,8 @@ fn align16(x: u32) -> u32 {
 }
 
 /// The shared memory a kernel needs: the largest single conversion.
-pub fn bytes_needed(k: &Kernel, threads: u32) -> u32 {
-    fn walk(k: &Kernel, b: &Block, threads: u32, max: &mut u32) {
+pub fn bytes_needed(k: &Kernel) -> u32 {
+    fn walk(k: &Kernel, b: &Block, max: &mut u32) {
         for inst in &b.insts {
             let bytes = |v: &Value| {
                 let t = k.ty(*v);
@@ -43,18 +43,23 @@ pub fn bytes_needed(k: &Kernel, threads: u32) -> u32 {
             };
             *max = (*max).max(need);
             for nested in inst.op.blocks() {
-                walk(k, nested, threads, max);
+                walk(k, nested, max);
             }
         }
     }
     let mut max = 0;
-    walk(k, &k.body, threads, &mut max);
+    walk(k, &k.body, &mut max);
     align16(max)
 }
 
 impl<'ctx> Lowerer<'_, 'ctx> {
     /// The shared address of element `index` of an array of `d` starting at byte `base`.
-    pub fn shared_elem(&self, base: u32, index: IntValue<'ctx>, d: DType) -> Res<PointerValue<'ctx>> {
+    pub fn shared_elem(
+        &self,
+        base: u32,
+        index: IntValue<'ctx>,
+        d: DType,
+    ) -> Res<PointerValue<'ctx>> {
         let bytes = self
             .b
             .build_int_mul(index, self.i32(d.size_bytes() as u64), "")?;
@@ -72,15 +77,20 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         for (i, &v) in regs.iter().enumerate() {
             let idx = self.flat_index(l, i as u32)?;
             let p = self.shared_elem(base, idx, d)?;
-            self.b.build_store(p, self.to_memory(v, d)?)?;
+            self.b.build_store(p, self.register_to_memory(v, d)?)?;
         }
         Ok(())
     }
 
-    pub fn read_shared(&self, base: u32, index: IntValue<'ctx>, d: DType) -> Res<BasicValueEnum<'ctx>> {
+    pub fn read_shared(
+        &self,
+        base: u32,
+        index: IntValue<'ctx>,
+        d: DType,
+    ) -> Res<BasicValueEnum<'ctx>> {
         let p = self.shared_elem(base, index, d)?;
         let raw = self.b.build_load(memory_type(self.ctx, d), p, "")?;
-        self.from_memory(raw, d)
+        self.register_from_memory(raw, d)
     }
 
     /// Redistributes `src` into the layout of `dst`: each destination element `i` becomes source
@@ -91,14 +101,33 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         dst: Value,
         map: impl Fn(&Self, IntValue<'ctx>) -> Res<IntValue<'ctx>>,
     ) -> Res<Regs<'ctx>> {
-        let d = self.dtype(src)?;
         let (ls, ld) = (self.layout(src), self.layout(dst));
-        self.write_shared(&self.regs(src)?, &ls, d, 0)?;
+        let mut regs = self.regs(src)?;
+        // Pointers travel as 64-bit integers.
+        let is_ptr = self.k.ty(src).elem.pointee().is_some();
+        let d = if is_ptr {
+            for r in &mut regs {
+                *r = self
+                    .b
+                    .build_ptr_to_int(r.into_pointer_value(), self.ctx.i64_type(), "")?
+                    .into();
+            }
+            DType::I64
+        } else {
+            self.dtype(src)?
+        };
+        self.write_shared(&regs, &ls, d, 0)?;
         self.barrier()?;
         let mut out = vec![];
         for i in 0..ld.regs {
             let idx = map(self, self.flat_index(&ld, i)?)?;
-            out.push(self.read_shared(0, idx, d)?);
+            let v = self.read_shared(0, idx, d)?;
+            out.push(if is_ptr {
+                let pty = self.reg_type(self.k.ty(src).elem).into_pointer_type();
+                self.b.build_int_to_ptr(v.into_int_value(), pty, "")?.into()
+            } else {
+                v
+            });
         }
         self.barrier()?;
         Ok(out)
@@ -106,7 +135,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
 
     /// `(flat >> shift) & (dim - 1)`.
     pub fn digit(&self, flat: IntValue<'ctx>, shift: u32, dim: u32) -> Res<IntValue<'ctx>> {
-        let s = self.b.build_right_shift(flat, self.i32(shift as u64), false, "")?;
+        let s = self
+            .b
+            .build_right_shift(flat, self.i32(shift as u64), false, "")?;
         Ok(self.b.build_and(s, self.i32(dim as u64 - 1), "")?)
     }
 
@@ -139,7 +170,8 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.gather(src, dst, |s, f| {
             let j = s.digit(f, a.trailing_zeros(), b)?;
             let i = s.digit(f, 0, a)?;
-            let hi = s.b.build_left_shift(i, s.i32(b.trailing_zeros() as u64), "")?;
+            let hi =
+                s.b.build_left_shift(i, s.i32(b.trailing_zeros() as u64), "")?;
             Ok(s.b.build_or(hi, j, "")?)
         })
     }
@@ -160,8 +192,13 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let mut cols = vec![];
         for i in 0..lacc.regs {
             let f = self.flat_index(&lacc, i)?;
-            let row = self.b.build_right_shift(f, self.i32(n.trailing_zeros() as u64), false, "")?;
-            rows.push(self.b.build_left_shift(row, self.i32(kdim.trailing_zeros() as u64), "")?);
+            let row =
+                self.b
+                    .build_right_shift(f, self.i32(n.trailing_zeros() as u64), false, "")?;
+            rows.push(
+                self.b
+                    .build_left_shift(row, self.i32(kdim.trailing_zeros() as u64), "")?,
+            );
             cols.push(self.b.build_and(f, self.i32(n as u64 - 1), "")?);
         }
         let pre = self.current_block()?;
@@ -171,11 +208,14 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.b.position_at_end(body);
         let kk = self.b.build_phi(self.ctx.i32_type(), "k")?;
         let kv = kk.as_basic_value().into_int_value();
-        let mut phis = vec![];
+        let phis = (0..init.len())
+            .map(|_| self.b.build_phi(self.ctx.f32_type(), "acc"))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut next = vec![];
-        let k_row = self.b.build_left_shift(kv, self.i32(n.trailing_zeros() as u64), "")?;
-        for i in 0..init.len() {
-            let phi = self.b.build_phi(self.ctx.f32_type(), "acc")?;
+        let k_row = self
+            .b
+            .build_left_shift(kv, self.i32(n.trailing_zeros() as u64), "")?;
+        for (i, phi) in phis.iter().enumerate() {
             let ai = self.b.build_or(rows[i], kv, "")?;
             let x = self.widen(self.read_shared(0, ai, da)?, da)?;
             let bi = self.b.build_or(k_row, cols[i], "")?;
@@ -185,7 +225,6 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 &[self.ctx.f32_type().into()],
                 &[x.into(), y.into(), phi.as_basic_value()],
             )?;
-            phis.push(phi);
             next.push(s);
         }
         let k_next = self.b.build_int_add(kv, self.i32(1), "")?;
@@ -205,4 +244,3 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         Ok(next)
     }
 }
-
