@@ -5,6 +5,7 @@ mod errors;
 mod fuzz;
 mod kernels;
 mod nvptx;
+mod nvptx_layout;
 mod nvptx_ptxas;
 mod passes;
 mod sema;

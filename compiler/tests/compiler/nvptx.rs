@@ -61,6 +61,7 @@ fn every_kernel_assembles_without_spills() {
             for (arch, mask) in [(Arch::Sm80, 0), (Arch::Sm90, 0), (Arch::Sm90, u64::MAX)] {
                 let p = compile(&k, arch, mask);
                 check_ptx(&k, &p);
+                dump(&k.name, arch, mask != 0, &p.ptx);
                 let Some(ptxas) = &ptxas else { continue };
                 let s: PtxasStats = nvptx_ptxas::assemble(ptxas, &p.ptx, arch.name(), &k.name);
                 report.push(format!(
@@ -85,6 +86,17 @@ fn every_kernel_assembles_without_spills() {
         }
     }
     eprintln!("{}", report.join("\n"));
+}
+
+/// With `KILN_PTX_DUMP=dir`, writes `dir/{kernel}.{arch}.{aligned|plain}.ptx` (for running the
+/// kernels on a GPU with `nvptx_gpu.py`).
+fn dump(name: &str, arch: Arch, aligned: bool, ptx: &str) {
+    if let Ok(dir) = std::env::var("KILN_PTX_DUMP") {
+        std::fs::create_dir_all(&dir).unwrap();
+        let kind = if aligned { "aligned" } else { "plain" };
+        let path = format!("{dir}/{name}.{}.{kind}.ptx", arch.name());
+        std::fs::write(path, ptx).unwrap();
+    }
 }
 
 #[test]

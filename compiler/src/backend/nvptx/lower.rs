@@ -453,7 +453,8 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         }
         let next = self
             .block(body)?
-            .ok_or_else(|| LowerError("for body does not yield".into()))?;
+            .filter(|n| n.len() == phis.len())
+            .ok_or_else(|| LowerError("for body does not yield its carried values".into()))?;
         let iv_next = self.b.build_int_add(ivv, step, "iv.next")?;
         let latch = self.current_block()?;
         self.b.build_unconditional_branch(header)?;
@@ -490,6 +491,11 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             self.b.build_unconditional_branch(merge)?;
         }
         self.b.position_at_end(merge);
+        if arms.iter().any(|(y, _)| y.len() != results.len()) {
+            return Err(LowerError(
+                "an if branch yields the wrong number of values".into(),
+            ));
+        }
         for (i, &r) in results.iter().enumerate() {
             let mut regs = vec![];
             for (j, first) in arms[0].0[i].iter().enumerate() {
