@@ -15,7 +15,7 @@ use inkwell::values::{
     BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue, ValueKind,
 };
 use inkwell::AddressSpace;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// The registers of one tile in this thread, in [`Layout`] order.
 pub type Regs<'ctx> = Vec<BasicValueEnum<'ctx>>;
@@ -82,6 +82,9 @@ pub(super) struct Lowerer<'a, 'ctx> {
     /// The block's shared scratch buffer (address space 3), free between conversions.
     pub smem: PointerValue<'ctx>,
     vals: HashMap<Value, Regs<'ctx>>,
+    /// Values that are constant positive zeros (a masked load's `other` that needs no select:
+    /// the load already yields zero bits where the mask is false).
+    pub zeros: HashSet<Value>,
 }
 
 impl<'a, 'ctx> Lowerer<'a, 'ctx> {
@@ -134,6 +137,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             tid,
             smem: smem.as_pointer_value(),
             vals: HashMap::new(),
+            zeros: zero_constants(&k.body),
             module,
         })
     }
@@ -515,6 +519,24 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             .get_insert_block()
             .ok_or_else(|| LowerError("builder has no block".into()))
     }
+}
+
+fn zero_constants(b: &Block) -> HashSet<Value> {
+    let mut set = HashSet::new();
+    for inst in &b.insts {
+        let zero = match inst.op {
+            Op::Const(ConstValue::Int(0)) | Op::Const(ConstValue::Bool(false)) => true,
+            Op::Const(ConstValue::Float(f)) => f == 0.0 && f.is_sign_positive(),
+            _ => false,
+        };
+        if zero {
+            set.extend(inst.results.iter().copied());
+        }
+        for nested in inst.op.blocks() {
+            set.extend(zero_constants(nested));
+        }
+    }
+    set
 }
 
 /// The LLVM type of a register of dtype `d` (`bool` is `i1`).

@@ -84,6 +84,8 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let w = self.vector_width(ptr, mask, d);
         let ptrs = self.regs(ptr)?;
         let masks = mask.map(|m| self.regs(m)).transpose()?;
+        // A zero `other` is what the masked load yields anyway.
+        let other = other.filter(|o| !self.zeros.contains(o));
         let others = other.map(|o| self.regs(o)).transpose()?;
         let mty = memory_type(self.ctx, d);
         let zero = super::lower::scalar_type(self.ctx, d).const_zero();

@@ -139,11 +139,16 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let l = self.layout(src);
         let regs = self.regs(src)?;
         let id = self.identity(op, d);
-        let mut acc = id;
+        let mut acc: Option<Acc> = None;
         for (r, &v) in regs.iter().enumerate() {
             let i = self.flat_index(&l, r as u32)?;
-            acc = self.combine(op, acc, self.lift(v, i, d)?, d)?;
+            let x = self.lift(v, i, d)?;
+            acc = Some(match acc {
+                None => x,
+                Some(a) => self.combine(op, a, x, d)?,
+            });
         }
+        let mut acc = acc.ok_or("reduction of an empty tile".to_string())?;
         if let Some(owner) = self.owner(&l)? {
             // Replicas must not count twice.
             acc = Acc {
@@ -155,9 +160,14 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             };
         }
         for lanes in [16, 8, 4, 2, 1] {
+            let i = if op == ReduceOp::Argmax {
+                self.shuffle(acc.i.into(), lanes)?.into_int_value()
+            } else {
+                acc.i
+            };
             let other = Acc {
                 v: self.shuffle(acc.v, lanes)?,
-                i: self.shuffle(acc.i.into(), lanes)?.into_int_value(),
+                i,
             };
             acc = self.combine(op, acc, other, d)?;
         }
@@ -186,7 +196,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.b.build_unconditional_branch(cont)?;
         self.b.position_at_end(cont);
         self.barrier()?;
-        let mut total = id;
+        let mut total: Option<Acc> = None;
         for w in 0..warps {
             let p = self.shared_elem(0, self.i32(w as u64 * 8), DType::Bool)?;
             let v = self
@@ -198,10 +208,13 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             } else {
                 id.i
             };
-            total = self.combine(op, total, Acc { v, i }, d)?;
+            total = Some(match total {
+                None => Acc { v, i },
+                Some(t) => self.combine(op, t, Acc { v, i }, d)?,
+            });
         }
         self.barrier()?;
-        Ok(total)
+        total.ok_or_else(|| "no warps".to_string().into())
     }
 
     /// `shfl.sync.bfly` over the full warp; 64-bit values go as two halves.
