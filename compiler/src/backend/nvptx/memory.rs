@@ -270,8 +270,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         Ok(v.into())
     }
 
-    /// The type one vector access of `w` elements uses: whole 32-bit words when the elements are
-    /// narrower (so that LLVM keeps `<4 x bf16>` as one `ld.v2.b32` rather than splitting it).
+    /// The type one vector access of `w` elements uses: 32-bit words (so that LLVM keeps
+    /// `<4 x bf16>` as one `ld.v2.b32` rather than splitting it, and masked loads of any type go
+    /// through [`Self::predicated_load`]).
     fn access_type(
         &self,
         mty: inkwell::types::BasicTypeEnum<'ctx>,
@@ -279,7 +280,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         d: DType,
     ) -> inkwell::types::VectorType<'ctx> {
         let bytes = w * d.size_bytes() as u32;
-        if d.size_bytes() < 4 && bytes >= 4 {
+        if bytes >= 4 {
             self.ctx.i32_type().vec_type(bytes / 4)
         } else {
             mty.into_vector_type_of(w)
