@@ -99,6 +99,30 @@ fn dump(name: &str, arch: Arch, aligned: bool, ptx: &str) {
     }
 }
 
+/// Other warp counts change which tiles are replicated and whether reductions cross warps.
+#[test]
+fn every_kernel_assembles_with_1_and_8_warps() {
+    let ptxas = nvptx_ptxas::require();
+    for (file, text) in KERNELS {
+        for k in kernels(file, text) {
+            for num_warps in [1, 8] {
+                let opts = PtxOptions {
+                    arch: Arch::Sm80,
+                    num_warps,
+                    divisible_by_16: u64::MAX,
+                };
+                let p = compile_ptx(&k, &opts).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!p.ptx.contains(".extern .func"), "{}", p.ptx);
+                assert_eq!(p.threads_per_block, 32 * num_warps);
+                if let Some(ptxas) = &ptxas {
+                    let name = format!("{}_w{num_warps}", k.name);
+                    nvptx_ptxas::assemble(ptxas, &p.ptx, "sm_80", &name);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn vector_access_needs_alignment_facts() {
     let add = &kernels("add", KERNELS[0].1)[0];

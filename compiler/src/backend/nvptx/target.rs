@@ -31,21 +31,24 @@ fn machine(opts: &PtxOptions) -> Result<TargetMachine, String> {
 
 /// Runs LLVM's `-O3` pipeline on the module.
 pub fn optimize(module: &Module, opts: &PtxOptions) -> Result<(), String> {
-    let tm = machine(opts)?;
+    optimize_with(module, &machine(opts)?)
+}
+
+fn optimize_with(module: &Module, tm: &TargetMachine) -> Result<(), String> {
     module.set_triple(&TargetTriple::create(TRIPLE));
     module.set_data_layout(&tm.get_target_data().get_data_layout());
     module
         .verify()
         .map_err(|e| format!("invalid LLVM IR: {e}"))?;
     module
-        .run_passes("default<O3>", &tm, PassBuilderOptions::create())
+        .run_passes("default<O3>", tm, PassBuilderOptions::create())
         .map_err(|e| e.to_string())
 }
 
 /// Optimises the module and returns its PTX.
 pub fn emit_ptx(module: &Module, opts: &PtxOptions) -> Result<String, String> {
-    optimize(module, opts)?;
     let tm = machine(opts)?;
+    optimize_with(module, &tm)?;
     let buf = tm
         .write_to_memory_buffer(module, FileType::Assembly)
         .map_err(|e| e.to_string())?;
