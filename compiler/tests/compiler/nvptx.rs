@@ -59,13 +59,15 @@ fn every_kernel_assembles_without_spills() {
     for (file, text) in KERNELS {
         for k in kernels(file, text) {
             for (arch, mask) in [(Arch::Sm80, 0), (Arch::Sm90, 0), (Arch::Sm90, u64::MAX)] {
+                let start = std::time::Instant::now();
                 let p = compile(&k, arch, mask);
+                let ms = start.elapsed().as_secs_f64() * 1e3;
                 check_ptx(&k, &p);
                 dump(&k.name, arch, mask != 0, &p.ptx);
                 let Some(ptxas) = &ptxas else { continue };
                 let s: PtxasStats = nvptx_ptxas::assemble(ptxas, &p.ptx, arch.name(), &k.name);
                 report.push(format!(
-                    "{:<24} {} aligned={:<5} regs {:>3} spill {}/{} stack {} smem {}",
+                    "{:<24} {} aligned={:<5} regs {:>3} spill {}/{} stack {} smem {:>4} compile {ms:.1} ms",
                     k.name,
                     arch.name(),
                     mask != 0,
