@@ -10,7 +10,7 @@
 //! A scalar is the case `n = 1`: every thread holds the same value. Because the layout ignores
 //! the shape, `reshape` is free and elementwise ops work register by register; ops that move
 //! elements between threads (broadcast, reduce, trans, dot) go through shared memory or warp
-//! shuffles. Other layouts (MMA fragments for tensor cores) would be further variants here.
+//! shuffles, except broadcasts of tiles that can be recomputed where they are needed. Other layouts (MMA fragments for tensor cores) would be further variants here.
 
 /// The most contiguous elements one thread holds in a run: 4 (16 bytes of `f32`).
 pub const MAX_VEC: u32 = 4;

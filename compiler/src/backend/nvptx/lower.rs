@@ -85,6 +85,7 @@ pub(super) struct Lowerer<'a, 'ctx> {
     /// Values that are constant positive zeros (a masked load's `other` that needs no select:
     /// the load already yields zero bits where the mask is false).
     pub zeros: HashSet<Value>,
+    defs: HashMap<Value, &'a Op>,
 }
 
 impl<'a, 'ctx> Lowerer<'a, 'ctx> {
@@ -138,6 +139,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             smem: smem.as_pointer_value(),
             vals: HashMap::new(),
             zeros: zero_constants(&k.body),
+            defs: definitions(&k.body),
             module,
         })
     }
@@ -354,24 +356,11 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                     .collect::<Res<_>>()?
             }
             Op::PtrAdd(p, o) => {
-                let d = self
-                    .k
-                    .ty(*p)
-                    .elem
-                    .pointee()
-                    .ok_or_else(|| LowerError("ptr_add on a non-pointer".into()))?;
-                let elem = memory_type(self.ctx, d);
                 let (rp, ro) = (self.regs(*p)?, self.regs(*o)?);
-                let mut v = Vec::with_capacity(rp.len());
-                for (p, o) in rp.into_iter().zip(ro) {
-                    // SAFETY: plain address arithmetic; nothing is dereferenced here.
-                    let q = unsafe {
-                        self.b
-                            .build_gep(elem, p.into_pointer_value(), &[o.into_int_value()], "")?
-                    };
-                    v.push(q.as_basic_value_enum());
-                }
-                v
+                rp.into_iter()
+                    .zip(ro)
+                    .map(|(x, y)| self.ptr_add(*p, x, y))
+                    .collect::<Res<_>>()?
             }
             Op::Load { ptr, mask, other } => self.load(*ptr, *mask, *other)?,
             Op::Reduce { op, value, axis } => self.reduce(*op, *value, *axis, r)?,
@@ -384,6 +373,40 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         };
         self.define(r, regs);
         Ok(())
+    }
+
+    /// `p + o` for one register of pointer tile `ptr` (offsets count elements).
+    pub fn ptr_add(
+        &self,
+        ptr: Value,
+        p: BasicValueEnum<'ctx>,
+        o: BasicValueEnum<'ctx>,
+    ) -> Res<BasicValueEnum<'ctx>> {
+        let d = self
+            .k
+            .ty(ptr)
+            .elem
+            .pointee()
+            .ok_or_else(|| LowerError("ptr_add on a non-pointer".into()))?;
+        // SAFETY: plain address arithmetic; nothing is dereferenced here.
+        let q = unsafe {
+            self.b.build_gep(
+                memory_type(self.ctx, d),
+                p.into_pointer_value(),
+                &[o.into_int_value()],
+                "",
+            )?
+        };
+        Ok(q.as_basic_value_enum())
+    }
+
+    /// The op that defines `v`, if an instruction does (not a block argument).
+    pub fn def(&self, v: Value) -> Option<&'a Op> {
+        self.defs.get(&v).copied()
+    }
+
+    pub fn defs(&self) -> &HashMap<Value, &'a Op> {
+        &self.defs
     }
 
     fn sreg(&self, name: &str, axis: u8) -> Res<BasicValueEnum<'ctx>> {
@@ -519,6 +542,20 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             .get_insert_block()
             .ok_or_else(|| LowerError("builder has no block".into()))
     }
+}
+
+/// The op defining each value of a block and the blocks nested in it.
+pub fn definitions(b: &Block) -> HashMap<Value, &Op> {
+    let mut map = HashMap::new();
+    for inst in &b.insts {
+        for &r in &inst.results {
+            map.insert(r, &inst.op);
+        }
+        for nested in inst.op.blocks() {
+            map.extend(definitions(nested));
+        }
+    }
+    map
 }
 
 fn zero_constants(b: &Block) -> HashSet<Value> {

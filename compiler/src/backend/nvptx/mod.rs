@@ -8,7 +8,8 @@
 //! How tiles live on the GPU is described in [`layout`]; the alignment facts that allow vector
 //! loads are computed in [`axis`]. Lowering is split by concern: `lower` walks the IR and owns
 //! control flow, `arith` does elementwise math and casts, `memory` loads, stores and atomics,
-//! `reduce` reductions, `shared` the layout conversions and `dot` that go through shared memory.
+//! `reduce` reductions, `shared` the layout conversions and `dot` that go through shared memory,
+//! `remat` the broadcasts that need none (index grids, masks and pointer tiles are recomputed).
 //!
 //! Every generated kernel is checked with `ptxas` in the tests, but none has yet run on a GPU
 //! from this crate's tests. What most needs checking there (`compiler/tests/compiler/nvptx_gpu.py`
@@ -24,6 +25,7 @@ pub mod layout;
 mod lower;
 mod memory;
 mod reduce;
+mod remat;
 mod shared;
 mod target;
 

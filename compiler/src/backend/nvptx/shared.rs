@@ -6,11 +6,12 @@
 //! run in uniform control flow (tile ops only appear under `if`s and `for`s whose conditions are
 //! scalars, which every thread of the block computes alike), so the barriers are legal.
 
-use super::layout::{dim_shifts, Layout};
+use super::layout::Layout;
 use super::lower::{memory_type, Lowerer, Regs, Res};
 use crate::ir::{Block, Kernel, Op, Value};
 use crate::types::DType;
 use inkwell::values::{BasicValueEnum, IntValue, PointerValue};
+use std::collections::HashMap;
 
 /// Bytes reserved for a full reduction: one value slot of 8 bytes and one index per warp.
 pub const REDUCE_BYTES: u32 = 32 * 8 + 32 * 4;
@@ -21,14 +22,19 @@ fn align16(x: u32) -> u32 {
 
 /// The shared memory a kernel needs: the largest single conversion.
 pub fn bytes_needed(k: &Kernel) -> u32 {
-    fn walk(k: &Kernel, b: &Block, max: &mut u32) {
+    let defs = super::lower::definitions(&k.body);
+    fn walk(k: &Kernel, defs: &HashMap<Value, &Op>, b: &Block, max: &mut u32) {
         for inst in &b.insts {
             let bytes = |v: &Value| {
                 let t = k.ty(*v);
                 t.numel() as u32 * t.dtype().map_or(8, |d| d.size_bytes() as u32)
             };
             let need = match &inst.op {
-                Op::Broadcast(v) if k.ty(*v).numel() > 1 => bytes(v),
+                Op::Broadcast(v)
+                    if k.ty(*v).numel() > 1 && !super::remat::rematerialisable(k, defs, *v) =>
+                {
+                    bytes(v)
+                }
                 Op::Trans(v) => bytes(v),
                 Op::Reduce { value, .. } => {
                     let full = inst.results.first().is_some_and(|r| k.ty(*r).numel() == 1);
@@ -43,12 +49,12 @@ pub fn bytes_needed(k: &Kernel) -> u32 {
             };
             *max = (*max).max(need);
             for nested in inst.op.blocks() {
-                walk(k, nested, max);
+                walk(k, defs, nested, max);
             }
         }
     }
     let mut max = 0;
-    walk(k, &k.body, &mut max);
+    walk(k, &defs, &k.body, &mut max);
     align16(max)
 }
 
@@ -148,19 +154,16 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         }
         let s_shape = self.k.ty(src).shape.clone();
         let d_shape = self.k.ty(dst).shape.clone();
-        let (ss, ds) = (dim_shifts(&s_shape), dim_shifts(&d_shape));
-        self.gather(src, dst, |s, i| {
-            let mut idx = s.i32(0);
-            for dim in 0..d_shape.len() {
-                if s_shape[dim] == 1 {
-                    continue;
-                }
-                let digit = s.digit(i, ds[dim], d_shape[dim])?;
-                let placed = s.b.build_left_shift(digit, s.i32(ss[dim] as u64), "")?;
-                idx = s.b.build_or(idx, placed, "")?;
-            }
-            Ok(idx)
-        })
+        if super::remat::rematerialisable(self.k, self.defs(), src) {
+            let l = self.layout(dst);
+            return (0..l.regs)
+                .map(|r| {
+                    let i = self.broadcast_index(&s_shape, &d_shape, self.flat_index(&l, r)?)?;
+                    self.remat_at(src, i)
+                })
+                .collect();
+        }
+        self.gather(src, dst, |s, i| s.broadcast_index(&s_shape, &d_shape, i))
     }
 
     pub fn transpose(&self, src: Value, dst: Value) -> Res<Regs<'ctx>> {
