@@ -12,8 +12,9 @@
 //! elements between threads (broadcast, reduce, trans, dot) go through shared memory or warp
 //! shuffles, except broadcasts of tiles that can be recomputed where they are needed. Other layouts (MMA fragments for tensor cores) would be further variants here.
 
-/// The most contiguous elements one thread holds in a run: 4 (16 bytes of `f32`).
-pub const MAX_VEC: u32 = 4;
+/// The most contiguous elements one thread holds in a run: 8 (16 bytes of `bf16`; `f32` runs
+/// are then read as two 16-byte vectors).
+pub const MAX_VEC: u32 = 8;
 
 /// The blocked layout of a tile of `numel` elements over `threads` threads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
