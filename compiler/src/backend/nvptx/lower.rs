@@ -253,7 +253,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     }
 
     /// Lowers a block; returns the registers it yields, if it ends in a yield.
-    fn block(&mut self, b: &Block) -> Res<Option<Vec<Regs<'ctx>>>> {
+    pub(super) fn block(&mut self, b: &Block) -> Res<Option<Vec<Regs<'ctx>>>> {
         for inst in &b.insts {
             if let Op::Yield(vs) = &inst.op {
                 return Ok(Some(vs.iter().map(|&v| self.regs(v)).collect::<Res<_>>()?));
@@ -263,13 +263,11 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         Ok(None)
     }
 
-    fn define(&mut self, v: Value, regs: Regs<'ctx>) {
+    pub(super) fn define(&mut self, v: Value, regs: Regs<'ctx>) {
         self.vals.insert(v, regs);
     }
 
     fn inst(&mut self, inst: &Inst) -> Res<()> {
-        let result = inst.results.first().copied();
-        let out = |what: &str| result.ok_or_else(|| LowerError(format!("{what} has no result")));
         match &inst.op {
             Op::For {
                 lo,
@@ -277,19 +275,30 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 step,
                 init,
                 body,
-            } => return self.for_loop(*lo, *hi, *step, init, body, &inst.results),
+            } => self.for_loop(*lo, *hi, *step, init, body, &inst.results),
             Op::If {
                 cond,
                 then_block,
                 else_block,
-            } => return self.if_else(*cond, then_block, else_block, &inst.results),
-            Op::Store { ptr, value, mask } => return self.store(*ptr, *value, *mask, false),
-            Op::AtomicAdd { ptr, value, mask } => return self.store(*ptr, *value, *mask, true),
-            Op::Yield(_) => return Err(LowerError("yield in the middle of a block".into())),
-            _ => {}
+            } => self.if_else(*cond, then_block, else_block, &inst.results),
+            Op::Store { ptr, value, mask } => self.store(*ptr, *value, *mask, false),
+            Op::AtomicAdd { ptr, value, mask } => self.store(*ptr, *value, *mask, true),
+            Op::Yield(_) => Err(LowerError("yield in the middle of a block".into())),
+            op => {
+                let r = *inst
+                    .results
+                    .first()
+                    .ok_or_else(|| LowerError(format!("{op:?} has no result")))?;
+                let regs = self.value_op(op, r)?;
+                self.define(r, regs);
+                Ok(())
+            }
         }
-        let r = out("op")?;
-        let regs = match &inst.op {
+    }
+
+    /// The registers of `r`, the result of an op that computes one tile.
+    fn value_op(&mut self, op: &Op, r: Value) -> Res<Regs<'ctx>> {
+        Ok(match op {
             Op::Const(c) => {
                 let ty = self.k.ty(r);
                 let c = self.constant(*c, ty.elem)?;
@@ -369,10 +378,8 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             | Op::If { .. }
             | Op::Store { .. }
             | Op::AtomicAdd { .. }
-            | Op::Yield(_) => unreachable!("handled above"),
-        };
-        self.define(r, regs);
-        Ok(())
+            | Op::Yield(_) => return Err(LowerError(format!("{op:?} computes no tile"))),
+        })
     }
 
     /// `p + o` for one register of pointer tile `ptr` (offsets count elements).
@@ -434,107 +441,6 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             }
             _ => return Err(LowerError(format!("constant {c} of type {e}"))),
         })
-    }
-
-    fn for_loop(
-        &mut self,
-        lo: Value,
-        hi: Value,
-        step: Value,
-        init: &[Value],
-        body: &Block,
-        results: &[Value],
-    ) -> Res<()> {
-        let (lo, hi, step) = (
-            self.scalar(lo)?.into_int_value(),
-            self.scalar(hi)?.into_int_value(),
-            self.scalar(step)?.into_int_value(),
-        );
-        let init: Vec<Regs> = init.iter().map(|&v| self.regs(v)).collect::<Res<_>>()?;
-        let pre = self.current_block()?;
-        let header = self.ctx.append_basic_block(self.func, "for.header");
-        let body_bb = self.ctx.append_basic_block(self.func, "for.body");
-        let exit = self.ctx.append_basic_block(self.func, "for.exit");
-        self.b.build_unconditional_branch(header)?;
-        self.b.position_at_end(header);
-        let iv = self.b.build_phi(lo.get_type(), "iv")?;
-        let mut phis = vec![];
-        for regs in &init {
-            let mut p = vec![];
-            for r in regs {
-                let phi = self.b.build_phi(r.get_type(), "carry")?;
-                phi.add_incoming(&[(r, pre)]);
-                p.push(phi);
-            }
-            phis.push(p);
-        }
-        let ivv = iv.as_basic_value().into_int_value();
-        let go = self
-            .b
-            .build_int_compare(inkwell::IntPredicate::SLT, ivv, hi, "")?;
-        self.b.build_conditional_branch(go, body_bb, exit)?;
-        self.b.position_at_end(body_bb);
-        self.define(body.args[0], vec![ivv.into()]);
-        for (a, p) in body.args[1..].iter().zip(&phis) {
-            self.define(*a, p.iter().map(|p| p.as_basic_value()).collect());
-        }
-        let next = self
-            .block(body)?
-            .filter(|n| n.len() == phis.len())
-            .ok_or_else(|| LowerError("for body does not yield its carried values".into()))?;
-        let iv_next = self.b.build_int_add(ivv, step, "iv.next")?;
-        let latch = self.current_block()?;
-        self.b.build_unconditional_branch(header)?;
-        iv.add_incoming(&[(&lo, pre), (&iv_next, latch)]);
-        for (p, regs) in phis.iter().zip(&next) {
-            for (phi, r) in p.iter().zip(regs) {
-                phi.add_incoming(&[(r, latch)]);
-            }
-        }
-        self.b.position_at_end(exit);
-        for (r, p) in results.iter().zip(&phis) {
-            self.define(*r, p.iter().map(|p| p.as_basic_value()).collect());
-        }
-        Ok(())
-    }
-
-    fn if_else(
-        &mut self,
-        cond: Value,
-        then_b: &Block,
-        else_b: &Block,
-        results: &[Value],
-    ) -> Res<()> {
-        let c = self.scalar(cond)?.into_int_value();
-        let then_bb = self.ctx.append_basic_block(self.func, "then");
-        let else_bb = self.ctx.append_basic_block(self.func, "else");
-        let merge = self.ctx.append_basic_block(self.func, "endif");
-        self.b.build_conditional_branch(c, then_bb, else_bb)?;
-        let mut arms = vec![];
-        for (bb, blk) in [(then_bb, then_b), (else_bb, else_b)] {
-            self.b.position_at_end(bb);
-            let y = self.block(blk)?.unwrap_or_default();
-            arms.push((y, self.current_block()?));
-            self.b.build_unconditional_branch(merge)?;
-        }
-        self.b.position_at_end(merge);
-        if arms.iter().any(|(y, _)| y.len() != results.len()) {
-            return Err(LowerError(
-                "an if branch yields the wrong number of values".into(),
-            ));
-        }
-        for (i, &r) in results.iter().enumerate() {
-            let mut regs = vec![];
-            for (j, first) in arms[0].0[i].iter().enumerate() {
-                let phi = self.b.build_phi(first.get_type(), "")?;
-                for (y, bb) in &arms {
-                    phi.add_incoming(&[(&y[i][j], *bb)]);
-                }
-                regs.push(phi.as_basic_value());
-            }
-            self.define(r, regs);
-        }
-        Ok(())
     }
 
     pub fn current_block(&self) -> Res<inkwell::basic_block::BasicBlock<'ctx>> {

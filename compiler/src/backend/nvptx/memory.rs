@@ -104,7 +104,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                     .ok_or("load lost its value".to_string())?;
                 vec![v]
             } else {
-                let (raw_ty, vty) = (self.access_type(mty, w, d), mty.into_vector_type_of(w));
+                let (raw_ty, vty) = (self.access_type(w, d), self.vector_of(d, w));
                 let raw = match cond {
                     Some(c) if raw_ty.get_element_type().is_int_type() => {
                         self.predicated_load(p, c, raw_ty)?
@@ -164,7 +164,6 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let vals = self.regs(value)?;
         let masks = mask.map(|m| self.regs(m)).transpose()?;
         let owner = self.owner(&l)?;
-        let mty = memory_type(self.ctx, d);
         for g in (0..l.regs as usize).step_by(w as usize) {
             let cond = self.and_opt(owner, masks.as_ref().map(|m| m[g].into_int_value()))?;
             let p = ptrs[g].into_pointer_value();
@@ -177,12 +176,12 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                     st.set_alignment(d.size_bytes() as u32)
                         .map_err(|e| e.to_string())?;
                 } else {
-                    let mut vec = mty.into_vector_type_of(w).get_undef();
+                    let mut vec = self.vector_of(d, w).get_undef();
                     for j in 0..w as usize {
                         vec =
                             s.b.build_insert_element(vec, vals[g + j], s.i32(j as u64), "")?;
                     }
-                    let raw = s.b.build_bit_cast(vec, s.access_type(mty, w, d), "")?;
+                    let raw = s.b.build_bit_cast(vec, s.access_type(w, d), "")?;
                     let st = s.b.build_store(p, raw)?;
                     st.set_alignment(w * d.size_bytes() as u32)
                         .map_err(|e| e.to_string())?;
@@ -273,17 +272,25 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     /// The type one vector access of `w` elements uses: 32-bit words (so that LLVM keeps
     /// `<4 x bf16>` as one `ld.v2.b32` rather than splitting it, and masked loads of any type go
     /// through [`Self::predicated_load`]).
-    fn access_type(
-        &self,
-        mty: inkwell::types::BasicTypeEnum<'ctx>,
-        w: u32,
-        d: DType,
-    ) -> inkwell::types::VectorType<'ctx> {
+    fn access_type(&self, w: u32, d: DType) -> inkwell::types::VectorType<'ctx> {
         let bytes = w * d.size_bytes() as u32;
         if bytes >= 4 {
             self.ctx.i32_type().vec_type(bytes / 4)
         } else {
-            mty.into_vector_type_of(w)
+            self.vector_of(d, w)
+        }
+    }
+
+    /// `<n x d>` with `d` as it is in memory.
+    fn vector_of(&self, d: DType, n: u32) -> inkwell::types::VectorType<'ctx> {
+        let c = self.ctx;
+        match d {
+            DType::Bool => c.i8_type().vec_type(n),
+            DType::I32 => c.i32_type().vec_type(n),
+            DType::I64 => c.i64_type().vec_type(n),
+            DType::F16 => c.f16_type().vec_type(n),
+            DType::Bf16 => c.bf16_type().vec_type(n),
+            DType::F32 => c.f32_type().vec_type(n),
         }
     }
 
@@ -315,21 +322,5 @@ fn set_align(v: BasicValueEnum, align: u32) {
     if let Some(i) = v.as_instruction_value() {
         // Only fails for non-memory instructions, which a load is not.
         let _ = i.set_alignment(align);
-    }
-}
-
-trait VectorOf<'ctx> {
-    fn into_vector_type_of(self, n: u32) -> inkwell::types::VectorType<'ctx>;
-}
-
-impl<'ctx> VectorOf<'ctx> for inkwell::types::BasicTypeEnum<'ctx> {
-    fn into_vector_type_of(self, n: u32) -> inkwell::types::VectorType<'ctx> {
-        use inkwell::types::BasicTypeEnum as T;
-        match self {
-            T::FloatType(t) => t.vec_type(n),
-            T::IntType(t) => t.vec_type(n),
-            T::PointerType(t) => t.vec_type(n),
-            other => panic!("no vectors of {other:?}"),
-        }
     }
 }

@@ -20,6 +20,7 @@
 
 mod arith;
 pub mod axis;
+mod control;
 mod intrinsics;
 pub mod layout;
 mod lower;
