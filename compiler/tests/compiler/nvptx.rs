@@ -25,6 +25,7 @@ const KERNELS: &[(&str, &str)] = &[
     ("atomics", include_str!("nvptx_kernels/atomics.kiln")),
     ("branch", include_str!("nvptx_kernels/branch.kiln")),
     ("misc", include_str!("nvptx_kernels/misc.kiln")),
+    ("types", include_str!("nvptx_kernels/types.kiln")),
 ];
 
 fn kernels(name: &str, text: &str) -> Vec<ir::Kernel> {

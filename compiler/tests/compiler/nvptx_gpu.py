@@ -151,5 +151,25 @@ for kind in ["plain", "aligned"]:
     check(f"misc ints {kind}", q, want)
     check(f"misc flags {kind}", flags, ((x > 0.5) | ~(x < -0.5)).int())
 
+    # types: f16, bf16, i64 through casts and reductions; a 64-element tile on 128 threads.
+    N = 64
+    h = torch.randn(N, device=dev).half()
+    b = torch.randn(N, device=dev).bfloat16()
+    l = torch.randint(-1000, 1000, (N,), device=dev, dtype=torch.int64)
+    out_h = torch.empty(N, device=dev, dtype=torch.half)
+    out_l = torch.empty(N + 1, device=dev, dtype=torch.int64)
+    out_f = torch.empty(N + 1, device=dev)
+    out_i = torch.empty(N, device=dev, dtype=torch.int32)
+    launch("types", kind, [1], [h, b, l, out_h, out_l, out_f, out_i])
+    f = h.float() + b.float()
+    hb = (h.float() * b.half().float()).half()
+    check(f"types f16 {kind}", out_h, (hb.float() - h.float()).half())
+    check(f"types i64 {kind}", out_l[:N], l * 3 - f.to(torch.int64) + l.sum())
+    check(f"types i64 min+max {kind}", out_l[N:], (l.min() + l.max()).reshape(1))
+    check(f"types f32 {kind}", out_f[:N], f.abs() + l.float() + b.half().float(), rtol=1e-6)
+    want_i = torch.fmod(f.to(torch.int32), 7) + l.argmax().int() + l.int()
+    check(f"types i32 {kind}", out_i, want_i)
+    check(f"types scalars {kind}", out_f[N:], (f.min() + h.float().sum().half().float()).reshape(1), atol=0.05)
+
 print("FAILURES:", failures if failures else "none")
 sys.exit(1 if failures else 0)
