@@ -198,3 +198,32 @@ fn ptxas_stats_parse() {
         }
     );
 }
+
+#[test]
+fn divisibility_mask_from_arguments() {
+    use kiln_compiler::backend::nvptx::divisibility_mask;
+    use kiln_compiler::ir::{Param, ParamKind};
+    use kiln_compiler::DType;
+    let param = |kind| Param {
+        name: "p".into(),
+        kind,
+    };
+    let params = [
+        param(ParamKind::Ptr {
+            pointee: DType::F32,
+            mutable: false,
+        }),
+        param(ParamKind::Ptr {
+            pointee: DType::F32,
+            mutable: true,
+        }),
+        param(ParamKind::Scalar(DType::I32)),
+        param(ParamKind::Scalar(DType::I64)),
+        param(ParamKind::Scalar(DType::F32)),
+    ];
+    let mask = divisibility_mask(
+        &params,
+        &[0x7f00_0000_1000, 0x7f00_0000_1004, 4096, 1000, 0],
+    );
+    assert_eq!(mask, 0b00101);
+}

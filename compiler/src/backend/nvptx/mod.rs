@@ -31,7 +31,7 @@ mod shared;
 mod target;
 
 use super::BackendError;
-use crate::ir::Kernel;
+use crate::ir::{Kernel, Param, ParamKind};
 use inkwell::context::Context;
 
 /// A GPU architecture PTX is generated for.
@@ -85,6 +85,24 @@ impl PtxOptions {
     pub fn param_divisible_by_16(&self, index: usize) -> bool {
         index < 64 && self.divisible_by_16 >> index & 1 == 1
     }
+}
+
+/// The [`PtxOptions::divisible_by_16`] mask for one launch: `args[i]` is parameter `i` as the
+/// launcher passes it (a pointer's address, an integer's value sign-extended to 64 bits, a
+/// float's bits). Pointers that are 16-byte aligned and integers that are multiples of 16 get
+/// their bit; floats never do.
+pub fn divisibility_mask(params: &[Param], args: &[u64]) -> u64 {
+    let mut mask = 0;
+    for (i, (p, &a)) in params.iter().zip(args).enumerate().take(64) {
+        let divisible = match p.kind {
+            ParamKind::Ptr { .. } => a % 16 == 0,
+            ParamKind::Scalar(d) => d.is_int() && a % 16 == 0,
+        };
+        if divisible {
+            mask |= 1 << i;
+        }
+    }
+    mask
 }
 
 /// A compiled kernel: PTX text plus what the launcher needs.
