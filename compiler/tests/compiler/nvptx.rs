@@ -26,6 +26,7 @@ const KERNELS: &[(&str, &str)] = &[
     ("branch", include_str!("nvptx_kernels/branch.kiln")),
     ("misc", include_str!("nvptx_kernels/misc.kiln")),
     ("types", include_str!("nvptx_kernels/types.kiln")),
+    ("rows", include_str!("nvptx_kernels/rows.kiln")),
 ];
 
 fn kernels(name: &str, text: &str) -> Vec<ir::Kernel> {

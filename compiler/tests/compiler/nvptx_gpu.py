@@ -171,5 +171,17 @@ for kind in ["plain", "aligned"]:
     check(f"types i32 {kind}", out_i, want_i)
     check(f"types scalars {kind}", out_f[N:], (f.min() + h.float().sum().half().float()).reshape(1), atol=0.05)
 
+    # rows: reductions along rows (in-warp shuffles) and columns (shared memory).
+    x = torch.randn(64, 128, device=dev).bfloat16()
+    x[5, 7] = x[5].max() + 1
+    x[5, 100] = x[5, 7]  # tie: first index wins
+    row_sum = torch.empty(64, device=dev)
+    row_arg = torch.empty(64, device=dev, dtype=torch.int32)
+    col_min = torch.empty(2, 128, device=dev, dtype=torch.bfloat16)
+    launch("rows", kind, [2], [x, row_sum, row_arg, col_min])
+    check(f"rows sum {kind}", row_sum, x.float().pow(2).sum(1), rtol=1e-5)
+    check(f"rows argmax {kind}", row_arg, x.float().argmax(1).int())
+    check(f"rows min axis 0 {kind}", col_min, x.view(2, 32, 128).min(1).values)
+
 print("FAILURES:", failures if failures else "none")
 sys.exit(1 if failures else 0)

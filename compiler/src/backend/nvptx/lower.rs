@@ -54,7 +54,7 @@ pub fn build_module<'ctx>(
         return Err(error(k, "num_warps must be a power of two from 1 to 32"));
     }
     let module = ctx.create_module(&k.name);
-    let shared_bytes = shared::bytes_needed(k);
+    let shared_bytes = shared::bytes_needed(k, 32 * opts.num_warps);
     if shared_bytes > 48 * 1024 {
         return Err(error(
             k,

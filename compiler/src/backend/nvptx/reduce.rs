@@ -7,7 +7,7 @@
 //! `argmax` returns the first index of the largest element; a NaN counts as larger than any
 //! number (as in PyTorch).
 
-use super::layout::dim_shifts;
+use super::layout::{dim_shifts, Layout};
 use super::lower::{Lowerer, Res};
 use super::shared::REDUCE_BYTES;
 use crate::ir::{ReduceOp, Value};
@@ -39,6 +39,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let acc = if self.k.ty(result).numel() == 1 {
             self.reduce_all(op, src, d)?
         } else {
+            if let Some(regs) = self.reduce_axis_in_warps(op, src, axis, result, d)? {
+                return Ok(regs);
+            }
             return self.reduce_axis(op, src, axis, result, d);
         };
         Ok(vec![self.finish(op, acc, d)?])
@@ -243,6 +246,100 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         Ok(self.b.build_or(hi, lo, "")?.into())
     }
 
+    /// Reduction along an axis that lies within each warp's elements (the common row reduction
+    /// of a 2-D tile): registers, then lanes with butterfly shuffles, then one exchange through
+    /// shared memory into the result's layout. None when the axis spans warps.
+    ///
+    /// The flat index of register `g * vec + j` of thread `tid` has the bit fields
+    /// `[g | warp | lane | j]` (low bits right), so the axis' bits `[s, s + k)` say which
+    /// registers and which lanes hold elements of the same output.
+    fn reduce_axis_in_warps(
+        &mut self,
+        op: ReduceOp,
+        src: Value,
+        axis: u32,
+        result: Value,
+        d: DType,
+    ) -> Res<Option<Vec<V<'ctx>>>> {
+        let l = self.layout(src);
+        let shape = self.k.ty(src).shape.clone();
+        if !axis_within_warps(&l, &shape, axis) {
+            return Ok(None);
+        }
+        let s = dim_shifts(&shape)[axis as usize];
+        let extent = shape[axis as usize];
+        let k = extent.trailing_zeros();
+        let axis_bits = ((1u64 << k) - 1) << s;
+        let v = l.vec.trailing_zeros();
+        let t = l.threads.trailing_zeros();
+        // The flat-index bits a register contributes (thread bits left out).
+        let reg_bits = |reg: u32| -> u64 {
+            let (g, j) = ((reg / l.vec) as u64, (reg % l.vec) as u64);
+            (g << (v + t)) | j
+        };
+        // Fold registers that differ only in axis bits; keep the first register of each group.
+        let regs = self.regs(src)?;
+        let mut partials: Vec<(u32, Acc<'ctx>)> = vec![];
+        for (r, &x) in regs.iter().enumerate() {
+            let flat = self.flat_index(&l, r as u32)?;
+            let x = self.lift(x, self.digit(flat, s, extent)?, d)?;
+            let key = reg_bits(r as u32) & !axis_bits;
+            match partials
+                .iter_mut()
+                .find(|(first, _)| reg_bits(*first) & !axis_bits == key)
+            {
+                Some((_, acc)) => *acc = self.combine(op, *acc, x, d)?,
+                None => partials.push((r as u32, x)),
+            }
+        }
+        for lane_bit in 0..5 {
+            if axis_bits >> (v + lane_bit) & 1 == 0 {
+                continue;
+            }
+            for (_, acc) in partials.iter_mut() {
+                let i = if op == ReduceOp::Argmax {
+                    self.shuffle(acc.i.into(), 1 << lane_bit)?.into_int_value()
+                } else {
+                    acc.i
+                };
+                let other = Acc {
+                    v: self.shuffle(acc.v, 1 << lane_bit)?,
+                    i,
+                };
+                *acc = self.combine(op, *acc, other, d)?;
+            }
+        }
+        // Every lane of a group now holds its output; all of them write it (the same value).
+        let out_d = if op == ReduceOp::Argmax {
+            DType::I32
+        } else {
+            d
+        };
+        let low = self.i32((1u64 << s) - 1);
+        for (first, acc) in &partials {
+            let flat = self.flat_index(&l, *first)?;
+            let lo = self.b.build_and(flat, low, "")?;
+            let hi = self
+                .b
+                .build_right_shift(flat, self.i32((s + k) as u64), false, "")?;
+            let hi = self.b.build_left_shift(hi, self.i32(s as u64), "")?;
+            let out = self.b.build_or(hi, lo, "")?;
+            let value = self.finish(op, *acc, d)?;
+            let p = self.shared_elem(0, out, out_d)?;
+            self.b
+                .build_store(p, self.register_to_memory(value, out_d)?)?;
+        }
+        self.barrier()?;
+        let lo = self.layout(result);
+        let mut out = vec![];
+        for r in 0..lo.regs {
+            let i = self.flat_index(&lo, r)?;
+            out.push(self.read_shared(0, i, out_d)?);
+        }
+        self.barrier()?;
+        Ok(Some(out))
+    }
+
     /// Reduction along one axis of a tile with several outputs, through shared memory.
     fn reduce_axis(
         &mut self,
@@ -286,4 +383,17 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.barrier()?;
         Ok(out)
     }
+}
+
+/// Whether reducing `axis` of a tile laid out as `l` needs no exchange between warps: the tile is
+/// not replicated and the axis' flat-index bits miss the warp bits of the layout.
+pub fn axis_within_warps(l: &Layout, shape: &[u32], axis: u32) -> bool {
+    if l.replicated() {
+        return false;
+    }
+    let s = dim_shifts(shape)[axis as usize];
+    let axis_bits = ((1u64 << shape[axis as usize].trailing_zeros()) - 1) << s;
+    let v = l.vec.trailing_zeros();
+    let warp_bits = ((1u64 << (l.threads.trailing_zeros() - 5)) - 1) << (v + 5);
+    axis_bits & warp_bits == 0
 }

@@ -21,9 +21,9 @@ fn align16(x: u32) -> u32 {
 }
 
 /// The shared memory a kernel needs: the largest single conversion.
-pub fn bytes_needed(k: &Kernel) -> u32 {
+pub fn bytes_needed(k: &Kernel, threads: u32) -> u32 {
     let defs = super::lower::definitions(&k.body);
-    fn walk(k: &Kernel, defs: &HashMap<Value, &Op>, b: &Block, max: &mut u32) {
+    fn walk(k: &Kernel, defs: &HashMap<Value, &Op>, threads: u32, b: &Block, max: &mut u32) {
         for inst in &b.insts {
             let bytes = |v: &Value| {
                 let t = k.ty(*v);
@@ -36,12 +36,21 @@ pub fn bytes_needed(k: &Kernel) -> u32 {
                     bytes(v)
                 }
                 Op::Trans(v) => bytes(v),
-                Op::Reduce { value, .. } => {
+                Op::Reduce { value, axis, .. } => {
                     let full = inst.results.first().is_some_and(|r| k.ty(*r).numel() == 1);
                     if full {
                         REDUCE_BYTES
                     } else {
-                        bytes(value)
+                        // The result (up to 8 bytes an element), and the source unless the
+                        // reduction stays within warps.
+                        let out = inst.results.first().map_or(0, |r| k.ty(*r).numel() as u32);
+                        let t = k.ty(*value);
+                        let l = Layout::new(t.numel() as u32, threads);
+                        if super::reduce::axis_within_warps(&l, &t.shape, *axis) {
+                            out * 8
+                        } else {
+                            bytes(value).max(out * 8)
+                        }
                     }
                 }
                 Op::Dot { a, b, .. } => align16(bytes(a)) + bytes(b),
@@ -49,12 +58,12 @@ pub fn bytes_needed(k: &Kernel) -> u32 {
             };
             *max = (*max).max(need);
             for nested in inst.op.blocks() {
-                walk(k, defs, nested, max);
+                walk(k, defs, threads, nested, max);
             }
         }
     }
     let mut max = 0;
-    walk(k, &defs, &k.body, &mut max);
+    walk(k, &defs, threads, &k.body, &mut max);
     align16(max)
 }
 
