@@ -2,10 +2,12 @@
 //! facts vector access relies on.
 
 use kiln_compiler::backend::nvptx::axis::AxisAnalysis;
-use kiln_compiler::backend::nvptx::layout::Layout;
+use kiln_compiler::backend::nvptx::layout::{dim_shifts, Layout};
+use kiln_compiler::backend::nvptx::reduce::axis_within_warps;
 use kiln_compiler::backend::nvptx::{Arch, PtxOptions};
 use kiln_compiler::ir::Op;
 use kiln_compiler::{compile_to_ir, Defines, Source};
+use std::collections::BTreeSet;
 
 #[test]
 fn every_element_has_exactly_one_owner() {
@@ -77,4 +79,79 @@ fn alignment_facts_of_a_masked_row() {
     assert_eq!(ptr.contig, 1024);
     assert_eq!(ptr.div, 4);
     assert_eq!(mask.constancy, 1);
+}
+
+/// Simulates the in-warp axis reduction's grouping: registers of a thread whose flat indices
+/// differ only in the axis' bits fold together, then lanes that differ only in those bits. Each
+/// fold must cover exactly the elements of one output.
+#[test]
+fn in_warp_axis_reduction_covers_each_output_once() {
+    let shapes: &[&[u32]] = &[
+        &[32, 128],
+        &[16, 64],
+        &[64, 64],
+        &[4, 8, 32],
+        &[128, 8],
+        &[2, 1024],
+    ];
+    let mut checked = 0;
+    for threads in [32, 128, 256] {
+        for shape in shapes {
+            let numel: u32 = shape.iter().product();
+            let l = Layout::new(numel, threads);
+            for axis in 0..shape.len() as u32 {
+                if !axis_within_warps(&l, shape, axis) {
+                    continue;
+                }
+                checked += 1;
+                let s = dim_shifts(shape)[axis as usize];
+                let axis_mask = (shape[axis as usize] - 1) << s;
+                let flat = |tid: u32, reg: u32| tid * l.tid_stride() + l.reg_offset(reg);
+                let vbits = l.vec.trailing_zeros();
+                let lane_axis: u32 = (0..5)
+                    .filter(|b| axis_mask >> (vbits + b) & 1 == 1)
+                    .map(|b| 1 << b)
+                    .sum();
+                for tid in 0..threads {
+                    // Registers grouped by their flat index without the axis bits.
+                    let mut groups: Vec<(u32, BTreeSet<u32>)> = vec![];
+                    for reg in 0..l.regs {
+                        let f = flat(tid, reg);
+                        let key = f & !axis_mask;
+                        match groups.iter_mut().find(|(k, _)| *k == key) {
+                            Some((_, g)) => {
+                                g.insert(f);
+                            }
+                            None => groups.push((key, BTreeSet::from([f]))),
+                        }
+                    }
+                    for (key, _) in &groups {
+                        // Union over the lanes the butterflies reach: all subsets of lane_axis.
+                        let mut seen = BTreeSet::new();
+                        let mut sub = lane_axis;
+                        loop {
+                            let partner = tid ^ sub;
+                            for reg in 0..l.regs {
+                                let f = flat(partner, reg);
+                                if f & !axis_mask == *key {
+                                    assert!(seen.insert(f), "element {f} folded twice");
+                                }
+                            }
+                            if sub == 0 {
+                                break;
+                            }
+                            sub = (sub - 1) & lane_axis;
+                        }
+                        let want: BTreeSet<u32> =
+                            (0..numel).filter(|f| f & !axis_mask == *key).collect();
+                        assert_eq!(seen, want, "shape {shape:?} axis {axis} threads {threads}");
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        checked > 5,
+        "too few cases take the in-warp path: {checked}"
+    );
 }

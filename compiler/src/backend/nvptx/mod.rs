@@ -25,7 +25,7 @@ mod intrinsics;
 pub mod layout;
 mod lower;
 mod memory;
-mod reduce;
+pub mod reduce;
 mod remat;
 mod shared;
 mod target;
