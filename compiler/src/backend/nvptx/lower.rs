@@ -1,0 +1,503 @@
+//! The walk over the IR: one LLVM function per kernel, one LLVM value per register of each tile,
+//! structured control flow as LLVM blocks and phis.
+
+use super::axis::AxisAnalysis;
+use super::layout::Layout;
+use super::{error, intrinsics, shared, PtxOptions};
+use crate::backend::BackendError;
+use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, ParamKind, Value};
+use crate::types::DType;
+use inkwell::builder::{Builder, BuilderError};
+use inkwell::context::Context;
+use inkwell::module::{Linkage, Module};
+use inkwell::types::BasicTypeEnum;
+use inkwell::values::{
+    BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue, ValueKind,
+};
+use inkwell::AddressSpace;
+use std::collections::{HashMap, HashSet};
+
+/// The registers of one tile in this thread, in [`Layout`] order.
+pub type Regs<'ctx> = Vec<BasicValueEnum<'ctx>>;
+
+/// A lowering failure (a bug or an unsupported construct, never a user error).
+#[derive(Debug)]
+pub struct LowerError(pub String);
+
+impl From<BuilderError> for LowerError {
+    fn from(e: BuilderError) -> Self {
+        LowerError(format!("LLVM builder: {e}"))
+    }
+}
+
+impl From<String> for LowerError {
+    fn from(e: String) -> Self {
+        LowerError(e)
+    }
+}
+
+pub type Res<T> = Result<T, LowerError>;
+
+/// A kernel lowered to an (unoptimised) LLVM module.
+pub struct Built<'ctx> {
+    pub module: Module<'ctx>,
+    pub shared_bytes: u32,
+}
+
+/// Lowers `k` to an LLVM module for the NVPTX target.
+pub fn build_module<'ctx>(
+    ctx: &'ctx Context,
+    k: &Kernel,
+    opts: &PtxOptions,
+) -> Result<Built<'ctx>, BackendError> {
+    if !opts.num_warps.is_power_of_two() || opts.num_warps > 32 {
+        return Err(error(k, "num_warps must be a power of two from 1 to 32"));
+    }
+    let module = ctx.create_module(&k.name);
+    let shared_bytes = shared::bytes_needed(k, 32 * opts.num_warps);
+    if shared_bytes > 48 * 1024 {
+        return Err(error(
+            k,
+            format!("needs {shared_bytes} bytes of shared memory, more than the static 48 KiB"),
+        ));
+    }
+    let mut l = Lowerer::new(ctx, module, k, opts, shared_bytes).map_err(|e| error(k, e.0))?;
+    l.kernel_body().map_err(|e| error(k, e.0))?;
+    Ok(Built {
+        module: l.module,
+        shared_bytes,
+    })
+}
+
+pub(super) struct Lowerer<'a, 'ctx> {
+    pub ctx: &'ctx Context,
+    pub module: Module<'ctx>,
+    pub b: Builder<'ctx>,
+    pub func: FunctionValue<'ctx>,
+    pub k: &'a Kernel,
+    pub axis: AxisAnalysis,
+    pub threads: u32,
+    /// `%tid.x`, an i32.
+    pub tid: IntValue<'ctx>,
+    /// The block's shared scratch buffer (address space 3), free between conversions.
+    pub smem: PointerValue<'ctx>,
+    vals: HashMap<Value, Regs<'ctx>>,
+    /// Values that are constant positive zeros (a masked load's `other` that needs no select:
+    /// the load already yields zero bits where the mask is false).
+    pub zeros: HashSet<Value>,
+    defs: HashMap<Value, &'a Op>,
+}
+
+impl<'a, 'ctx> Lowerer<'a, 'ctx> {
+    fn new(
+        ctx: &'ctx Context,
+        module: Module<'ctx>,
+        k: &'a Kernel,
+        opts: &PtxOptions,
+        shared_bytes: u32,
+    ) -> Res<Self> {
+        let params: Vec<_> = k
+            .params
+            .iter()
+            .map(|p| match p.kind {
+                ParamKind::Ptr { .. } => ctx.ptr_type(AddressSpace::from(1)).into(),
+                ParamKind::Scalar(d) => scalar_type(ctx, d).into(),
+            })
+            .collect();
+        let func = module.add_function(&k.name, ctx.void_type().fn_type(&params, false), None);
+        func.set_call_conventions(71); // ptx_kernel
+        let threads = 32 * opts.num_warps;
+        let annotation = ctx.metadata_node(&[
+            func.as_global_value().as_pointer_value().into(),
+            ctx.metadata_string("maxntidx").into(),
+            ctx.i32_type().const_int(threads as u64, false).into(),
+        ]);
+        module
+            .add_global_metadata("nvvm.annotations", &annotation)
+            .map_err(|e| LowerError(e.to_string()))?;
+        let smem_ty = ctx.i8_type().array_type(shared_bytes.max(16));
+        let smem = module.add_global(smem_ty, Some(AddressSpace::from(3)), "kiln_smem");
+        smem.set_linkage(Linkage::Internal);
+        smem.set_initializer(&smem_ty.get_undef());
+        smem.set_alignment(16);
+        let b = ctx.create_builder();
+        b.position_at_end(ctx.append_basic_block(func, "entry"));
+        let tid_fn = intrinsics::declare(&module, "llvm.nvvm.read.ptx.sreg.tid.x", &[])?;
+        let tid = b.build_call(tid_fn, &[], "tid")?.try_as_basic_value();
+        let ValueKind::Basic(tid) = tid else {
+            return Err(LowerError("tid.x has no value".into()));
+        };
+        let tid = tid.into_int_value();
+        Ok(Lowerer {
+            ctx,
+            b,
+            func,
+            k,
+            axis: AxisAnalysis::run(k, opts),
+            threads,
+            tid,
+            smem: smem.as_pointer_value(),
+            vals: HashMap::new(),
+            zeros: zero_constants(&k.body),
+            defs: definitions(&k.body),
+            module,
+        })
+    }
+
+    fn kernel_body(&mut self) -> Res<()> {
+        for (i, &v) in self.k.body.args.iter().enumerate() {
+            let p = self
+                .func
+                .get_nth_param(i as u32)
+                .ok_or_else(|| LowerError("missing parameter".into()))?;
+            self.vals.insert(v, vec![p]);
+        }
+        if self.block(&self.k.body)?.is_some() {
+            return Err(LowerError("yield at the kernel's top level".into()));
+        }
+        self.b.build_return(None)?;
+        Ok(())
+    }
+
+    /// The layout of value `v`.
+    pub fn layout(&self, v: Value) -> Layout {
+        Layout::new(self.k.ty(v).numel() as u32, self.threads)
+    }
+
+    /// The element dtype of `v` (pointers have none).
+    pub fn dtype(&self, v: Value) -> Res<DType> {
+        self.k
+            .ty(v)
+            .dtype()
+            .ok_or_else(|| LowerError(format!("v{} is a pointer here", v.0)))
+    }
+
+    pub fn regs(&self, v: Value) -> Res<Regs<'ctx>> {
+        self.vals
+            .get(&v)
+            .cloned()
+            .ok_or_else(|| LowerError(format!("v{} used before it is lowered", v.0)))
+    }
+
+    /// The single register of a scalar.
+    pub fn scalar(&self, v: Value) -> Res<BasicValueEnum<'ctx>> {
+        Ok(self.regs(v)?[0])
+    }
+
+    /// Calls an intrinsic and returns its value.
+    pub fn call(
+        &self,
+        name: &str,
+        types: &[BasicTypeEnum<'ctx>],
+        args: &[BasicValueEnum<'ctx>],
+    ) -> Res<BasicValueEnum<'ctx>> {
+        let f = intrinsics::declare(&self.module, name, types)?;
+        let args: Vec<_> = args.iter().map(|&a| a.into()).collect();
+        match self.b.build_call(f, &args, "")?.try_as_basic_value() {
+            ValueKind::Basic(v) => Ok(v),
+            ValueKind::Instruction(_) => Err(LowerError(format!("{name} returns nothing"))),
+        }
+    }
+
+    /// Calls an intrinsic for its effect.
+    pub fn call_void(&self, name: &str, args: &[BasicValueEnum<'ctx>]) -> Res<()> {
+        let f = intrinsics::declare(&self.module, name, &[])?;
+        let args: Vec<_> = args.iter().map(|&a| a.into()).collect();
+        self.b.build_call(f, &args, "")?;
+        Ok(())
+    }
+
+    pub fn i32(&self, v: u64) -> IntValue<'ctx> {
+        self.ctx.i32_type().const_int(v, false)
+    }
+
+    /// The LLVM type of a register holding an element of `e`.
+    pub fn reg_type(&self, e: Elem) -> BasicTypeEnum<'ctx> {
+        match e {
+            Elem::Ptr(_) => self.ctx.ptr_type(AddressSpace::from(1)).into(),
+            Elem::Scalar(d) => scalar_type(self.ctx, d),
+        }
+    }
+
+    /// The flat element index held in register `reg` of a tile laid out as `l` (an i32).
+    pub fn flat_index(&self, l: &Layout, reg: u32) -> Res<IntValue<'ctx>> {
+        let t = self
+            .b
+            .build_int_mul(self.tid, self.i32(l.tid_stride() as u64), "")?;
+        let i = self
+            .b
+            .build_int_add(t, self.i32(l.reg_offset(reg) as u64), "")?;
+        Ok(if l.replicated() {
+            self.b.build_and(i, self.i32(l.numel as u64 - 1), "")?
+        } else {
+            i
+        })
+    }
+
+    /// Whether this thread is the one that stores register `reg` (always for unreplicated tiles).
+    pub fn owner(&self, l: &Layout) -> Res<Option<IntValue<'ctx>>> {
+        if !l.replicated() {
+            return Ok(None);
+        }
+        Ok(Some(self.b.build_int_compare(
+            inkwell::IntPredicate::ULT,
+            self.tid,
+            self.i32(l.numel as u64),
+            "owner",
+        )?))
+    }
+
+    /// `__syncthreads()`.
+    pub fn barrier(&self) -> Res<()> {
+        self.call_void("llvm.nvvm.barrier0", &[])
+    }
+
+    /// Lowers a block; returns the registers it yields, if it ends in a yield.
+    pub(super) fn block(&mut self, b: &Block) -> Res<Option<Vec<Regs<'ctx>>>> {
+        for inst in &b.insts {
+            if let Op::Yield(vs) = &inst.op {
+                return Ok(Some(vs.iter().map(|&v| self.regs(v)).collect::<Res<_>>()?));
+            }
+            self.inst(inst)?;
+        }
+        Ok(None)
+    }
+
+    pub(super) fn define(&mut self, v: Value, regs: Regs<'ctx>) {
+        self.vals.insert(v, regs);
+    }
+
+    fn inst(&mut self, inst: &Inst) -> Res<()> {
+        match &inst.op {
+            Op::For {
+                lo,
+                hi,
+                step,
+                init,
+                body,
+            } => self.for_loop(*lo, *hi, *step, init, body, &inst.results),
+            Op::If {
+                cond,
+                then_block,
+                else_block,
+            } => self.if_else(*cond, then_block, else_block, &inst.results),
+            Op::Store { ptr, value, mask } => self.store(*ptr, *value, *mask, false),
+            Op::AtomicAdd { ptr, value, mask } => self.store(*ptr, *value, *mask, true),
+            Op::Yield(_) => Err(LowerError("yield in the middle of a block".into())),
+            op => {
+                let r = *inst
+                    .results
+                    .first()
+                    .ok_or_else(|| LowerError(format!("{op:?} has no result")))?;
+                let regs = self.value_op(op, r)?;
+                self.define(r, regs);
+                Ok(())
+            }
+        }
+    }
+
+    /// The registers of `r`, the result of an op that computes one tile.
+    fn value_op(&mut self, op: &Op, r: Value) -> Res<Regs<'ctx>> {
+        Ok(match op {
+            Op::Const(c) => {
+                let ty = self.k.ty(r);
+                let c = self.constant(*c, ty.elem)?;
+                vec![c; self.layout(r).regs as usize]
+            }
+            Op::ProgramId(a) => vec![self.sreg("ctaid", *a)?],
+            Op::NumPrograms(a) => vec![self.sreg("nctaid", *a)?],
+            Op::Range(_) => {
+                let l = self.layout(r);
+                (0..l.regs)
+                    .map(|i| self.flat_index(&l, i).map(|v| v.as_basic_value_enum()))
+                    .collect::<Res<_>>()?
+            }
+            Op::Splat(v) => vec![self.scalar(*v)?; self.layout(r).regs as usize],
+            Op::Reshape(v) => self.regs(*v)?,
+            Op::Broadcast(v) => self.broadcast(*v, r)?,
+            Op::Trans(v) => self.transpose(*v, r)?,
+            Op::Unary(op, v) => {
+                let d = self.dtype(*v)?;
+                self.regs(*v)?
+                    .into_iter()
+                    .map(|x| self.unary(*op, x, d))
+                    .collect::<Res<_>>()?
+            }
+            Op::Binary(op, a, b) => {
+                let d = self.dtype(*a)?;
+                let (ra, rb) = (self.regs(*a)?, self.regs(*b)?);
+                ra.into_iter()
+                    .zip(rb)
+                    .map(|(x, y)| self.binary(*op, x, y, d))
+                    .collect::<Res<_>>()?
+            }
+            Op::Cmp(pred, a, b) => {
+                let d = self.dtype(*a)?;
+                let (ra, rb) = (self.regs(*a)?, self.regs(*b)?);
+                ra.into_iter()
+                    .zip(rb)
+                    .map(|(x, y)| self.compare(*pred, x, y, d))
+                    .collect::<Res<_>>()?
+            }
+            Op::Select(c, a, b) => {
+                let (rc, ra, rb) = (self.regs(*c)?, self.regs(*a)?, self.regs(*b)?);
+                let mut v = Vec::with_capacity(rc.len());
+                for ((c, x), y) in rc.into_iter().zip(ra).zip(rb) {
+                    v.push(self.b.build_select(c.into_int_value(), x, y, "")?);
+                }
+                v
+            }
+            Op::Fma(a, b, c) => {
+                let d = self.dtype(*a)?;
+                let (ra, rb, rc) = (self.regs(*a)?, self.regs(*b)?, self.regs(*c)?);
+                let mut v = Vec::with_capacity(ra.len());
+                for ((x, y), z) in ra.into_iter().zip(rb).zip(rc) {
+                    v.push(self.fma(x, y, z, d)?);
+                }
+                v
+            }
+            Op::Cast(v) => {
+                let from = self.dtype(*v)?;
+                let to = self.dtype(r)?;
+                self.regs(*v)?
+                    .into_iter()
+                    .map(|x| self.cast(x, from, to))
+                    .collect::<Res<_>>()?
+            }
+            Op::PtrAdd(p, o) => {
+                let (rp, ro) = (self.regs(*p)?, self.regs(*o)?);
+                rp.into_iter()
+                    .zip(ro)
+                    .map(|(x, y)| self.ptr_add(*p, x, y))
+                    .collect::<Res<_>>()?
+            }
+            Op::Load { ptr, mask, other } => self.load(*ptr, *mask, *other)?,
+            Op::Reduce { op, value, axis } => self.reduce(*op, *value, *axis, r)?,
+            Op::Dot { a, b, acc } => self.dot(*a, *b, *acc)?,
+            Op::For { .. }
+            | Op::If { .. }
+            | Op::Store { .. }
+            | Op::AtomicAdd { .. }
+            | Op::Yield(_) => return Err(LowerError(format!("{op:?} computes no tile"))),
+        })
+    }
+
+    /// `p + o` for one register of pointer tile `ptr` (offsets count elements).
+    pub fn ptr_add(
+        &self,
+        ptr: Value,
+        p: BasicValueEnum<'ctx>,
+        o: BasicValueEnum<'ctx>,
+    ) -> Res<BasicValueEnum<'ctx>> {
+        let d = self
+            .k
+            .ty(ptr)
+            .elem
+            .pointee()
+            .ok_or_else(|| LowerError("ptr_add on a non-pointer".into()))?;
+        // SAFETY: plain address arithmetic; nothing is dereferenced here.
+        let q = unsafe {
+            self.b.build_gep(
+                memory_type(self.ctx, d),
+                p.into_pointer_value(),
+                &[o.into_int_value()],
+                "",
+            )?
+        };
+        Ok(q.as_basic_value_enum())
+    }
+
+    /// The op that defines `v`, if an instruction does (not a block argument).
+    pub fn def(&self, v: Value) -> Option<&'a Op> {
+        self.defs.get(&v).copied()
+    }
+
+    pub fn defs(&self) -> &HashMap<Value, &'a Op> {
+        &self.defs
+    }
+
+    fn sreg(&self, name: &str, axis: u8) -> Res<BasicValueEnum<'ctx>> {
+        let a = ["x", "y", "z"]
+            .get(axis as usize)
+            .ok_or_else(|| LowerError(format!("grid axis {axis}")))?;
+        self.call(&format!("llvm.nvvm.read.ptx.sreg.{name}.{a}"), &[], &[])
+    }
+
+    /// A constant of element type `e`.
+    pub fn constant(&self, c: ConstValue, e: Elem) -> Res<BasicValueEnum<'ctx>> {
+        let ty = self.reg_type(e);
+        Ok(match (e, c) {
+            (Elem::Scalar(d), ConstValue::Int(i)) if !d.is_float() => {
+                ty.into_int_type().const_int(i as u64, true).into()
+            }
+            (Elem::Scalar(d), ConstValue::Bool(v)) if !d.is_float() => {
+                ty.into_int_type().const_int(v as u64, false).into()
+            }
+            (Elem::Scalar(d), ConstValue::Float(f)) if d.is_float() => {
+                ty.into_float_type().const_float(f).into()
+            }
+            (Elem::Scalar(d), ConstValue::Int(i)) if d.is_float() => {
+                ty.into_float_type().const_float(i as f64).into()
+            }
+            _ => return Err(LowerError(format!("constant {c} of type {e}"))),
+        })
+    }
+
+    pub fn current_block(&self) -> Res<inkwell::basic_block::BasicBlock<'ctx>> {
+        self.b
+            .get_insert_block()
+            .ok_or_else(|| LowerError("builder has no block".into()))
+    }
+}
+
+/// The op defining each value of a block and the blocks nested in it.
+pub fn definitions(b: &Block) -> HashMap<Value, &Op> {
+    let mut map = HashMap::new();
+    for inst in &b.insts {
+        for &r in &inst.results {
+            map.insert(r, &inst.op);
+        }
+        for nested in inst.op.blocks() {
+            map.extend(definitions(nested));
+        }
+    }
+    map
+}
+
+fn zero_constants(b: &Block) -> HashSet<Value> {
+    let mut set = HashSet::new();
+    for inst in &b.insts {
+        let zero = match inst.op {
+            Op::Const(ConstValue::Int(0)) | Op::Const(ConstValue::Bool(false)) => true,
+            Op::Const(ConstValue::Float(f)) => f == 0.0 && f.is_sign_positive(),
+            _ => false,
+        };
+        if zero {
+            set.extend(inst.results.iter().copied());
+        }
+        for nested in inst.op.blocks() {
+            set.extend(zero_constants(nested));
+        }
+    }
+    set
+}
+
+/// The LLVM type of a register of dtype `d` (`bool` is `i1`).
+pub fn scalar_type(ctx: &Context, d: DType) -> BasicTypeEnum<'_> {
+    match d {
+        DType::Bool => ctx.bool_type().into(),
+        DType::I32 => ctx.i32_type().into(),
+        DType::I64 => ctx.i64_type().into(),
+        DType::F16 => ctx.f16_type().into(),
+        DType::Bf16 => ctx.bf16_type().into(),
+        DType::F32 => ctx.f32_type().into(),
+    }
+}
+
+/// The LLVM type of dtype `d` in memory (`bool` is a byte).
+pub fn memory_type(ctx: &Context, d: DType) -> BasicTypeEnum<'_> {
+    match d {
+        DType::Bool => ctx.i8_type().into(),
+        _ => scalar_type(ctx, d),
+    }
+}

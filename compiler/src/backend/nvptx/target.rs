@@ -1,0 +1,56 @@
+//! The NVPTX target machine: optimisation pipeline and PTX emission.
+
+use super::PtxOptions;
+use inkwell::module::Module;
+use inkwell::passes::PassBuilderOptions;
+use inkwell::targets::{
+    CodeModel, FileType, InitializationConfig, RelocMode, Target, TargetMachine, TargetTriple,
+};
+use inkwell::OptimizationLevel;
+
+/// The LLVM target triple of every kernel module.
+pub const TRIPLE: &str = "nvptx64-nvidia-cuda";
+/// PTX ISA 8.0 (CUDA 12.0) covers everything sm_80 and sm_90 need here.
+const FEATURES: &str = "+ptx80";
+
+fn machine(opts: &PtxOptions) -> Result<TargetMachine, String> {
+    Target::initialize_nvptx(&InitializationConfig::default());
+    let triple = TargetTriple::create(TRIPLE);
+    let target = Target::from_triple(&triple).map_err(|e| e.to_string())?;
+    target
+        .create_target_machine(
+            &triple,
+            opts.arch.name(),
+            FEATURES,
+            OptimizationLevel::Aggressive,
+            RelocMode::Default,
+            CodeModel::Default,
+        )
+        .ok_or_else(|| "LLVM could not create the NVPTX target machine".to_string())
+}
+
+/// Runs LLVM's `-O3` pipeline on the module.
+pub fn optimize(module: &Module, opts: &PtxOptions) -> Result<(), String> {
+    optimize_with(module, &machine(opts)?)
+}
+
+fn optimize_with(module: &Module, tm: &TargetMachine) -> Result<(), String> {
+    module.set_triple(&TargetTriple::create(TRIPLE));
+    module.set_data_layout(&tm.get_target_data().get_data_layout());
+    module
+        .verify()
+        .map_err(|e| format!("invalid LLVM IR: {e}"))?;
+    module
+        .run_passes("default<O3>", tm, PassBuilderOptions::create())
+        .map_err(|e| e.to_string())
+}
+
+/// Optimises the module and returns its PTX.
+pub fn emit_ptx(module: &Module, opts: &PtxOptions) -> Result<String, String> {
+    let tm = machine(opts)?;
+    optimize_with(module, &tm)?;
+    let buf = tm
+        .write_to_memory_buffer(module, FileType::Assembly)
+        .map_err(|e| e.to_string())?;
+    String::from_utf8(buf.as_slice().to_vec()).map_err(|e| e.to_string())
+}

@@ -1,0 +1,230 @@
+//! The NVPTX backend: every test kernel compiles to PTX that `ptxas` accepts for sm_80 and
+//! sm_90, with no calls to undefined functions and no register spills; alignment
+//! specialisation turns on vector memory access.
+
+use crate::nvptx_ptxas::{self, PtxasStats};
+use kiln_compiler::backend::nvptx::{compile_ptx, emit_llvm, Arch, PtxKernel, PtxOptions};
+use kiln_compiler::{compile_to_ir, ir, Defines, Source};
+
+/// Kernels covering every IR op, as (name, source).
+const KERNELS: &[(&str, &str)] = &[
+    ("add", include_str!("../../../ops/kernels/add.kiln")),
+    ("rmsnorm", include_str!("../../../ops/kernels/rmsnorm.kiln")),
+    (
+        "cross_entropy",
+        include_str!("../../../ops/kernels/cross_entropy.kiln"),
+    ),
+    ("swiglu", include_str!("../../../ops/kernels/swiglu.kiln")),
+    ("rope", include_str!("../../../ops/kernels/rope.kiln")),
+    ("adamw", include_str!("../../../ops/kernels/adamw.kiln")),
+    (
+        "broadcast2d",
+        include_str!("nvptx_kernels/broadcast2d.kiln"),
+    ),
+    ("matmul", include_str!("nvptx_kernels/matmul.kiln")),
+    ("atomics", include_str!("nvptx_kernels/atomics.kiln")),
+    ("branch", include_str!("nvptx_kernels/branch.kiln")),
+    ("misc", include_str!("nvptx_kernels/misc.kiln")),
+    ("types", include_str!("nvptx_kernels/types.kiln")),
+    ("rows", include_str!("nvptx_kernels/rows.kiln")),
+];
+
+fn kernels(name: &str, text: &str) -> Vec<ir::Kernel> {
+    let src = Source::new(format!("{name}.kiln"), text);
+    compile_to_ir(&src, &Defines::new()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn compile(k: &ir::Kernel, arch: Arch, divisible_by_16: u64) -> PtxKernel {
+    let opts = PtxOptions {
+        arch,
+        num_warps: 4,
+        divisible_by_16,
+    };
+    compile_ptx(k, &opts).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn check_ptx(k: &ir::Kernel, p: &PtxKernel) {
+    assert!(p.ptx.contains(&format!(".entry {}(", k.name)), "{}", p.ptx);
+    assert!(
+        !p.ptx.contains(".extern .func"),
+        "call to an undefined function:\n{}",
+        p.ptx
+    );
+    assert_eq!(p.threads_per_block, 128);
+    assert!(p.ptx.contains(".maxntid 128"), "{}", p.ptx);
+}
+
+#[test]
+fn every_kernel_assembles_without_spills() {
+    let ptxas = nvptx_ptxas::require();
+    let mut report = vec![];
+    for (file, text) in KERNELS {
+        for k in kernels(file, text) {
+            for (arch, mask) in [(Arch::Sm80, 0), (Arch::Sm90, 0), (Arch::Sm90, u64::MAX)] {
+                let start = std::time::Instant::now();
+                let p = compile(&k, arch, mask);
+                let ms = start.elapsed().as_secs_f64() * 1e3;
+                check_ptx(&k, &p);
+                dump(&k.name, arch, mask != 0, &p.ptx);
+                let Some(ptxas) = &ptxas else { continue };
+                let s: PtxasStats = nvptx_ptxas::assemble(ptxas, &p.ptx, arch.name(), &k.name);
+                report.push(format!(
+                    "{:<24} {} aligned={:<5} regs {:>3} spill {}/{} stack {} smem {:>4} compile {ms:.1} ms",
+                    k.name,
+                    arch.name(),
+                    mask != 0,
+                    s.registers,
+                    s.spill_store_bytes,
+                    s.spill_load_bytes,
+                    s.stack_bytes,
+                    p.shared_bytes
+                ));
+                assert_eq!(
+                    (s.spill_store_bytes, s.spill_load_bytes),
+                    (0, 0),
+                    "{} spills on {}",
+                    k.name,
+                    arch.name()
+                );
+            }
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
+
+/// With `KILN_PTX_DUMP=dir`, writes `dir/{kernel}.{arch}.{aligned|plain}.ptx` (for running the
+/// kernels on a GPU with `nvptx_gpu.py`).
+fn dump(name: &str, arch: Arch, aligned: bool, ptx: &str) {
+    if let Ok(dir) = std::env::var("KILN_PTX_DUMP") {
+        std::fs::create_dir_all(&dir).unwrap();
+        let kind = if aligned { "aligned" } else { "plain" };
+        let path = format!("{dir}/{name}.{}.{kind}.ptx", arch.name());
+        std::fs::write(path, ptx).unwrap();
+    }
+}
+
+/// Other warp counts change which tiles are replicated and whether reductions cross warps.
+#[test]
+fn every_kernel_assembles_with_1_and_8_warps() {
+    let ptxas = nvptx_ptxas::require();
+    for (file, text) in KERNELS {
+        for k in kernels(file, text) {
+            for num_warps in [1, 8] {
+                let opts = PtxOptions {
+                    arch: Arch::Sm80,
+                    num_warps,
+                    divisible_by_16: u64::MAX,
+                };
+                let p = compile_ptx(&k, &opts).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!p.ptx.contains(".extern .func"), "{}", p.ptx);
+                assert_eq!(p.threads_per_block, 32 * num_warps);
+                if let Some(ptxas) = &ptxas {
+                    let name = format!("{}_w{num_warps}", k.name);
+                    nvptx_ptxas::assemble(ptxas, &p.ptx, "sm_80", &name);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn vector_access_needs_alignment_facts() {
+    let add = &kernels("add", KERNELS[0].1)[0];
+    let plain = compile(add, Arch::Sm90, 0).ptx;
+    let aligned = compile(add, Arch::Sm90, u64::MAX).ptx;
+    assert!(!plain.contains("ld.global.v"), "{plain}");
+    assert!(!plain.contains("st.global.v"), "{plain}");
+    assert!(aligned.contains("ld.global.v"), "{aligned}");
+    assert!(aligned.contains("st.global.v"), "{aligned}");
+
+    let scale = &kernels("scale", SCALE)[0];
+    let aligned = compile(scale, Arch::Sm90, u64::MAX).ptx;
+    assert!(
+        aligned.contains("ld.global.v4.f32") || aligned.contains("ld.global.v4.b32"),
+        "{aligned}"
+    );
+    assert!(
+        aligned.contains("st.global.v4.f32") || aligned.contains("st.global.v4.b32"),
+        "{aligned}"
+    );
+    // Only the pointer aligned, not `n`: the mask may split a vector, so no vectors.
+    let ptr_only = compile(scale, Arch::Sm90, 0b011).ptx;
+    assert!(!ptr_only.contains("ld.global.v"), "{ptr_only}");
+}
+
+const SCALE: &str = "
+kernel scale<BLOCK: i32 = 1024>(x: *f32, y: *mut f32, n: i32, s: f32) {
+    let offs = program_id(0) * BLOCK + range(BLOCK);
+    let m = offs < n;
+    store(y + offs, load(x + offs, mask: m) * s, mask: m);
+}
+";
+
+#[test]
+fn llvm_ir_has_kernel_conventions() {
+    let k = &kernels("rmsnorm", KERNELS[1].1)[0];
+    let opts = PtxOptions::new(Arch::Sm80, 4);
+    let ll = emit_llvm(k, &opts).unwrap();
+    assert!(ll.contains("ptx_kernel"), "{ll}");
+    assert!(ll.contains("!\"maxntidx\", i32 128"), "{ll}");
+    assert!(ll.contains("nvptx64-nvidia-cuda"), "{ll}");
+}
+
+#[test]
+fn bad_warp_count_is_an_error() {
+    let k = &kernels("add", KERNELS[0].1)[0];
+    assert!(compile_ptx(k, &PtxOptions::new(Arch::Sm80, 3)).is_err());
+}
+
+#[test]
+fn ptx_snapshot_add_aligned() {
+    let k = &kernels("add", KERNELS[0].1)[0];
+    let ptx = compile(k, Arch::Sm90, u64::MAX).ptx;
+    insta::assert_snapshot!(ptx);
+}
+
+#[test]
+fn ptxas_stats_parse() {
+    let text = "ptxas info    : Used 18 registers, used 1 barriers, 380 bytes cmem[0]\n\
+                ptxas info    : Function properties for add\n    \
+                8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads\n";
+    let s = nvptx_ptxas::parse_stats(text).unwrap();
+    assert_eq!(
+        s,
+        PtxasStats {
+            registers: 18,
+            spill_store_bytes: 4,
+            spill_load_bytes: 12,
+            stack_bytes: 8
+        }
+    );
+}
+
+#[test]
+fn divisibility_mask_from_arguments() {
+    use kiln_compiler::backend::nvptx::divisibility_mask;
+    use kiln_compiler::ir::{Param, ParamKind};
+    use kiln_compiler::DType;
+    let param = |kind| Param {
+        name: "p".into(),
+        kind,
+    };
+    let params = [
+        param(ParamKind::Ptr {
+            pointee: DType::F32,
+            mutable: false,
+        }),
+        param(ParamKind::Ptr {
+            pointee: DType::F32,
+            mutable: true,
+        }),
+        param(ParamKind::Scalar(DType::I32)),
+        param(ParamKind::Scalar(DType::I64)),
+        param(ParamKind::Scalar(DType::F32)),
+    ];
+    let mask = divisibility_mask(
+        &params,
+        &[0x7f00_0000_1000, 0x7f00_0000_1004, 4096, 1000, 0],
+    );
+    assert_eq!(mask, 0b00101);
+}
