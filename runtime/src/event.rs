@@ -3,7 +3,9 @@
 use std::time::Instant;
 
 use crate::device::{Device, Inner};
-use crate::{Error, Result};
+#[cfg(feature = "cuda")]
+use crate::Error;
+use crate::Result;
 
 /// A point in a device's work queue. [`Event::elapsed_ms`] between two events of one device
 /// measures the work queued between them: on a GPU with CUDA events (device time), on the CPU,
@@ -55,6 +57,7 @@ impl Event {
             (Point::Cuda(start), Point::Cuda(stop)) if self.device == end.device => start
                 .elapsed_ms(stop)
                 .map_err(|e| Error::cuda("timing events", e)),
+            #[cfg(feature = "cuda")]
             _ => Err(Error::Unsupported(format!(
                 "timing between events of different devices ({} and {})",
                 self.device, end.device

@@ -5,7 +5,9 @@ use kiln_compiler::ir::Param;
 
 use crate::device::{Device, Inner};
 use crate::launch::{self, Arg};
-use crate::{Error, Result};
+#[cfg(feature = "cuda")]
+use crate::Error;
+use crate::Result;
 
 /// A compiled kernel loaded on one device. Obtained from a [`crate::KernelCache`].
 pub struct Kernel {
@@ -31,8 +33,10 @@ impl Kernel {
         }
     }
 
+    /// Loads a PTX artefact (from [`crate::KernelCache::ptx_artifact`], or written by hand) on
+    /// a GPU.
     #[cfg(feature = "cuda")]
-    pub(crate) fn from_ptx(device: &Device, artifact: &crate::cache::PtxArtifact) -> Result<Kernel> {
+    pub fn from_ptx(device: &Device, artifact: &crate::cache::PtxArtifact) -> Result<Kernel> {
         let Inner::Cuda(cuda) = device.inner() else {
             return Err(Error::Unsupported(format!("loading PTX on {device}")));
         };
@@ -75,7 +79,9 @@ impl Kernel {
         match (&self.code, self.device.inner()) {
             // SAFETY: `args` were checked against the parameters and packed; they borrow the
             // buffers, which therefore outlive the synchronous CPU run.
-            (Code::Cpu(code), Inner::Cpu { .. }) => unsafe { launch::cpu::run(code, grid, &packed) },
+            (Code::Cpu(code), Inner::Cpu { .. }) => unsafe {
+                launch::cpu::run(code, grid, &packed)
+            },
             #[cfg(feature = "cuda")]
             (Code::Cuda(code), Inner::Cuda(cuda)) => {
                 // SAFETY: as above. A buffer dropped before the kernel finishes is freed in
@@ -83,8 +89,23 @@ impl Kernel {
                 unsafe { code.launch(&self.name, cuda, grid, &packed)? }
             }
             #[cfg(feature = "cuda")]
-            _ => return Err(Error::Unsupported(format!("kernel `{}` code/device mismatch", self.name))),
+            _ => {
+                return Err(Error::Unsupported(format!(
+                    "kernel `{}` code/device mismatch",
+                    self.name
+                )))
+            }
         }
         Ok(())
+    }
+}
+
+impl std::fmt::Debug for Kernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kernel")
+            .field("name", &self.name)
+            .field("device", &self.device)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
     }
 }

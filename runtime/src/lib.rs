@@ -34,7 +34,9 @@ mod kernel;
 pub mod launch;
 
 pub use buffer::Buffer;
-pub use cache::{CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact, Specialization};
+pub use cache::{
+    CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact, Specialization,
+};
 pub use device::{Device, DeviceKind};
 pub use element::Element;
 pub use error::{Error, Result};

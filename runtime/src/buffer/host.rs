@@ -46,14 +46,22 @@ impl HostMem {
 
     /// Copies the contents into `dst`, which must be exactly as long.
     pub(crate) fn read_into(&self, dst: &mut [u8]) {
-        assert_eq!(dst.len(), self.bytes, "HostMem::read_into: length checked by caller");
+        assert_eq!(
+            dst.len(),
+            self.bytes,
+            "HostMem::read_into: length checked by caller"
+        );
         // SAFETY: both ranges are `bytes` long and cannot overlap (`dst` is a unique borrow).
         unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), dst.as_mut_ptr(), self.bytes) }
     }
 
     /// Overwrites the contents with `src`, which must be exactly as long.
     pub(crate) fn write_from(&mut self, src: &[u8]) {
-        assert_eq!(src.len(), self.bytes, "HostMem::write_from: length checked by caller");
+        assert_eq!(
+            src.len(),
+            self.bytes,
+            "HostMem::write_from: length checked by caller"
+        );
         // SAFETY: both ranges are `bytes` long; `&mut self` excludes any other access.
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr(), self.bytes) }
     }

@@ -12,8 +12,8 @@ use crate::device::{Device, Inner};
 use crate::element::{as_bytes, as_bytes_mut, Element};
 use crate::{Error, Result};
 
-pub(crate) use host::HOST_ALIGN;
 use host::HostMem;
+pub(crate) use host::HOST_ALIGN;
 
 /// `len` elements of one [`DType`] on one [`Device`].
 ///
@@ -178,7 +178,11 @@ fn zeroed<T: Element>() -> T {
 
 impl fmt::Debug for Buffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Buffer({} x {} on {})", self.len, self.dtype, self.device)
+        write!(
+            f,
+            "Buffer({} x {} on {})",
+            self.len, self.dtype, self.device
+        )
     }
 }
 

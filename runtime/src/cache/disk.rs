@@ -80,8 +80,8 @@ impl DiskCache {
         fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
         let path = self.path_of(key);
         let temp = self.dir.join(temp_name(key));
-        let written = write_synced(&temp, &encode(key, payload))
-            .and_then(|()| fs::rename(&temp, &path));
+        let written =
+            write_synced(&temp, &encode(key, payload)).and_then(|()| fs::rename(&temp, &path));
         if let Err(e) = written {
             // Best effort: the write already failed, and a stray temporary file is harmless.
             let _ = fs::remove_file(&temp);
@@ -137,7 +137,10 @@ fn decode<'a>(key: &CacheKey, bytes: &'a [u8]) -> std::result::Result<&'a [u8], 
     let header_len = probe.len();
     let want = header_len + 32;
     if bytes.len() < want {
-        return Err(format!("truncated: {} bytes, a header takes {want}", bytes.len()));
+        return Err(format!(
+            "truncated: {} bytes, a header takes {want}",
+            bytes.len()
+        ));
     }
     let (head, rest) = bytes.split_at(header_len);
     let (sum, payload) = rest.split_at(32);

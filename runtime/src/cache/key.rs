@@ -143,7 +143,12 @@ impl CacheKey {
             let _ = writeln!(text, "define {name:?} {value}");
         }
         let source = spec.source.text.as_bytes();
-        let _ = writeln!(text, "source {} bytes sha256 {}", source.len(), hex(&Sha256::digest(source)));
+        let _ = writeln!(
+            text,
+            "source {} bytes sha256 {}",
+            source.len(),
+            hex(&Sha256::digest(source))
+        );
         CacheKey::from_text(text)
     }
 
@@ -172,8 +177,10 @@ impl CacheKey {
 
 /// Lowercase hexadecimal of `bytes`.
 pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

@@ -137,7 +137,12 @@ impl KernelCache {
                     num_warps: 0,
                     ..*spec
                 };
-                CacheKey::new(&spec, Backend::Cranelift, std::env::consts::ARCH, &Specialization::NONE)
+                CacheKey::new(
+                    &spec,
+                    Backend::Cranelift,
+                    std::env::consts::ARCH,
+                    &Specialization::NONE,
+                )
             }
             DeviceKind::Cuda => {
                 CacheKey::new(spec, Backend::Nvptx, ptx_target(device)?, specialization)
@@ -166,7 +171,10 @@ impl KernelCache {
             DeviceKind::Cuda => self.load_ptx(device, spec, specialization, &key)?,
         };
         // Another thread may have loaded it meanwhile; keep the first so all callers share one.
-        Ok(lock(&self.loaded).entry(slot).or_insert(Arc::new(kernel)).clone())
+        Ok(lock(&self.loaded)
+            .entry(slot)
+            .or_insert(Arc::new(kernel))
+            .clone())
     }
 
     #[cfg(feature = "cuda")]
@@ -183,8 +191,16 @@ impl KernelCache {
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn load_ptx(&self, device: &Device, _: &KernelSpec<'_>, _: &Specialization, _: &CacheKey) -> Result<Kernel> {
-        Err(crate::Error::Unsupported(format!("{device}: built without the `cuda` feature")))
+    fn load_ptx(
+        &self,
+        device: &Device,
+        _: &KernelSpec<'_>,
+        _: &Specialization,
+        _: &CacheKey,
+    ) -> Result<Kernel> {
+        Err(crate::Error::Unsupported(format!(
+            "{device}: built without the `cuda` feature"
+        )))
     }
 
     /// Compiles (or finds) the kernel for `args` on `device`, checks `args` against its

@@ -45,7 +45,9 @@ impl CudaDevice {
                     .map(String::as_str)
                     .or_else(|| panic.downcast_ref::<&str>().copied())
                     .unwrap_or("unknown failure");
-                return Err(no_device(format!("the CUDA driver library is unusable: {what}")));
+                return Err(no_device(format!(
+                    "the CUDA driver library is unusable: {what}"
+                )));
             }
             Ok(Err(e)) => return Err(no_device(format!("the CUDA driver failed to start: {e}"))),
             Ok(Ok(Err(count))) => {

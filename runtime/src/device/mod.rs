@@ -29,7 +29,9 @@ pub struct Device {
 }
 
 pub(crate) enum Inner {
-    Cpu { name: String },
+    Cpu {
+        name: String,
+    },
     #[cfg(feature = "cuda")]
     Cuda(cuda::CudaDevice),
 }

@@ -31,7 +31,9 @@ impl CudaCode {
         let kernel = &artifact.kernel;
         let refuse = |why: String| Error::launch(kernel, why);
         if artifact.ptx.contains('\0') || artifact.entry.contains('\0') {
-            return Err(refuse("the PTX or its entry name contains a NUL byte".into()));
+            return Err(refuse(
+                "the PTX or its entry name contains a NUL byte".into(),
+            ));
         }
         if !(1..=MAX_THREADS_PER_BLOCK).contains(&artifact.threads_per_block) {
             return Err(refuse(format!(

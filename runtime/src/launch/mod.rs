@@ -52,7 +52,11 @@ impl Arg<'_> {
 fn describe_param(p: &Param) -> String {
     match p.kind {
         ParamKind::Ptr { pointee, mutable } => {
-            format!("`{}: *{}{pointee}`", p.name, if mutable { "mut " } else { "" })
+            format!(
+                "`{}: *{}{pointee}`",
+                p.name,
+                if mutable { "mut " } else { "" }
+            )
         }
         ParamKind::Scalar(d) => format!("`{}: {d}`", p.name),
     }
@@ -61,7 +65,11 @@ fn describe_param(p: &Param) -> String {
 /// Checks `args` against the parameters of kernel `kernel` launched on `device`.
 pub fn check_args(kernel: &str, params: &[Param], device: &Device, args: &[Arg<'_>]) -> Result<()> {
     if args.len() != params.len() {
-        let list = params.iter().map(describe_param).collect::<Vec<_>>().join(", ");
+        let list = params
+            .iter()
+            .map(describe_param)
+            .collect::<Vec<_>>()
+            .join(", ");
         return Err(Error::launch(
             kernel,
             format!(
@@ -75,7 +83,10 @@ pub fn check_args(kernel: &str, params: &[Param], device: &Device, args: &[Arg<'
         let mismatch = |why: String| {
             Error::launch(
                 kernel,
-                format!("argument {i} for parameter {}: {why}", describe_param(param)),
+                format!(
+                    "argument {i} for parameter {}: {why}",
+                    describe_param(param)
+                ),
             )
         };
         match (param.kind, arg) {
@@ -102,7 +113,9 @@ pub fn check_args(kernel: &str, params: &[Param], device: &Device, args: &[Arg<'
             (ParamKind::Scalar(d), arg) => {
                 let fits = matches!(
                     (d, arg),
-                    (DType::I32, Arg::I32(_)) | (DType::I64, Arg::I64(_)) | (DType::F32, Arg::F32(_))
+                    (DType::I32, Arg::I32(_))
+                        | (DType::I64, Arg::I64(_))
+                        | (DType::F32, Arg::F32(_))
                 );
                 if !fits {
                     let expected = match d {
