@@ -54,11 +54,15 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A loaded kernel's place: its key's digest and the device (`None` for the CPU, else the
+/// CUDA ordinal).
+type Slot = ([u8; 32], Option<usize>);
+
 /// Compiled kernels by key, for any number of devices. Share one per process (it is `Sync`).
 pub struct KernelCache {
     disk: Option<DiskCache>,
     ptx: Mutex<HashMap<[u8; 32], Arc<PtxArtifact>>>,
-    loaded: Mutex<HashMap<([u8; 32], Option<usize>), Arc<Kernel>>>,
+    loaded: Mutex<HashMap<Slot, Arc<Kernel>>>,
     counters: Counters,
 }
 
@@ -158,7 +162,7 @@ impl KernelCache {
         specialization: &Specialization,
     ) -> Result<Arc<Kernel>> {
         let key = self.key(device, spec, specialization)?;
-        let slot = (*key.digest(), device.ordinal());
+        let slot: Slot = (*key.digest(), device.ordinal());
         if let Some(kernel) = lock(&self.loaded).get(&slot) {
             bump(&self.counters.memory_hits);
             return Ok(kernel.clone());

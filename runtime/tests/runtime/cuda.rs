@@ -147,14 +147,12 @@ fn bad_ptx_is_an_error_naming_the_kernel() {
     };
     let mut missing_entry = axpb();
     missing_entry.entry = "nope".into();
-    let err = Kernel::from_ptx(&gpu, &missing_entry)
-        .err()
-        .expect("no such entry");
+    let err = Kernel::from_ptx(&gpu, &missing_entry).expect_err("no such entry");
     assert!(err.to_string().contains("kernel `axpb`"), "{err}");
 
     let mut garbage = axpb();
     garbage.ptx = "this is not PTX".into();
-    let err = Kernel::from_ptx(&gpu, &garbage).err().expect("not PTX");
+    let err = Kernel::from_ptx(&gpu, &garbage).expect_err("not PTX");
     assert!(matches!(err, Error::Cuda { .. }), "{err:?}");
     assert!(err.to_string().contains("kernel `axpb`"), "{err}");
 }
