@@ -33,13 +33,14 @@ pub(super) fn read_into(device: &CudaDevice, slice: &CudaSlice<u8>, dst: &mut [u
         .map_err(|e| Error::cuda(format!("downloading {} bytes", dst.len()), e))
 }
 
-/// Copies `src` (same length) into `slice`; the copy is ordered on the device's stream.
+/// Copies `src` (same length) into `slice` and waits for the copy.
 pub(super) fn write_from(device: &CudaDevice, slice: &mut CudaSlice<u8>, src: &[u8]) -> Result<()> {
     let stream = device.stream();
-    // `memcpy_htod` from pageable memory returns once `src` has been staged, so `src` may be
-    // freed afterwards.
+    // The driver only promises that an asynchronous copy from pageable memory *may* return
+    // before `src` has been read: wait, so the caller may free or reuse `src` at once.
     stream
         .memcpy_htod(src, slice)
+        .and_then(|()| stream.synchronize())
         .map_err(|e| Error::cuda(format!("uploading {} bytes", src.len()), e))
 }
 

@@ -48,13 +48,25 @@ impl Device {
 
     /// CUDA device `ordinal`. Fails with [`crate::Error::NoCudaDevice`], saying why, when the
     /// driver library is missing, no such device exists, or this build has no CUDA support.
+    ///
+    /// Every call for one ordinal returns the same device (one context and one stream per GPU
+    /// and process), so work queued through any of them is ordered.
     pub fn cuda(ordinal: usize) -> Result<Device> {
         #[cfg(feature = "cuda")]
         {
-            let device = cuda::CudaDevice::open(ordinal)?;
-            Ok(Device {
-                inner: Arc::new(Inner::Cuda(device)),
-            })
+            use std::collections::HashMap;
+            use std::sync::{Mutex, PoisonError};
+            static OPENED: Mutex<Option<HashMap<usize, Device>>> = Mutex::new(None);
+            let mut opened = OPENED.lock().unwrap_or_else(PoisonError::into_inner);
+            let opened = opened.get_or_insert_with(HashMap::new);
+            if let Some(device) = opened.get(&ordinal) {
+                return Ok(device.clone());
+            }
+            let device = Device {
+                inner: Arc::new(Inner::Cuda(cuda::CudaDevice::open(ordinal)?)),
+            };
+            opened.insert(ordinal, device.clone());
+            Ok(device)
         }
         #[cfg(not(feature = "cuda"))]
         {

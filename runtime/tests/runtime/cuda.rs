@@ -133,6 +133,10 @@ fn hand_written_ptx_runs_with_checked_packed_arguments() {
         .unwrap();
     gpu.synchronize().unwrap();
 
+    // An empty grid runs nothing, but its arguments are still checked.
+    kernel.launch([0, 1, 1], &args).unwrap();
+    assert!(kernel.launch([0, 1, 1], &args[..1]).is_err());
+
     // Mismatched arguments are refused before anything is queued.
     let err = kernel.launch([8, 1, 1], &args[..5]).unwrap_err();
     assert!(err.to_string().contains("kernel `axpb`"), "{err}");

@@ -22,6 +22,12 @@ fn cuda_device_opens_or_says_why_not() {
             let (major, _) = gpu.compute_capability().unwrap();
             assert!(major >= 1);
             assert_ne!(gpu, Device::cpu());
+            // A second open is the same device, and events of the two compare.
+            let again = Device::cuda(0).unwrap();
+            assert_eq!(again, gpu);
+            let a = gpu.record_event().unwrap();
+            let b = again.record_event().unwrap();
+            assert!(a.elapsed_ms(&b).unwrap() >= 0.0);
             println!(
                 "found {} (compute capability {:?})",
                 gpu.name(),
