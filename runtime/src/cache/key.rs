@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use kiln_compiler::{ConstValue, Defines, Source};
 use sha2::{Digest, Sha256};
@@ -99,11 +100,26 @@ impl Specialization {
 }
 
 /// The identity of a compiled artefact. Two requests share an artefact exactly when their keys'
-/// canonical texts are equal; the digest names it on disk.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// canonical texts are equal; the digest of the text names it on disk. The digest is computed
+/// on first use: in-memory lookups compare texts and never need it.
+#[derive(Clone, Debug)]
 pub struct CacheKey {
     text: String,
-    digest: [u8; 32],
+    digest: OnceLock<[u8; 32]>,
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &CacheKey) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.text.hash(state)
+    }
 }
 
 impl CacheKey {
@@ -117,6 +133,18 @@ impl CacheKey {
     /// name is left out: it only appears in error messages, and errors are never cached.
     pub fn new(
         spec: &KernelSpec<'_>,
+        backend: Backend,
+        target: &str,
+        specialization: &Specialization,
+    ) -> CacheKey {
+        let source_digest = Sha256::digest(spec.source.text.as_bytes()).into();
+        Self::with_source_digest(spec, &source_digest, backend, target, specialization)
+    }
+
+    /// [`CacheKey::new`] with the SHA-256 of `spec.source.text` already computed.
+    pub(crate) fn with_source_digest(
+        spec: &KernelSpec<'_>,
+        source_digest: &[u8; 32],
         backend: Backend,
         target: &str,
         specialization: &Specialization,
@@ -142,21 +170,21 @@ impl CacheKey {
             };
             let _ = writeln!(text, "define {name:?} {value}");
         }
-        let source = spec.source.text.as_bytes();
         let _ = writeln!(
             text,
             "source {} bytes sha256 {}",
-            source.len(),
-            hex(&Sha256::digest(source))
+            spec.source.text.len(),
+            hex(source_digest)
         );
         CacheKey::from_text(text)
     }
 
     /// A key with this canonical text, for artefacts described some other way.
     pub fn from_text(text: impl Into<String>) -> CacheKey {
-        let text = text.into();
-        let digest = Sha256::digest(text.as_bytes()).into();
-        CacheKey { text, digest }
+        CacheKey {
+            text: text.into(),
+            digest: OnceLock::new(),
+        }
     }
 
     /// The canonical text: one `field value` per line.
@@ -166,12 +194,13 @@ impl CacheKey {
 
     /// SHA-256 of the canonical text.
     pub fn digest(&self) -> &[u8; 32] {
-        &self.digest
+        self.digest
+            .get_or_init(|| Sha256::digest(self.text.as_bytes()).into())
     }
 
     /// The digest in lowercase hexadecimal.
     pub fn hex(&self) -> String {
-        hex(&self.digest)
+        hex(self.digest())
     }
 }
 

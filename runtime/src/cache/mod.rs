@@ -11,6 +11,7 @@ mod artifact;
 mod compile;
 mod disk;
 mod key;
+mod source_digest;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ use crate::device::{Device, DeviceKind};
 use crate::kernel::Kernel;
 use crate::launch::Arg;
 use crate::Result;
+use source_digest::SourceDigests;
 
 /// Counts of where the cache found what it was asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,15 +56,15 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-/// A loaded kernel's place: its key's digest and the device (`None` for the CPU, else the
-/// CUDA ordinal).
-type Slot = ([u8; 32], Option<usize>);
+/// Loaded kernels by device (`None` for the CPU, else the CUDA ordinal), then by key text.
+type Loaded = HashMap<Option<usize>, HashMap<String, Arc<Kernel>>>;
 
 /// Compiled kernels by key, for any number of devices. Share one per process (it is `Sync`).
 pub struct KernelCache {
     disk: Option<DiskCache>,
     ptx: Mutex<HashMap<[u8; 32], Arc<PtxArtifact>>>,
-    loaded: Mutex<HashMap<Slot, Arc<Kernel>>>,
+    loaded: Mutex<Loaded>,
+    source_digests: SourceDigests,
     counters: Counters,
 }
 
@@ -96,6 +98,7 @@ impl KernelCache {
             disk,
             ptx: Mutex::default(),
             loaded: Mutex::default(),
+            source_digests: SourceDigests::default(),
             counters: Counters::default(),
         }
     }
@@ -135,21 +138,20 @@ impl KernelCache {
         spec: &KernelSpec<'_>,
         specialization: &Specialization,
     ) -> Result<CacheKey> {
+        let source = self.source_digests.get(&spec.source.text);
         Ok(match device.kind() {
             DeviceKind::Cpu => {
                 let spec = KernelSpec {
                     num_warps: 0,
                     ..*spec
                 };
-                CacheKey::new(
-                    &spec,
-                    Backend::Cranelift,
-                    std::env::consts::ARCH,
-                    &Specialization::NONE,
-                )
+                let target = std::env::consts::ARCH;
+                let none = Specialization::NONE;
+                CacheKey::with_source_digest(&spec, &source, Backend::Cranelift, target, &none)
             }
             DeviceKind::Cuda => {
-                CacheKey::new(spec, Backend::Nvptx, ptx_target(device)?, specialization)
+                let target = ptx_target(device)?;
+                CacheKey::with_source_digest(spec, &source, Backend::Nvptx, target, specialization)
             }
         })
     }
@@ -162,10 +164,10 @@ impl KernelCache {
         specialization: &Specialization,
     ) -> Result<Arc<Kernel>> {
         let key = self.key(device, spec, specialization)?;
-        let slot: Slot = (*key.digest(), device.ordinal());
-        if let Some(kernel) = lock(&self.loaded).get(&slot) {
+        let loaded = |map: &Loaded| map.get(&device.ordinal())?.get(key.text()).cloned();
+        if let Some(kernel) = loaded(&lock(&self.loaded)) {
             bump(&self.counters.memory_hits);
-            return Ok(kernel.clone());
+            return Ok(kernel);
         }
         let kernel = match device.kind() {
             DeviceKind::Cpu => {
@@ -176,7 +178,9 @@ impl KernelCache {
         };
         // Another thread may have loaded it meanwhile; keep the first so all callers share one.
         Ok(lock(&self.loaded)
-            .entry(slot)
+            .entry(device.ordinal())
+            .or_default()
+            .entry(key.text().to_string())
             .or_insert(Arc::new(kernel))
             .clone())
     }

@@ -138,3 +138,32 @@ fn cpu_keys_ignore_what_cranelift_ignores() {
     assert_eq!(a, b);
     assert!(a.text().contains("backend cranelift"), "{}", a.text());
 }
+
+#[test]
+fn the_cache_key_matches_the_plain_key_and_follows_edited_sources() {
+    let cache = KernelCache::in_memory();
+    let cpu = Device::cpu();
+    let mut src = Source::new("a.kiln", "kernel k() {}");
+    let plain = |src: &Source| {
+        let spec = KernelSpec::new(src, "k").with_num_warps(0);
+        CacheKey::new(
+            &spec,
+            Backend::Cranelift,
+            std::env::consts::ARCH,
+            &Specialization::NONE,
+        )
+    };
+    let first = cache
+        .key(&cpu, &KernelSpec::new(&src, "k"), &Specialization::NONE)
+        .unwrap();
+    assert_eq!(first, plain(&src));
+    // Same allocation, same length, new contents: the remembered source digest must not be reused.
+    let address = src.text.as_ptr();
+    src.text.replace_range(0..6, "KERNEL");
+    assert_eq!(src.text.as_ptr(), address);
+    let edited = cache
+        .key(&cpu, &KernelSpec::new(&src, "k"), &Specialization::NONE)
+        .unwrap();
+    assert_ne!(edited, first);
+    assert_eq!(edited, plain(&src));
+}
