@@ -14,13 +14,19 @@ const CAPACITY: usize = 256;
 /// and a reused address with other contents is simply a miss.
 #[derive(Default)]
 pub(crate) struct SourceDigests {
-    known: Mutex<HashMap<(usize, usize), (Box<str>, [u8; 32])>>,
+    known: Mutex<HashMap<Place, Remembered>>,
 }
+
+/// Address and length of a source text.
+type Place = (usize, usize);
+
+/// A copy of the text, and its digest.
+type Remembered = (Box<str>, [u8; 32]);
 
 impl SourceDigests {
     /// The SHA-256 of `text`.
     pub(crate) fn get(&self, text: &str) -> [u8; 32] {
-        let place = (text.as_ptr() as usize, text.len());
+        let place: Place = (text.as_ptr() as usize, text.len());
         let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((seen, digest)) = known.get(&place) {
             if **seen == *text {
