@@ -7,6 +7,7 @@ mod cache_key;
 mod cuda;
 mod device;
 mod disk;
+mod end_to_end;
 mod kernel_cache;
 
 use kiln_runtime::Device;
