@@ -48,6 +48,12 @@ pub(super) fn fill_bytes(device: &CudaDevice, slice: &mut CudaSlice<u8>, byte: u
     let stream = device.stream();
     let bytes = slice.len();
     let ptr = address(slice);
+    // The raw driver call below needs the context current on this thread; cudarc's safe
+    // calls bind it themselves.
+    device
+        .context()
+        .bind_to_thread()
+        .map_err(|e| Error::cuda("binding the CUDA context", e))?;
     // SAFETY: `ptr` addresses `bytes` bytes owned by `slice`, which outlives the call; the memset
     // is ordered on the stream every other use of `slice` goes to.
     unsafe { cudarc::driver::result::memset_d8_async(ptr, byte, bytes, stream.cu_stream()) }

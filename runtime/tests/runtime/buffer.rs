@@ -89,3 +89,18 @@ fn impossible_allocations_fail_cleanly() {
         .unwrap_err();
     assert!(matches!(err, Error::OutOfMemory { .. }), "{err:?}");
 }
+
+#[test]
+fn buffers_are_used_from_other_threads() {
+    for device in devices("buffers_are_used_from_other_threads") {
+        let mut b = device.upload(&[1.0f32; 64]).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                b.poison().unwrap();
+                assert!(b.download::<f32>().unwrap().iter().all(|v| v.is_nan()));
+                b.fill(4.0f32).unwrap();
+            });
+        });
+        assert_eq!(b.download::<f32>().unwrap(), [4.0; 64]);
+    }
+}
