@@ -22,7 +22,17 @@
 //! ```
 //!
 //! Without the `cuda` feature (on by default) only the CPU device exists, and
-//! [`Device::cuda`] says so.
+//! [`Device::cuda`] says so. The CUDA driver is loaded at run time: a binary built with the
+//! feature starts on machines without it, where `Device::cuda` returns
+//! [`Error::NoCudaDevice`] with the reason.
+//!
+//! For hot loops, [`KernelCache::kernel`] returns an `Arc<`[`Kernel`]`>` to keep and launch
+//! directly; [`KernelCache::launch`] looks the kernel up on every call (a few microseconds to
+//! build its key).
+//!
+//! GPU tests skip with "skipped: no CUDA device" where there is none. To run them on a GPU
+//! machine without a Rust toolchain, build the test binary here
+//! (`cargo test -p kiln-runtime --test runtime --no-run`) and run it there.
 
 mod buffer;
 pub mod cache;
