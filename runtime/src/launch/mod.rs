@@ -2,7 +2,7 @@
 //!
 //! Every launch is checked before anything runs: the argument count, each argument's kind
 //! (buffer or scalar), a buffer's element type and device, a scalar's exact type. A mismatch is
-//! an [`Error::Launch`](crate::Error::Launch) naming the kernel and the parameter.
+//! an [`crate::Error::Launch`] naming the kernel and the parameter.
 
 pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
