@@ -1,9 +1,9 @@
 //! A CUDA GPU: its context and the one stream all of the runtime's work goes to.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::catch_unwind;
 use std::sync::Arc;
 
-use cudarc::driver::{sys, CudaContext, CudaStream, DriverError};
+use cudarc::driver::{sys, CudaContext, CudaStream};
 
 use crate::{Error, Result};
 
@@ -19,44 +19,7 @@ pub(crate) struct CudaDevice {
 impl CudaDevice {
     /// Opens device `ordinal`, or says why there is none.
     pub(crate) fn open(ordinal: usize) -> Result<CudaDevice> {
-        let no_device = |reason: String| Error::NoCudaDevice { reason };
-        // cudarc loads libcuda on first use and panics if it is missing: look for it first.
-        // SAFETY: only tries to dlopen the driver library by its usual names.
-        if !unsafe { sys::is_culib_present() } {
-            return Err(no_device(
-                "the CUDA driver library (libcuda.so) could not be loaded; \
-                 is an NVIDIA driver installed?"
-                    .into(),
-            ));
-        }
-        // A driver too old for the symbols cudarc binds also panics: keep that a clean error.
-        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<_, DriverError> {
-            cudarc::driver::result::init()?;
-            let count = CudaContext::device_count()?;
-            if ordinal >= count.max(0) as usize {
-                return Ok(Err(count));
-            }
-            Ok(Ok(CudaContext::new(ordinal)?))
-        }));
-        let ctx = match opened {
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<String>()
-                    .map(String::as_str)
-                    .or_else(|| panic.downcast_ref::<&str>().copied())
-                    .unwrap_or("unknown failure");
-                return Err(no_device(format!(
-                    "the CUDA driver library is unusable: {what}"
-                )));
-            }
-            Ok(Err(e)) => return Err(no_device(format!("the CUDA driver failed to start: {e}"))),
-            Ok(Ok(Err(count))) => {
-                return Err(no_device(format!(
-                    "device {ordinal} requested, but the driver reports {count} device(s)"
-                )))
-            }
-            Ok(Ok(Ok(ctx))) => ctx,
-        };
+        let ctx = open_context(ordinal).map_err(|reason| Error::NoCudaDevice { reason })?;
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| Error::cuda("querying the compute capability", e))?;
@@ -103,4 +66,51 @@ impl CudaDevice {
             .synchronize()
             .map_err(|e| Error::cuda(format!("synchronizing cuda:{}", self.ordinal()), e))
     }
+}
+
+/// The primary context of device `ordinal`, or why there is none.
+fn open_context(ordinal: usize) -> std::result::Result<Arc<CudaContext>, String> {
+    // cudarc loads libcuda on first use and panics if it is missing: look for it first.
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("the CUDA driver library (libcuda.so) could not be loaded; \
+                    is an NVIDIA driver installed?"
+            .into());
+    }
+    // A driver too old for the symbols cudarc binds panics too: keep that a clean error.
+    let started = catch_unwind(|| {
+        cudarc::driver::result::init()?;
+        CudaContext::device_count()
+    });
+    let count = match started {
+        Ok(Ok(count)) => usize::try_from(count).unwrap_or(0),
+        Ok(Err(e)) => return Err(format!("the CUDA driver failed to start: {e}")),
+        Err(panic) => {
+            return Err(format!(
+                "the CUDA driver library is unusable: {}",
+                panic_text(&*panic)
+            ))
+        }
+    };
+    if ordinal >= count {
+        return Err(format!(
+            "device {ordinal} requested, but the driver reports {count} device(s)"
+        ));
+    }
+    match catch_unwind(|| CudaContext::new(ordinal)) {
+        Ok(Ok(ctx)) => Ok(ctx),
+        Ok(Err(e)) => Err(format!("device {ordinal} could not be opened: {e}")),
+        Err(panic) => Err(format!(
+            "the CUDA driver library is unusable: {}",
+            panic_text(&*panic)
+        )),
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown failure")
 }
