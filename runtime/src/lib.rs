@@ -1,6 +1,55 @@
 //! # kiln-runtime
 //!
 //! Where compiled kernels meet memory: devices (CUDA through cudarc, and the CPU), typed buffers,
-//! streams, the kernel cache (in memory and on disk) and checked launches. Later: GEMM through
-//! cuBLASLt on the GPU and a GEMM library on the CPU. Everything above this crate is written once
-//! and runs on either device.
+//! events, the kernel cache (in memory and on disk) and checked launches. Everything above this
+//! crate is written once and runs on either device.
+//!
+//! ```no_run
+//! use kiln_runtime::{Arg, Device, KernelCache, KernelSpec};
+//! # fn main() -> kiln_runtime::Result<()> {
+//! let device = Device::cpu();
+//! let cache = KernelCache::new();
+//! let source = kiln_compiler::Source::new("scale.kiln", "...");
+//! let x = device.upload(&[1.0f32, 2.0, 3.0])?;
+//! let y = device.alloc(kiln_compiler::DType::F32, 3)?;
+//! cache.launch(&device, &KernelSpec::new(&source, "scale"), [3, 1, 1], &[
+//!     Arg::Buffer(&x),
+//!     Arg::Buffer(&y),
+//!     Arg::I32(3),
+//! ])?;
+//! let out: Vec<f32> = y.download()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Without the `cuda` feature (on by default) only the CPU device exists, and
+//! [`Device::cuda`] says so. The CUDA driver is loaded at run time: a binary built with the
+//! feature starts on machines without it, where `Device::cuda` returns
+//! [`Error::NoCudaDevice`] with the reason.
+//!
+//! For hot loops, [`KernelCache::kernel`] returns an `Arc<`[`Kernel`]`>` to keep and launch
+//! directly; [`KernelCache::launch`] looks the kernel up on every call (a few microseconds to
+//! build its key).
+//!
+//! GPU tests skip with "skipped: no CUDA device" where there is none. To run them on a GPU
+//! machine without a Rust toolchain, build the test binary here
+//! (`cargo test -p kiln-runtime --test runtime --no-run`) and run it there.
+
+mod buffer;
+pub mod cache;
+mod device;
+mod element;
+mod error;
+mod event;
+mod kernel;
+pub mod launch;
+
+pub use buffer::Buffer;
+pub use cache::{
+    CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact, Specialization,
+};
+pub use device::{Device, DeviceKind};
+pub use element::Element;
+pub use error::{Error, Result};
+pub use event::Event;
+pub use kernel::Kernel;
+pub use launch::Arg;

@@ -1,0 +1,61 @@
+//! CUDA storage for buffers: untyped `CudaSlice<u8>` on the device's stream.
+
+use cudarc::driver::{CudaSlice, DevicePtr};
+
+use crate::device::cuda::CudaDevice;
+use crate::{Error, Result};
+
+pub(super) fn zeros(device: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
+    device
+        .stream()
+        .alloc_zeros::<u8>(bytes)
+        .map_err(|e| match e.0 {
+            cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Error::OutOfMemory {
+                bytes,
+                device: format!("cuda:{}", device.ordinal()),
+            },
+            _ => Error::cuda(format!("allocating {bytes} bytes"), e),
+        })
+}
+
+pub(super) fn address(slice: &CudaSlice<u8>) -> u64 {
+    // Event tracking is off (see `CudaDevice::open`), so the guard records nothing.
+    let (ptr, _guard) = slice.device_ptr(slice.stream());
+    ptr
+}
+
+/// Copies `slice` into `dst` (same length) and waits for the copy.
+pub(super) fn read_into(device: &CudaDevice, slice: &CudaSlice<u8>, dst: &mut [u8]) -> Result<()> {
+    let stream = device.stream();
+    stream
+        .memcpy_dtoh(slice, dst)
+        .and_then(|()| stream.synchronize())
+        .map_err(|e| Error::cuda(format!("downloading {} bytes", dst.len()), e))
+}
+
+/// Copies `src` (same length) into `slice` and waits for the copy.
+pub(super) fn write_from(device: &CudaDevice, slice: &mut CudaSlice<u8>, src: &[u8]) -> Result<()> {
+    let stream = device.stream();
+    // The driver only promises that an asynchronous copy from pageable memory *may* return
+    // before `src` has been read: wait, so the caller may free or reuse `src` at once.
+    stream
+        .memcpy_htod(src, slice)
+        .and_then(|()| stream.synchronize())
+        .map_err(|e| Error::cuda(format!("uploading {} bytes", src.len()), e))
+}
+
+pub(super) fn fill_bytes(device: &CudaDevice, slice: &mut CudaSlice<u8>, byte: u8) -> Result<()> {
+    let stream = device.stream();
+    let bytes = slice.len();
+    let ptr = address(slice);
+    // The raw driver call below needs the context current on this thread; cudarc's safe
+    // calls bind it themselves.
+    device
+        .context()
+        .bind_to_thread()
+        .map_err(|e| Error::cuda("binding the CUDA context", e))?;
+    // SAFETY: `ptr` addresses `bytes` bytes owned by `slice`, which outlives the call; the memset
+    // is ordered on the stream every other use of `slice` goes to.
+    unsafe { cudarc::driver::result::memset_d8_async(ptr, byte, bytes, stream.cu_stream()) }
+        .map_err(|e| Error::cuda(format!("filling {bytes} bytes"), e))
+}

@@ -1,0 +1,189 @@
+//! Typed device allocations.
+
+#[cfg(feature = "cuda")]
+mod cuda;
+mod host;
+
+use std::fmt;
+
+use kiln_compiler::DType;
+
+use crate::device::{Device, Inner};
+use crate::element::{as_bytes, as_bytes_mut, Element};
+use crate::{Error, Result};
+
+use host::HostMem;
+pub(crate) use host::HOST_ALIGN;
+
+/// `len` elements of one [`DType`] on one [`Device`].
+///
+/// Kernels may write a buffer passed to them by shared reference, as on a GPU; the runtime does
+/// not track aliasing between launches. On the CPU launches are synchronous; on a GPU all work
+/// of a device is ordered on its one stream.
+pub struct Buffer {
+    device: Device,
+    dtype: DType,
+    len: usize,
+    storage: Storage,
+}
+
+enum Storage {
+    Host(HostMem),
+    #[cfg(feature = "cuda")]
+    Cuda(cudarc::driver::CudaSlice<u8>),
+}
+
+impl Buffer {
+    pub(crate) fn zeros(device: &Device, dtype: DType, len: usize) -> Result<Buffer> {
+        let bytes = len
+            .checked_mul(dtype.size_bytes())
+            .ok_or_else(|| Error::OutOfMemory {
+                bytes: usize::MAX,
+                device: device.to_string(),
+            })?;
+        let storage = match device.inner() {
+            Inner::Cpu { .. } => Storage::Host(HostMem::zeroed(bytes)?),
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => Storage::Cuda(cuda::zeros(d, bytes)?),
+        };
+        Ok(Buffer {
+            device: device.clone(),
+            dtype,
+            len,
+            storage,
+        })
+    }
+
+    pub(crate) fn from_slice<T: Element>(device: &Device, data: &[T]) -> Result<Buffer> {
+        let mut buffer = Buffer::zeros(device, T::DTYPE, data.len())?;
+        buffer.write(data)?;
+        Ok(buffer)
+    }
+
+    /// The device the buffer lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Its element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Its length in elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Its size in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.len * self.dtype.size_bytes()
+    }
+
+    /// The address of the first element, as kernels receive it (host or device address).
+    pub fn address(&self) -> u64 {
+        match &self.storage {
+            Storage::Host(mem) => mem.as_ptr() as u64,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(slice) => cuda::address(slice),
+        }
+    }
+
+    /// Copies the contents to the host. Fails unless `T` is the buffer's element type.
+    pub fn download<T: Element>(&self) -> Result<Vec<T>> {
+        self.check_dtype::<T>()?;
+        // Zero-initialised, so the vector is valid before the copy overwrites it.
+        let mut out = vec![zeroed::<T>(); self.len];
+        let bytes = as_bytes_mut(&mut out);
+        match &self.storage {
+            Storage::Host(mem) => mem.read_into(bytes),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(slice) => cuda::read_into(self.cuda_device()?, slice, bytes)?,
+        }
+        Ok(out)
+    }
+
+    /// Overwrites the contents with `data`, which must have the buffer's element type and length.
+    pub fn write<T: Element>(&mut self, data: &[T]) -> Result<()> {
+        self.check_dtype::<T>()?;
+        if data.len() != self.len {
+            return Err(Error::LengthMismatch {
+                buffer: self.len,
+                host: data.len(),
+            });
+        }
+        let bytes = as_bytes(data);
+        match &mut self.storage {
+            Storage::Host(mem) => mem.write_from(bytes),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(slice) => cuda::write_from(device_of(&self.device)?, slice, bytes)?,
+        }
+        Ok(())
+    }
+
+    /// Sets every element to `value`, which must have the buffer's element type.
+    pub fn fill<T: Element>(&mut self, value: T) -> Result<()> {
+        self.check_dtype::<T>()?;
+        let data = vec![value; self.len];
+        self.write(&data)
+    }
+
+    /// Sets every byte to `0xFF`: NaN for floats, -1 for integers. Tests poison outputs so an
+    /// element a kernel failed to write cannot pass for a correct one.
+    pub fn poison(&mut self) -> Result<()> {
+        match &mut self.storage {
+            Storage::Host(mem) => mem.fill_bytes(0xFF),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(slice) => cuda::fill_bytes(device_of(&self.device)?, slice, 0xFF)?,
+        }
+        Ok(())
+    }
+
+    fn check_dtype<T: Element>(&self) -> Result<()> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::DTypeMismatch {
+                actual: self.dtype,
+                requested: T::DTYPE,
+            });
+        }
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_device(&self) -> Result<&crate::device::cuda::CudaDevice> {
+        device_of(&self.device)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn device_of(device: &Device) -> Result<&crate::device::cuda::CudaDevice> {
+    match device.inner() {
+        Inner::Cuda(d) => Ok(d),
+        Inner::Cpu { .. } => Err(Error::Unsupported(
+            "a CUDA buffer on a CPU device (internal error)".into(),
+        )),
+    }
+}
+
+/// The all-zero value of an element type.
+fn zeroed<T: Element>() -> T {
+    // SAFETY: every bit pattern, zero included, is a valid `T` (sealed `Element`).
+    unsafe { std::mem::zeroed() }
+}
+
+impl fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Buffer({} x {} on {})",
+            self.len, self.dtype, self.device
+        )
+    }
+}
+
+const _: () = assert!(HOST_ALIGN >= 16);

@@ -1,0 +1,112 @@
+//! PTX artefacts and their byte form in the on-disk cache.
+
+use kiln_compiler::ir::{Param, ParamKind};
+use kiln_compiler::DType;
+
+/// A kernel compiled to PTX, with everything needed to load and launch it without compiling
+/// anything: what a warm start reads from disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PtxArtifact {
+    /// The kernel's name in the source.
+    pub kernel: String,
+    /// Its run-time parameters, for argument checking.
+    pub params: Vec<Param>,
+    /// The PTX module text.
+    pub ptx: String,
+    /// The `.entry` to launch.
+    pub entry: String,
+    /// Threads per block (one block runs one program).
+    pub threads_per_block: u32,
+    /// Static shared memory the kernel declares, in bytes.
+    pub shared_bytes: u32,
+}
+
+impl PtxArtifact {
+    /// The artefact as bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::with_capacity(self.ptx.len() + 256);
+        put_str(&mut w, &self.kernel);
+        put_u32(&mut w, self.params.len() as u32);
+        for p in &self.params {
+            put_str(&mut w, &p.name);
+            let (tag, dtype) = match p.kind {
+                ParamKind::Ptr { pointee, mutable } => (u8::from(mutable), pointee),
+                ParamKind::Scalar(d) => (2, d),
+            };
+            w.push(tag);
+            put_str(&mut w, dtype.name());
+        }
+        put_str(&mut w, &self.entry);
+        put_u32(&mut w, self.threads_per_block);
+        put_u32(&mut w, self.shared_bytes);
+        put_str(&mut w, &self.ptx);
+        w
+    }
+
+    /// Reads bytes written by [`PtxArtifact::encode`]; `None` if they are not such bytes.
+    pub fn decode(bytes: &[u8]) -> Option<PtxArtifact> {
+        let mut r = Reader(bytes);
+        let kernel = r.str()?;
+        let count = r.u32()?;
+        let mut params = Vec::new();
+        for _ in 0..count {
+            let name = r.str()?;
+            let tag = r.u8()?;
+            let dtype = DType::from_name(&r.str()?)?;
+            let kind = match tag {
+                0 | 1 => ParamKind::Ptr {
+                    pointee: dtype,
+                    mutable: tag == 1,
+                },
+                2 => ParamKind::Scalar(dtype),
+                _ => return None,
+            };
+            params.push(Param { name, kind });
+        }
+        let artifact = PtxArtifact {
+            kernel,
+            params,
+            entry: r.str()?,
+            threads_per_block: r.u32()?,
+            shared_bytes: r.u32()?,
+            ptx: r.str()?,
+        };
+        r.0.is_empty().then_some(artifact)
+    }
+}
+
+fn put_u32(w: &mut Vec<u8>, v: u32) {
+    w.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_str(w: &mut Vec<u8>, s: &str) {
+    w.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    w.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn str(&mut self) -> Option<String> {
+        let len = u64::from_le_bytes(self.take(8)?.try_into().ok()?);
+        let bytes = self.take(usize::try_from(len).ok()?)?;
+        String::from_utf8(bytes.to_vec()).ok()
+    }
+}

@@ -1,0 +1,62 @@
+//! From a [`KernelSpec`] to a backend artefact: the only place the compiler is called.
+
+use kiln_compiler::ir;
+
+use super::key::KernelSpec;
+use crate::{Error, Result};
+
+/// The kernel `spec` names, checked, specialised and optimised.
+pub(crate) fn kernel_ir(spec: &KernelSpec<'_>) -> Result<ir::Kernel> {
+    let kernels = kiln_compiler::compile_to_ir(spec.source, spec.defines)?;
+    let available = kernels
+        .iter()
+        .map(|k| format!("`{}`", k.name))
+        .collect::<Vec<_>>();
+    kernels
+        .into_iter()
+        .find(|k| k.name == spec.kernel)
+        .ok_or_else(|| Error::KernelNotFound {
+            name: spec.kernel.to_string(),
+            source_name: spec.source.name.clone(),
+            available: if available.is_empty() {
+                "none".into()
+            } else {
+                available.join(", ")
+            },
+        })
+}
+
+/// Native code for this machine.
+pub(crate) fn cranelift(
+    spec: &KernelSpec<'_>,
+) -> Result<kiln_compiler::backend::cranelift::CpuKernel> {
+    let ir = kernel_ir(spec)?;
+    Ok(kiln_compiler::backend::cranelift::compile(&ir)?)
+}
+
+/// PTX for `arch`.
+#[cfg(feature = "cuda")]
+pub(crate) fn ptx(
+    spec: &KernelSpec<'_>,
+    arch: kiln_compiler::backend::nvptx::Arch,
+    specialization: &super::Specialization,
+) -> Result<super::PtxArtifact> {
+    use kiln_compiler::backend::nvptx;
+    let ir = kernel_ir(spec)?;
+    // The backend does not take `specialization` yet; it is already part of the cache key, so
+    // passing it on later (alignment / divisibility hints) changes nothing here but this line.
+    let _ = specialization;
+    let options = nvptx::PtxOptions {
+        arch,
+        num_warps: spec.num_warps,
+    };
+    let compiled = nvptx::compile_ptx(&ir, &options)?;
+    Ok(super::PtxArtifact {
+        kernel: ir.name,
+        params: ir.params,
+        ptx: compiled.ptx,
+        entry: compiled.entry,
+        threads_per_block: compiled.threads_per_block,
+        shared_bytes: compiled.shared_bytes,
+    })
+}

@@ -1,0 +1,116 @@
+//! A CUDA GPU: its context and the one stream all of the runtime's work goes to.
+
+use std::panic::catch_unwind;
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaContext, CudaStream};
+
+use crate::{Error, Result};
+
+/// An opened GPU. All allocations, copies and launches go to `stream`, so stream order alone
+/// orders them.
+pub(crate) struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    name: String,
+    compute_capability: (u32, u32),
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal`, or says why there is none.
+    pub(crate) fn open(ordinal: usize) -> Result<CudaDevice> {
+        let ctx = open_context(ordinal).map_err(|reason| Error::NoCudaDevice { reason })?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| Error::cuda("querying the compute capability", e))?;
+        let name = ctx
+            .name()
+            .map_err(|e| Error::cuda("querying the device name", e))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| Error::cuda("creating a stream", e))?;
+        // SAFETY: every allocation, copy and launch of this runtime goes to `stream`, so stream
+        // order already orders them; cudarc's per-buffer events would only add overhead. This
+        // runs before any buffer of this context is created by us.
+        unsafe { ctx.disable_event_tracking() };
+        Ok(CudaDevice {
+            ctx,
+            stream,
+            name,
+            compute_capability: (major.max(0) as u32, minor.max(0) as u32),
+        })
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn ordinal(&self) -> usize {
+        self.ctx.ordinal()
+    }
+
+    pub(crate) fn compute_capability(&self) -> (u32, u32) {
+        self.compute_capability
+    }
+
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub(crate) fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(|e| Error::cuda(format!("synchronizing cuda:{}", self.ordinal()), e))
+    }
+}
+
+/// The primary context of device `ordinal`, or why there is none.
+fn open_context(ordinal: usize) -> std::result::Result<Arc<CudaContext>, String> {
+    // cudarc loads libcuda on first use and panics if it is missing: look for it first.
+    // SAFETY: only tries to dlopen the driver library by its usual names.
+    if !unsafe { sys::is_culib_present() } {
+        return Err("the CUDA driver library (libcuda.so) could not be loaded; \
+                    is an NVIDIA driver installed?"
+            .into());
+    }
+    // A driver too old for the symbols cudarc binds panics too: keep that a clean error.
+    let started = catch_unwind(|| {
+        cudarc::driver::result::init()?;
+        CudaContext::device_count()
+    });
+    let count = match started {
+        Ok(Ok(count)) => usize::try_from(count).unwrap_or(0),
+        Ok(Err(e)) => return Err(format!("the CUDA driver failed to start: {e}")),
+        Err(panic) => {
+            return Err(format!(
+                "the CUDA driver library is unusable: {}",
+                panic_text(&*panic)
+            ))
+        }
+    };
+    if ordinal >= count {
+        return Err(format!(
+            "device {ordinal} requested, but the driver reports {count} device(s)"
+        ));
+    }
+    match catch_unwind(|| CudaContext::new(ordinal)) {
+        Ok(Ok(ctx)) => Ok(ctx),
+        Ok(Err(e)) => Err(format!("device {ordinal} could not be opened: {e}")),
+        Err(panic) => Err(format!(
+            "the CUDA driver library is unusable: {}",
+            panic_text(&*panic)
+        )),
+    }
+}
+
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown failure")
+}

@@ -1,0 +1,90 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+
+use kiln_compiler::backend::BackendError;
+use kiln_compiler::{CompileError, DType};
+
+/// A `Result` whose error is the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything the runtime can fail with. Messages name the kernel, parameter or buffer at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `Device::cuda` found no usable GPU; `reason` says why (no driver library, no device, ...).
+    #[error("no CUDA device: {reason}")]
+    NoCudaDevice { reason: String },
+
+    /// A CUDA driver call failed; `context` says what was being done.
+    #[error("CUDA error while {context}: {message}")]
+    Cuda { context: String, message: String },
+
+    /// The source did not compile.
+    #[error("{0}")]
+    Compile(#[from] CompileError),
+
+    /// A code generator failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+
+    /// The source compiled but defines no kernel of that name.
+    #[error("kernel `{name}` not found in {source_name}; kernels there: {available}")]
+    KernelNotFound {
+        name: String,
+        source_name: String,
+        available: String,
+    },
+
+    /// A launch was refused before anything ran: wrong argument count, kind, dtype or device,
+    /// or a grid the device cannot run.
+    #[error("launch of kernel `{kernel}`: {message}")]
+    Launch { kernel: String, message: String },
+
+    /// A buffer was read or written as an element type other than its own.
+    #[error("buffer holds {actual} elements, not {requested}")]
+    DTypeMismatch { actual: DType, requested: DType },
+
+    /// A host slice does not fit a buffer.
+    #[error("length mismatch: buffer has {buffer} elements, host data has {host}")]
+    LengthMismatch { buffer: usize, host: usize },
+
+    /// Memory could not be allocated.
+    #[error("out of memory: cannot allocate {bytes} bytes on {device}")]
+    OutOfMemory { bytes: usize, device: String },
+
+    /// The operation does not exist on this device or in this build.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+
+    /// A file of the on-disk kernel cache could not be read or written.
+    #[error("kernel cache: {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn launch(kernel: &str, message: impl Into<String>) -> Error {
+        Error::Launch {
+            kernel: kernel.to_string(),
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda(context: impl Into<String>, err: cudarc::driver::DriverError) -> Error {
+        Error::Cuda {
+            context: context.into(),
+            message: err.to_string(),
+        }
+    }
+}

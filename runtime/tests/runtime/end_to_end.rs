@@ -1,0 +1,109 @@
+//! Source to result through the real backends. Ignored until the backends are merged: the
+//! compiler's Cranelift and NVPTX entry points still answer "not implemented" on this branch.
+//! Run with `cargo test -p kiln-runtime -- --ignored end_to_end`.
+
+use kiln_compiler::{DType, Source};
+use kiln_runtime::{Arg, Device, Error, KernelCache, KernelSpec};
+
+use crate::cuda_or_skip;
+
+const SCALE: &str = "
+kernel scale<BLOCK: i32 = 256>(x: *f32, y: *mut f32, n: i32, a: f32) {
+    let offs = program_id(0) * BLOCK + range(BLOCK);
+    let m = offs < n;
+    store(y + offs, load(x + offs, mask: m, other: 0.0) * a, mask: m);
+}
+";
+
+/// Scales 1000 elements by 3 on `device` twice through `cache`, checks the results and that
+/// the second launch compiled nothing, and that bad arguments are refused.
+fn scale_twice(device: &Device, cache: &KernelCache) {
+    let src = Source::new("scale.kiln", SCALE);
+    let spec = KernelSpec::new(&src, "scale");
+    let n = 1000;
+    let x: Vec<f32> = (0..1024).map(|i| i as f32 - 500.0).collect();
+    let xb = device.upload(&x).unwrap();
+    let mut yb = device.alloc(DType::F32, 1024).unwrap();
+    for _ in 0..2 {
+        yb.poison().unwrap();
+        let args = [
+            Arg::Buffer(&xb),
+            Arg::Buffer(&yb),
+            Arg::I32(n),
+            Arg::F32(3.0),
+        ];
+        cache.launch(device, &spec, [4, 1, 1], &args).unwrap();
+        let y = yb.download::<f32>().unwrap();
+        let n = n as usize;
+        assert!(
+            y[..n].iter().zip(&x).all(|(y, x)| *y == x * 3.0),
+            "wrong results on {device}"
+        );
+        assert!(
+            y[n..].iter().all(|v| v.is_nan()),
+            "masked elements written on {device}"
+        );
+    }
+    assert_eq!(cache.stats().misses, 1);
+    let err = cache
+        .launch(
+            device,
+            &spec,
+            [4, 1, 1],
+            &[
+                Arg::Buffer(&xb),
+                Arg::Buffer(&yb),
+                Arg::F32(1.0),
+                Arg::F32(3.0),
+            ],
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::Launch { .. }), "{err:?}");
+    assert!(err.to_string().contains("kernel `scale`"), "{err}");
+}
+
+#[test]
+#[ignore = "needs the Cranelift backend"]
+fn end_to_end_cpu() {
+    scale_twice(&Device::cpu(), &KernelCache::in_memory());
+}
+
+#[test]
+#[ignore = "needs the NVPTX backend"]
+fn end_to_end_gpu_and_warm_start_from_disk() {
+    let Some(gpu) = cuda_or_skip("end_to_end_gpu_and_warm_start_from_disk") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    scale_twice(&gpu, &KernelCache::with_dir(dir.path()));
+    let warm = KernelCache::with_dir(dir.path());
+    warm_start(&gpu, &warm);
+}
+
+/// One launch like [`scale_twice`]'s (same specialisation), expecting the PTX on disk already.
+fn warm_start(device: &Device, cache: &KernelCache) {
+    let src = Source::new("scale.kiln", SCALE);
+    let x = device.upload(&[1.0f32; 1024]).unwrap();
+    let y = device.alloc(DType::F32, 1024).unwrap();
+    let args = [
+        Arg::Buffer(&x),
+        Arg::Buffer(&y),
+        Arg::I32(1000),
+        Arg::F32(3.0),
+    ];
+    cache
+        .launch(device, &KernelSpec::new(&src, "scale"), [4, 1, 1], &args)
+        .unwrap();
+    let out = y.download::<f32>().unwrap();
+    assert!(out[..1000].iter().all(|&v| v == 3.0) && out[1000..].iter().all(|&v| v == 0.0));
+    let stats = cache.stats();
+    assert_eq!((stats.disk_hits, stats.misses), (1, 0), "{stats:?}");
+}
+
+#[test]
+fn the_end_to_end_source_checks() {
+    let src = Source::new("scale.kiln", SCALE);
+    let kernels = kiln_compiler::compile_to_ir(&src, &Default::default()).unwrap();
+    let params: Vec<_> = kernels[0].params.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(params, ["x", "y", "n", "a"]);
+}
