@@ -53,7 +53,7 @@ fn rmsnorm_bwd() {
 #[test]
 fn swiglu_fwd_bwd() {
     for_each_device(|h: &Harness| {
-        let len = 3 * 4864 + 17;
+        let len: usize = 3 * 4864 + 17;
         let g = h.rand_bf16(len, 4.0);
         let u = h.rand_bf16(len, 2.0);
         let d = h.rand_bf16(len, 1.0);
@@ -123,8 +123,10 @@ fn cross_entropy_fwd_bwd() {
 #[test]
 fn adamw_step() {
     for_each_device(|h: &Harness| {
-        let n = 10_000 + 13;
-        let hp = r::AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, step: 7 };
+        let n: usize = 10_000 + 13;
+        // The kernel receives the hyper-parameters as f32; the reference starts from the same values.
+        let f = |x: f64| x as f32 as f64;
+        let hp = r::AdamW { lr: f(1e-3), beta1: f(0.9), beta2: f(0.999), eps: f(1e-8), weight_decay: f(0.01), step: 7 };
         let p0 = h.rand_f32(n, 1.0);
         let g = h.rand_f32(n, 1.0);
         let m0 = h.rand_f32(n, 0.1);
@@ -150,7 +152,7 @@ fn adamw_step() {
 #[test]
 fn add() {
     for_each_device(|h: &Harness| {
-        let n = 4099;
+        let n: usize = 4099;
         let (a, b) = (h.rand_bf16(n, 3.0), h.rand_bf16(n, 3.0));
         let (ab, bb) = (h.bf16(&a), h.bf16(&b));
         let out = h.poisoned_bf16(n);

@@ -43,12 +43,10 @@ pub(crate) fn ptx(
 ) -> Result<super::PtxArtifact> {
     use kiln_compiler::backend::nvptx;
     let ir = kernel_ir(spec)?;
-    // The backend does not take `specialization` yet; it is already part of the cache key, so
-    // passing it on later (alignment / divisibility hints) changes nothing here but this line.
-    let _ = specialization;
     let options = nvptx::PtxOptions {
         arch,
         num_warps: spec.num_warps,
+        divisible_by_16: specialization.divisible_by_16,
     };
     let compiled = nvptx::compile_ptx(&ir, &options)?;
     Ok(super::PtxArtifact {

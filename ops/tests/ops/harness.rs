@@ -1,0 +1,156 @@
+//! A small harness: buffers from f64 data, launches of shipped kernels through the kernel cache,
+//! and tolerance checks with a useful failure message.
+
+use half::bf16;
+use kiln_compiler::{ConstValue, DType, Defines, Source};
+use kiln_runtime::{Arg, Buffer, Device, KernelCache, KernelSpec};
+use std::cell::Cell;
+
+/// Runs `f` on the CPU, then on CUDA device 0 if there is one (saying so when there is not).
+pub fn for_each_device(f: impl Fn(&Harness)) {
+    f(&Harness::new(Device::cpu()));
+    match Device::cuda(0) {
+        Ok(gpu) => f(&Harness::new(gpu)),
+        Err(e) => println!("skipped on GPU: {e}"),
+    }
+}
+
+/// Absolute plus relative tolerance: |got - want| <= abs + rel * |want|.
+#[derive(Clone, Copy, Debug)]
+pub struct Tol {
+    pub rel: f64,
+    pub abs: f64,
+}
+
+pub struct Harness {
+    pub device: Device,
+    cache: KernelCache,
+    seed: Cell<u64>,
+}
+
+impl Harness {
+    fn new(device: Device) -> Harness {
+        Harness { device, cache: KernelCache::in_memory(), seed: Cell::new(0x9E37_79B9_7F4A_7C15) }
+    }
+
+    /// Uniform in (-scale, scale), never exactly zero (xorshift64*).
+    fn uniform(&self, scale: f64) -> f64 {
+        let mut x = self.seed.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.seed.set(x);
+        let u = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
+        let v = (2.0 * u - 1.0) * scale;
+        if v == 0.0 { scale * 0.5 } else { v }
+    }
+
+    /// Random values already rounded to bf16.
+    pub fn rand_bf16(&self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| bf16::from_f64(self.uniform(scale)).to_f64()).collect()
+    }
+
+    /// Random values already rounded to f32.
+    pub fn rand_f32(&self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| self.uniform(scale) as f32 as f64).collect()
+    }
+
+    pub fn rand_labels(&self, n: usize, vocab: usize) -> Vec<i32> {
+        (0..n).map(|_| ((self.uniform(0.5) + 0.5) * vocab as f64) as i32 % vocab as i32).collect()
+    }
+
+    pub fn bf16(&self, v: &[f64]) -> Buffer {
+        let data: Vec<bf16> = v.iter().map(|&x| bf16::from_f64(x)).collect();
+        self.device.upload(&data).unwrap()
+    }
+
+    pub fn f32_buf(&self, v: &[f64]) -> Buffer {
+        let data: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        self.device.upload(&data).unwrap()
+    }
+
+    pub fn i32_buf(&self, v: &[i32]) -> Buffer {
+        self.device.upload(v).unwrap()
+    }
+
+    fn poisoned(&self, dtype: DType, n: usize) -> Buffer {
+        let mut b = self.device.alloc(dtype, n).unwrap();
+        b.poison().unwrap();
+        b
+    }
+
+    /// A bf16 buffer whose every element is NaN until written.
+    pub fn poisoned_bf16(&self, n: usize) -> Buffer {
+        self.poisoned(DType::Bf16, n)
+    }
+
+    pub fn poisoned_f32(&self, n: usize) -> Buffer {
+        self.poisoned(DType::F32, n)
+    }
+
+    pub fn arg<'a>(&self, b: &'a Buffer) -> Arg<'a> {
+        Arg::Buffer(b)
+    }
+
+    pub fn i32(&self, v: i32) -> Arg<'static> {
+        Arg::I32(v)
+    }
+
+    pub fn i64(&self, v: i64) -> Arg<'static> {
+        Arg::I64(v)
+    }
+
+    pub fn f32(&self, v: f64) -> Arg<'static> {
+        Arg::F32(v as f32)
+    }
+
+    /// Launches kernel `kernel` of the shipped file `file`, then waits for it.
+    pub fn launch(&self, file: &str, kernel: &str, defines: &[(&str, i64)], grid: [u32; 3], args: &[Arg<'_>]) {
+        let f = kiln_ops::kernels::file(file).unwrap_or_else(|| panic!("no kernel file {file}"));
+        let src = Source::new(f.name, f.source);
+        let defines: Defines = defines
+            .iter()
+            .map(|&(n, v)| {
+                let value = if n.chars().all(|c| c.is_ascii_uppercase()) && (n == "BACKWARD" || n.starts_with("HAS_")) {
+                    ConstValue::Bool(v != 0)
+                } else {
+                    ConstValue::Int(v)
+                };
+                (n.to_string(), value)
+            })
+            .collect();
+        let spec = KernelSpec::new(&src, kernel).with_defines(&defines);
+        self.cache
+            .launch(&self.device, &spec, grid, args)
+            .unwrap_or_else(|e| panic!("{kernel} on {}: {e}", self.device));
+        self.device.synchronize().unwrap();
+    }
+
+    /// A buffer's contents as f64.
+    pub fn read(&self, b: &Buffer) -> Vec<f64> {
+        match b.dtype() {
+            DType::Bf16 => b.download::<bf16>().unwrap().iter().map(|x| x.to_f64()).collect(),
+            DType::F32 => b.download::<f32>().unwrap().iter().map(|&x| x as f64).collect(),
+            DType::I32 => b.download::<i32>().unwrap().iter().map(|&x| x as f64).collect(),
+            d => panic!("read of {d} not supported"),
+        }
+    }
+
+    pub fn assert_close(&self, what: &str, got: &[f64], want: &[f64], tol: Tol) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let mut bad = vec![];
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            if !((g - w).abs() <= tol.abs + tol.rel * w.abs()) {
+                bad.push((i, g, w));
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{what} on {}: {} of {} elements off (tolerance {tol:?}); first: {:?}",
+            self.device,
+            bad.len(),
+            got.len(),
+            &bad[..bad.len().min(5)]
+        );
+    }
+}
