@@ -33,6 +33,12 @@ enum Command {
         /// Print the IR as the checker produced it, before any pass.
         #[arg(long)]
         no_passes: bool,
+        /// GPU target for `--emit llvm|ptx`: sm_80 or sm_90.
+        #[arg(long, default_value = "sm_90")]
+        arch: String,
+        /// Warps per program for `--emit llvm|ptx`.
+        #[arg(long, default_value_t = 4)]
+        num_warps: u32,
     },
 }
 
@@ -42,6 +48,12 @@ enum Emit {
     Ast,
     /// The tile IR.
     Ir,
+    /// Cranelift IR (the CPU backend).
+    Clif,
+    /// LLVM IR for NVPTX, after optimisation.
+    Llvm,
+    /// PTX assembly.
+    Ptx,
 }
 
 fn main() -> ExitCode {
@@ -66,6 +78,8 @@ fn run(cli: Cli) -> Result<String, String> {
             define,
             kernel,
             no_passes,
+            arch,
+            num_warps,
         } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("error: cannot read {}: {e}", file.display()))?;
@@ -75,6 +89,15 @@ fn run(cli: Cli) -> Result<String, String> {
                 Emit::Ast => {
                     let module = compiler::parse(&src).map_err(|e| e.to_string())?;
                     Ok(compiler::syntax::print_module(&module))
+                }
+                Emit::Clif | Emit::Llvm | Emit::Ptx => {
+                    let kernels =
+                        compiler::compile_to_ir(&src, &defines).map_err(|e| e.to_string())?;
+                    let mut out = vec![];
+                    for k in select(&kernels, kernel.as_deref())? {
+                        out.push(backend_text(k, emit, &arch, num_warps)?);
+                    }
+                    Ok(out.join("\n"))
                 }
                 Emit::Ir => {
                     let kernels = if no_passes {
@@ -92,6 +115,37 @@ fn run(cli: Cli) -> Result<String, String> {
                 }
             }
         }
+    }
+}
+
+fn backend_text(
+    k: &compiler::ir::Kernel,
+    emit: Emit,
+    arch: &str,
+    num_warps: u32,
+) -> Result<String, String> {
+    let err = |e: compiler::backend::BackendError| format!("error: {e}");
+    if let Emit::Clif = emit {
+        return compiler::backend::cranelift::emit_clif(k).map_err(err);
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use compiler::backend::nvptx::{self, Arch, PtxOptions};
+        let arch = match arch {
+            "sm_80" => Arch::Sm80,
+            "sm_90" => Arch::Sm90,
+            other => return Err(format!("error: unknown --arch `{other}` (sm_80 or sm_90)")),
+        };
+        let opts = PtxOptions::new(arch, num_warps);
+        match emit {
+            Emit::Llvm => nvptx::emit_llvm(k, &opts).map_err(err),
+            _ => nvptx::compile_ptx(k, &opts).map(|p| p.ptx).map_err(err),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (arch, num_warps);
+        Err("error: this kiln was built without the GPU backend (feature `cuda`)".into())
     }
 }
 

@@ -30,7 +30,11 @@ pub struct Harness {
 
 impl Harness {
     fn new(device: Device) -> Harness {
-        Harness { device, cache: KernelCache::in_memory(), seed: Cell::new(0x9E37_79B9_7F4A_7C15) }
+        Harness {
+            device,
+            cache: KernelCache::in_memory(),
+            seed: Cell::new(0x9E37_79B9_7F4A_7C15),
+        }
     }
 
     /// Uniform in (-scale, scale), never exactly zero (xorshift64*).
@@ -42,12 +46,18 @@ impl Harness {
         self.seed.set(x);
         let u = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64;
         let v = (2.0 * u - 1.0) * scale;
-        if v == 0.0 { scale * 0.5 } else { v }
+        if v == 0.0 {
+            scale * 0.5
+        } else {
+            v
+        }
     }
 
     /// Random values already rounded to bf16.
     pub fn rand_bf16(&self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n).map(|_| bf16::from_f64(self.uniform(scale)).to_f64()).collect()
+        (0..n)
+            .map(|_| bf16::from_f64(self.uniform(scale)).to_f64())
+            .collect()
     }
 
     /// Random values already rounded to f32.
@@ -56,7 +66,9 @@ impl Harness {
     }
 
     pub fn rand_labels(&self, n: usize, vocab: usize) -> Vec<i32> {
-        (0..n).map(|_| ((self.uniform(0.5) + 0.5) * vocab as f64) as i32 % vocab as i32).collect()
+        (0..n)
+            .map(|_| ((self.uniform(0.5) + 0.5) * vocab as f64) as i32 % vocab as i32)
+            .collect()
     }
 
     pub fn bf16(&self, v: &[f64]) -> Buffer {
@@ -105,13 +117,22 @@ impl Harness {
     }
 
     /// Launches kernel `kernel` of the shipped file `file`, then waits for it.
-    pub fn launch(&self, file: &str, kernel: &str, defines: &[(&str, i64)], grid: [u32; 3], args: &[Arg<'_>]) {
+    pub fn launch(
+        &self,
+        file: &str,
+        kernel: &str,
+        defines: &[(&str, i64)],
+        grid: [u32; 3],
+        args: &[Arg<'_>],
+    ) {
         let f = kiln_ops::kernels::file(file).unwrap_or_else(|| panic!("no kernel file {file}"));
         let src = Source::new(f.name, f.source);
         let defines: Defines = defines
             .iter()
             .map(|&(n, v)| {
-                let value = if n.chars().all(|c| c.is_ascii_uppercase()) && (n == "BACKWARD" || n.starts_with("HAS_")) {
+                let value = if n.chars().all(|c| c.is_ascii_uppercase())
+                    && (n == "BACKWARD" || n.starts_with("HAS_"))
+                {
                     ConstValue::Bool(v != 0)
                 } else {
                     ConstValue::Int(v)
@@ -129,9 +150,24 @@ impl Harness {
     /// A buffer's contents as f64.
     pub fn read(&self, b: &Buffer) -> Vec<f64> {
         match b.dtype() {
-            DType::Bf16 => b.download::<bf16>().unwrap().iter().map(|x| x.to_f64()).collect(),
-            DType::F32 => b.download::<f32>().unwrap().iter().map(|&x| x as f64).collect(),
-            DType::I32 => b.download::<i32>().unwrap().iter().map(|&x| x as f64).collect(),
+            DType::Bf16 => b
+                .download::<bf16>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_f64())
+                .collect(),
+            DType::F32 => b
+                .download::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
+            DType::I32 => b
+                .download::<i32>()
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect(),
             d => panic!("read of {d} not supported"),
         }
     }

@@ -5,8 +5,14 @@
 use crate::harness::{for_each_device, Harness, Tol};
 use crate::reference as r;
 
-const BF16: Tol = Tol { rel: 1e-2, abs: 1e-2 };
-const F32: Tol = Tol { rel: 1e-5, abs: 1e-6 };
+const BF16: Tol = Tol {
+    rel: 1e-2,
+    abs: 1e-2,
+};
+const F32: Tol = Tol {
+    rel: 1e-5,
+    abs: 1e-6,
+};
 
 #[test]
 fn rmsnorm_fwd() {
@@ -18,10 +24,30 @@ fn rmsnorm_fwd() {
             let (xb, wb) = (h.bf16(&x), h.bf16(&w));
             let y = h.poisoned_bf16(rows * n);
             let rstd = h.poisoned_f32(rows);
-            h.launch("rmsnorm.kiln", "rmsnorm_fwd", &[("BLOCK", block)], [rows as u32, 1, 1],
-                &[h.arg(&xb), h.arg(&wb), h.arg(&y), h.arg(&rstd), h.i32(n as i32), h.f32(1e-6)]);
+            h.launch(
+                "rmsnorm.kiln",
+                "rmsnorm_fwd",
+                &[("BLOCK", block)],
+                [rows as u32, 1, 1],
+                &[
+                    h.arg(&xb),
+                    h.arg(&wb),
+                    h.arg(&y),
+                    h.arg(&rstd),
+                    h.i32(n as i32),
+                    h.f32(1e-6),
+                ],
+            );
             h.assert_close("y", &h.read(&y), &y_ref, BF16);
-            h.assert_close("rstd", &h.read(&rstd), &rstd_ref, Tol { rel: 1e-4, abs: 0.0 });
+            h.assert_close(
+                "rstd",
+                &h.read(&rstd),
+                &rstd_ref,
+                Tol {
+                    rel: 1e-4,
+                    abs: 0.0,
+                },
+            );
         }
     });
 }
@@ -40,12 +66,36 @@ fn rmsnorm_bwd() {
         let programs = rows.div_ceil(rows_per_prog);
         let dx = h.poisoned_bf16(rows * n);
         let partial = h.poisoned_f32(programs * n);
-        h.launch("rmsnorm.kiln", "rmsnorm_bwd", &[("BLOCK", 256), ("ROWS", rows_per_prog as i64)], [programs as u32, 1, 1],
-            &[h.arg(&xb), h.arg(&wb), h.arg(&dyb), h.arg(&rstd), h.arg(&dx), h.arg(&partial), h.i32(rows as i32), h.i32(n as i32)]);
+        h.launch(
+            "rmsnorm.kiln",
+            "rmsnorm_bwd",
+            &[("BLOCK", 256), ("ROWS", rows_per_prog as i64)],
+            [programs as u32, 1, 1],
+            &[
+                h.arg(&xb),
+                h.arg(&wb),
+                h.arg(&dyb),
+                h.arg(&rstd),
+                h.arg(&dx),
+                h.arg(&partial),
+                h.i32(rows as i32),
+                h.i32(n as i32),
+            ],
+        );
         h.assert_close("dx", &h.read(&dx), &dx_ref, BF16);
         let dw = h.poisoned_bf16(n);
-        h.launch("rmsnorm.kiln", "rmsnorm_dw_reduce", &[("BLOCK", 64)], [n.div_ceil(64) as u32, 1, 1],
-            &[h.arg(&partial), h.arg(&dw), h.i32(programs as i32), h.i32(n as i32)]);
+        h.launch(
+            "rmsnorm.kiln",
+            "rmsnorm_dw_reduce",
+            &[("BLOCK", 64)],
+            [n.div_ceil(64) as u32, 1, 1],
+            &[
+                h.arg(&partial),
+                h.arg(&dw),
+                h.i32(programs as i32),
+                h.i32(n as i32),
+            ],
+        );
         h.assert_close("dw", &h.read(&dw), &dw_ref, BF16);
     });
 }
@@ -60,11 +110,29 @@ fn swiglu_fwd_bwd() {
         let (gb, ub, db) = (h.bf16(&g), h.bf16(&u), h.bf16(&d));
         let grid = [len.div_ceil(1024) as u32, 1, 1];
         let out = h.poisoned_bf16(len);
-        h.launch("swiglu.kiln", "swiglu_fwd", &[], grid, &[h.arg(&gb), h.arg(&ub), h.arg(&out), h.i64(len as i64)]);
+        h.launch(
+            "swiglu.kiln",
+            "swiglu_fwd",
+            &[],
+            grid,
+            &[h.arg(&gb), h.arg(&ub), h.arg(&out), h.i64(len as i64)],
+        );
         h.assert_close("out", &h.read(&out), &r::swiglu_fwd(&g, &u), BF16);
         let (dg, du) = (h.poisoned_bf16(len), h.poisoned_bf16(len));
-        h.launch("swiglu.kiln", "swiglu_bwd", &[], grid,
-            &[h.arg(&gb), h.arg(&ub), h.arg(&db), h.arg(&dg), h.arg(&du), h.i64(len as i64)]);
+        h.launch(
+            "swiglu.kiln",
+            "swiglu_bwd",
+            &[],
+            grid,
+            &[
+                h.arg(&gb),
+                h.arg(&ub),
+                h.arg(&db),
+                h.arg(&dg),
+                h.arg(&du),
+                h.i64(len as i64),
+            ],
+        );
         let (dg_ref, du_ref) = r::swiglu_bwd(&g, &u, &d);
         h.assert_close("dgate", &h.read(&dg), &dg_ref, BF16);
         h.assert_close("dup", &h.read(&du), &du_ref, BF16);
@@ -76,15 +144,34 @@ fn rope_fwd_bwd() {
     for_each_device(|h: &Harness| {
         let (tokens, qh, kh, dim) = (19usize, 14usize, 2usize, 64usize);
         // Packed sequences: positions restart at 0.
-        let positions: Vec<i32> = (0..tokens as i32).map(|t| if t < 7 { t } else { t - 7 }).collect();
+        let positions: Vec<i32> = (0..tokens as i32)
+            .map(|t| if t < 7 { t } else { t - 7 })
+            .collect();
         let q = h.rand_bf16(tokens * qh * dim, 2.0);
         let k = h.rand_bf16(tokens * kh * dim, 2.0);
         for backward in [false, true] {
             let (qb, kb) = (h.bf16(&q), h.bf16(&k));
             let pos = h.i32_buf(&positions);
-            h.launch("rope.kiln", "rope", &[("QHEADS", 16), ("KHEADS", 2), ("HALF", 32), ("BACKWARD", backward as i64)],
+            h.launch(
+                "rope.kiln",
+                "rope",
+                &[
+                    ("QHEADS", 16),
+                    ("KHEADS", 2),
+                    ("HALF", 32),
+                    ("BACKWARD", backward as i64),
+                ],
                 [tokens as u32, 1, 1],
-                &[h.arg(&qb), h.arg(&kb), h.arg(&pos), h.i32(qh as i32), h.i32(kh as i32), h.i32(dim as i32), h.f32(10000.0)]);
+                &[
+                    h.arg(&qb),
+                    h.arg(&kb),
+                    h.arg(&pos),
+                    h.i32(qh as i32),
+                    h.i32(kh as i32),
+                    h.i32(dim as i32),
+                    h.f32(10000.0),
+                ],
+            );
             let (mut q_ref, mut k_ref) = (q.clone(), k.clone());
             r::rope(&mut q_ref, &positions, qh, dim, 10000.0, backward);
             r::rope(&mut k_ref, &positions, kh, dim, 10000.0, backward);
@@ -107,16 +194,65 @@ fn cross_entropy_fwd_bwd() {
         let lb = h.bf16(&logits);
         let lab = h.i32_buf(&labels);
         let (loss, lse) = (h.poisoned_f32(rows), h.poisoned_f32(rows));
-        h.launch("cross_entropy.kiln", "cross_entropy_fwd", &[("BLOCK", block)], [rows as u32, 1, 1],
-            &[h.arg(&lb), h.arg(&lab), h.arg(&loss), h.arg(&lse), h.i32(vocab as i32), h.i32(-100)]);
-        h.assert_close("lse", &h.read(&lse), &lse_ref, Tol { rel: 1e-5, abs: 1e-5 });
-        h.assert_close("loss", &h.read(&loss), &loss_ref, Tol { rel: 1e-5, abs: 1e-5 });
+        h.launch(
+            "cross_entropy.kiln",
+            "cross_entropy_fwd",
+            &[("BLOCK", block)],
+            [rows as u32, 1, 1],
+            &[
+                h.arg(&lb),
+                h.arg(&lab),
+                h.arg(&loss),
+                h.arg(&lse),
+                h.i32(vocab as i32),
+                h.i32(-100),
+            ],
+        );
+        h.assert_close(
+            "lse",
+            &h.read(&lse),
+            &lse_ref,
+            Tol {
+                rel: 1e-5,
+                abs: 1e-5,
+            },
+        );
+        h.assert_close(
+            "loss",
+            &h.read(&loss),
+            &loss_ref,
+            Tol {
+                rel: 1e-5,
+                abs: 1e-5,
+            },
+        );
         let dl = h.f32_buf(&dloss);
         let dlogits = h.poisoned_bf16(rows * vocab);
-        h.launch("cross_entropy.kiln", "cross_entropy_bwd", &[("BLOCK", block)], [rows as u32, 1, 1],
-            &[h.arg(&lb), h.arg(&lab), h.arg(&lse), h.arg(&dl), h.arg(&dlogits), h.i32(vocab as i32), h.i32(-100)]);
+        h.launch(
+            "cross_entropy.kiln",
+            "cross_entropy_bwd",
+            &[("BLOCK", block)],
+            [rows as u32, 1, 1],
+            &[
+                h.arg(&lb),
+                h.arg(&lab),
+                h.arg(&lse),
+                h.arg(&dl),
+                h.arg(&dlogits),
+                h.i32(vocab as i32),
+                h.i32(-100),
+            ],
+        );
         let d_ref = r::cross_entropy_bwd(&logits, &labels, &dloss, vocab, -100);
-        h.assert_close("dlogits", &h.read(&dlogits), &d_ref, Tol { rel: 1e-2, abs: 1e-4 });
+        h.assert_close(
+            "dlogits",
+            &h.read(&dlogits),
+            &d_ref,
+            Tol {
+                rel: 1e-2,
+                abs: 1e-4,
+            },
+        );
     });
 }
 
@@ -126,7 +262,14 @@ fn adamw_step() {
         let n: usize = 10_000 + 13;
         // The kernel receives the hyper-parameters as f32; the reference starts from the same values.
         let f = |x: f64| x as f32 as f64;
-        let hp = r::AdamW { lr: f(1e-3), beta1: f(0.9), beta2: f(0.999), eps: f(1e-8), weight_decay: f(0.01), step: 7 };
+        let hp = r::AdamW {
+            lr: f(1e-3),
+            beta1: f(0.9),
+            beta2: f(0.999),
+            eps: f(1e-8),
+            weight_decay: f(0.01),
+            step: 7,
+        };
         let p0 = h.rand_f32(n, 1.0);
         let g = h.rand_f32(n, 1.0);
         let m0 = h.rand_f32(n, 0.1);
@@ -134,17 +277,57 @@ fn adamw_step() {
         let scale = 0.75;
         let (mut p_ref, mut m_ref, mut v_ref) = (p0.clone(), m0.clone(), v0.clone());
         r::adamw(&mut p_ref, &g, &mut m_ref, &mut v_ref, scale, &hp);
-        let (p, gb, m, v) = (h.f32_buf(&p0), h.f32_buf(&g), h.f32_buf(&m0), h.f32_buf(&v0));
+        let (p, gb, m, v) = (
+            h.f32_buf(&p0),
+            h.f32_buf(&g),
+            h.f32_buf(&m0),
+            h.f32_buf(&v0),
+        );
         let pb = h.poisoned_bf16(n);
         let s = h.f32_buf(&[scale]);
         let b1 = 1.0 - hp.beta1.powi(hp.step);
         let b2 = 1.0 - hp.beta2.powi(hp.step);
-        h.launch("adamw.kiln", "adamw", &[], [n.div_ceil(1024) as u32, 1, 1],
-            &[h.arg(&p), h.arg(&gb), h.arg(&m), h.arg(&v), h.arg(&pb), h.arg(&s), h.i64(n as i64),
-              h.f32(hp.lr), h.f32(hp.beta1), h.f32(hp.beta2), h.f32(hp.eps), h.f32(hp.weight_decay), h.f32(b1), h.f32(b2)]);
+        h.launch(
+            "adamw.kiln",
+            "adamw",
+            &[],
+            [n.div_ceil(1024) as u32, 1, 1],
+            &[
+                h.arg(&p),
+                h.arg(&gb),
+                h.arg(&m),
+                h.arg(&v),
+                h.arg(&pb),
+                h.arg(&s),
+                h.i64(n as i64),
+                h.f32(hp.lr),
+                h.f32(hp.beta1),
+                h.f32(hp.beta2),
+                h.f32(hp.eps),
+                h.f32(hp.weight_decay),
+                h.f32(b1),
+                h.f32(b2),
+            ],
+        );
         h.assert_close("exp_avg", &h.read(&m), &m_ref, F32);
-        h.assert_close("exp_avg_sq", &h.read(&v), &v_ref, Tol { rel: 1e-5, abs: 1e-9 });
-        h.assert_close("param", &h.read(&p), &p_ref, Tol { rel: 1e-6, abs: 1e-6 });
+        h.assert_close(
+            "exp_avg_sq",
+            &h.read(&v),
+            &v_ref,
+            Tol {
+                rel: 1e-5,
+                abs: 1e-9,
+            },
+        );
+        h.assert_close(
+            "param",
+            &h.read(&p),
+            &p_ref,
+            Tol {
+                rel: 1e-6,
+                abs: 1e-6,
+            },
+        );
         h.assert_close("param_bf16", &h.read(&pb), &p_ref, BF16);
     });
 }
@@ -156,7 +339,13 @@ fn add() {
         let (a, b) = (h.rand_bf16(n, 3.0), h.rand_bf16(n, 3.0));
         let (ab, bb) = (h.bf16(&a), h.bf16(&b));
         let out = h.poisoned_bf16(n);
-        h.launch("add.kiln", "add", &[], [n.div_ceil(1024) as u32, 1, 1], &[h.arg(&ab), h.arg(&bb), h.arg(&out), h.i64(n as i64)]);
+        h.launch(
+            "add.kiln",
+            "add",
+            &[],
+            [n.div_ceil(1024) as u32, 1, 1],
+            &[h.arg(&ab), h.arg(&bb), h.arg(&out), h.i64(n as i64)],
+        );
         let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
         h.assert_close("out", &h.read(&out), &want, BF16);
     });

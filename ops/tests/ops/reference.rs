@@ -45,7 +45,10 @@ fn sigmoid(x: f64) -> f64 {
 
 /// SwiGLU forward: silu(gate) * up.
 pub fn swiglu_fwd(gate: &[f64], up: &[f64]) -> Vec<f64> {
-    gate.iter().zip(up).map(|(g, u)| g * sigmoid(*g) * u).collect()
+    gate.iter()
+        .zip(up)
+        .map(|(g, u)| g * sigmoid(*g) * u)
+        .collect()
 }
 
 /// SwiGLU backward: (dgate, dup).
@@ -83,7 +86,12 @@ pub fn rope(x: &mut [f64], positions: &[i32], heads: usize, dim: usize, theta: f
 }
 
 /// Cross-entropy per row of `logits: [rows, vocab]`: (loss, lse); ignored rows get loss 0.
-pub fn cross_entropy_fwd(logits: &[f64], labels: &[i32], vocab: usize, ignore: i32) -> (Vec<f64>, Vec<f64>) {
+pub fn cross_entropy_fwd(
+    logits: &[f64],
+    labels: &[i32],
+    vocab: usize,
+    ignore: i32,
+) -> (Vec<f64>, Vec<f64>) {
     let mut loss = vec![];
     let mut lse = vec![];
     for (r, &label) in labels.iter().enumerate() {
@@ -91,13 +99,23 @@ pub fn cross_entropy_fwd(logits: &[f64], labels: &[i32], vocab: usize, ignore: i
         let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let l = m + row.iter().map(|z| (z - m).exp()).sum::<f64>().ln();
         lse.push(l);
-        loss.push(if label == ignore { 0.0 } else { l - row[label as usize] });
+        loss.push(if label == ignore {
+            0.0
+        } else {
+            l - row[label as usize]
+        });
     }
     (loss, lse)
 }
 
 /// Gradient of sum(dloss[r] * loss[r]) with respect to the logits.
-pub fn cross_entropy_bwd(logits: &[f64], labels: &[i32], dloss: &[f64], vocab: usize, ignore: i32) -> Vec<f64> {
+pub fn cross_entropy_bwd(
+    logits: &[f64],
+    labels: &[i32],
+    dloss: &[f64],
+    vocab: usize,
+    ignore: i32,
+) -> Vec<f64> {
     let (_, lse) = cross_entropy_fwd(logits, labels, vocab, ignore);
     let mut d = vec![0.0; logits.len()];
     for (r, &label) in labels.iter().enumerate() {

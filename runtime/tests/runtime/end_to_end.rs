@@ -1,6 +1,4 @@
-//! Source to result through the real backends. Ignored until the backends are merged: the
-//! compiler's Cranelift and NVPTX entry points still answer "not implemented" on this branch.
-//! Run with `cargo test -p kiln-runtime -- --ignored end_to_end`.
+//! Source to result through the real backends: Cranelift on the CPU, NVPTX on a GPU.
 
 use kiln_compiler::{DType, Source};
 use kiln_runtime::{Arg, Device, Error, KernelCache, KernelSpec};
@@ -63,13 +61,11 @@ fn scale_twice(device: &Device, cache: &KernelCache) {
 }
 
 #[test]
-#[ignore = "needs the Cranelift backend"]
 fn end_to_end_cpu() {
     scale_twice(&Device::cpu(), &KernelCache::in_memory());
 }
 
 #[test]
-#[ignore = "needs the NVPTX backend"]
 fn end_to_end_gpu_and_warm_start_from_disk() {
     let Some(gpu) = cuda_or_skip("end_to_end_gpu_and_warm_start_from_disk") else {
         return;
