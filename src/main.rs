@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use kiln::compiler::{self, Defines, Source};
 use std::process::ExitCode;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "kiln",
@@ -40,6 +42,20 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         num_warps: u32,
     },
+    /// Measure kernels against yardsticks and print a table.
+    Bench {
+        #[arg(value_enum)]
+        suite: BenchSuite,
+        /// Timed runs per measurement (the median is reported).
+        #[arg(long, default_value_t = 15)]
+        runs: usize,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BenchSuite {
+    /// Kiln on the CPU (Cranelift) against hand-written Rust loops.
+    Cpu,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -72,6 +88,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
+        Command::Bench {
+            suite: BenchSuite::Cpu,
+            runs,
+        } => bench::cpu::run(runs.max(1)),
         Command::Compile {
             file,
             emit,

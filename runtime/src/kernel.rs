@@ -18,7 +18,7 @@ pub struct Kernel {
 }
 
 enum Code {
-    Cpu(CpuKernel),
+    Cpu(Box<CpuKernel>),
     #[cfg(feature = "cuda")]
     Cuda(launch::cuda::CudaCode),
 }
@@ -29,7 +29,7 @@ impl Kernel {
             name: code.name().to_string(),
             params: code.params().to_vec(),
             device: device.clone(),
-            code: Code::Cpu(code),
+            code: Code::Cpu(Box::new(code)),
         }
     }
 
@@ -80,7 +80,7 @@ impl Kernel {
             // SAFETY: `args` were checked against the parameters and packed; they borrow the
             // buffers, which therefore outlive the synchronous CPU run.
             (Code::Cpu(code), Inner::Cpu { .. }) => unsafe {
-                launch::cpu::run(code, grid, &packed)
+                launch::cpu::run(code.as_ref(), grid, &packed)
             },
             #[cfg(feature = "cuda")]
             (Code::Cuda(code), Inner::Cuda(cuda)) => {

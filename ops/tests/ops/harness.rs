@@ -176,7 +176,9 @@ impl Harness {
         assert_eq!(got.len(), want.len(), "{what}: length");
         let mut bad = vec![];
         for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            if !((g - w).abs() <= tol.abs + tol.rel * w.abs()) {
+            // Written so that NaN (an unwritten, poisoned element) fails.
+            let within = (g - w).abs() <= tol.abs + tol.rel * w.abs();
+            if !within {
                 bad.push((i, g, w));
             }
         }

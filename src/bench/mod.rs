@@ -1,0 +1,4 @@
+//! `kiln bench`: measured throughput of Kiln kernels against yardsticks.
+
+pub mod cpu;
+mod handwritten;
