@@ -350,19 +350,7 @@ impl Checker<'_> {
         self.b.push_effect(Op::Yield(yielded));
         let block = self.b.end_block();
         r?;
-        let results: Vec<Value> = carried
-            .iter()
-            .map(|(_, v, _)| self.b.new_value(self.ty(*v)))
-            .collect();
-        for ((name, _, mutable_ptr), r) in carried.iter().zip(&results) {
-            self.set_var(
-                name,
-                Val::Tile {
-                    value: *r,
-                    mutable_ptr: *mutable_ptr,
-                },
-            );
-        }
+        let results = self.rebind_to_results(&carried);
         let init = carried.iter().map(|(_, v, _)| *v).collect();
         self.b.push_with_results(
             Op::For {
@@ -375,6 +363,26 @@ impl Checker<'_> {
             results,
         );
         Ok(())
+    }
+
+    /// Fresh result values for the carried variables of a `for` or `if`, which from now on
+    /// stand for those variables.
+    fn rebind_to_results(&mut self, carried: &[(String, Value, bool)]) -> Vec<Value> {
+        let results: Vec<Value> = carried
+            .iter()
+            .map(|(_, v, _)| self.b.new_value(self.ty(*v)))
+            .collect();
+        for ((name, _, mutable_ptr), r) in carried.iter().zip(&results) {
+            let mutable_ptr = *mutable_ptr;
+            self.set_var(
+                name,
+                Val::Tile {
+                    value: *r,
+                    mutable_ptr,
+                },
+            );
+        }
+        results
     }
 
     fn current(&self, name: &str) -> Value {
@@ -429,19 +437,7 @@ impl Checker<'_> {
         };
         let then_ir = branch(self, Some(then_block))?;
         let else_ir = branch(self, else_block)?;
-        let results: Vec<Value> = carried
-            .iter()
-            .map(|(_, v, _)| self.b.new_value(self.ty(*v)))
-            .collect();
-        for ((name, _, mutable_ptr), r) in carried.iter().zip(&results) {
-            self.set_var(
-                name,
-                Val::Tile {
-                    value: *r,
-                    mutable_ptr: *mutable_ptr,
-                },
-            );
-        }
+        let results = self.rebind_to_results(&carried);
         self.b.push_with_results(
             Op::If {
                 cond: cond_v,

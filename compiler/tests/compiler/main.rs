@@ -5,8 +5,11 @@ mod docs;
 mod errors;
 mod fuzz;
 mod kernels;
+#[cfg(feature = "nvptx")]
 mod nvptx;
+#[cfg(feature = "nvptx")]
 mod nvptx_layout;
+#[cfg(feature = "nvptx")]
 mod nvptx_ptxas;
 mod parse;
 mod passes;
