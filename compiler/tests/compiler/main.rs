@@ -11,6 +11,8 @@ mod nvptx;
 mod nvptx_layout;
 #[cfg(feature = "nvptx")]
 mod nvptx_ptxas;
+#[cfg(feature = "nvptx")]
+mod nvptx_snapshots;
 mod parse;
 mod passes;
 mod sema;
