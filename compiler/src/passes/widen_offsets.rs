@@ -40,25 +40,17 @@ fn collect_defs(b: &Block, defs: &mut Defs) {
         defs.insert(a, None);
     }
     for inst in &b.insts {
+        // Only single-result leaf ops are ever rebuilt; loops and ifs count as opaque leaves.
+        let leaf = match (&inst.op, &inst.results[..]) {
+            (Op::For { .. } | Op::If { .. }, _) | (_, [_, _, ..]) => None,
+            (op, _) => Some(op.clone()),
+        };
         for &r in &inst.results {
-            let op = if inst.results.len() == 1 {
-                Some(shallow(&inst.op))
-            } else {
-                None
-            };
-            defs.insert(r, op);
+            defs.insert(r, leaf.clone());
         }
         for nested in inst.op.blocks() {
             collect_defs(nested, defs);
         }
-    }
-}
-
-/// The op without its nested blocks (only leaf ops are ever rebuilt).
-fn shallow(op: &Op) -> Op {
-    match op {
-        Op::For { .. } | Op::If { .. } => Op::Yield(vec![]),
-        other => other.clone(),
     }
 }
 

@@ -633,9 +633,7 @@ impl Checker<'_> {
         if let Some((m, s)) = &mask {
             shaped.push((m, *s));
         }
-        let shape = self
-            .common_shape(&shaped)
-            .map_err(|e| relabel(e, "mask shape mismatch"))?;
+        let shape = self.common_shape_or(&shaped, "mask shape mismatch")?;
         let ptr = self.broadcast_value(ptr, &shape, ps, "the pointer")?;
         let mask = match mask {
             Some((m, s)) => Some(self.operand(&m, DType::Bool, &shape, s, "the mask")?),
@@ -867,14 +865,4 @@ fn unary_math(name: &str) -> Option<UnaryOp> {
         "cos" => UnaryOp::Cos,
         _ => return None,
     })
-}
-
-fn relabel(d: Diagnostic, message: &str) -> Diagnostic {
-    Diagnostic {
-        message: format!(
-            "{message}: {}",
-            d.message.trim_start_matches("shape mismatch: ")
-        ),
-        ..d
-    }
 }

@@ -178,6 +178,11 @@ impl<'m> Checker<'m> {
 
     /// The broadcast shape of several values, or an error naming the two that clash.
     pub fn common_shape(&self, vals: &[(&Val, Span)]) -> R<Vec<u32>> {
+        self.common_shape_or(vals, "shape mismatch")
+    }
+
+    /// As [`Checker::common_shape`], with `problem` opening the error message.
+    pub fn common_shape_or(&self, vals: &[(&Val, Span)], problem: &str) -> R<Vec<u32>> {
         let mut shape: Vec<u32> = vec![];
         for (v, span) in vals {
             let s = self.shape_of(v);
@@ -185,7 +190,7 @@ impl<'m> Checker<'m> {
                 Diagnostic::new(
                     *span,
                     format!(
-                        "shape mismatch: {} cannot be broadcast with {}",
+                        "{problem}: {} cannot be broadcast with {}",
                         shape_text(&s),
                         shape_text(&shape)
                     ),

@@ -2,6 +2,7 @@
 //! and tolerance checks with a useful failure message.
 
 use half::bf16;
+use kiln_compiler::ast::{Item, TypeExprKind};
 use kiln_compiler::{ConstValue, DType, Defines, Source};
 use kiln_runtime::{Arg, Buffer, Device, KernelCache, KernelSpec};
 use std::cell::Cell;
@@ -127,12 +128,21 @@ impl Harness {
     ) {
         let f = kiln_ops::kernels::file(file).unwrap_or_else(|| panic!("no kernel file {file}"));
         let src = Source::new(f.name, f.source);
+        // Values are given as integers; a constant the kernel declares `bool` takes 0 / 1.
+        let module = kiln_compiler::parse(&src).unwrap_or_else(|e| panic!("{e}"));
+        let declared_bool = |name: &str| {
+            module.items.iter().any(|item| match item {
+                Item::Kernel(k) if k.name.name == kernel => k
+                    .consts
+                    .iter()
+                    .any(|c| c.name.name == name && c.ty.kind == TypeExprKind::Scalar(DType::Bool)),
+                _ => false,
+            })
+        };
         let defines: Defines = defines
             .iter()
             .map(|&(n, v)| {
-                let value = if n.chars().all(|c| c.is_ascii_uppercase())
-                    && (n == "BACKWARD" || n.starts_with("HAS_"))
-                {
+                let value = if declared_bool(n) {
                     ConstValue::Bool(v != 0)
                 } else {
                     ConstValue::Int(v)
