@@ -7,17 +7,19 @@ use kiln::compiler::{ConstValue, Defines, Source};
 use kiln::runtime::{Arg, Device, KernelCache, KernelSpec};
 use std::time::Instant;
 
-fn median_ms(runs: usize, mut f: impl FnMut()) -> f64 {
-    f(); // warm-up (and JIT compile)
-    let mut t: Vec<f64> = (0..runs)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+fn median_ms<E: ToString>(
+    runs: usize,
+    mut f: impl FnMut() -> Result<(), E>,
+) -> Result<f64, String> {
+    f().map_err(|e| e.to_string())?; // warm-up (and JIT compile)
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let s = Instant::now();
+        f().map_err(|e| e.to_string())?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
     t.sort_by(|a, b| a.total_cmp(b));
-    t[runs / 2]
+    Ok(t[runs / 2])
 }
 
 fn data(n: usize, seed: u32) -> Vec<bf16> {
@@ -60,14 +62,13 @@ pub fn run(runs: usize) -> Result<String, String> {
         Arg::F32(1e-6),
     ];
     let kiln_ms = median_ms(runs, || {
-        cache
-            .launch(&dev, &spec, [rows as u32, 1, 1], &args)
-            .unwrap()
-    });
+        cache.launch(&dev, &spec, [rows as u32, 1, 1], &args)
+    })?;
     let (mut y, mut r) = (vec![bf16::ZERO; rows * n], vec![0f32; rows]);
     let hand_ms = median_ms(runs, || {
-        handwritten::rmsnorm_fwd(&x, &w, &mut y, &mut r, n, 1e-6)
-    });
+        handwritten::rmsnorm_fwd(&x, &w, &mut y, &mut r, n, 1e-6);
+        Ok::<(), String>(())
+    })?;
     out += &format!(
         "| rmsnorm fwd | {rows} x {n} bf16 | {kiln_ms:.2} | {hand_ms:.2} | {:.2}x |\n",
         kiln_ms / hand_ms
@@ -88,12 +89,13 @@ pub fn run(runs: usize) -> Result<String, String> {
         Arg::I64(len as i64),
     ];
     let kiln_ms = median_ms(runs, || {
-        cache
-            .launch(&dev, &spec, [len.div_ceil(1024) as u32, 1, 1], &args)
-            .unwrap()
-    });
+        cache.launch(&dev, &spec, [len.div_ceil(1024) as u32, 1, 1], &args)
+    })?;
     let mut o = vec![bf16::ZERO; len];
-    let hand_ms = median_ms(runs, || handwritten::swiglu_fwd(&g, &u, &mut o));
+    let hand_ms = median_ms(runs, || {
+        handwritten::swiglu_fwd(&g, &u, &mut o);
+        Ok::<(), String>(())
+    })?;
     out += &format!(
         "| swiglu fwd | 8192 x 4864 bf16 | {kiln_ms:.2} | {hand_ms:.2} | {:.2}x |\n",
         kiln_ms / hand_ms
