@@ -41,6 +41,11 @@ enum Command {
         /// Warps per program for `--emit llvm|ptx`.
         #[arg(long, default_value_t = 4)]
         num_warps: u32,
+        /// For `--emit llvm|ptx`: compile as a launch whose pointers are all 16-byte aligned
+        /// and whose integer parameters named here are multiples of 16 (`--aligned n,vocab`),
+        /// the specialisation that enables 16-byte vector loads and stores.
+        #[arg(long, value_name = "INT_PARAMS", num_args = 0..=1, default_missing_value = "")]
+        aligned: Option<String>,
     },
     /// Measure kernels against yardsticks and print a table.
     Bench {
@@ -56,6 +61,10 @@ enum Command {
 enum BenchSuite {
     /// Kiln on the CPU (Cranelift) against hand-written Rust loops.
     Cpu,
+    /// Achieved GB/s of the memory-bound kernels on CUDA device 0.
+    Kernels,
+    /// JIT latency on CUDA device 0: every shipped kernel, cold and from the disk cache.
+    Jit,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -92,6 +101,14 @@ fn run(cli: Cli) -> Result<String, String> {
             suite: BenchSuite::Cpu,
             runs,
         } => bench::cpu::run(runs.max(1)),
+        Command::Bench {
+            suite: BenchSuite::Kernels,
+            runs,
+        } => bench::kernels::run(runs.max(1)),
+        Command::Bench {
+            suite: BenchSuite::Jit,
+            ..
+        } => bench::jit::run(),
         Command::Compile {
             file,
             emit,
@@ -100,6 +117,7 @@ fn run(cli: Cli) -> Result<String, String> {
             no_passes,
             arch,
             num_warps,
+            aligned,
         } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("error: cannot read {}: {e}", file.display()))?;
@@ -115,7 +133,8 @@ fn run(cli: Cli) -> Result<String, String> {
                         compiler::compile_to_ir(&src, &defines).map_err(|e| e.to_string())?;
                     let mut out = vec![];
                     for k in select(&kernels, kernel.as_deref())? {
-                        out.push(backend_text(k, emit, &arch, num_warps)?);
+                        let mask = aligned_mask(k, aligned.as_deref())?;
+                        out.push(backend_text(k, emit, &arch, num_warps, mask)?);
                     }
                     Ok(out.join("\n"))
                 }
@@ -143,6 +162,7 @@ fn backend_text(
     emit: Emit,
     arch: &str,
     num_warps: u32,
+    divisible_by_16: u64,
 ) -> Result<String, String> {
     let err = |e: compiler::backend::BackendError| format!("error: {e}");
     if let Emit::Clif = emit {
@@ -156,7 +176,10 @@ fn backend_text(
             "sm_90" => Arch::Sm90,
             other => return Err(format!("error: unknown --arch `{other}` (sm_80 or sm_90)")),
         };
-        let opts = PtxOptions::new(arch, num_warps);
+        let opts = PtxOptions {
+            divisible_by_16,
+            ..PtxOptions::new(arch, num_warps)
+        };
         match emit {
             Emit::Llvm => nvptx::emit_llvm(k, &opts).map_err(err),
             _ => nvptx::compile_ptx(k, &opts).map(|p| p.ptx).map_err(err),
@@ -164,9 +187,36 @@ fn backend_text(
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (arch, num_warps);
+        let _ = (arch, num_warps, divisible_by_16);
         Err("error: this kiln was built without the GPU backend (feature `cuda`)".into())
     }
+}
+
+/// The divisibility mask `--aligned` asks for: every pointer parameter, plus the integer
+/// parameters named in `ints` (comma-separated). No flag, no specialisation.
+fn aligned_mask(k: &compiler::ir::Kernel, ints: Option<&str>) -> Result<u64, String> {
+    let Some(ints) = ints else { return Ok(0) };
+    let names: Vec<&str> = ints
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let mut mask = 0u64;
+    for (i, p) in k.params.iter().enumerate().take(64) {
+        let pointer = matches!(p.kind, compiler::ir::ParamKind::Ptr { .. });
+        if pointer || names.contains(&p.name.as_str()) {
+            mask |= 1 << i;
+        }
+    }
+    for n in names {
+        if !k.params.iter().any(|p| p.name == n) {
+            return Err(format!(
+                "error: --aligned names `{n}`, which is not a parameter of kernel `{}`",
+                k.name
+            ));
+        }
+    }
+    Ok(mask)
 }
 
 fn select<'k>(
