@@ -21,6 +21,7 @@ kernel_files!(
     "add.kiln",
     "adamw.kiln",
     "cross_entropy.kiln",
+    "embedding.kiln",
     "rmsnorm.kiln",
     "rope.kiln",
     "swiglu.kiln",

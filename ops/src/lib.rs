@@ -1,7 +1,22 @@
 //! # kiln-ops
 //!
 //! The fused operations of a training step, each written as a Kiln kernel in `ops/kernels/` and
-//! wrapped in a typed Rust function that picks block sizes and launches it: RMSNorm, SwiGLU,
-//! QK-RoPE, cross-entropy over vocabulary chunks, AdamW, elementwise helpers.
+//! wrapped in a typed Rust function that checks its buffers, picks block sizes and launches it
+//! on either device: RMSNorm (and the fused residual add + RMSNorm), SwiGLU, QK-RoPE, token
+//! embedding, cut cross-entropy over vocabulary chunks, AdamW with on-device gradient clipping.
+//!
+//! Every operation takes an [`Ops`] (a device and its kernels) and [`kiln_runtime::Buffer`]s
+//! with the shapes its doc comment gives; a buffer of the wrong length or type is an
+//! [`Error::Shape`] naming the operation and the argument, before anything runs.
 
+pub mod adamw;
+mod context;
+pub mod embedding;
+mod error;
 pub mod kernels;
+pub mod rmsnorm;
+pub mod rope;
+pub mod swiglu;
+
+pub use context::Ops;
+pub use error::{Error, Result};

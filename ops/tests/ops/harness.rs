@@ -4,8 +4,10 @@
 use half::bf16;
 use kiln_compiler::ast::{Item, TypeExprKind};
 use kiln_compiler::{ConstValue, DType, Defines, Source};
+use kiln_ops::Ops;
 use kiln_runtime::{Arg, Buffer, Device, KernelCache, KernelSpec};
 use std::cell::Cell;
+use std::sync::Arc;
 
 /// Runs `f` on the CPU, then on CUDA device 0 if there is one (saying so when there is not).
 pub fn for_each_device(f: impl Fn(&Harness)) {
@@ -14,6 +16,11 @@ pub fn for_each_device(f: impl Fn(&Harness)) {
         Ok(gpu) => f(&Harness::new(gpu)),
         Err(e) => println!("skipped on GPU: {e}"),
     }
+}
+
+/// A harness on the CPU only, for tests of argument checking.
+pub fn cpu() -> Harness {
+    Harness::new(Device::cpu())
 }
 
 /// Absolute plus relative tolerance: |got - want| <= abs + rel * |want|.
@@ -25,6 +32,8 @@ pub struct Tol {
 
 pub struct Harness {
     pub device: Device,
+    /// The typed operations on this device (their own kernel cache).
+    pub ops: Ops,
     cache: KernelCache,
     seed: Cell<u64>,
 }
@@ -32,6 +41,7 @@ pub struct Harness {
 impl Harness {
     fn new(device: Device) -> Harness {
         Harness {
+            ops: Ops::with_cache(device.clone(), Arc::new(KernelCache::in_memory())),
             device,
             cache: KernelCache::in_memory(),
             seed: Cell::new(0x9E37_79B9_7F4A_7C15),

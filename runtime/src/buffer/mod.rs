@@ -136,10 +136,19 @@ impl Buffer {
     /// Sets every byte to `0xFF`: NaN for floats, -1 for integers. Tests poison outputs so an
     /// element a kernel failed to write cannot pass for a correct one.
     pub fn poison(&mut self) -> Result<()> {
+        self.fill_bytes(0xFF)
+    }
+
+    /// Sets every element to zero, on the device (a memset queued on its stream on a GPU).
+    pub fn zero(&mut self) -> Result<()> {
+        self.fill_bytes(0)
+    }
+
+    fn fill_bytes(&mut self, byte: u8) -> Result<()> {
         match &mut self.storage {
-            Storage::Host(mem) => mem.fill_bytes(0xFF),
+            Storage::Host(mem) => mem.fill_bytes(byte),
             #[cfg(feature = "cuda")]
-            Storage::Cuda(slice) => cuda::fill_bytes(device_of(&self.device)?, slice, 0xFF)?,
+            Storage::Cuda(slice) => cuda::fill_bytes(device_of(&self.device)?, slice, byte)?,
         }
         Ok(())
     }

@@ -1,0 +1,148 @@
+//! Fused AdamW on f32 master weights, with gradient clipping by the global norm computed on the
+//! device (no host synchronisation) and learning rates per parameter group, so LoRA+ is a group
+//! whose rate is `ratio x lr`.
+//!
+//! A step: [`GradNorm::new`], [`GradNorm::add`] for every gradient, [`GradNorm::finish`] (the
+//! clipping factor, on the device), then [`AdamW::update`] for every parameter tensor with its
+//! group's learning rate.
+
+use kiln_compiler::DType;
+use kiln_runtime::{Arg, Buffer};
+
+use crate::context::{expect, KernelConfig, Ops};
+use crate::Result;
+
+const FILE: &str = "adamw.kiln";
+const BLOCK: usize = 2048;
+const WARPS: u32 = 4;
+
+/// AdamW hyper-parameters shared by every group (the learning rate is per update).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+/// One parameter tensor's state: f32 master weights, gradient, both moments, and the bf16 copy
+/// the model computes with (all of `param.len()` elements).
+pub struct ParamState<'a> {
+    pub param: &'a Buffer,
+    pub grad: &'a Buffer,
+    pub exp_avg: &'a Buffer,
+    pub exp_avg_sq: &'a Buffer,
+    pub param_bf16: &'a Buffer,
+}
+
+impl AdamW {
+    /// Updates one tensor at step `step` (1-based) with learning rate `lr`, its gradient
+    /// multiplied by `grad_scale[0]` (the factor from [`GradNorm::finish`]).
+    pub fn update(
+        &self,
+        ops: &Ops,
+        state: &ParamState<'_>,
+        grad_scale: &Buffer,
+        lr: f32,
+        step: u32,
+    ) -> Result<()> {
+        const OP: &str = "adamw";
+        let n = state.param.len();
+        expect(OP, "param", state.param, DType::F32, n)?;
+        expect(OP, "grad", state.grad, DType::F32, n)?;
+        expect(OP, "exp_avg", state.exp_avg, DType::F32, n)?;
+        expect(OP, "exp_avg_sq", state.exp_avg_sq, DType::F32, n)?;
+        expect(OP, "param_bf16", state.param_bf16, DType::Bf16, n)?;
+        if grad_scale.dtype() != DType::F32 || grad_scale.is_empty() {
+            expect(OP, "grad_scale", grad_scale, DType::F32, 1)?;
+        }
+        let step = step.max(1) as i32;
+        let bias1 = 1.0 - (self.beta1 as f64).powi(step);
+        let bias2 = 1.0 - (self.beta2 as f64).powi(step);
+        let config = KernelConfig::new(FILE, "adamw")
+            .int("BLOCK", BLOCK)
+            .warps(WARPS);
+        let args = [
+            Arg::Buffer(state.param),
+            Arg::Buffer(state.grad),
+            Arg::Buffer(state.exp_avg),
+            Arg::Buffer(state.exp_avg_sq),
+            Arg::Buffer(state.param_bf16),
+            Arg::Buffer(grad_scale),
+            Arg::I64(n as i64),
+            Arg::F32(lr),
+            Arg::F32(self.beta1),
+            Arg::F32(self.beta2),
+            Arg::F32(self.eps),
+            Arg::F32(self.weight_decay),
+            Arg::F32(bias1 as f32),
+            Arg::F32(bias2 as f32),
+        ];
+        ops.launch(&config, [n.div_ceil(BLOCK), 1, 1], &args)
+    }
+}
+
+/// The global gradient norm of a step, accumulated on the device.
+pub struct GradNorm {
+    sum_sq: Buffer,
+    /// `[clipping factor, norm]`, written by [`GradNorm::finish`].
+    scale: Buffer,
+}
+
+impl GradNorm {
+    /// A zeroed accumulator on `ops`' device.
+    pub fn new(ops: &Ops) -> Result<GradNorm> {
+        Ok(GradNorm {
+            sum_sq: ops.scratch(DType::F32, 1)?,
+            scale: ops.scratch(DType::F32, 2)?,
+        })
+    }
+
+    /// Adds `grad`'s sum of squares (f32 gradient).
+    pub fn add(&self, ops: &Ops, grad: &Buffer) -> Result<()> {
+        expect("grad norm", "grad", grad, DType::F32, grad.len())?;
+        let config = KernelConfig::new(FILE, "grad_sq_sum")
+            .int("BLOCK", 4096)
+            .warps(8);
+        let args = [
+            Arg::Buffer(grad),
+            Arg::Buffer(&self.sum_sq),
+            Arg::I64(grad.len() as i64),
+        ];
+        ops.launch(&config, [grad.len().div_ceil(4096), 1, 1], &args)
+    }
+
+    /// Computes the clipping factor `min(1, max_norm / norm)` (1 when `max_norm` is `None`)
+    /// and returns the buffer `[factor, norm]` to pass to [`AdamW::update`] as `grad_scale`.
+    pub fn finish(&self, ops: &Ops, max_norm: Option<f32>) -> Result<&Buffer> {
+        let config = KernelConfig::new(FILE, "clip_scale").warps(1);
+        let args = [
+            Arg::Buffer(&self.sum_sq),
+            Arg::Buffer(&self.scale),
+            Arg::F32(max_norm.unwrap_or(f32::INFINITY)),
+        ];
+        ops.launch(&config, [1, 1, 1], &args)?;
+        Ok(&self.scale)
+    }
+
+    /// Zeroes the accumulator for the next step.
+    pub fn reset(&mut self) -> Result<()> {
+        Ok(self.sum_sq.zero()?)
+    }
+
+    /// The `[factor, norm]` buffer (read it to log the norm; that synchronises).
+    pub fn scale(&self) -> &Buffer {
+        &self.scale
+    }
+}

@@ -1,0 +1,424 @@
+//! The typed operations of `kiln_ops`: forward against the f64 references, every backward
+//! against central finite differences of the f64 forward, on small odd sizes (CPU and GPU),
+//! plus the model's full sizes where a GPU runs them.
+
+use crate::gradcheck::{dot, numeric_grad};
+use crate::harness::{for_each_device, Harness, Tol};
+use crate::reference as r;
+use kiln_ops::adamw::{AdamW, GradNorm, ParamState};
+use kiln_ops::embedding::Embedding;
+use kiln_ops::rmsnorm::RmsNorm;
+use kiln_ops::rope::Rope;
+use kiln_ops::{swiglu, Error};
+
+const BF16: Tol = Tol {
+    rel: 1e-2,
+    abs: 1e-2,
+};
+
+/// Tolerance for a bf16 output against a gradient of magnitude up to `scale`.
+fn bf16_grad(scale: f64) -> Tol {
+    Tol {
+        rel: 1e-2,
+        abs: 1e-2 * scale,
+    }
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// Rounds to bf16, as a kernel storing bf16 does.
+fn round_bf16(v: &[f64]) -> Vec<f64> {
+    v.iter()
+        .map(|&x| half::bf16::from_f64(x).to_f64())
+        .collect()
+}
+
+fn rmsnorm_case(h: &Harness, rows: usize, n: usize, fd: bool) {
+    let op = RmsNorm { rows, n, eps: 1e-6 };
+    let x = h.rand_bf16(rows * n, 2.0);
+    let w = h.rand_bf16(n, 1.0);
+    let dy = h.rand_bf16(rows * n, 1.0);
+    let (xb, wb, dyb) = (h.bf16(&x), h.bf16(&w), h.bf16(&dy));
+    let (y, rstd) = (h.poisoned_bf16(rows * n), h.poisoned_f32(rows));
+    op.forward(&h.ops, &xb, &wb, &y, &rstd).unwrap();
+    let (y_ref, _) = r::rmsnorm_fwd(&x, &w, n, 1e-6);
+    h.assert_close("rmsnorm y", &h.read(&y), &y_ref, BF16);
+
+    let (dx, dw) = (h.poisoned_bf16(rows * n), h.poisoned_bf16(n));
+    op.backward(&h.ops, &xb, &wb, &dyb, &rstd, &dx, &dw)
+        .unwrap();
+    let (dx_want, dw_want) = if fd {
+        let loss_x = |x: &[f64]| dot(&r::rmsnorm_fwd(x, &w, n, 1e-6).0, &dy);
+        let loss_w = |w: &[f64]| dot(&r::rmsnorm_fwd(&x, w, n, 1e-6).0, &dy);
+        (numeric_grad(&x, loss_x), numeric_grad(&w, loss_w))
+    } else {
+        r::rmsnorm_bwd(&x, &w, &dy, n, 1e-6)
+    };
+    h.assert_close(
+        "rmsnorm dx",
+        &h.read(&dx),
+        &dx_want,
+        bf16_grad(max_abs(&dx_want)),
+    );
+    h.assert_close(
+        "rmsnorm dw",
+        &h.read(&dw),
+        &dw_want,
+        bf16_grad(max_abs(&dw_want)),
+    );
+}
+
+#[test]
+fn rmsnorm_forward_and_backward() {
+    for_each_device(|h| {
+        rmsnorm_case(h, 3, 40, true);
+        rmsnorm_case(h, 70, 96, false);
+        if h.device.is_gpu() {
+            rmsnorm_case(h, 8192, 896, false);
+            rmsnorm_case(h, 2048, 4096, false);
+        }
+    });
+}
+
+#[test]
+fn add_rmsnorm_forward_and_backward() {
+    for_each_device(|h| {
+        let (rows, n) = (5usize, 24usize);
+        let op = RmsNorm { rows, n, eps: 1e-6 };
+        let x = h.rand_bf16(rows * n, 1.0);
+        let res = h.rand_bf16(rows * n, 2.0);
+        let w = h.rand_bf16(n, 1.0);
+        let dy = h.rand_bf16(rows * n, 1.0);
+        let dnext = h.rand_bf16(rows * n, 1.0);
+        let bufs = [&x, &res, &w, &dy, &dnext].map(|v| h.bf16(v));
+        let [xb, rb, wb, dyb, dnb] = &bufs;
+        let (hb, y, rstd) = (
+            h.poisoned_bf16(rows * n),
+            h.poisoned_bf16(rows * n),
+            h.poisoned_f32(rows),
+        );
+        op.add_forward(&h.ops, xb, rb, &hb, wb, &y, &rstd).unwrap();
+        // The stream is stored in bf16 and normalised as stored.
+        let sum: Vec<f64> = x.iter().zip(&res).map(|(a, b)| a + b).collect();
+        let h_ref = round_bf16(&sum);
+        h.assert_close("h", &h.read(&hb), &h_ref, BF16);
+        h.assert_close(
+            "y",
+            &h.read(&y),
+            &r::rmsnorm_fwd(&h_ref, &w, n, 1e-6).0,
+            BF16,
+        );
+
+        let (dx, dw) = (h.poisoned_bf16(rows * n), h.poisoned_bf16(n));
+        op.add_backward(&h.ops, &hb, wb, dyb, &rstd, dnb, &dx, &dw)
+            .unwrap();
+        // Loss through both outputs: the normalised branch and the residual stream itself.
+        let loss = |x: &[f64]| {
+            let hv: Vec<f64> = x.iter().zip(&res).map(|(a, b)| a + b).collect();
+            dot(&r::rmsnorm_fwd(&hv, &w, n, 1e-6).0, &dy) + dot(&hv, &dnext)
+        };
+        let dx_fd = numeric_grad(&x, loss);
+        h.assert_close("dx", &h.read(&dx), &dx_fd, bf16_grad(max_abs(&dx_fd)));
+        let dw_ref = r::rmsnorm_bwd(&h_ref, &w, &dy, n, 1e-6).1;
+        h.assert_close("dw", &h.read(&dw), &dw_ref, bf16_grad(max_abs(&dw_ref)));
+    });
+}
+
+fn swiglu_case(h: &Harness, len: usize, fd: bool) {
+    let g = h.rand_bf16(len, 4.0);
+    let u = h.rand_bf16(len, 2.0);
+    let d = h.rand_bf16(len, 1.0);
+    let (gb, ub, db) = (h.bf16(&g), h.bf16(&u), h.bf16(&d));
+    let out = h.poisoned_bf16(len);
+    swiglu::forward(&h.ops, &gb, &ub, &out).unwrap();
+    h.assert_close("swiglu out", &h.read(&out), &r::swiglu_fwd(&g, &u), BF16);
+    let (dg, du) = (h.poisoned_bf16(len), h.poisoned_bf16(len));
+    swiglu::backward(&h.ops, &gb, &ub, &db, &dg, &du).unwrap();
+    let (dg_want, du_want) = if fd {
+        (
+            numeric_grad(&g, |g| dot(&r::swiglu_fwd(g, &u), &d)),
+            numeric_grad(&u, |u| dot(&r::swiglu_fwd(&g, u), &d)),
+        )
+    } else {
+        r::swiglu_bwd(&g, &u, &d)
+    };
+    h.assert_close("swiglu dgate", &h.read(&dg), &dg_want, BF16);
+    h.assert_close("swiglu dup", &h.read(&du), &du_want, BF16);
+}
+
+#[test]
+fn swiglu_forward_and_backward() {
+    for_each_device(|h| {
+        swiglu_case(h, 67, true);
+        swiglu_case(h, 3 * 4096 + 5, false);
+        if h.device.is_gpu() {
+            swiglu_case(h, 8192 * 4864, false);
+        }
+    });
+}
+
+fn rope_case(h: &Harness, rope: Rope, fd: bool) {
+    let Rope {
+        tokens,
+        q_heads,
+        kv_heads,
+        head_dim,
+        theta,
+    } = rope;
+    // Two packed sequences: positions restart at 0.
+    let positions: Vec<i32> = (0..tokens as i32)
+        .map(|t| {
+            if t < tokens as i32 / 3 {
+                t
+            } else {
+                t - tokens as i32 / 3
+            }
+        })
+        .collect();
+    let pos = h.i32_buf(&positions);
+    let q = h.rand_bf16(tokens * q_heads * head_dim, 2.0);
+    let k = h.rand_bf16(tokens * kv_heads * head_dim, 2.0);
+    let (qb, kb) = (h.bf16(&q), h.bf16(&k));
+    rope.forward(&h.ops, &qb, &kb, &pos).unwrap();
+    let rotate = |x: &[f64], heads| {
+        let mut x = x.to_vec();
+        r::rope(&mut x, &positions, heads, head_dim, theta as f64, false);
+        x
+    };
+    h.assert_close("rope q", &h.read(&qb), &rotate(&q, q_heads), BF16);
+    h.assert_close("rope k", &h.read(&kb), &rotate(&k, kv_heads), BF16);
+
+    // Backward: the gradient of sum(rope(q) * dq) with respect to q.
+    let dq = h.rand_bf16(q.len(), 1.0);
+    let dk = h.rand_bf16(k.len(), 1.0);
+    let (dqb, dkb) = (h.bf16(&dq), h.bf16(&dk));
+    rope.backward(&h.ops, &dqb, &dkb, &pos).unwrap();
+    let (dq_want, dk_want) = if fd {
+        (
+            numeric_grad(&q, |q| dot(&rotate(q, q_heads), &dq)),
+            numeric_grad(&k, |k| dot(&rotate(k, kv_heads), &dk)),
+        )
+    } else {
+        let inverse = |x: &[f64], heads| {
+            let mut x = x.to_vec();
+            r::rope(&mut x, &positions, heads, head_dim, theta as f64, true);
+            x
+        };
+        (inverse(&dq, q_heads), inverse(&dk, kv_heads))
+    };
+    h.assert_close("rope dq", &h.read(&dqb), &dq_want, BF16);
+    h.assert_close("rope dk", &h.read(&dkb), &dk_want, BF16);
+}
+
+#[test]
+fn rope_forward_and_backward() {
+    for_each_device(|h| {
+        let small = Rope {
+            tokens: 5,
+            q_heads: 3,
+            kv_heads: 1,
+            head_dim: 8,
+            theta: 10000.0,
+        };
+        rope_case(h, small, true);
+        let qwen = Rope {
+            tokens: 37,
+            q_heads: 14,
+            kv_heads: 2,
+            head_dim: 64,
+            theta: 1e6,
+        };
+        rope_case(h, qwen, false);
+        if h.device.is_gpu() {
+            rope_case(
+                h,
+                Rope {
+                    tokens: 8192,
+                    ..qwen
+                },
+                false,
+            );
+            let big = Rope {
+                tokens: 2048,
+                q_heads: 32,
+                kv_heads: 8,
+                head_dim: 128,
+                theta: 5e5,
+            };
+            rope_case(h, big, false);
+        }
+    });
+}
+
+#[test]
+fn embedding_forward_and_backward_with_repeated_ids() {
+    for_each_device(|h| {
+        let table = Embedding {
+            vocab: 11,
+            hidden: 70,
+        };
+        let ids = [3, 7, 3, 0, 10, 3, 7, 12, -1];
+        let w = h.rand_bf16(table.vocab * table.hidden, 1.0);
+        let (idb, wb) = (h.i32_buf(&ids), h.bf16(&w));
+        let out = h.poisoned_bf16(ids.len() * table.hidden);
+        table.forward(&h.ops, &idb, &wb, &out).unwrap();
+        let hidden = table.hidden;
+        let row = |id: i32| -> Vec<f64> {
+            if (0..table.vocab as i32).contains(&id) {
+                w[id as usize * hidden..(id as usize + 1) * hidden].to_vec()
+            } else {
+                vec![0.0; hidden]
+            }
+        };
+        let want: Vec<f64> = ids.iter().flat_map(|&id| row(id)).collect();
+        h.assert_close(
+            "embedding out",
+            &h.read(&out),
+            &want,
+            Tol { rel: 0.0, abs: 0.0 },
+        );
+
+        let dout = h.rand_bf16(ids.len() * hidden, 1.0);
+        let mut dw = h.device.alloc(kiln_compiler::DType::F32, w.len()).unwrap();
+        dw.zero().unwrap();
+        table.backward(&h.ops, &idb, &h.bf16(&dout), &dw).unwrap();
+        let mut dw_want = vec![0.0; w.len()];
+        for (t, &id) in ids.iter().enumerate() {
+            if (0..table.vocab as i32).contains(&id) {
+                for c in 0..hidden {
+                    dw_want[id as usize * hidden + c] += dout[t * hidden + c];
+                }
+            }
+        }
+        let f32_sums = Tol {
+            rel: 1e-6,
+            abs: 1e-6,
+        };
+        h.assert_close("embedding dweight", &h.read(&dw), &dw_want, f32_sums);
+    });
+}
+
+#[test]
+fn adamw_with_global_norm_clipping_and_two_groups() {
+    for_each_device(|h| {
+        let adamw = AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        // Two tensors in two groups (LoRA+: B learns 16x faster than A).
+        let sizes = [1000usize, 4097];
+        let lrs = [1e-3f32, 16e-3];
+        let max_norm = 1.0;
+        let tensors: Vec<[Vec<f64>; 4]> = sizes
+            .iter()
+            .map(|&n| {
+                let v: Vec<f64> = h.rand_f32(n, 0.01).iter().map(|x| x * x).collect();
+                [
+                    h.rand_f32(n, 1.0),
+                    h.rand_f32(n, 0.5),
+                    h.rand_f32(n, 0.1),
+                    v,
+                ]
+            })
+            .collect();
+        let norm = tensors
+            .iter()
+            .map(|t| t[1].iter().map(|g| g * g).sum::<f64>())
+            .sum::<f64>()
+            .sqrt();
+        assert!(norm > max_norm as f64, "the test must clip");
+        let factor = max_norm as f64 / (norm + 1e-6);
+
+        let mut gn = GradNorm::new(&h.ops).unwrap();
+        let bufs: Vec<Vec<_>> = tensors
+            .iter()
+            .map(|t| t.iter().map(|v| h.f32_buf(v)).collect())
+            .collect();
+        let copies: Vec<_> = sizes.iter().map(|&n| h.poisoned_bf16(n)).collect();
+        for step in [1u32, 2] {
+            gn.reset().unwrap();
+            for b in &bufs {
+                gn.add(&h.ops, &b[1]).unwrap();
+            }
+            let scale = gn.finish(&h.ops, Some(max_norm)).unwrap();
+            for ((b, copy), &lr) in bufs.iter().zip(&copies).zip(&lrs) {
+                let state = ParamState {
+                    param: &b[0],
+                    grad: &b[1],
+                    exp_avg: &b[2],
+                    exp_avg_sq: &b[3],
+                    param_bf16: copy,
+                };
+                adamw.update(&h.ops, &state, scale, lr, step).unwrap();
+            }
+            let got_norm = h.read(gn.scale());
+            h.assert_close(
+                "grad norm",
+                &got_norm[1..],
+                &[norm],
+                Tol {
+                    rel: 1e-5,
+                    abs: 0.0,
+                },
+            );
+            h.assert_close(
+                "clip factor",
+                &got_norm[..1],
+                &[factor],
+                Tol {
+                    rel: 1e-5,
+                    abs: 0.0,
+                },
+            );
+        }
+        for (i, t) in tensors.iter().enumerate() {
+            let (mut p, mut m, mut v) = (t[0].clone(), t[2].clone(), t[3].clone());
+            for step in [1, 2] {
+                let hp = r::AdamW {
+                    lr: lrs[i] as f64,
+                    beta1: 0.9f32 as f64,
+                    beta2: 0.95f32 as f64,
+                    eps: 1e-8f32 as f64,
+                    weight_decay: 0.1f32 as f64,
+                    step,
+                };
+                r::adamw(&mut p, &t[1], &mut m, &mut v, factor, &hp);
+            }
+            let tol = Tol {
+                rel: 1e-5,
+                abs: 1e-6,
+            };
+            h.assert_close("param", &h.read(&bufs[i][0]), &p, tol);
+            h.assert_close("exp_avg", &h.read(&bufs[i][2]), &m, tol);
+            h.assert_close("param_bf16", &h.read(&copies[i]), &p, BF16);
+        }
+    });
+}
+
+#[test]
+fn wrong_shapes_are_errors_naming_the_op_and_argument() {
+    let h = &crate::harness::cpu();
+    let op = RmsNorm {
+        rows: 4,
+        n: 8,
+        eps: 1e-6,
+    };
+    let x = h.bf16(&h.rand_bf16(32, 1.0));
+    let short = h.bf16(&h.rand_bf16(7, 1.0));
+    let rstd = h.poisoned_f32(4);
+    let err = op.forward(&h.ops, &x, &short, &x, &rstd).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }));
+    assert_eq!(
+        err.to_string(),
+        "rmsnorm forward: `w` must be 8 x bf16, got 7 x bf16"
+    );
+    let err = swiglu::forward(&h.ops, &x, &short, &x).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "swiglu forward: `up` must be 32 x bf16, got 7 x bf16"
+    );
+}
