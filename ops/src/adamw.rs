@@ -13,8 +13,9 @@ use crate::context::{expect, KernelConfig, Ops};
 use crate::Result;
 
 const FILE: &str = "adamw.kiln";
-const BLOCK: usize = 2048;
-const WARPS: u32 = 4;
+/// One 16-byte vector of each f32 stream per thread: the fastest measured on the H200.
+const BLOCK: usize = 1024;
+const WARPS: u32 = 8;
 
 /// AdamW hyper-parameters shared by every group (the learning rate is per update).
 #[derive(Clone, Copy, Debug)]

@@ -168,7 +168,8 @@ pub(crate) fn row_block(n: usize) -> usize {
 }
 
 /// Warps for a program that handles `block` elements: about 8 elements per thread (one
-/// 16-byte vector of bf16), between 1 and 16 warps.
+/// 16-byte vector of bf16), between 1 and 8 warps (measured best on the H200 from rows of 896 to
+/// 8192 elements: `bench/RESULTS.md`).
 pub(crate) fn warps_for(block: usize) -> u32 {
-    (block / 256).clamp(1, 16) as u32
+    (block / 256).clamp(1, 8) as u32
 }

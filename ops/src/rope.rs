@@ -67,13 +67,12 @@ impl Rope {
         expect(op, "positions", positions, DType::I32, self.tokens)?;
         let half = self.head_dim / 2;
         let q_heads = self.q_heads.next_power_of_two();
-        let elements = (q_heads + self.kv_heads.next_power_of_two()) * half.next_power_of_two();
         let config = KernelConfig::new(FILE, "rope")
             .int("QHEADS", q_heads)
             .int("KHEADS", self.kv_heads.next_power_of_two())
             .int("HALF", half.next_power_of_two())
             .flag("BACKWARD", backward)
-            .warps((elements / 512).clamp(1, 8) as u32);
+            .warps(4);
         let args = [
             Arg::Buffer(q),
             Arg::Buffer(k),

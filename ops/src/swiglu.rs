@@ -12,9 +12,11 @@ use crate::Result;
 
 const FILE: &str = "swiglu.kiln";
 
-/// Elements per program, and warps: 16 elements per thread (two 16-byte vectors of bf16).
-const BLOCK: usize = 2048;
-const WARPS: u32 = 4;
+/// Elements per program and warps per program, the fastest measured on the H200
+/// (`bench/RESULTS.md`): 8 elements per thread forward, 4 backward.
+const FWD_BLOCK: usize = 2048;
+const BWD_BLOCK: usize = 1024;
+const WARPS: u32 = 8;
 
 /// `out = silu(gate) * up` over `len` elements.
 pub fn forward(ops: &Ops, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()> {
@@ -24,7 +26,7 @@ pub fn forward(ops: &Ops, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()
         expect(OP, what, b, DType::Bf16, len)?;
     }
     let config = KernelConfig::new(FILE, "swiglu_fwd")
-        .int("BLOCK", BLOCK)
+        .int("BLOCK", FWD_BLOCK)
         .warps(WARPS);
     let args = [
         Arg::Buffer(gate),
@@ -32,7 +34,7 @@ pub fn forward(ops: &Ops, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()
         Arg::Buffer(out),
         Arg::I64(len as i64),
     ];
-    ops.launch(&config, [len.div_ceil(BLOCK), 1, 1], &args)
+    ops.launch(&config, [len.div_ceil(FWD_BLOCK), 1, 1], &args)
 }
 
 /// `dgate` and `dup` from `gate`, `up` and `dout`.
@@ -56,7 +58,7 @@ pub fn backward(
         expect(OP, what, b, DType::Bf16, len)?;
     }
     let config = KernelConfig::new(FILE, "swiglu_bwd")
-        .int("BLOCK", BLOCK)
+        .int("BLOCK", BWD_BLOCK)
         .warps(WARPS);
     let args = [
         Arg::Buffer(gate),
@@ -66,5 +68,5 @@ pub fn backward(
         Arg::Buffer(dup),
         Arg::I64(len as i64),
     ];
-    ops.launch(&config, [len.div_ceil(BLOCK), 1, 1], &args)
+    ops.launch(&config, [len.div_ceil(BWD_BLOCK), 1, 1], &args)
 }

@@ -19,6 +19,9 @@ pub struct PtxArtifact {
     pub threads_per_block: u32,
     /// Static shared memory the kernel declares, in bytes.
     pub shared_bytes: u32,
+    /// The PTX assembled for the GPU it was compiled on (empty if not yet): what a warm start
+    /// loads, so it does not depend on the driver's own JIT cache.
+    pub cubin: Vec<u8>,
 }
 
 impl PtxArtifact {
@@ -40,6 +43,7 @@ impl PtxArtifact {
         put_u32(&mut w, self.threads_per_block);
         put_u32(&mut w, self.shared_bytes);
         put_str(&mut w, &self.ptx);
+        put_bytes(&mut w, &self.cubin);
         w
     }
 
@@ -70,6 +74,7 @@ impl PtxArtifact {
             threads_per_block: r.u32()?,
             shared_bytes: r.u32()?,
             ptx: r.str()?,
+            cubin: r.bytes()?.to_vec(),
         };
         r.0.is_empty().then_some(artifact)
     }
@@ -80,8 +85,12 @@ fn put_u32(w: &mut Vec<u8>, v: u32) {
 }
 
 fn put_str(w: &mut Vec<u8>, s: &str) {
-    w.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    w.extend_from_slice(s.as_bytes());
+    put_bytes(w, s.as_bytes());
+}
+
+fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
+    w.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    w.extend_from_slice(b);
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -104,9 +113,12 @@ impl<'a> Reader<'a> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
 
-    fn str(&mut self) -> Option<String> {
+    fn bytes(&mut self) -> Option<&'a [u8]> {
         let len = u64::from_le_bytes(self.take(8)?.try_into().ok()?);
-        let bytes = self.take(usize::try_from(len).ok()?)?;
-        String::from_utf8(bytes.to_vec()).ok()
+        self.take(usize::try_from(len).ok()?)
+    }
+
+    fn str(&mut self) -> Option<String> {
+        String::from_utf8(self.bytes()?.to_vec()).ok()
     }
 }

@@ -56,5 +56,6 @@ pub(crate) fn ptx(
         entry: compiled.entry,
         threads_per_block: compiled.threads_per_block,
         shared_bytes: compiled.shared_bytes,
+        cubin: vec![],
     })
 }

@@ -124,7 +124,7 @@ impl std::hash::Hash for CacheKey {
 
 impl CacheKey {
     /// Version of the key and entry formats; bump when either changes meaning.
-    pub const FORMAT: u32 = 1;
+    pub const FORMAT: u32 = 2;
 
     /// The key of `spec` compiled by `backend` for `target` (`"sm_90"`, `"x86_64"`, ...).
     ///

@@ -194,7 +194,16 @@ impl KernelCache {
         key: &CacheKey,
     ) -> Result<Kernel> {
         let arch = ptx_arch(device)?;
-        let artifact = self.ptx_artifact(key, || compile::ptx(spec, arch, specialization))?;
+        let artifact = self.ptx_artifact(key, || {
+            let mut artifact = compile::ptx(spec, arch, specialization)?;
+            let crate::device::Inner::Cuda(cuda) = device.inner() else {
+                return Err(crate::Error::Unsupported(format!(
+                    "assembling PTX on {device}"
+                )));
+            };
+            artifact.cubin = crate::launch::cuda::CudaCode::assemble(cuda, &artifact)?;
+            Ok(artifact)
+        })?;
         Kernel::from_ptx(device, &artifact)
     }
 
@@ -209,6 +218,20 @@ impl KernelCache {
         Err(crate::Error::Unsupported(format!(
             "{device}: built without the `cuda` feature"
         )))
+    }
+
+    /// [`KernelCache::kernel`] for many kernels at once, compiled in parallel on the CPU's
+    /// cores: how a program makes its whole kernel set ready at start-up.
+    pub fn kernels(
+        &self,
+        device: &Device,
+        requests: &[(KernelSpec<'_>, Specialization)],
+    ) -> Result<Vec<Arc<Kernel>>> {
+        use rayon::prelude::*;
+        requests
+            .par_iter()
+            .map(|(spec, specialization)| self.kernel(device, spec, specialization))
+            .collect()
     }
 
     /// Compiles (or finds) the kernel for `args` on `device`, checks `args` against its

@@ -41,10 +41,15 @@ impl CudaCode {
                 artifact.threads_per_block
             )));
         }
+        let image = if artifact.cubin.is_empty() {
+            Ptx::from_src(artifact.ptx.clone())
+        } else {
+            Ptx::from_binary(artifact.cubin.clone())
+        };
         let module = device
             .context()
-            .load_module(Ptx::from_src(artifact.ptx.clone()))
-            .map_err(|e| Error::cuda(format!("loading the PTX of kernel `{kernel}`"), e))?;
+            .load_module(image)
+            .map_err(|e| Error::cuda(format!("loading the code of kernel `{kernel}`"), e))?;
         let function = module.load_function(&artifact.entry).map_err(|e| {
             Error::cuda(
                 format!("finding entry `{}` of kernel `{kernel}`", artifact.entry),
@@ -56,6 +61,76 @@ impl CudaCode {
             threads_per_block: artifact.threads_per_block,
             _module: module,
         })
+    }
+
+    /// Assembles `artifact`'s PTX for `device`'s GPU with the driver's JIT and returns the cubin;
+    /// assembler messages are part of the error.
+    pub(crate) fn assemble(device: &CudaDevice, artifact: &PtxArtifact) -> Result<Vec<u8>> {
+        use cudarc::driver::sys::{self, CUjitInputType, CUjit_option, CUresult};
+        use std::ffi::{c_void, CString};
+        let kernel = &artifact.kernel;
+        let ptx = CString::new(artifact.ptx.as_bytes())
+            .map_err(|_| Error::launch(kernel, "the PTX contains a NUL byte"))?;
+        device
+            .context()
+            .bind_to_thread()
+            .map_err(|e| Error::cuda("binding the CUDA context", e))?;
+        let mut log = vec![0u8; 16 << 10];
+        let mut options = [
+            CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
+            CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
+        ];
+        let mut values = [log.as_mut_ptr() as *mut c_void, log.len() as *mut c_void];
+        let failed = |what: &str, status: CUresult, log: &[u8]| {
+            let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+            let message = format!(
+                "{status:?}: {}",
+                String::from_utf8_lossy(&log[..end]).trim()
+            );
+            Error::Cuda {
+                context: format!("{what} kernel `{kernel}`"),
+                message,
+            }
+        };
+        // SAFETY: every pointer passed lives until the link state is destroyed at the end of
+        // this block; the cubin the driver returns is owned by the state, so it is copied out
+        // before `cuLinkDestroy`.
+        unsafe {
+            let mut state = std::ptr::null_mut();
+            let status = sys::cuLinkCreate_v2(
+                options.len() as u32,
+                options.as_mut_ptr(),
+                values.as_mut_ptr(),
+                &mut state,
+            );
+            if status != CUresult::CUDA_SUCCESS {
+                return Err(failed("starting to assemble", status, &log));
+            }
+            let name = c"kernel.ptx";
+            let mut status = sys::cuLinkAddData_v2(
+                state,
+                CUjitInputType::CU_JIT_INPUT_PTX,
+                ptx.as_ptr() as *mut c_void,
+                ptx.as_bytes_with_nul().len(),
+                name.as_ptr(),
+                0,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            let mut cubin = vec![];
+            if status == CUresult::CUDA_SUCCESS {
+                let (mut image, mut size) = (std::ptr::null_mut(), 0usize);
+                status = sys::cuLinkComplete(state, &mut image, &mut size);
+                if status == CUresult::CUDA_SUCCESS {
+                    cubin = std::slice::from_raw_parts(image as *const u8, size).to_vec();
+                }
+            }
+            sys::cuLinkDestroy(state);
+            if status != CUresult::CUDA_SUCCESS {
+                return Err(failed("assembling the PTX of", status, &log));
+            }
+            Ok(cubin)
+        }
     }
 
     /// Queues a launch of `grid` blocks on the device's stream.

@@ -80,6 +80,7 @@ fn axpb() -> PtxArtifact {
         entry: "axpb".into(),
         threads_per_block: 128,
         shared_bytes: 0,
+        cubin: vec![],
     }
 }
 

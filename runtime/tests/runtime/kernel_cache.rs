@@ -37,6 +37,7 @@ fn artifact(tag: &str) -> PtxArtifact {
         entry: "scale".into(),
         threads_per_block: 128,
         shared_bytes: 4096,
+        cubin: format!("cubin {tag}").into_bytes(),
     }
 }
 

@@ -14,7 +14,9 @@ pub const TRIPLE: &str = "nvptx64-nvidia-cuda";
 const FEATURES: &str = "+ptx80";
 
 fn machine(opts: &PtxOptions) -> Result<TargetMachine, String> {
-    Target::initialize_nvptx(&InitializationConfig::default());
+    // Once per process, so that kernels may be compiled on several threads at a time.
+    static INIT: std::sync::Once = std::sync::Once::new();
+    INIT.call_once(|| Target::initialize_nvptx(&InitializationConfig::default()));
     let triple = TargetTriple::create(TRIPLE);
     let target = Target::from_triple(&triple).map_err(|e| e.to_string())?;
     target
