@@ -54,6 +54,9 @@ enum Command {
         /// Timed runs per measurement (the median is reported).
         #[arg(long, default_value_t = 15)]
         runs: usize,
+        /// For `ops`: the JSON lines `kernels_peer.py` printed, to show side by side.
+        #[arg(long, value_name = "FILE")]
+        peer: Option<std::path::PathBuf>,
     },
 }
 
@@ -65,6 +68,8 @@ enum BenchSuite {
     Kernels,
     /// JIT latency on CUDA device 0: every shipped kernel, cold and from the disk cache.
     Jit,
+    /// The typed operations on CUDA device 0 at the peers' shapes (with `--peer`, beside them).
+    Ops,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -100,11 +105,18 @@ fn run(cli: Cli) -> Result<String, String> {
         Command::Bench {
             suite: BenchSuite::Cpu,
             runs,
+            ..
         } => bench::cpu::run(runs.max(1)),
         Command::Bench {
             suite: BenchSuite::Kernels,
             runs,
+            ..
         } => bench::kernels::run(runs.max(1)),
+        Command::Bench {
+            suite: BenchSuite::Ops,
+            runs,
+            peer,
+        } => bench::ops::run(runs.max(1), peer.as_deref()),
         Command::Bench {
             suite: BenchSuite::Jit,
             ..

@@ -5,3 +5,4 @@ mod gpu;
 mod handwritten;
 pub mod jit;
 pub mod kernels;
+pub mod ops;

@@ -1,0 +1,278 @@
+//! `kiln bench ops`: the typed operations of `kiln_ops`, as the model calls them, at the shapes
+//! the peer script (`kernels_peer.py`) measures, side by side with the peers' times when their
+//! JSON lines are given with `--peer FILE`.
+//!
+//! Timing follows the peer script: the same inputs every run (L2-warm where they fit), a pair
+//! of CUDA events around each call, synchronised in between; the median is reported.
+
+use super::gpu::{err, median_ms, rand_bf16, rand_f32};
+use kiln::compiler::DType;
+use kiln::ops::adamw::{AdamW, ParamState};
+use kiln::ops::rmsnorm::RmsNorm;
+use kiln::ops::rope::Rope;
+use kiln::ops::{swiglu, Ops};
+use kiln::runtime::{Buffer, Device};
+
+/// One measured operation.
+struct Row {
+    /// The peer script's name for the op (`rmsnorm_fwd`), and the shape it reports.
+    op: &'static str,
+    shape: Vec<usize>,
+    ms: f64,
+    bytes: usize,
+}
+
+/// A peer's measurement, from one JSON line of `kernels_peer.py`.
+struct PeerRow {
+    op: String,
+    peer: String,
+    shape: Vec<usize>,
+    ms: f64,
+}
+
+/// Runs the suite on CUDA device 0; `peer_file` holds the peer script's output.
+pub fn run(runs: usize, peer_file: Option<&std::path::Path>) -> Result<String, String> {
+    let dev = Device::cuda(0).map_err(err)?;
+    let ops = Ops::new(dev.clone());
+    let mut rows = vec![];
+    for (r, n) in [(8192, 896), (16384, 4096)] {
+        rows.extend(rmsnorm(&ops, runs, r, n)?);
+    }
+    rows.extend(swiglu(&ops, runs, 8192, 4864)?);
+    rows.extend(rope(&ops, runs)?);
+    rows.push(adamw(&ops, runs, 494_032_768)?);
+
+    let peers = match peer_file {
+        Some(path) => read_peers(path)?,
+        None => vec![],
+    };
+    let mut out = format!(
+        "{} ({dev}); typed ops, medians of {runs} runs, CUDA events, same inputs every run (as the peers)\n",
+        dev.name()
+    );
+    out += "| op | shape | Kiln ms | GB/s | peer | peer ms | peer / Kiln |\n|---|---|---|---|---|---|---|\n";
+    for row in &rows {
+        let gbps = row.bytes as f64 / (row.ms / 1e3) / 1e9;
+        let matching: Vec<&PeerRow> = peers
+            .iter()
+            .filter(|p| p.op == row.op && (p.shape.is_empty() || p.shape == row.shape))
+            .collect();
+        let shape = row
+            .shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" x ");
+        if matching.is_empty() {
+            out += &format!(
+                "| {} | {shape} | {:.4} | {gbps:.0} | — | — | — |\n",
+                row.op, row.ms
+            );
+        }
+        for p in matching {
+            out += &format!(
+                "| {} | {shape} | {:.4} | {gbps:.0} | {} | {:.4} | {:.2}x |\n",
+                row.op,
+                row.ms,
+                p.peer,
+                p.ms,
+                p.ms / row.ms
+            );
+        }
+    }
+    Ok(out)
+}
+
+fn rmsnorm(ops: &Ops, runs: usize, rows: usize, n: usize) -> Result<Vec<Row>, String> {
+    let dev = ops.device();
+    let op = RmsNorm { rows, n, eps: 1e-6 };
+    let x = rand_bf16(dev, rows * n, 1, 2.0)?;
+    let w = rand_bf16(dev, n, 2, 1.0)?;
+    let dy = rand_bf16(dev, rows * n, 3, 1.0)?;
+    let y = alloc(dev, DType::Bf16, rows * n)?;
+    let rstd = alloc(dev, DType::F32, rows)?;
+    let dx = alloc(dev, DType::Bf16, rows * n)?;
+    let dw = alloc(dev, DType::Bf16, n)?;
+    let e = |e: kiln::ops::Error| e.to_string();
+    let fwd = median_ms(dev, runs, |_| op.forward(ops, &x, &w, &y, &rstd).map_err(e))?;
+    let bwd = median_ms(dev, runs, |_| {
+        op.backward(ops, &x, &w, &dy, &rstd, &dx, &dw).map_err(e)
+    })?;
+    // Bytes as the peer script counts them.
+    Ok(vec![
+        Row {
+            op: "rmsnorm_fwd",
+            shape: vec![rows, n],
+            ms: fwd,
+            bytes: 2 * rows * n * 2 + n * 2,
+        },
+        Row {
+            op: "rmsnorm_bwd",
+            shape: vec![rows, n],
+            ms: bwd,
+            bytes: 3 * rows * n * 2 + n * 2,
+        },
+    ])
+}
+
+fn swiglu(ops: &Ops, runs: usize, rows: usize, n: usize) -> Result<Vec<Row>, String> {
+    let dev = ops.device();
+    let len = rows * n;
+    let gate = rand_bf16(dev, len, 4, 3.0)?;
+    let up = rand_bf16(dev, len, 5, 3.0)?;
+    let dout = rand_bf16(dev, len, 6, 1.0)?;
+    let out = alloc(dev, DType::Bf16, len)?;
+    let dgate = alloc(dev, DType::Bf16, len)?;
+    let dup = alloc(dev, DType::Bf16, len)?;
+    let e = |e: kiln::ops::Error| e.to_string();
+    let fwd = median_ms(dev, runs, |_| {
+        swiglu::forward(ops, &gate, &up, &out).map_err(e)
+    })?;
+    let bwd = median_ms(dev, runs, |_| {
+        swiglu::backward(ops, &gate, &up, &dout, &dgate, &dup).map_err(e)
+    })?;
+    Ok(vec![
+        Row {
+            op: "swiglu_fwd",
+            shape: vec![rows, n],
+            ms: fwd,
+            bytes: 3 * len * 2,
+        },
+        Row {
+            op: "swiglu_bwd",
+            shape: vec![rows, n],
+            ms: bwd,
+            bytes: 5 * len * 2,
+        },
+    ])
+}
+
+fn rope(ops: &Ops, runs: usize) -> Result<Vec<Row>, String> {
+    let dev = ops.device();
+    let (batch, seq, q_heads, kv_heads, head_dim) = (8, 1024, 14, 2, 64);
+    let rope = Rope {
+        tokens: batch * seq,
+        q_heads,
+        kv_heads,
+        head_dim,
+        theta: 1e6,
+    };
+    let q = rand_bf16(dev, rope.tokens * q_heads * head_dim, 7, 1.0)?;
+    let k = rand_bf16(dev, rope.tokens * kv_heads * head_dim, 8, 1.0)?;
+    let positions: Vec<i32> = (0..rope.tokens).map(|t| (t % seq) as i32).collect();
+    let pos = dev.upload(&positions).map_err(err)?;
+    let e = |e: kiln::ops::Error| e.to_string();
+    let fwd = median_ms(dev, runs, |_| rope.forward(ops, &q, &k, &pos).map_err(e))?;
+    let bwd = median_ms(dev, runs, |_| rope.backward(ops, &q, &k, &pos).map_err(e))?;
+    let bytes = 2 * (q.len() + k.len()) * 2;
+    let shape = vec![batch, q_heads, kv_heads, seq, head_dim];
+    Ok(vec![
+        Row {
+            op: "rope_fwd",
+            shape: shape.clone(),
+            ms: fwd,
+            bytes,
+        },
+        Row {
+            op: "rope_bwd",
+            shape,
+            ms: bwd,
+            bytes,
+        },
+    ])
+}
+
+fn adamw(ops: &Ops, runs: usize, n: usize) -> Result<Row, String> {
+    let dev = ops.device();
+    let param = rand_f32(dev, n, 9, 1.0, false)?;
+    let grad = rand_f32(dev, n, 10, 1e-2, false)?;
+    let exp_avg = rand_f32(dev, n, 11, 1e-3, false)?;
+    let exp_avg_sq = rand_f32(dev, n, 12, 1e-5, true)?;
+    let param_bf16 = alloc(dev, DType::Bf16, n)?;
+    let scale = dev.upload(&[1.0f32, 0.0]).map_err(err)?;
+    let state = ParamState {
+        param: &param,
+        grad: &grad,
+        exp_avg: &exp_avg,
+        exp_avg_sq: &exp_avg_sq,
+        param_bf16: &param_bf16,
+    };
+    let adamw = AdamW {
+        weight_decay: 0.01,
+        ..AdamW::default()
+    };
+    let ms = median_ms(dev, runs, |i| {
+        adamw
+            .update(ops, &state, &scale, 1e-5, i as u32 + 1)
+            .map_err(|e| e.to_string())
+    })?;
+    Ok(Row {
+        op: "adamw_f32",
+        shape: vec![],
+        ms,
+        // The peer counts f32 param, grad, m, v read and param, m, v written; Kiln also writes
+        // the bf16 copy of the weights, which is not counted here.
+        bytes: n * 4 * 7,
+    })
+}
+
+fn alloc(dev: &Device, dtype: DType, len: usize) -> Result<Buffer, String> {
+    dev.alloc(dtype, len).map_err(err)
+}
+
+/// The peer script's JSON lines: `{"op": .., "peer": .., "ms": .., "shape": [..]}`.
+fn read_peers(path: &std::path::Path) -> Result<Vec<PeerRow>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read peer results {}: {e}", path.display()))?;
+    Ok(text.lines().filter_map(parse_peer_line).collect())
+}
+
+/// Pulls the few fields needed out of one flat JSON object (no nesting beyond `shape`).
+fn parse_peer_line(line: &str) -> Option<PeerRow> {
+    let field = |name: &str| -> Option<&str> {
+        let start = line.find(&format!("\"{name}\": "))? + name.len() + 4;
+        let rest = &line[start..];
+        let end = if rest.starts_with('[') {
+            rest.find(']')? + 1
+        } else {
+            rest.find([',', '}'])?
+        };
+        Some(rest[..end].trim())
+    };
+    let unquote = |s: &str| s.trim_matches('"').to_string();
+    let shape = match field("shape") {
+        Some(s) => s
+            .trim_matches(['[', ']'])
+            .split(',')
+            .filter_map(|d| d.trim().parse().ok())
+            .collect(),
+        None => vec![],
+    };
+    Some(PeerRow {
+        op: unquote(field("op")?),
+        peer: unquote(field("peer")?),
+        ms: field("ms")?.parse().ok()?,
+        shape,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_peer_line;
+
+    #[test]
+    fn peer_lines_parse() {
+        let p = parse_peer_line(
+            r#"{"op": "rmsnorm_fwd", "peer": "liger", "ms": 0.0981, "shape": [8192, 896], "gb_per_s": 299.4}"#,
+        )
+        .unwrap();
+        assert_eq!((p.op.as_str(), p.peer.as_str()), ("rmsnorm_fwd", "liger"));
+        assert_eq!((p.ms, p.shape), (0.0981, vec![8192, 896]));
+        let a = parse_peer_line(
+            r#"{"op": "adamw_f32", "peer": "torch_fused", "ms": 4.2431, "numel": 494032768}"#,
+        )
+        .unwrap();
+        assert!(a.shape.is_empty() && a.ms == 4.2431);
+        assert!(parse_peer_line(r#"{"op": "ce", "error": "x"}"#).is_none());
+    }
+}
