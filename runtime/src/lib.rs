@@ -40,10 +40,11 @@ mod device;
 mod element;
 mod error;
 mod event;
+mod gemm;
 mod kernel;
 pub mod launch;
 
-pub use buffer::Buffer;
+pub use buffer::{Buffer, BufferView};
 pub use cache::{
     CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact, Specialization,
 };
@@ -51,5 +52,6 @@ pub use device::{Device, DeviceKind};
 pub use element::Element;
 pub use error::{Error, Result};
 pub use event::Event;
+pub use gemm::Gemm;
 pub use kernel::Kernel;
 pub use launch::Arg;

@@ -1,0 +1,252 @@
+//! GEMM on a GPU through cuBLASLt: f32 accumulation, the bias added in the epilogue, queued on
+//! the device's one stream.
+//!
+//! cuBLASLt is column-major. A row-major `[r, c]` matrix is the column-major `[c, r]` matrix
+//! with leading dimension `c`, so row-major `C = op(A) @ op(B)` is column-major
+//! `Cᵀ = op(B)ᵀ @ op(A)ᵀ`: B goes in as cuBLASLt's first operand and A as its second, each
+//! with its own transpose flag. The bias, one value per column of C, is then one per row of
+//! `Cᵀ`, which is how cuBLASLt broadcasts it.
+
+mod desc;
+mod load;
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Mutex, PoisonError};
+
+use cudarc::cublaslt::result::{self, CublasError};
+use cudarc::cublaslt::sys;
+use cudarc::driver::{CudaSlice, DevicePtr};
+use kiln_compiler::DType;
+
+use super::Gemm;
+use crate::buffer::BufferView;
+use crate::device::cuda::CudaDevice;
+use crate::{Error, Result};
+use desc::{Layout, MatmulDesc, Preference};
+
+/// Scratch memory cuBLASLt's algorithms may use; what NVIDIA recommends for Hopper.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// The epilogue reads the bias with vector loads: cuBLASLt faults on a bias less aligned.
+const BIAS_ALIGN: u64 = 16;
+
+/// A device's cuBLASLt state, created by its first GEMM. The lock also keeps the shared
+/// workspace to one matmul being queued at a time (the stream then runs them in order).
+#[derive(Default)]
+pub(crate) struct Slot(Mutex<Option<Lt>>);
+
+struct Lt {
+    handle: Handle,
+    workspace: CudaSlice<u8>,
+    /// The heuristic's pick for each problem seen.
+    algos: HashMap<Key, sys::cublasLtMatmulAlgo_t>,
+}
+
+/// What the heuristic's choice depends on.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    mnk: [usize; 3],
+    trans: [bool; 2],
+    dtypes: [DType; 2],
+    bias: Option<DType>,
+    /// Alignments in bytes of A, B and C, up to 256.
+    align: [u32; 3],
+}
+
+struct Handle(sys::cublasLtHandle_t);
+
+// SAFETY: a cuBLASLt handle is not tied to a thread; `Slot`'s mutex serialises its use.
+unsafe impl Send for Handle {}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: created by `Lt::create`, destroyed only here.
+        let _ = unsafe { result::destroy_handle(self.0) };
+    }
+}
+
+/// Queues a checked product (see [`super::check`]) whose operands are on `device`.
+pub(crate) fn run(
+    device: &CudaDevice,
+    spec: &Gemm,
+    a: BufferView<'_>,
+    b: BufferView<'_>,
+    c: BufferView<'_>,
+    bias: Option<BufferView<'_>>,
+) -> Result<()> {
+    if let Some(bias) = bias.filter(|bias| bias.address() % BIAS_ALIGN != 0) {
+        return Err(spec.error(format!(
+            "on a GPU the bias must be {BIAS_ALIGN}-byte aligned for cuBLASLt's epilogue; \
+             {bias:?} is not"
+        )));
+    }
+    let mut slot = device
+        .gemm_slot()
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let lt = match slot.as_mut() {
+        Some(lt) => lt,
+        None => slot.insert(Lt::create(device)?),
+    };
+    device
+        .context()
+        .bind_to_thread()
+        .map_err(|e| Error::cuda("binding the CUDA context for cuBLASLt", e))?;
+    lt.matmul(device, spec, &a, &b, &c, bias.as_ref())
+}
+
+impl Lt {
+    fn create(device: &CudaDevice) -> Result<Lt> {
+        load::ensure_loaded().map_err(|reason| Error::LibraryNotFound {
+            library: "cuBLASLt",
+            reason,
+        })?;
+        device
+            .context()
+            .bind_to_thread()
+            .map_err(|e| Error::cuda("binding the CUDA context for cuBLASLt", e))?;
+        let handle = result::create_handle().map_err(|e| Error::Cuda {
+            context: "creating a cuBLASLt handle".into(),
+            message: format!("{:?}", e.0),
+        })?;
+        let handle = Handle(handle);
+        let workspace = device
+            .stream()
+            .alloc_zeros::<u8>(WORKSPACE_BYTES)
+            .map_err(|e| Error::cuda("allocating the cuBLASLt workspace", e))?;
+        Ok(Lt {
+            handle,
+            workspace,
+            algos: HashMap::new(),
+        })
+    }
+
+    fn matmul(
+        &mut self,
+        device: &CudaDevice,
+        spec: &Gemm,
+        a: &BufferView<'_>,
+        b: &BufferView<'_>,
+        c: &BufferView<'_>,
+        bias: Option<&BufferView<'_>>,
+    ) -> Result<()> {
+        let fail = |what: &str, e: CublasError| spec.error(format!("cublasLt {what}: {:?}", e.0));
+        let (m, n) = (spec.m, spec.n);
+
+        let desc = MatmulDesc::new().map_err(|e| fail("matmul descriptor", e))?;
+        use sys::cublasLtMatmulDescAttributes_t as D;
+        // cuBLASLt's operands are (B, A): see the module's docs. 0 is N, 1 is T.
+        desc.set(D::CUBLASLT_MATMUL_DESC_TRANSA, &i32::from(spec.trans_b))
+            .and_then(|()| desc.set(D::CUBLASLT_MATMUL_DESC_TRANSB, &i32::from(spec.trans_a)))
+            .map_err(|e| fail("transposes", e))?;
+        if let Some(bias) = bias {
+            let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            desc.set(D::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)
+                .and_then(|()| desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.address()))
+                .and_then(|()| {
+                    desc.set(
+                        D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                        &data_type(bias.dtype()),
+                    )
+                })
+                .map_err(|e| fail("bias epilogue", e))?;
+        }
+
+        let column_major = |dtype: DType, [rows, cols]: [usize; 2]| {
+            Layout::new(data_type(dtype), cols, rows, cols).map_err(|e| fail("matrix layout", e))
+        };
+        let first = column_major(b.dtype(), spec.b_shape())?;
+        let second = column_major(a.dtype(), spec.a_shape())?;
+        let out = column_major(c.dtype(), [m, n])?;
+
+        let key = Key {
+            mnk: [m, n, spec.k],
+            trans: [spec.trans_a, spec.trans_b],
+            dtypes: [a.dtype(), c.dtype()],
+            bias: bias.map(|bias| bias.dtype()),
+            align: [a, b, c].map(|v| alignment(v.address())),
+        };
+        let algo = match self.algos.get(&key) {
+            Some(algo) => *algo,
+            None => {
+                let pref = Preference::new().map_err(|e| fail("preference", e))?;
+                use sys::cublasLtMatmulPreferenceAttributes_t as P;
+                let [align_a, align_b, align_c] = key.align;
+                pref.set(
+                    P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &(WORKSPACE_BYTES as u64),
+                )
+                .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_b))
+                .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_a))
+                .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c))
+                .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c))
+                .map_err(|e| fail("preference", e))?;
+                // SAFETY: every descriptor is live; the heuristic only reads them.
+                let heuristic = unsafe {
+                    result::get_matmul_algo_heuristic(
+                        self.handle.0,
+                        desc.0,
+                        first.0,
+                        second.0,
+                        out.0,
+                        out.0,
+                        pref.0,
+                    )
+                }
+                .map_err(|e| {
+                    fail(
+                        "found no algorithm for these element types, alignments and epilogue",
+                        e,
+                    )
+                })?;
+                self.algos.insert(key, heuristic.algo);
+                heuristic.algo
+            }
+        };
+
+        let stream = device.stream();
+        let (workspace, _guard) = self.workspace.device_ptr(stream);
+        let ptr = |v: &BufferView<'_>| v.address() as *const c_void;
+        // SAFETY: `check` fitted each view to its layout and kept C apart from A, B and the bias;
+        // the views' buffers are borrowed for this call, and any later free of them is queued
+        // on this same stream, after the matmul. C and D are one matrix (in place, one layout).
+        // `alpha` and `beta` are host values, read before the call returns. The workspace is
+        // this device's, used by one matmul at a time in stream order (the slot's lock).
+        unsafe {
+            result::matmul(
+                self.handle.0,
+                desc.0,
+                (&spec.alpha as *const f32).cast(),
+                (&spec.beta as *const f32).cast(),
+                ptr(b),
+                first.0,
+                ptr(a),
+                second.0,
+                ptr(c),
+                out.0,
+                c.address() as *mut c_void,
+                out.0,
+                &algo,
+                workspace as *mut c_void,
+                WORKSPACE_BYTES,
+                stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(|e| fail("matmul", e))
+    }
+}
+
+fn data_type(dtype: DType) -> sys::cudaDataType {
+    match dtype {
+        DType::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+        DType::F32 => sys::cudaDataType::CUDA_R_32F,
+        other => unreachable!("gemm::check admits no {other} operand"),
+    }
+}
+
+/// The largest power of two dividing `address`, up to cuBLASLt's default assumption of 256.
+fn alignment(address: u64) -> u32 {
+    1 << address.trailing_zeros().min(8)
+}
