@@ -12,11 +12,14 @@
 //! #      dw: &kiln_runtime::Buffer) -> kiln_runtime::Result<()> {
 //! let (t, h, o) = (8, 896, 4864);
 //! // forward: y[T, O] = x[T, H] @ W[O, H]ᵀ
-//! device.gemm(&Gemm::new(t, o, h).transpose_b(), x.view(), w.view(), y.view(), None)?;
+//! device.gemm(&Gemm::new(t, o, h).transpose_b(), x, w, y, None)?;
 //! // input gradient: dx[T, H] = dy[T, O] @ W[O, H]
-//! device.gemm(&Gemm::new(t, h, o), dy.view(), w.view(), dx.view(), None)?;
+//! device.gemm(&Gemm::new(t, h, o), dy, w, dx, None)?;
 //! // weight gradient, accumulated: dW[O, H] += dy[T, O]ᵀ @ x[T, H]
-//! device.gemm(&Gemm::new(o, h, t).transpose_a().with_beta(1.0), dy.view(), x.view(), dw.view(), None)?;
+//! device.gemm(&Gemm::new(o, h, t).transpose_a().with_beta(1.0), dy, x, dw, None)?;
+//! // a chunk of rows of W: logits[T, 1024] = x[T, H] @ W[1024..2048, :]ᵀ
+//! # let logits = y;
+//! device.gemm(&Gemm::new(t, 1024, h).transpose_b(), x, w.slice(1024 * h..2048 * h)?, logits, None)?;
 //! # Ok(()) }
 //! ```
 
@@ -146,21 +149,23 @@ impl fmt::Display for Gemm {
 impl Device {
     /// Computes `c = spec.alpha * op(a) @ op(b) + spec.beta * c (+ bias)` (see [`Gemm`]).
     ///
-    /// Operands are views (a whole buffer with [`crate::Buffer::view`], part of one with
-    /// [`crate::Buffer::slice`]) whose lengths must be exactly those of their shapes. Element
+    /// Operands are views: `&buffer` or [`crate::Buffer::view`] for a whole buffer,
+    /// [`crate::Buffer::slice`] for part of one. Their lengths must be exactly those of their
+    /// shapes. Element
     /// types: `a` and `b` both bf16 with `c` bf16 or f32, or all three f32; `bias` bf16 or f32.
     /// Every operand must be on this device, and `c` must not overlap another operand.
     /// Violations are [`Error::Gemm`] naming the operand; nothing runs.
     ///
     /// On a GPU the product is queued on the device's stream, after all work queued before it.
-    pub fn gemm(
+    pub fn gemm<'a, 'b, 'c>(
         &self,
         spec: &Gemm,
-        a: BufferView<'_>,
-        b: BufferView<'_>,
-        c: BufferView<'_>,
+        a: impl Into<BufferView<'a>>,
+        b: impl Into<BufferView<'b>>,
+        c: impl Into<BufferView<'c>>,
         bias: Option<BufferView<'_>>,
     ) -> Result<()> {
+        let (a, b, c) = (a.into(), b.into(), c.into());
         check(self, spec, &a, &b, &c, bias.as_ref())?;
         if spec.m == 0 || spec.n == 0 {
             return Ok(());

@@ -9,6 +9,7 @@
 
 mod desc;
 mod load;
+mod problem;
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -23,12 +24,14 @@ use super::Gemm;
 use crate::buffer::BufferView;
 use crate::device::cuda::CudaDevice;
 use crate::{Error, Result};
-use desc::{Layout, MatmulDesc, Preference};
+use desc::Preference;
+use problem::Problem;
 
 /// Scratch memory cuBLASLt's algorithms may use; what NVIDIA recommends for Hopper.
 const WORKSPACE_BYTES: usize = 32 << 20;
 
-/// The epilogue reads the bias with vector loads: cuBLASLt faults on a bias less aligned.
+/// NVIDIA documents no alignment for the epilogue's bias, but users report misaligned-address
+/// faults below 16 bytes; a fault would poison the context, so such a bias is refused.
 const BIAS_ALIGN: u64 = 16;
 
 /// A device's cuBLASLt state, created by its first GEMM. The lock also keeps the shared
@@ -123,6 +126,50 @@ impl Lt {
         })
     }
 
+    /// The heuristic's algorithm for `problem`, chosen on first sight of its key.
+    fn algorithm(
+        &mut self,
+        spec: &Gemm,
+        problem: &Problem,
+        key: Key,
+    ) -> Result<sys::cublasLtMatmulAlgo_t> {
+        if let Some(algo) = self.algos.get(&key) {
+            return Ok(*algo);
+        }
+        use sys::cublasLtMatmulPreferenceAttributes_t as P;
+        let [align_a, align_b, align_c] = key.align;
+        let pref = Preference::new().map_err(|e| fail(spec, "preference", e))?;
+        // cuBLASLt's A and B are our B and A.
+        pref.set(
+            P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            &(WORKSPACE_BYTES as u64),
+        )
+        .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_b))
+        .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_a))
+        .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c))
+        .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c))
+        .map_err(|e| fail(spec, "preference", e))?;
+        // SAFETY: every descriptor is live; the heuristic only reads them.
+        let heuristic = unsafe {
+            result::get_matmul_algo_heuristic(
+                self.handle.0,
+                problem.desc.0,
+                problem.first.0,
+                problem.second.0,
+                problem.out.0,
+                problem.out.0,
+                pref.0,
+            )
+        }
+        .map_err(|e| {
+            let what = "found no algorithm for these element types, alignments and epilogue";
+            fail(spec, what, e)
+        })?;
+        self.algos.insert(key, heuristic.algo);
+        Ok(heuristic.algo)
+    }
+
+    /// Queues the product on the device's stream.
     fn matmul(
         &mut self,
         device: &CudaDevice,
@@ -132,79 +179,15 @@ impl Lt {
         c: &BufferView<'_>,
         bias: Option<&BufferView<'_>>,
     ) -> Result<()> {
-        let fail = |what: &str, e: CublasError| spec.error(format!("cublasLt {what}: {:?}", e.0));
-        let (m, n) = (spec.m, spec.n);
-
-        let desc = MatmulDesc::new().map_err(|e| fail("matmul descriptor", e))?;
-        use sys::cublasLtMatmulDescAttributes_t as D;
-        // cuBLASLt's operands are (B, A): see the module's docs. 0 is N, 1 is T.
-        desc.set(D::CUBLASLT_MATMUL_DESC_TRANSA, &i32::from(spec.trans_b))
-            .and_then(|()| desc.set(D::CUBLASLT_MATMUL_DESC_TRANSB, &i32::from(spec.trans_a)))
-            .map_err(|e| fail("transposes", e))?;
-        if let Some(bias) = bias {
-            let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
-            desc.set(D::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)
-                .and_then(|()| desc.set(D::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.address()))
-                .and_then(|()| {
-                    desc.set(
-                        D::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                        &data_type(bias.dtype()),
-                    )
-                })
-                .map_err(|e| fail("bias epilogue", e))?;
-        }
-
-        let column_major = |dtype: DType, [rows, cols]: [usize; 2]| {
-            Layout::new(data_type(dtype), cols, rows, cols).map_err(|e| fail("matrix layout", e))
-        };
-        let first = column_major(b.dtype(), spec.b_shape())?;
-        let second = column_major(a.dtype(), spec.a_shape())?;
-        let out = column_major(c.dtype(), [m, n])?;
-
+        let problem = Problem::new(spec, a, b, c, bias)?;
         let key = Key {
-            mnk: [m, n, spec.k],
+            mnk: [spec.m, spec.n, spec.k],
             trans: [spec.trans_a, spec.trans_b],
             dtypes: [a.dtype(), c.dtype()],
             bias: bias.map(|bias| bias.dtype()),
             align: [a, b, c].map(|v| alignment(v.address())),
         };
-        let algo = match self.algos.get(&key) {
-            Some(algo) => *algo,
-            None => {
-                let pref = Preference::new().map_err(|e| fail("preference", e))?;
-                use sys::cublasLtMatmulPreferenceAttributes_t as P;
-                let [align_a, align_b, align_c] = key.align;
-                pref.set(
-                    P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                    &(WORKSPACE_BYTES as u64),
-                )
-                .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_b))
-                .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_a))
-                .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c))
-                .and_then(|()| pref.set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c))
-                .map_err(|e| fail("preference", e))?;
-                // SAFETY: every descriptor is live; the heuristic only reads them.
-                let heuristic = unsafe {
-                    result::get_matmul_algo_heuristic(
-                        self.handle.0,
-                        desc.0,
-                        first.0,
-                        second.0,
-                        out.0,
-                        out.0,
-                        pref.0,
-                    )
-                }
-                .map_err(|e| {
-                    fail(
-                        "found no algorithm for these element types, alignments and epilogue",
-                        e,
-                    )
-                })?;
-                self.algos.insert(key, heuristic.algo);
-                heuristic.algo
-            }
-        };
+        let algo = self.algorithm(spec, &problem, key)?;
 
         let stream = device.stream();
         let (workspace, _guard) = self.workspace.device_ptr(stream);
@@ -217,33 +200,30 @@ impl Lt {
         unsafe {
             result::matmul(
                 self.handle.0,
-                desc.0,
+                problem.desc.0,
                 (&spec.alpha as *const f32).cast(),
                 (&spec.beta as *const f32).cast(),
                 ptr(b),
-                first.0,
+                problem.first.0,
                 ptr(a),
-                second.0,
+                problem.second.0,
                 ptr(c),
-                out.0,
+                problem.out.0,
                 c.address() as *mut c_void,
-                out.0,
+                problem.out.0,
                 &algo,
                 workspace as *mut c_void,
                 WORKSPACE_BYTES,
                 stream.cu_stream() as sys::cudaStream_t,
             )
         }
-        .map_err(|e| fail("matmul", e))
+        .map_err(|e| fail(spec, "matmul", e))
     }
 }
 
-fn data_type(dtype: DType) -> sys::cudaDataType {
-    match dtype {
-        DType::Bf16 => sys::cudaDataType::CUDA_R_16BF,
-        DType::F32 => sys::cudaDataType::CUDA_R_32F,
-        other => unreachable!("gemm::check admits no {other} operand"),
-    }
+/// A cuBLASLt failure as a GEMM error naming the product and the status.
+fn fail(spec: &Gemm, what: &str, e: CublasError) -> Error {
+    spec.error(format!("cublasLt {what}: {:?}", e.0))
 }
 
 /// The largest power of two dividing `address`, up to cuBLASLt's default assumption of 256.
