@@ -48,6 +48,27 @@ pub enum Error {
     #[error("length mismatch: buffer has {buffer} elements, host data has {host}")]
     LengthMismatch { buffer: usize, host: usize },
 
+    /// A range of a buffer or view reaches past its end (or starts after it ends).
+    #[error("range {start}..{end} is out of bounds of {len} elements")]
+    OutOfRange {
+        start: usize,
+        end: usize,
+        len: usize,
+    },
+
+    /// A GEMM was refused (shapes, dtypes, devices, overlapping operands) or failed in the
+    /// library that runs it. `gemm` describes the product, e.g. `m=8 n=4 k=2 (A, B^T)`.
+    #[error("gemm {gemm}: {message}")]
+    Gemm { gemm: String, message: String },
+
+    /// A library loaded at run time (cuBLASLt) is missing or unusable; `reason` says where it
+    /// was looked for.
+    #[error("{library} not found: {reason}")]
+    LibraryNotFound {
+        library: &'static str,
+        reason: String,
+    },
+
     /// Memory could not be allocated.
     #[error("out of memory: cannot allocate {bytes} bytes on {device}")]
     OutOfMemory { bytes: usize, device: String },

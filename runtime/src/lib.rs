@@ -26,6 +26,10 @@
 //! feature starts on machines without it, where `Device::cuda` returns
 //! [`Error::NoCudaDevice`] with the reason.
 //!
+//! Matrix products run through [`Device::gemm`] (see [`Gemm`]): the `gemm` crate on the CPU,
+//! cuBLASLt on a GPU. Its operands are [`BufferView`]s, so a product can read or write part of
+//! a buffer ([`Buffer::slice`]) in place.
+//!
 //! For hot loops, [`KernelCache::kernel`] returns an `Arc<`[`Kernel`]`>` to keep and launch
 //! directly; [`KernelCache::launch`] looks the kernel up on every call (a few microseconds to
 //! build its key).
@@ -40,10 +44,11 @@ mod device;
 mod element;
 mod error;
 mod event;
+mod gemm;
 mod kernel;
 pub mod launch;
 
-pub use buffer::Buffer;
+pub use buffer::{Buffer, BufferView};
 pub use cache::{
     CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact, Specialization,
 };
@@ -51,5 +56,6 @@ pub use device::{Device, DeviceKind};
 pub use element::Element;
 pub use error::{Error, Result};
 pub use event::Event;
+pub use gemm::Gemm;
 pub use kernel::Kernel;
 pub use launch::Arg;

@@ -3,6 +3,7 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 mod host;
+mod view;
 
 use std::fmt;
 
@@ -14,6 +15,7 @@ use crate::{Error, Result};
 
 use host::HostMem;
 pub(crate) use host::HOST_ALIGN;
+pub use view::BufferView;
 
 /// `len` elements of one [`DType`] on one [`Device`].
 ///

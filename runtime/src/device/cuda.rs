@@ -14,6 +14,8 @@ pub(crate) struct CudaDevice {
     stream: Arc<CudaStream>,
     name: String,
     compute_capability: (u32, u32),
+    /// cuBLASLt's handle, workspace and algorithm cache, made by the first GEMM.
+    gemm: crate::gemm::cublaslt::Slot,
 }
 
 impl CudaDevice {
@@ -38,6 +40,7 @@ impl CudaDevice {
             stream,
             name,
             compute_capability: (major.max(0) as u32, minor.max(0) as u32),
+            gemm: Default::default(),
         })
     }
 
@@ -59,6 +62,10 @@ impl CudaDevice {
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    pub(crate) fn gemm_slot(&self) -> &crate::gemm::cublaslt::Slot {
+        &self.gemm
     }
 
     pub(crate) fn synchronize(&self) -> Result<()> {

@@ -104,3 +104,41 @@ fn buffers_are_used_from_other_threads() {
         assert_eq!(b.download::<f32>().unwrap(), [4.0; 64]);
     }
 }
+
+#[test]
+#[allow(clippy::reversed_empty_ranges)] // a reversed range is one of the errors tested
+fn slices_are_bounds_checked_views_at_an_offset() {
+    for device in devices("slices_are_bounds_checked_views_at_an_offset") {
+        let b = device.upload(&[0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        let whole = b.view();
+        assert_eq!((whole.offset(), whole.len()), (0, 6));
+        let s = b.slice(2..5).unwrap();
+        assert_eq!((s.offset(), s.len(), s.dtype()), (2, 3, DType::F32));
+        assert_eq!(s.address(), b.address() + 8);
+        assert_eq!(s.device(), &device);
+        // A slice of a slice is relative to it.
+        let inner = s.slice(1..).unwrap();
+        assert_eq!((inner.offset(), inner.len()), (3, 2));
+        assert_eq!(b.slice(..=1).unwrap().len(), 2);
+        assert!(b.slice(6..).unwrap().is_empty());
+
+        for err in [
+            b.slice(4..7).unwrap_err(),
+            b.slice(5..3).unwrap_err(),
+            s.slice(..4).unwrap_err(),
+            b.slice(..=usize::MAX).unwrap_err(),
+        ] {
+            assert!(matches!(err, Error::OutOfRange { .. }), "{err:?}");
+        }
+        assert_eq!(
+            b.slice(4..7).unwrap_err().to_string(),
+            "range 4..7 is out of bounds of 6 elements"
+        );
+
+        assert!(s.overlaps(&b.slice(4..).unwrap()));
+        assert!(!s.overlaps(&b.slice(5..).unwrap()));
+        assert!(!s.overlaps(&b.slice(..2).unwrap()));
+        let other = device.upload(&[0.0f32; 6]).unwrap();
+        assert!(!s.overlaps(&other.view()));
+    }
+}

@@ -8,6 +8,7 @@ mod cuda;
 mod device;
 mod disk;
 mod end_to_end;
+mod gemm;
 mod kernel_cache;
 
 use kiln_runtime::Device;
