@@ -11,6 +11,7 @@
 
 pub mod adamw;
 mod context;
+pub mod cross_entropy;
 pub mod embedding;
 mod error;
 pub mod kernels;

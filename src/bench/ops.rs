@@ -41,6 +41,8 @@ pub fn run(runs: usize, peer_file: Option<&std::path::Path>) -> Result<String, S
     rows.extend(swiglu(&ops, runs, 8192, 4864)?);
     rows.extend(rope(&ops, runs)?);
     rows.push(adamw(&ops, runs, 494_032_768)?);
+    let (ce_row, ce_note) = cross_entropy(&ops, runs.min(20), 8192, 896, 151_936)?;
+    rows.push(ce_row);
 
     let peers = match peer_file {
         Some(path) => read_peers(path)?,
@@ -80,7 +82,58 @@ pub fn run(runs: usize, peer_file: Option<&std::path::Path>) -> Result<String, S
             );
         }
     }
+    out += &ce_note;
     Ok(out)
+}
+
+/// Cut cross-entropy forward and backward with the lm_head GEMMs, as one training step runs it
+/// (dhidden bf16, dW f32): time, TFLOP/s of the four GEMMs' work, and memory beyond inputs and
+/// outputs.
+fn cross_entropy(
+    ops: &Ops,
+    runs: usize,
+    tokens: usize,
+    hidden: usize,
+    vocab: usize,
+) -> Result<(Row, String), String> {
+    use kiln::ops::cross_entropy::CutCrossEntropy;
+    let dev = ops.device();
+    let h = rand_bf16(dev, tokens * hidden, 13, 1.0)?;
+    let w = rand_bf16(dev, vocab * hidden, 14, 0.05)?;
+    let labels: Vec<i32> = (0..tokens)
+        .map(|t| ((t as u64 * 2_654_435_761) % vocab as u64) as i32)
+        .collect();
+    let labels = dev.upload(&labels).map_err(err)?;
+    let dh = alloc(dev, DType::Bf16, tokens * hidden)?;
+    let dw = alloc(dev, DType::F32, vocab * hidden)?;
+    let op = CutCrossEntropy::new(tokens, hidden, vocab);
+    let e = |e: kiln::ops::Error| e.to_string();
+    let mut loss = 0.0;
+    let ms = median_ms(dev, runs, |_| {
+        let state = op.forward(ops, &h, &w, &labels).map_err(e)?;
+        op.backward(ops, &h, &w, &labels, &state, 1.0, &dh, &dw, false)
+            .map_err(e)
+    })?;
+    if let Ok(state) = op.forward(ops, &h, &w, &labels) {
+        loss = state.loss().map_err(e)?;
+    }
+    let flops = 4.0 * 2.0 * (tokens * hidden * vocab) as f64;
+    let note = format!(
+        "\ncut cross-entropy T {tokens}, H {hidden}, V {vocab} (chunk {}): {ms:.2} ms fwd+bwd incl. 4 GEMMs \
+         = {:.0} TFLOP/s; workspace {:.0} MiB (+ 32 MiB cuBLASLt workspace per device); loss {loss:.4}\n",
+        op.chunk,
+        flops / (ms / 1e3) / 1e12,
+        op.workspace_bytes(true) as f64 / (1 << 20) as f64,
+    );
+    Ok((
+        Row {
+            op: "ce_fwd_bwd",
+            shape: vec![tokens, hidden, vocab],
+            ms,
+            bytes: 0,
+        },
+        note,
+    ))
 }
 
 fn rmsnorm(ops: &Ops, runs: usize, rows: usize, n: usize) -> Result<Vec<Row>, String> {

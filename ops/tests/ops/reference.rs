@@ -153,3 +153,66 @@ pub fn adamw(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], grad_scale:
         p[i] -= h.lr * update;
     }
 }
+
+/// Cross-entropy of `logits = hidden[T, H] · W[V, H]ᵀ` as the model uses it: the mean over
+/// tokens whose label is not `ignore` of `lse - logit[label] + z · lse²`.
+pub struct LinearCrossEntropy<'a> {
+    pub labels: &'a [i32],
+    pub hidden_dim: usize,
+    pub ignore: i32,
+    pub z_loss: f64,
+}
+
+impl LinearCrossEntropy<'_> {
+    fn logits(&self, hidden: &[f64], w: &[f64]) -> (Vec<f64>, usize) {
+        let h = self.hidden_dim;
+        let (t, v) = (hidden.len() / h, w.len() / h);
+        let mut z = vec![0.0; t * v];
+        for r in 0..t {
+            for c in 0..v {
+                z[r * v + c] = (0..h).map(|i| hidden[r * h + i] * w[c * h + i]).sum();
+            }
+        }
+        (z, v)
+    }
+
+    fn counted(&self) -> usize {
+        self.labels.iter().filter(|&&l| l != self.ignore).count()
+    }
+
+    /// The mean loss.
+    pub fn loss(&self, hidden: &[f64], w: &[f64]) -> f64 {
+        let (z, v) = self.logits(hidden, w);
+        let (_, lse) = cross_entropy_fwd(&z, self.labels, v, self.ignore);
+        let total: f64 = (0..self.labels.len())
+            .filter(|&r| self.labels[r] != self.ignore)
+            .map(|r| lse[r] - z[r * v + self.labels[r] as usize] + self.z_loss * lse[r] * lse[r])
+            .sum();
+        total / self.counted().max(1) as f64
+    }
+
+    /// (dhidden, dW) of `dloss x` the mean loss, from the softmax directly.
+    pub fn gradients(&self, hidden: &[f64], w: &[f64], dloss: f64) -> (Vec<f64>, Vec<f64>) {
+        let h = self.hidden_dim;
+        let (z, v) = self.logits(hidden, w);
+        let (_, lse) = cross_entropy_fwd(&z, self.labels, v, self.ignore);
+        let scale = dloss / self.counted().max(1) as f64;
+        let mut dh = vec![0.0; hidden.len()];
+        let mut dw = vec![0.0; w.len()];
+        for (r, &label) in self.labels.iter().enumerate() {
+            if label == self.ignore {
+                continue;
+            }
+            for c in 0..v {
+                let p = (z[r * v + c] - lse[r]).exp();
+                let onehot = if c as i32 == label { 1.0 } else { 0.0 };
+                let g = (p * (1.0 + 2.0 * self.z_loss * lse[r]) - onehot) * scale;
+                for i in 0..h {
+                    dh[r * h + i] += g * w[c * h + i];
+                    dw[c * h + i] += g * hidden[r * h + i];
+                }
+            }
+        }
+        (dh, dw)
+    }
+}

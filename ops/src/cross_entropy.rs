@@ -1,0 +1,274 @@
+//! Cut cross-entropy: the mean loss of `logits = hidden[T, H] · W[V, H]ᵀ` against labels, and its
+//! gradients, without ever holding the `[T, V]` logits.
+//!
+//! The vocabulary is walked in chunks of `chunk` rows of `W`. Forward, per chunk: a GEMM writes
+//! the chunk's logits (bf16, f32 accumulation) into one reused workspace, and `ce_chunk_fwd`
+//! folds them into each token's running max and sum of exponentials and picks out the target
+//! logit; `ce_finish` turns those into the log-sum-exp and the loss totals. Backward, per chunk:
+//! the GEMM recomputes the logits, `ce_chunk_bwd` turns them in place into
+//! `dlogits = (softmax - onehot) · dloss / count`, and two GEMMs add `dlogits · W_chunk` to
+//! `dhidden` and write `dlogitsᵀ · hidden` into the chunk's rows of `dW`.
+//!
+//! Labels are used as given (the caller shifts them once); `ignore_index` rows count for
+//! nothing; the optional z-loss adds `z_loss · lse²` per counted token.
+
+use kiln_compiler::DType;
+use kiln_runtime::{Arg, Buffer, Gemm};
+
+use crate::context::{expect, KernelConfig, Ops};
+use crate::{Error, Result};
+
+const FILE: &str = "cross_entropy.kiln";
+
+/// The problem: `tokens` rows of `hidden` features against a vocabulary of `vocab` entries.
+#[derive(Clone, Copy, Debug)]
+pub struct CutCrossEntropy {
+    pub tokens: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    /// Vocabulary entries per chunk; the logits workspace is `tokens x chunk` bf16.
+    pub chunk: usize,
+    /// Label value of tokens that take no part in the loss (Hugging Face's -100).
+    pub ignore_index: i32,
+    /// Weight of the z-loss term `lse²` (0 turns it off).
+    pub z_loss: f32,
+}
+
+/// What the forward leaves for the backward, on the device.
+pub struct CrossEntropyState {
+    /// Log-sum-exp of every token's logits, f32 `[tokens]`.
+    pub lse: Buffer,
+    /// `[sum of losses, counted tokens, sum of z-losses]`, f32.
+    pub totals: Buffer,
+}
+
+impl CrossEntropyState {
+    /// The mean loss over counted tokens (0 if none), z-loss included. Reads the device, so it
+    /// waits for the forward to finish.
+    pub fn loss(&self) -> Result<f32> {
+        let t: Vec<f32> = self.totals.download()?;
+        Ok(if t[1] > 0.0 { t[0] / t[1] } else { 0.0 })
+    }
+
+    /// The number of tokens the loss counts (reads the device).
+    pub fn counted_tokens(&self) -> Result<usize> {
+        Ok(self.totals.download::<f32>()?[1] as usize)
+    }
+}
+
+impl CutCrossEntropy {
+    /// The problem with a chunk that keeps the logits workspace near 128 MiB, labels of -100
+    /// ignored, and no z-loss.
+    pub fn new(tokens: usize, hidden: usize, vocab: usize) -> CutCrossEntropy {
+        let budget = 64usize << 20; // bf16 elements: 128 MiB
+        let chunk = (budget / tokens.max(1)).next_power_of_two() / 2;
+        CutCrossEntropy {
+            tokens,
+            hidden,
+            vocab,
+            chunk: chunk.clamp(1024, 32768).min(vocab.max(1)),
+            ignore_index: -100,
+            z_loss: 0.0,
+        }
+    }
+
+    /// Device memory the operation allocates beyond its inputs and outputs, in bytes: the
+    /// logits workspace, the per-token state, and (for a bf16 `dhidden`) an f32 accumulator.
+    pub fn workspace_bytes(&self, dhidden_bf16: bool) -> usize {
+        let logits = self.tokens * self.chunk.min(self.vocab) * 2;
+        let per_token = 4 * self.tokens * 4 + 3 * 4;
+        let accumulator = if dhidden_bf16 {
+            self.tokens * self.hidden * 4
+        } else {
+            0
+        };
+        logits + per_token + accumulator
+    }
+
+    fn check(
+        &self,
+        op: &'static str,
+        hidden: &Buffer,
+        weight: &Buffer,
+        labels: &Buffer,
+    ) -> Result<()> {
+        let (t, h, v) = (self.tokens, self.hidden, self.vocab);
+        if t == 0 || h == 0 || v == 0 || self.chunk == 0 {
+            return Err(Error::shape(
+                op,
+                "tokens, hidden, vocab and chunk must be non-zero",
+            ));
+        }
+        if v > i32::MAX as usize || t.saturating_mul(self.chunk) > i32::MAX as usize {
+            return Err(Error::shape(
+                op,
+                format!("tokens x chunk = {t} x {} must stay below 2^31", self.chunk),
+            ));
+        }
+        expect(op, "hidden", hidden, DType::Bf16, t * h)?;
+        expect(op, "weight", weight, DType::Bf16, v * h)?;
+        expect(op, "labels", labels, DType::I32, t)?;
+        Ok(())
+    }
+
+    /// The chunks: (first vocabulary row, rows).
+    fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.vocab)
+            .step_by(self.chunk)
+            .map(|start| (start, self.chunk.min(self.vocab - start)))
+    }
+
+    /// `logits[:, start .. start + rows] = hidden · W[start .. start + rows]ᵀ` into `workspace`.
+    fn chunk_logits(
+        &self,
+        ops: &Ops,
+        hidden: &Buffer,
+        weight: &Buffer,
+        workspace: &Buffer,
+        (start, rows): (usize, usize),
+    ) -> Result<()> {
+        let h = self.hidden;
+        let w_chunk = weight.slice(start * h..(start + rows) * h)?;
+        let logits = workspace.slice(..self.tokens * rows)?;
+        let gemm = Gemm::new(self.tokens, rows, h).transpose_b();
+        Ok(ops.device().gemm(&gemm, hidden, w_chunk, logits, None)?)
+    }
+
+    fn row_config(&self, kernel: &'static str) -> KernelConfig {
+        let block = self.chunk.next_power_of_two().clamp(256, 4096);
+        KernelConfig::new(FILE, kernel).int("BLOCK", block).warps(8)
+    }
+
+    /// The loss, as [`CrossEntropyState`] totals on the device (read them with
+    /// [`CrossEntropyState::loss`]), from `hidden` bf16 `[T, H]`, `weight` bf16 `[V, H]` and
+    /// `labels` i32 `[T]`.
+    pub fn forward(
+        &self,
+        ops: &Ops,
+        hidden: &Buffer,
+        weight: &Buffer,
+        labels: &Buffer,
+    ) -> Result<CrossEntropyState> {
+        const OP: &str = "cut cross-entropy forward";
+        self.check(OP, hidden, weight, labels)?;
+        let t = self.tokens;
+        let workspace = ops.scratch(DType::Bf16, t * self.chunk.min(self.vocab))?;
+        let (m_run, l_run) = (ops.scratch(DType::F32, t)?, ops.scratch(DType::F32, t)?);
+        let target = ops.scratch(DType::F32, t)?;
+        let state = CrossEntropyState {
+            lse: ops.scratch(DType::F32, t)?,
+            totals: ops.scratch(DType::F32, 3)?,
+        };
+        for (i, (start, rows)) in self.chunks().enumerate() {
+            self.chunk_logits(ops, hidden, weight, &workspace, (start, rows))?;
+            let config = self.row_config("ce_chunk_fwd").flag("FIRST", i == 0);
+            let args = [
+                Arg::Buffer(&workspace),
+                Arg::Buffer(labels),
+                Arg::Buffer(&m_run),
+                Arg::Buffer(&l_run),
+                Arg::Buffer(&target),
+                Arg::I32(rows as i32),
+                Arg::I32(start as i32),
+            ];
+            ops.launch(&config, [t, 1, 1], &args)?;
+        }
+        const FINISH_BLOCK: usize = 1024;
+        let finish = KernelConfig::new(FILE, "ce_finish")
+            .int("BLOCK", FINISH_BLOCK)
+            .warps(4);
+        let args = [
+            Arg::Buffer(&m_run),
+            Arg::Buffer(&l_run),
+            Arg::Buffer(&target),
+            Arg::Buffer(labels),
+            Arg::Buffer(&state.lse),
+            Arg::Buffer(&state.totals),
+            Arg::I32(t as i32),
+            Arg::I32(self.ignore_index),
+            Arg::F32(self.z_loss),
+        ];
+        ops.launch(&finish, [t.div_ceil(FINISH_BLOCK), 1, 1], &args)?;
+        Ok(state)
+    }
+
+    /// The gradients of `dloss x` the mean loss: `dhidden` `[T, H]` (f32, or bf16 through an
+    /// f32 accumulator) is overwritten; `dweight` `[V, H]` (f32 or bf16) is overwritten, or added
+    /// to when `accumulate_dweight` (tied embeddings, gradient accumulation).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        ops: &Ops,
+        hidden: &Buffer,
+        weight: &Buffer,
+        labels: &Buffer,
+        state: &CrossEntropyState,
+        dloss: f32,
+        dhidden: &Buffer,
+        dweight: &Buffer,
+        accumulate_dweight: bool,
+    ) -> Result<()> {
+        const OP: &str = "cut cross-entropy backward";
+        self.check(OP, hidden, weight, labels)?;
+        let (t, h) = (self.tokens, self.hidden);
+        let dhidden_bf16 = dhidden.dtype() == DType::Bf16;
+        let want = if dhidden_bf16 {
+            DType::Bf16
+        } else {
+            DType::F32
+        };
+        expect(OP, "dhidden", dhidden, want, t * h)?;
+        if dweight.dtype() != DType::F32 {
+            expect(OP, "dweight", dweight, DType::Bf16, self.vocab * h)?;
+        }
+        expect(OP, "dweight", dweight, dweight.dtype(), self.vocab * h)?;
+        expect(OP, "lse", &state.lse, DType::F32, t)?;
+
+        let workspace = ops.scratch(DType::Bf16, t * self.chunk.min(self.vocab))?;
+        let accumulator = if dhidden_bf16 {
+            Some(ops.scratch(DType::F32, t * h)?)
+        } else {
+            None
+        };
+        let dh = accumulator.as_ref().unwrap_or(dhidden);
+        for (i, (start, rows)) in self.chunks().enumerate() {
+            self.chunk_logits(ops, hidden, weight, &workspace, (start, rows))?;
+            let args = [
+                Arg::Buffer(&workspace),
+                Arg::Buffer(labels),
+                Arg::Buffer(&state.lse),
+                Arg::Buffer(&state.totals),
+                Arg::I32(rows as i32),
+                Arg::I32(start as i32),
+                Arg::I32(self.ignore_index),
+                Arg::F32(self.z_loss),
+                Arg::F32(dloss),
+            ];
+            ops.launch(&self.row_config("ce_chunk_bwd"), [t, 1, 1], &args)?;
+            let dlogits = workspace.slice(..t * rows)?;
+            let w_chunk = weight.slice(start * h..(start + rows) * h)?;
+            // dhidden (+)= dlogits[T, rows] · W_chunk[rows, H]
+            let beta = if i == 0 { 0.0 } else { 1.0 };
+            let gemm = Gemm::new(t, h, rows).with_beta(beta);
+            ops.device().gemm(&gemm, dlogits, w_chunk, dh, None)?;
+            // dW_chunk[rows, H] (+)= dlogitsᵀ[rows, T] · hidden[T, H]
+            let beta = if accumulate_dweight { 1.0 } else { 0.0 };
+            let gemm = Gemm::new(rows, h, t).transpose_a().with_beta(beta);
+            let dw_chunk = dweight.slice(start * h..(start + rows) * h)?;
+            ops.device().gemm(&gemm, dlogits, hidden, dw_chunk, None)?;
+        }
+        if let Some(acc) = &accumulator {
+            const BLOCK: usize = 2048;
+            let config = KernelConfig::new("add.kiln", "to_bf16")
+                .int("BLOCK", BLOCK)
+                .warps(8);
+            let args = [
+                Arg::Buffer(acc),
+                Arg::Buffer(dhidden),
+                Arg::I64((t * h) as i64),
+            ];
+            ops.launch(&config, [(t * h).div_ceil(BLOCK), 1, 1], &args)?;
+        }
+        Ok(())
+    }
+}

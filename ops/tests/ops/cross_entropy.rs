@@ -1,0 +1,235 @@
+//! Cut cross-entropy against a naive full-logits reference in f64 (ignored tokens, a target in
+//! the last, partial vocabulary chunk, z-loss), its backward against finite differences, and on
+//! a GPU the full Qwen2.5-0.5B size against the materialised path (one [T, V] GEMM and the
+//! row-wise cross-entropy kernels).
+
+use crate::gradcheck::numeric_grad;
+use crate::harness::{for_each_device, Harness, Tol};
+use crate::reference::LinearCrossEntropy;
+use kiln_compiler::DType;
+use kiln_ops::cross_entropy::CutCrossEntropy;
+use kiln_runtime::{Arg, Gemm};
+
+/// Loss tolerance: the logits pass through bf16 (as in every bf16 training step), which moves
+/// each by up to 2^-9 of its size.
+const LOSS: Tol = Tol {
+    rel: 3e-3,
+    abs: 1e-4,
+};
+
+fn grad_tol(want: &[f64]) -> Tol {
+    let max = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    Tol {
+        rel: 1e-2,
+        abs: 1e-2 * max,
+    }
+}
+
+struct Case {
+    tokens: usize,
+    hidden: usize,
+    vocab: usize,
+    chunk: usize,
+    z_loss: f32,
+}
+
+fn labels(h: &Harness, case: &Case) -> Vec<i32> {
+    let mut labels = h.rand_labels(case.tokens, case.vocab);
+    labels[1] = -100;
+    labels[2] = case.vocab as i32 - 1; // in the last, partial chunk
+    labels
+}
+
+fn run_case(h: &Harness, case: &Case, fd: bool) {
+    let (t, hd, v) = (case.tokens, case.hidden, case.vocab);
+    let hidden = h.rand_bf16(t * hd, 1.0);
+    let w = h.rand_bf16(v * hd, 0.5);
+    let labels = labels(h, case);
+    let reference = LinearCrossEntropy {
+        labels: &labels,
+        hidden_dim: hd,
+        ignore: -100,
+        z_loss: case.z_loss as f64,
+    };
+    let op = CutCrossEntropy {
+        chunk: case.chunk,
+        z_loss: case.z_loss,
+        ..CutCrossEntropy::new(t, hd, v)
+    };
+    let (hb, wb, lb) = (h.bf16(&hidden), h.bf16(&w), h.i32_buf(&labels));
+    let state = op.forward(&h.ops, &hb, &wb, &lb).unwrap();
+    let loss = state.loss().unwrap() as f64;
+    h.assert_close("loss", &[loss], &[reference.loss(&hidden, &w)], LOSS);
+    assert_eq!(state.counted_tokens().unwrap(), t - 1);
+
+    let dloss = 0.5;
+    let (dh_want, dw_want) = if fd {
+        (
+            numeric_grad(&hidden, |x| dloss * reference.loss(x, &w)),
+            numeric_grad(&w, |x| dloss * reference.loss(&hidden, x)),
+        )
+    } else {
+        reference.gradients(&hidden, &w, dloss)
+    };
+    for dtype in [DType::F32, DType::Bf16] {
+        let dh = h.device.alloc(dtype, t * hd).unwrap();
+        let dw = h.poisoned_f32(v * hd);
+        op.backward(&h.ops, &hb, &wb, &lb, &state, dloss as f32, &dh, &dw, false)
+            .unwrap();
+        h.assert_close("dhidden", &h.read(&dh), &dh_want, grad_tol(&dh_want));
+        h.assert_close("dweight", &h.read(&dw), &dw_want, grad_tol(&dw_want));
+        // Accumulating adds a second copy of the gradient.
+        op.backward(&h.ops, &hb, &wb, &lb, &state, dloss as f32, &dh, &dw, true)
+            .unwrap();
+        let twice: Vec<f64> = dw_want.iter().map(|x| 2.0 * x).collect();
+        h.assert_close(
+            "dweight accumulated",
+            &h.read(&dw),
+            &twice,
+            grad_tol(&twice),
+        );
+    }
+}
+
+#[test]
+fn cut_cross_entropy_matches_the_full_logits_reference() {
+    for_each_device(|h| {
+        for z_loss in [0.0, 0.05] {
+            let case = Case {
+                tokens: 37,
+                hidden: 24,
+                vocab: 1000,
+                chunk: 256,
+                z_loss,
+            };
+            run_case(h, &case, false);
+        }
+    });
+}
+
+#[test]
+fn cut_cross_entropy_backward_matches_finite_differences() {
+    for_each_device(|h| {
+        let case = Case {
+            tokens: 4,
+            hidden: 6,
+            vocab: 50,
+            chunk: 16,
+            z_loss: 0.1,
+        };
+        run_case(h, &case, true);
+    });
+}
+
+#[test]
+fn cut_cross_entropy_keeps_its_workspace_small_at_qwen_size() {
+    let op = CutCrossEntropy::new(8192, 896, 151_936);
+    let full_logits = 8192 * 151_936 * 2;
+    assert!(
+        op.workspace_bytes(true) <= 300 << 20,
+        "{}",
+        op.workspace_bytes(true)
+    );
+    assert!(op.workspace_bytes(true) * 10 < full_logits);
+}
+
+/// On a GPU, the full size (T 8192, H 896, V 151,936) against the materialised path.
+#[test]
+fn cut_cross_entropy_at_full_size_matches_materialised_logits() {
+    for_each_device(|h| {
+        if !h.device.is_gpu() {
+            return;
+        }
+        let (t, hd, v) = (8192usize, 896usize, 151_936usize);
+        let hidden = h.rand_bf16(t * hd, 1.0);
+        let w = h.rand_bf16(v * hd, 0.1);
+        let labels = labels(
+            h,
+            &Case {
+                tokens: t,
+                hidden: hd,
+                vocab: v,
+                chunk: 0,
+                z_loss: 0.0,
+            },
+        );
+        let (hb, wb, lb) = (h.bf16(&hidden), h.bf16(&w), h.i32_buf(&labels));
+        let dev = &h.device;
+
+        // The materialised path: all logits, the row-wise kernels, then the two GEMMs.
+        let logits = dev.alloc(DType::Bf16, t * v).unwrap();
+        dev.gemm(&Gemm::new(t, v, hd).transpose_b(), &hb, &wb, &logits, None)
+            .unwrap();
+        let (row_loss, lse) = (h.poisoned_f32(t), h.poisoned_f32(t));
+        let ce = [("BLOCK", 4096)];
+        h.launch(
+            "cross_entropy.kiln",
+            "cross_entropy_fwd",
+            &ce,
+            [t as u32, 1, 1],
+            &[
+                Arg::Buffer(&logits),
+                Arg::Buffer(&lb),
+                Arg::Buffer(&row_loss),
+                Arg::Buffer(&lse),
+                Arg::I32(v as i32),
+                Arg::I32(-100),
+            ],
+        );
+        let counted = (t - 1) as f64;
+        let want_loss = h.read(&row_loss).iter().sum::<f64>() / counted;
+        let dloss_rows = h.f32_buf(&vec![1.0 / counted; t]);
+        let dlogits = dev.alloc(DType::Bf16, t * v).unwrap();
+        h.launch(
+            "cross_entropy.kiln",
+            "cross_entropy_bwd",
+            &ce,
+            [t as u32, 1, 1],
+            &[
+                Arg::Buffer(&logits),
+                Arg::Buffer(&lb),
+                Arg::Buffer(&lse),
+                Arg::Buffer(&dloss_rows),
+                Arg::Buffer(&dlogits),
+                Arg::I32(v as i32),
+                Arg::I32(-100),
+            ],
+        );
+        drop(logits);
+        let (dh_ref, dw_ref) = (
+            dev.alloc(DType::F32, t * hd).unwrap(),
+            dev.alloc(DType::F32, v * hd).unwrap(),
+        );
+        dev.gemm(&Gemm::new(t, hd, v), &dlogits, &wb, &dh_ref, None)
+            .unwrap();
+        dev.gemm(
+            &Gemm::new(v, hd, t).transpose_a(),
+            &dlogits,
+            &hb,
+            &dw_ref,
+            None,
+        )
+        .unwrap();
+        drop(dlogits);
+
+        let op = CutCrossEntropy::new(t, hd, v);
+        let state = op.forward(&h.ops, &hb, &wb, &lb).unwrap();
+        let loss = state.loss().unwrap() as f64;
+        h.assert_close(
+            "loss",
+            &[loss],
+            &[want_loss],
+            Tol {
+                rel: 1e-4,
+                abs: 0.0,
+            },
+        );
+        let (dh, dw) = (h.poisoned_f32(t * hd), h.poisoned_f32(v * hd));
+        op.backward(&h.ops, &hb, &wb, &lb, &state, 1.0, &dh, &dw, false)
+            .unwrap();
+        let dh_want = h.read(&dh_ref);
+        h.assert_close("dhidden", &h.read(&dh), &dh_want, grad_tol(&dh_want));
+        let dw_want = h.read(&dw_ref);
+        h.assert_close("dweight", &h.read(&dw), &dw_want, grad_tol(&dw_want));
+    });
+}
