@@ -11,15 +11,20 @@
 //! stored, in stack arrays of the function's frame. 16-bit floats are carried as their bits and
 //! computed in f32; math functions without an instruction call Rust (`math`).
 
+mod consts;
 mod elem;
+mod expf;
 mod half;
 mod jit;
+mod lanes;
 mod lower;
 mod math;
 mod memory;
 mod plan;
 mod reduce;
 mod scalar;
+mod vector;
+mod vmemory;
 
 use super::BackendError;
 use crate::ir::{Kernel, Param};
