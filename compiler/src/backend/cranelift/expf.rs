@@ -4,7 +4,8 @@
 //! that results underflow gradually to subnormals and zero and overflow to infinity. NaN in,
 //! NaN out.
 
-use super::consts::{f32_const, int_const};
+use super::consts::{choose, f32_const, int_const};
+use cranelift_codegen::ir::condcodes::FloatCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
@@ -32,12 +33,16 @@ fn int_type(t: Type) -> Type {
     }
 }
 
+/// `x` limited to `[lo, hi]`; NaN stays NaN (its comparisons are false). Cheaper than
+/// `fmax`/`fmin`, which also order signed zeros.
 fn clamp(b: &mut FunctionBuilder, x: Value, lo: f32, hi: f32) -> Value {
     let t = b.func.dfg.value_type(x);
     let lo = f32_const(b, t, lo);
     let hi = f32_const(b, t, hi);
-    let x = b.ins().fmax(x, lo);
-    b.ins().fmin(x, hi)
+    let below = b.ins().fcmp(FloatCC::LessThan, x, lo);
+    let x = choose(b, below, lo, x);
+    let above = b.ins().fcmp(FloatCC::GreaterThan, x, hi);
+    choose(b, above, hi, x)
 }
 
 /// `t` rounded to an integer, as a float and as an `i32` (per lane).

@@ -10,6 +10,17 @@ use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value as ClValue};
 use cranelift_codegen::ir::{Block, BlockArg};
 
+/// The blocks a masked group access branches to; each ends by jumping to `join`.
+struct MaskSplit {
+    /// Every lane is on: one vector access.
+    all: Block,
+    /// No lane is on.
+    none: Block,
+    /// Some lanes are on (lane masks only): one scalar access per lane, under the mask.
+    some: Option<(Block, ClValue)>,
+    join: Block,
+}
+
 impl Lowerer<'_, '_> {
     /// Four elements of type `e` at `addr` as lanes.
     pub(super) fn load_lanes(&mut self, addr: ClValue, e: Elem, flags: MemFlagsData) -> ClValue {
@@ -54,44 +65,50 @@ impl Lowerer<'_, '_> {
         let Some(m) = mask else {
             return Ok(Group::Lanes(self.load_lanes(p0, e, MemFlagsData::new())));
         };
-        let mask = self.group(m, i)?;
         let lt = lane_type(e).ok_or("no lanes for this element type")?;
-        let (fast, slow, join) = self.split_on_mask(mask)?;
-        self.b.append_block_param(join, lt);
+        let mask = self.group(m, i)?;
+        let split = self.split_on_mask(mask)?;
+        self.b.append_block_param(split.join, lt);
 
-        self.b.switch_to_block(fast);
+        self.b.switch_to_block(split.all);
         let x = self.load_lanes(p0, e, MemFlagsData::new());
-        self.b.ins().jump(join, &[BlockArg::from(x)]);
+        self.b.ins().jump(split.join, &[BlockArg::from(x)]);
 
-        self.b.switch_to_block(slow);
-        let fallback = match other {
-            Some(o) => self.lanes(o, i)?,
+        self.b.switch_to_block(split.none);
+        let fallback = self.load_fallback(other, e, i)?;
+        self.b.ins().jump(split.join, &[BlockArg::from(fallback)]);
+
+        if let Some((some, mv)) = split.some {
+            self.b.switch_to_block(some);
+            let fallback = self.load_fallback(other, e, i)?;
+            let mut x = fallback;
+            for k in 0..4u8 {
+                let addr = self.lane_or_scratch(mv, p0, e, k);
+                let y = self.b.ins().load(cl_type(e), MemFlagsData::new(), addr, 0);
+                let y = if cl_type(e) == types::I16 {
+                    self.b.ins().uextend(types::I32, y)
+                } else {
+                    y
+                };
+                x = self.b.ins().insertlane(x, y, k);
+            }
+            let x = super::consts::choose(&mut self.b, mv, x, fallback);
+            self.b.ins().jump(split.join, &[BlockArg::from(x)]);
+        }
+
+        self.b.switch_to_block(split.join);
+        Ok(Group::Lanes(self.b.block_params(split.join)[0]))
+    }
+
+    /// The lanes a masked load yields where its mask is off: `other`, or zero.
+    fn load_fallback(&mut self, other: Option<Value>, e: Elem, i: ClValue) -> Res<ClValue> {
+        match other {
+            Some(o) => self.lanes(o, i),
             None => {
                 let zero = self.constant(crate::ConstValue::Int(0), e)?;
-                self.to_lanes(Group::Uniform(zero), e)?
+                self.to_lanes(Group::Uniform(zero), e)
             }
-        };
-        let x = match mask {
-            Group::Lanes(mv) => {
-                let mut x = fallback;
-                for k in 0..4u8 {
-                    let addr = self.lane_or_scratch(mv, p0, e, k);
-                    let y = self.b.ins().load(cl_type(e), MemFlagsData::new(), addr, 0);
-                    let y = if cl_type(e) == types::I16 {
-                        self.b.ins().uextend(types::I32, y)
-                    } else {
-                        y
-                    };
-                    x = self.b.ins().insertlane(x, y, k);
-                }
-                super::consts::choose(&mut self.b, mv, x, fallback)
-            }
-            _ => fallback,
-        };
-        self.b.ins().jump(join, &[BlockArg::from(x)]);
-
-        self.b.switch_to_block(join);
-        Ok(Group::Lanes(self.b.block_params(join)[0]))
+        }
     }
 
     /// Stores the group at `i` of `value` through `ptr` where `mask` holds.
@@ -112,14 +129,17 @@ impl Lowerer<'_, '_> {
             return Ok(());
         };
         let mask = self.group(m, i)?;
-        let (fast, slow, join) = self.split_on_mask(mask)?;
+        let split = self.split_on_mask(mask)?;
 
-        self.b.switch_to_block(fast);
+        self.b.switch_to_block(split.all);
         self.store_lanes(p0, x, e, MemFlagsData::new());
-        self.b.ins().jump(join, &[]);
+        self.b.ins().jump(split.join, &[]);
 
-        self.b.switch_to_block(slow);
-        if let Group::Lanes(mv) = mask {
+        self.b.switch_to_block(split.none);
+        self.b.ins().jump(split.join, &[]);
+
+        if let Some((some, mv)) = split.some {
+            self.b.switch_to_block(some);
             for k in 0..4u8 {
                 let addr = self.lane_or_scratch(mv, p0, e, k);
                 let y = self.b.ins().extractlane(x, k);
@@ -130,27 +150,41 @@ impl Lowerer<'_, '_> {
                 };
                 self.b.ins().store(MemFlagsData::new(), y, addr, 0);
             }
+            self.b.ins().jump(split.join, &[]);
         }
-        self.b.ins().jump(join, &[]);
-        self.b.switch_to_block(join);
+        self.b.switch_to_block(split.join);
         Ok(())
     }
 
-    /// Branches to a new `fast` block when every lane of `mask` is enabled and to `slow`
-    /// otherwise; both are to jump to the returned `join` block.
-    fn split_on_mask(&mut self, mask: Group) -> Res<(Block, Block, Block)> {
-        let all = match mask {
-            Group::Uniform(m) => m,
-            Group::Lanes(mv) => self.b.ins().vall_true(mv),
-            Group::Seq(_) => return Err("a sequence as a mask".into()),
-        };
-        let (fast, slow, join) = (
+    /// Branches on how many lanes of `mask` are on.
+    fn split_on_mask(&mut self, mask: Group) -> Res<MaskSplit> {
+        let (all, none, join) = (
             self.b.create_block(),
             self.b.create_block(),
             self.b.create_block(),
         );
-        self.b.ins().brif(all, fast, &[], slow, &[]);
-        Ok((fast, slow, join))
+        let some = match mask {
+            Group::Uniform(m) => {
+                self.b.ins().brif(m, all, &[], none, &[]);
+                None
+            }
+            Group::Lanes(mv) => {
+                let (partial, some) = (self.b.create_block(), self.b.create_block());
+                let every = self.b.ins().vall_true(mv);
+                self.b.ins().brif(every, all, &[], partial, &[]);
+                self.b.switch_to_block(partial);
+                let any = self.b.ins().vany_true(mv);
+                self.b.ins().brif(any, some, &[], none, &[]);
+                Some((some, mv))
+            }
+            Group::Seq(_) => return Err("a sequence as a mask".into()),
+        };
+        Ok(MaskSplit {
+            all,
+            none,
+            some,
+            join,
+        })
     }
 
     /// The address of lane `k` from lane 0's `p0`, or the scratch slot if `mask`'s lane is off.
