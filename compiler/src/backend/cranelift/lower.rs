@@ -250,7 +250,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
                     Some(op) if own => l.op_group(op, v, i)?,
                     _ => l.group(v, i)?,
                 };
-                let x = l.to_lanes(x, e)?;
+                let x = l.lanes_of_group(x, e)?;
                 let addr = l.slot_addr(slot, cl_type(e), i);
                 l.store_lanes(addr, x, e, MemFlagsData::new().with_notrap());
                 Ok(())

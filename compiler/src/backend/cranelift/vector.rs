@@ -53,10 +53,11 @@ impl Lowerer<'_, '_> {
     pub(super) fn lanes(&mut self, v: Value, i: ClValue) -> Res<ClValue> {
         let e = self.k.ty(v).elem;
         let g = self.group(v, i)?;
-        self.to_lanes(g, e)
+        self.lanes_of_group(g, e)
     }
 
-    pub(super) fn to_lanes(&mut self, g: Group, e: Elem) -> Res<ClValue> {
+    /// `g` as a vector register of `e`'s lane type.
+    pub(super) fn lanes_of_group(&mut self, g: Group, e: Elem) -> Res<ClValue> {
         let lt = lane_type(e).ok_or("no lanes for this element type")?;
         Ok(match g {
             Group::Lanes(x) => x,

@@ -106,7 +106,7 @@ impl Lowerer<'_, '_> {
             Some(o) => self.lanes(o, i),
             None => {
                 let zero = self.constant(crate::ConstValue::Int(0), e)?;
-                self.to_lanes(Group::Uniform(zero), e)
+                self.lanes_of_group(Group::Uniform(zero), e)
             }
         }
     }
