@@ -34,12 +34,57 @@ impl Rng {
     }
 }
 
-fn conv_kernel(from: &str, to: &str) -> CpuKernel {
+/// How a test kernel reads its input: contiguously (the four-lane path) or through a permuted
+/// index `o ^ z` with `z == 0` at run time (a gather, so the scalar path), each over the same
+/// elements.
+#[derive(Clone, Copy, Debug)]
+enum Path {
+    Lanes,
+    Scalar,
+}
+
+impl Path {
+    const BOTH: [Path; 2] = [Path::Lanes, Path::Scalar];
+
+    fn index(self) -> &'static str {
+        match self {
+            Path::Lanes => "o",
+            Path::Scalar => "(o ^ z)",
+        }
+    }
+}
+
+/// `y[i] = f(x[i])` for `i < n`, 1024 elements per program, reading `x` along `path`; `f` is an
+/// expression in `v`. Takes `(x, y, n, z)` with `z == 0`.
+fn map_kernel(from: &str, to: &str, f: &str, path: Path) -> CpuKernel {
     let src = format!(
-        "kernel c(x: *{from}, y: *mut {to}, n: i32) {{ let o = program_id(0) * 1024 + range(1024); \
-         let m = o < n; store(y + o, load(x + o, mask: m) as {to}, mask: m); }}"
+        "kernel c(x: *{from}, y: *mut {to}, n: i32, z: i32) {{ \
+         let o = program_id(0) * 1024 + range(1024); let m = o < n; \
+         let v = load(x + {}, mask: m); store(y + o, {f}, mask: m); }}",
+        path.index()
+    );
+    let ks = compile_to_ir(&Source::new("t.kiln", &src), &Defines::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let clif = kiln_compiler::backend::cranelift::emit_clif(&ks[0]).unwrap();
+    assert_eq!(
+        clif.contains("f32x4") || clif.contains("i32x4"),
+        matches!(path, Path::Lanes),
+        "{path:?} path expected for {src}"
     );
     kernel(&src, "c")
+}
+
+fn conv_kernel(from: &str, to: &str, path: Path) -> CpuKernel {
+    map_kernel(from, to, &format!("v as {to}"), path)
+}
+
+fn run_map<X, Y>(k: &CpuKernel, x: &[X], y: &mut [Y]) {
+    let n = x.len() as u32;
+    run(
+        k,
+        &[x.as_ptr() as u64, y.as_mut_ptr() as u64, n as u64, 0],
+        n.div_ceil(1024),
+    );
 }
 
 #[test]
@@ -51,20 +96,18 @@ fn half_widening_all_bit_patterns() {
         ),
         ("f16", |b: u16| f16::from_bits(b).to_f32()),
     ] {
-        let k = conv_kernel(ty, "f32");
-        let x: Vec<u16> = (0..=u16::MAX).collect();
-        let mut y = vec![0f32; x.len()];
-        run(
-            &k,
-            &[x.as_ptr() as u64, y.as_mut_ptr() as u64, x.len() as u64],
-            64,
-        );
-        for (&b, &got) in x.iter().zip(&y) {
-            let want = reference(b);
-            assert!(
-                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
-                "{ty} {b:#06x}: {got} vs {want}"
-            );
+        for path in Path::BOTH {
+            let k = conv_kernel(ty, "f32", path);
+            let x: Vec<u16> = (0..=u16::MAX).collect();
+            let mut y = vec![0f32; x.len()];
+            run_map(&k, &x, &mut y);
+            for (&b, &got) in x.iter().zip(&y) {
+                let want = reference(b);
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{ty} {path:?} {b:#06x}: {got} vs {want}"
+                );
+            }
         }
     }
 }
@@ -95,6 +138,8 @@ fn half_narrowing() {
         1e-8,
         -3e-8,
     ]);
+    // Not a multiple of four: the last group of the last program is partly masked off.
+    assert_ne!(xs.len() % 4, 0);
     for (ty, reference) in [
         (
             "bf16",
@@ -102,26 +147,99 @@ fn half_narrowing() {
         ),
         ("f16", |x: f32| f16::from_f32(x).to_bits()),
     ] {
-        let k = conv_kernel("f32", ty);
-        let mut y = vec![0u16; xs.len()];
-        let n = xs.len() as u32;
-        run(
-            &k,
-            &[xs.as_ptr() as u64, y.as_mut_ptr() as u64, n as u64],
-            n.div_ceil(1024),
-        );
-        for (&x, &got) in xs.iter().zip(&y) {
-            let want = reference(x);
-            if x.is_nan() {
-                let g = if ty == "bf16" {
-                    bf16::from_bits(got).is_nan()
+        for path in Path::BOTH {
+            let k = conv_kernel("f32", ty, path);
+            let mut y = vec![0u16; xs.len()];
+            run_map(&k, &xs, &mut y);
+            for (&x, &got) in xs.iter().zip(&y) {
+                let want = reference(x);
+                if x.is_nan() {
+                    let g = if ty == "bf16" {
+                        bf16::from_bits(got).is_nan()
+                    } else {
+                        f16::from_bits(got).is_nan()
+                    };
+                    assert!(g, "{ty} {path:?} NaN {x:e} -> {got:#06x}");
                 } else {
-                    f16::from_bits(got).is_nan()
-                };
-                assert!(g, "{ty} NaN {x:e} -> {got:#06x}");
-            } else {
-                assert_eq!(got, want, "{ty} of {x:e} ({:#010x})", x.to_bits());
+                    assert_eq!(got, want, "{ty} {path:?} of {x:e} ({:#010x})", x.to_bits());
+                }
             }
+        }
+    }
+}
+
+/// Distance from `got` to the exact `want` in units of `want`'s f32 ulp, or of `floor` where
+/// that is larger.
+fn ulps(got: f32, want: f64, floor: f32) -> f64 {
+    if got.is_nan() || want.is_nan() {
+        return if got.is_nan() && want.is_nan() {
+            0.0
+        } else {
+            f64::INFINITY
+        };
+    }
+    if got.is_infinite() || want.abs() > f64::from(f32::MAX) {
+        return if f64::from(got) == want || (want.abs() > f64::from(f32::MAX) && got.is_infinite())
+        {
+            0.0
+        } else {
+            f64::INFINITY
+        };
+    }
+    let w = want as f32;
+    let ulp = (f64::from(f32::from_bits(w.abs().to_bits() + 1)) - f64::from(w.abs()))
+        .max(f64::from(floor));
+    (f64::from(got) - want).abs() / ulp
+}
+
+#[test]
+fn exp_exp2_sigmoid_within_a_few_ulps() {
+    // Every 997th bit pattern of [-128, 128] and specials; both signs.
+    let mut xs: Vec<f32> = (0..0x4300_0000u32)
+        .step_by(997)
+        .flat_map(|b| [f32::from_bits(b), -f32::from_bits(b)])
+        .collect();
+    xs.extend([
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        88.72,
+        88.73,
+        -87.3,
+        -103.9,
+        -104.0,
+    ]);
+    type Ref = fn(f64) -> f64;
+    // exp and exp2 are checked down to subnormal results; sigmoid computes 1 / (1 + e^-x), which
+    // flushes results below the normal range (e^-x overflows), as the f32 formula does.
+    let subnormal = f32::from_bits(1);
+    // The bounds are in ulps; sigmoid rounds three times after exp.
+    for (f, reference, floor, bound) in [
+        ("exp(v)", f64::exp as Ref, subnormal, 2.0),
+        ("exp2(v)", f64::exp2 as Ref, subnormal, 2.0),
+        (
+            "sigmoid(v)",
+            (|x: f64| 1.0 / (1.0 + (-x).exp())) as Ref,
+            f32::MIN_POSITIVE,
+            3.0,
+        ),
+    ] {
+        for path in Path::BOTH {
+            let k = map_kernel("f32", "f32", f, path);
+            let mut y = vec![0f32; xs.len()];
+            run_map(&k, &xs, &mut y);
+            let worst = xs
+                .iter()
+                .zip(&y)
+                .map(|(&x, &got)| (ulps(got, reference(f64::from(x)), floor), x, got))
+                .fold((0.0, 0.0, 0.0), |a, b| if b.0 > a.0 { b } else { a });
+            assert!(
+                worst.0 <= bound,
+                "{f} {path:?}: {} ulps at {:e} (got {:e})",
+                worst.0,
+                worst.1,
+                worst.2
+            );
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Element access: the value of element `i` (row-major, an `i64`) of any tile, read from its
 //! slot or computed from its definition for virtual tiles, and the loops that walk tiles.
 
+use super::lanes::LANES;
 use super::lower::{cl_type, Lowerer, Res};
 use crate::ir::{Op, Value};
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -113,7 +114,7 @@ impl Lowerer<'_, '_> {
     }
 
     /// The source index of broadcasting `src` to `dst` (same rank, power-of-two dimensions).
-    fn broadcast_index(&mut self, src: &[u32], dst: &[u32], i: ClValue) -> ClValue {
+    pub(super) fn broadcast_index(&mut self, src: &[u32], dst: &[u32], i: ClValue) -> ClValue {
         let mut j: Option<ClValue> = None;
         let mut dst_inner = 1i64;
         let mut src_inner = 1i64;
@@ -154,6 +155,18 @@ impl Lowerer<'_, '_> {
         let ty = self.b.func.dfg.value_type(x);
         let a = self.slot_addr(slot, ty, i);
         self.b.ins().store(MemFlagsData::trusted(), x, a, 0);
+    }
+
+    /// `for i in (0..n).step_by(LANES) { body(i) }` with `n` a multiple of [`LANES`].
+    pub(super) fn group_loop(
+        &mut self,
+        n: u64,
+        body: impl FnOnce(&mut Self, ClValue) -> Res<()>,
+    ) -> Res<()> {
+        self.counted_loop(n / LANES, |l, g| {
+            let i = l.b.ins().imul_imm_s(g, LANES as i64);
+            body(l, i)
+        })
     }
 
     /// `for i in 0..n { body(i) }` with `n >= 1`.

@@ -2,6 +2,7 @@
 //! `if`. Element computations are in `elem`, op semantics in `scalar`, memory in `memory`,
 //! reductions and `dot` in `reduce`.
 
+use super::lanes::LANES;
 use super::math::MathFn;
 use super::plan::Plan;
 use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, ParamKind, Value};
@@ -238,6 +239,23 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         let n = self.k.ty(v).numel();
         let own = self.slots.get(&v) == Some(&slot);
         let op = self.defs.get(&v).copied();
+        let form = match op {
+            Some(op) if own => self.op_form(op, v),
+            _ => self.form(v),
+        };
+        if n >= LANES && form.is_some() && self.slot_lanes_ok(v) {
+            let e = self.k.ty(v).elem;
+            return self.group_loop(n, |l, i| {
+                let x = match op {
+                    Some(op) if own => l.op_group(op, v, i)?,
+                    _ => l.group(v, i)?,
+                };
+                let x = l.lanes_of_group(x, e)?;
+                let addr = l.slot_addr(slot, cl_type(e), i);
+                l.store_lanes(addr, x, e, MemFlagsData::new().with_notrap());
+                Ok(())
+            });
+        }
         self.counted_loop(n, |l, i| {
             let x = match op {
                 Some(op) if own => l.op_elem(op, v, i)?,

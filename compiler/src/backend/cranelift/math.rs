@@ -1,45 +1,36 @@
-//! Math functions without a Cranelift instruction: plain Rust functions with the C ABI that the
-//! JIT links against by name.
+//! Math functions without a Cranelift instruction or an inline sequence (`expf`): plain Rust
+//! functions with the C ABI that the JIT links against by name.
 
 /// A math routine called from generated code; every one takes and returns `f32`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum MathFn {
-    Exp,
-    Exp2,
     Log,
     Log2,
     Tanh,
     Sin,
     Cos,
-    Sigmoid,
     /// Float remainder (`%`), two arguments.
     Fmod,
 }
 
 impl MathFn {
-    pub(super) const ALL: [MathFn; 9] = [
-        MathFn::Exp,
-        MathFn::Exp2,
+    pub(super) const ALL: [MathFn; 6] = [
         MathFn::Log,
         MathFn::Log2,
         MathFn::Tanh,
         MathFn::Sin,
         MathFn::Cos,
-        MathFn::Sigmoid,
         MathFn::Fmod,
     ];
 
     /// The symbol the JIT resolves.
     pub(super) fn symbol(self) -> &'static str {
         match self {
-            MathFn::Exp => "kiln_expf",
-            MathFn::Exp2 => "kiln_exp2f",
             MathFn::Log => "kiln_logf",
             MathFn::Log2 => "kiln_log2f",
             MathFn::Tanh => "kiln_tanhf",
             MathFn::Sin => "kiln_sinf",
             MathFn::Cos => "kiln_cosf",
-            MathFn::Sigmoid => "kiln_sigmoidf",
             MathFn::Fmod => "kiln_fmodf",
         }
     }
@@ -53,25 +44,16 @@ impl MathFn {
 
     pub(super) fn address(self) -> *const u8 {
         match self {
-            MathFn::Exp => kiln_expf as *const u8,
-            MathFn::Exp2 => kiln_exp2f as *const u8,
             MathFn::Log => kiln_logf as *const u8,
             MathFn::Log2 => kiln_log2f as *const u8,
             MathFn::Tanh => kiln_tanhf as *const u8,
             MathFn::Sin => kiln_sinf as *const u8,
             MathFn::Cos => kiln_cosf as *const u8,
-            MathFn::Sigmoid => kiln_sigmoidf as *const u8,
             MathFn::Fmod => kiln_fmodf as *const u8,
         }
     }
 }
 
-extern "C" fn kiln_expf(x: f32) -> f32 {
-    x.exp()
-}
-extern "C" fn kiln_exp2f(x: f32) -> f32 {
-    x.exp2()
-}
 extern "C" fn kiln_logf(x: f32) -> f32 {
     x.ln()
 }
@@ -86,9 +68,6 @@ extern "C" fn kiln_sinf(x: f32) -> f32 {
 }
 extern "C" fn kiln_cosf(x: f32) -> f32 {
     x.cos()
-}
-extern "C" fn kiln_sigmoidf(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 extern "C" fn kiln_fmodf(x: f32, y: f32) -> f32 {
     x % y

@@ -10,7 +10,7 @@ use cranelift_codegen::ir::{
 };
 
 impl Lowerer<'_, '_> {
-    fn scratch_addr(&mut self) -> ClValue {
+    pub(super) fn scratch_addr(&mut self) -> ClValue {
         let slot = *self.scratch.get_or_insert_with(|| {
             self.b
                 .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3))
@@ -57,6 +57,9 @@ impl Lowerer<'_, '_> {
 
     pub(super) fn store(&mut self, ptr: Value, value: Value, mask: Option<Value>) -> Res<()> {
         let n = self.k.ty(ptr).numel();
+        if self.store_vectorizes(ptr, value, mask) {
+            return self.group_loop(n, |l, i| l.store_group(ptr, value, mask, i));
+        }
         self.counted_loop(n, |l, i| {
             let addr = l.lane_addr(ptr, mask, i)?;
             let x = l.elem(value, i)?;

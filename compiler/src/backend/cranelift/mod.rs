@@ -9,17 +9,26 @@
 //! are fused into the loop of the op that consumes them (see `plan`), so only tiles that are
 //! read more than once, across blocks, or by reductions, `dot`, `trans` and `broadcast` are
 //! stored, in stack arrays of the function's frame. 16-bit floats are carried as their bits and
-//! computed in f32; math functions without an instruction call Rust (`math`).
+//! computed in f32; `exp`, `exp2` and `sigmoid` are inline sequences (`expf`), other math
+//! functions without an instruction call Rust (`math`).
+//!
+//! Loops whose values all have a four-lane form run four elements per iteration in vector
+//! registers (`lanes` decides, `vector` and `vmemory` lower); the rest stay scalar.
 
+mod consts;
 mod elem;
+mod expf;
 mod half;
 mod jit;
+mod lanes;
 mod lower;
 mod math;
 mod memory;
 mod plan;
 mod reduce;
 mod scalar;
+mod vector;
+mod vmemory;
 
 use super::BackendError;
 use crate::ir::{Kernel, Param};

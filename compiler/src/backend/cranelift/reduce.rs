@@ -1,6 +1,9 @@
-//! Reductions along one axis of an N-D tile, and `dot`. Float reductions accumulate in f32 in
-//! index order and round once to the element type.
+//! Reductions along one axis of an N-D tile, and `dot`. Float reductions accumulate in f32 and
+//! round once to the element type; along a contiguous axis they keep four interleaved partial
+//! results (see `reduce_lanes`), otherwise they go in index order.
 
+use super::consts::{f32_const, int_const};
+use super::lanes::LANES;
 use super::lower::{cl_type, Lowerer, Res};
 use crate::ir::{ReduceOp, Value};
 use crate::types::DType;
@@ -52,6 +55,11 @@ impl Lowerer<'_, '_> {
         len: u64,
         stride: u64,
     ) -> Res<ClValue> {
+        let lane_op = matches!(op, ReduceOp::Sum | ReduceOp::Max | ReduceOp::Min);
+        let lane_type = matches!(d, DType::F32 | DType::Bf16 | DType::F16 | DType::I32);
+        if stride == 1 && len >= LANES && lane_op && lane_type && self.lanes_ok(x) {
+            return self.reduce_lanes(op, d, x, base, len);
+        }
         let float = d.is_float();
         let acc_ty = if float {
             types::F32
@@ -127,6 +135,54 @@ impl Lowerer<'_, '_> {
             _ if float => self.narrow_f32(d, accs[0]),
             _ => accs[0],
         })
+    }
+
+    /// Reduces `len` contiguous elements of `x` from `base` four lanes at a time: lane `k`
+    /// accumulates elements `k, k + 4, ...`, and the four partial results are combined at the
+    /// end. Only for sums, minima and maxima.
+    fn reduce_lanes(
+        &mut self,
+        op: ReduceOp,
+        d: DType,
+        x: Value,
+        base: ClValue,
+        len: u64,
+    ) -> Res<ClValue> {
+        let float = d.is_float();
+        let init = match (op, float) {
+            (ReduceOp::Sum, true) => f32_const(&mut self.b, types::F32X4, 0.0),
+            (ReduceOp::Max, true) => f32_const(&mut self.b, types::F32X4, f32::NEG_INFINITY),
+            (ReduceOp::Min, true) => f32_const(&mut self.b, types::F32X4, f32::INFINITY),
+            (ReduceOp::Sum, false) => int_const(&mut self.b, types::I32X4, 0),
+            (ReduceOp::Max, false) => int_const(&mut self.b, types::I32X4, i32::MIN.into()),
+            (_, false) => int_const(&mut self.b, types::I32X4, i32::MAX.into()),
+            (_, true) => return Err(format!("{op:?} on lanes")),
+        };
+        let acc = self.fold_loop(len / LANES, &[init], |l, g, acc| {
+            let at = l.b.ins().imul_imm_s(g, LANES as i64);
+            let at = l.b.ins().iadd(base, at);
+            let v = l.lanes(x, at)?;
+            let v = if float { l.widen(d, v) } else { v };
+            Ok(vec![l.combine(op, float, acc[0], v)])
+        })?[0];
+        let lanes: Vec<ClValue> = (0..4u8).map(|k| self.b.ins().extractlane(acc, k)).collect();
+        let lo = self.combine(op, float, lanes[0], lanes[1]);
+        let hi = self.combine(op, float, lanes[2], lanes[3]);
+        let r = self.combine(op, float, lo, hi);
+        Ok(if float { self.narrow_f32(d, r) } else { r })
+    }
+
+    /// One step of a sum, min or max reduction.
+    fn combine(&mut self, op: ReduceOp, float: bool, a: ClValue, b: ClValue) -> ClValue {
+        let ins = self.b.ins();
+        match (op, float) {
+            (ReduceOp::Sum, true) => ins.fadd(a, b),
+            (ReduceOp::Max, true) => ins.fmax(a, b),
+            (_, true) => ins.fmin(a, b),
+            (ReduceOp::Sum, false) => ins.iadd(a, b),
+            (ReduceOp::Max, false) => ins.smax(a, b),
+            (_, false) => ins.smin(a, b),
+        }
     }
 
     /// `acc + a @ b` as a triple loop, accumulating in f32.

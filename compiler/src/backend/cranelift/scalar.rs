@@ -1,6 +1,7 @@
 //! The semantics of one element: arithmetic, comparisons and casts for every element type.
 //! 16-bit floats are widened to f32, computed, and rounded back.
 
+use super::expf;
 use super::half;
 use super::lower::{Lowerer, Res};
 use super::math::MathFn;
@@ -54,14 +55,14 @@ impl Lowerer<'_, '_> {
                     let one = self.b.ins().f32const(1.0);
                     self.b.ins().fdiv(one, s)
                 }
-                UnaryOp::Exp => self.call1(MathFn::Exp, x),
-                UnaryOp::Exp2 => self.call1(MathFn::Exp2, x),
+                UnaryOp::Exp => expf::exp(&mut self.b, x),
+                UnaryOp::Exp2 => expf::exp2(&mut self.b, x),
                 UnaryOp::Log => self.call1(MathFn::Log, x),
                 UnaryOp::Log2 => self.call1(MathFn::Log2, x),
                 UnaryOp::Tanh => self.call1(MathFn::Tanh, x),
                 UnaryOp::Sin => self.call1(MathFn::Sin, x),
                 UnaryOp::Cos => self.call1(MathFn::Cos, x),
-                UnaryOp::Sigmoid => self.call1(MathFn::Sigmoid, x),
+                UnaryOp::Sigmoid => expf::sigmoid(&mut self.b, x),
                 UnaryOp::Not => return Err(format!("`not` on {d}")),
             };
             return Ok(self.narrow_f32(d, r));
