@@ -78,6 +78,13 @@ pub(crate) fn run(
     c: BufferView<'_>,
     bias: Option<BufferView<'_>>,
 ) -> Result<()> {
+    // cuBLASLt's f32 GEMMs take only an f32 bias (measured on the H200: no algorithm otherwise).
+    if let Some(bias) = bias.filter(|bias| a.dtype() == DType::F32 && bias.dtype() != DType::F32) {
+        return Err(spec.error(format!(
+            "on a GPU an f32 product takes an f32 bias, not {}",
+            bias.dtype()
+        )));
+    }
     if let Some(bias) = bias.filter(|bias| bias.address() % BIAS_ALIGN != 0) {
         return Err(spec.error(format!(
             "on a GPU the bias must be {BIAS_ALIGN}-byte aligned for cuBLASLt's epilogue; \
