@@ -20,6 +20,7 @@ macro_rules! kernel_files {
 kernel_files!(
     "add.kiln",
     "adamw.kiln",
+    "attention.kiln",
     "cross_entropy.kiln",
     "embedding.kiln",
     "rmsnorm.kiln",

@@ -10,6 +10,7 @@
 //! [`Error::Shape`] naming the operation and the argument, before anything runs.
 
 pub mod adamw;
+pub mod attention;
 mod context;
 pub mod cross_entropy;
 pub mod embedding;

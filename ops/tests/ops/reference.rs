@@ -216,3 +216,95 @@ impl LinearCrossEntropy<'_> {
         (dh, dw)
     }
 }
+
+/// Causal attention within each sequence of a pack, grouped-query heads, in f64.
+pub struct PackedAttention<'a> {
+    pub cu_seqlens: &'a [usize],
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl PackedAttention<'_> {
+    fn scale(&self) -> f64 {
+        1.0 / (self.head_dim as f64).sqrt()
+    }
+
+    fn at<'x>(&self, x: &'x [f64], heads: usize, t: usize, h: usize) -> &'x [f64] {
+        let d = self.head_dim;
+        &x[(t * heads + h) * d..(t * heads + h + 1) * d]
+    }
+
+    /// Probabilities of query token `i` (head `h`) over the keys of its sequence up to itself.
+    fn probs(&self, q: &[f64], k: &[f64], start: usize, i: usize, h: usize) -> Vec<f64> {
+        let kvh = h / (self.q_heads / self.kv_heads);
+        let qi = self.at(q, self.q_heads, i, h);
+        let s: Vec<f64> = (start..=i)
+            .map(|j| dot_f64(qi, self.at(k, self.kv_heads, j, kvh)) * self.scale())
+            .collect();
+        let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        e.iter().map(|x| x / z).collect()
+    }
+
+    /// The output `[tokens, q_heads, head_dim]`.
+    pub fn forward(&self, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
+        let (hq, d) = (self.q_heads, self.head_dim);
+        let mut o = vec![0.0; q.len()];
+        for w in self.cu_seqlens.windows(2) {
+            for i in w[0]..w[1] {
+                for h in 0..hq {
+                    let kvh = h / (hq / self.kv_heads);
+                    let p = self.probs(q, k, w[0], i, h);
+                    for (n, j) in (w[0]..=i).enumerate() {
+                        let vj = self.at(v, self.kv_heads, j, kvh);
+                        for c in 0..d {
+                            o[(i * hq + h) * d + c] += p[n] * vj[c];
+                        }
+                    }
+                }
+            }
+        }
+        o
+    }
+
+    /// (dq, dk, dv) of sum(o * d_o), from the softmax Jacobian directly.
+    pub fn backward(
+        &self,
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        d_o: &[f64],
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (hq, hkv, d) = (self.q_heads, self.kv_heads, self.head_dim);
+        let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        for w in self.cu_seqlens.windows(2) {
+            for i in w[0]..w[1] {
+                for h in 0..hq {
+                    let kvh = h / (hq / hkv);
+                    let p = self.probs(q, k, w[0], i, h);
+                    let doi = self.at(d_o, hq, i, h);
+                    // dp_j = d_o · v_j; ds_j = p_j (dp_j - sum_n p_n dp_n)
+                    let dp: Vec<f64> = (w[0]..=i)
+                        .map(|j| dot_f64(doi, self.at(v, hkv, j, kvh)))
+                        .collect();
+                    let mean: f64 = p.iter().zip(&dp).map(|(a, b)| a * b).sum();
+                    for (n, j) in (w[0]..=i).enumerate() {
+                        let ds = p[n] * (dp[n] - mean) * self.scale();
+                        for c in 0..d {
+                            dv[(j * hkv + kvh) * d + c] += p[n] * doi[c];
+                            dq[(i * hq + h) * d + c] += ds * k[(j * hkv + kvh) * d + c];
+                            dk[(j * hkv + kvh) * d + c] += ds * q[(i * hq + h) * d + c];
+                        }
+                    }
+                }
+            }
+        }
+        (dq, dk, dv)
+    }
+}
+
+fn dot_f64(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
