@@ -43,6 +43,9 @@ pub fn run(runs: usize, peer_file: Option<&std::path::Path>) -> Result<String, S
     rows.push(adamw(&ops, runs, 494_032_768)?);
     let (ce_row, ce_note) = cross_entropy(&ops, runs.min(20), 8192, 896, 151_936)?;
     rows.push(ce_row);
+    rows.extend(attention(&ops, runs.min(20), &[1024; 8])?);
+    let packed = packed_lengths(8192, 1024);
+    let packed_rows = attention(&ops, runs.min(20), &packed)?;
 
     let peers = match peer_file {
         Some(path) => read_peers(path)?,
@@ -83,7 +86,89 @@ pub fn run(runs: usize, peer_file: Option<&std::path::Path>) -> Result<String, S
         }
     }
     out += &ce_note;
+    for row in packed_rows {
+        out += &format!(
+            "{} on a pack of {} sequences of random lengths (8,192 tokens, 14/2 heads, dim 64): {:.4} ms\n",
+            row.op,
+            packed.len(),
+            row.ms
+        );
+    }
     Ok(out)
+}
+
+/// Lengths from 1 to `max` (roughly log-uniform) that add up to `tokens`.
+fn packed_lengths(tokens: usize, max: usize) -> Vec<usize> {
+    let (mut left, mut x, mut out) = (tokens, 0x2545_f491_4f6c_dd1du64, vec![]);
+    while left > 0 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let len = (max as f64).powf((x % 1000) as f64 / 1000.0) as usize;
+        let len = len.clamp(1, left);
+        out.push(len);
+        left -= len;
+    }
+    out
+}
+
+/// Causal attention forward, and forward + backward, over sequences of `lengths` packed
+/// together: 14 query heads, 2 key/value heads, head dim 64.
+fn attention(ops: &Ops, runs: usize, lengths: &[usize]) -> Result<Vec<Row>, String> {
+    use kiln::ops::attention::{Attention, PackedBlocks};
+    let dev = ops.device();
+    let attn = Attention {
+        q_heads: 14,
+        kv_heads: 2,
+        head_dim: 64,
+    };
+    let mut cu = vec![0];
+    for l in lengths {
+        cu.push(cu.last().unwrap() + l);
+    }
+    let t = *cu.last().unwrap();
+    let e = |e: kiln::ops::Error| e.to_string();
+    let blocks = PackedBlocks::new(ops, &cu, Attention::BLOCK).map_err(e)?;
+    let (q_len, kv_len) = (t * 14 * 64, t * 2 * 64);
+    let q = rand_bf16(dev, q_len, 15, 1.0)?;
+    let k = rand_bf16(dev, kv_len, 16, 1.0)?;
+    let v = rand_bf16(dev, kv_len, 17, 1.0)?;
+    let d_o = rand_bf16(dev, q_len, 18, 1.0)?;
+    let o = alloc(dev, DType::Bf16, q_len)?;
+    let lse = alloc(dev, DType::F32, t * 14)?;
+    let (dq, dk, dv) = (
+        alloc(dev, DType::Bf16, q_len)?,
+        alloc(dev, DType::Bf16, kv_len)?,
+        alloc(dev, DType::Bf16, kv_len)?,
+    );
+    let fwd = median_ms(dev, runs, |_| {
+        attn.forward(ops, &blocks, &q, &k, &v, &o, &lse).map_err(e)
+    })?;
+    let fwd_bwd = median_ms(dev, runs, |_| {
+        attn.forward(ops, &blocks, &q, &k, &v, &o, &lse)
+            .map_err(e)?;
+        attn.backward(ops, &blocks, (&q, &k, &v), &o, &lse, &d_o, (&dq, &dk, &dv))
+            .map_err(e)
+    })?;
+    let shape = if lengths.iter().all(|&l| l == lengths[0]) {
+        vec![lengths.len(), 14, 2, lengths[0], 64]
+    } else {
+        vec![]
+    };
+    Ok(vec![
+        Row {
+            op: "attn_fwd",
+            shape: shape.clone(),
+            ms: fwd,
+            bytes: 0,
+        },
+        Row {
+            op: "attn_fwd_bwd",
+            shape,
+            ms: fwd_bwd,
+            bytes: 0,
+        },
+    ])
 }
 
 /// Cut cross-entropy forward and backward with the lm_head GEMMs, as one training step runs it
