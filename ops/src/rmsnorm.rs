@@ -60,21 +60,7 @@ impl RmsNorm {
         y: &Buffer,
         rstd: &Buffer,
     ) -> Result<()> {
-        const OP: &str = "rmsnorm forward";
-        self.check(OP)?;
-        self.activation(OP, "x", x)?;
-        self.activation(OP, "y", y)?;
-        expect(OP, "w", w, DType::Bf16, self.n)?;
-        expect(OP, "rstd", rstd, DType::F32, self.rows)?;
-        let args = [
-            Arg::Buffer(x),
-            Arg::Buffer(w),
-            Arg::Buffer(y),
-            Arg::Buffer(rstd),
-            Arg::I32(self.n as i32),
-            Arg::F32(self.eps),
-        ];
-        ops.launch(&self.fwd_config("rmsnorm_fwd"), [self.rows, 1, 1], &args)
+        self.forward_impl(ops, "rmsnorm forward", x, None, w, y, rstd)
     }
 
     /// The pre-norm of a block: `h = x + residual` (the new residual stream) and
@@ -90,28 +76,48 @@ impl RmsNorm {
         y: &Buffer,
         rstd: &Buffer,
     ) -> Result<()> {
-        const OP: &str = "add + rmsnorm forward";
-        self.check(OP)?;
-        for (what, b) in [("x", x), ("residual", residual), ("h", h), ("y", y)] {
-            self.activation(OP, what, b)?;
+        let op = "add + rmsnorm forward";
+        self.forward_impl(ops, op, x, Some((residual, h)), w, y, rstd)
+    }
+
+    /// Both forwards: with `residual_and_h`, the input is `x + residual`, stored into `h`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_impl(
+        &self,
+        ops: &Ops,
+        op: &'static str,
+        x: &Buffer,
+        residual_and_h: Option<(&Buffer, &Buffer)>,
+        w: &Buffer,
+        y: &Buffer,
+        rstd: &Buffer,
+    ) -> Result<()> {
+        self.check(op)?;
+        let mut activations = vec![("x", x), ("y", y)];
+        if let Some((residual, h)) = residual_and_h {
+            activations.extend([("residual", residual), ("h", h)]);
         }
-        expect(OP, "w", w, DType::Bf16, self.n)?;
-        expect(OP, "rstd", rstd, DType::F32, self.rows)?;
-        let args = [
-            Arg::Buffer(x),
-            Arg::Buffer(residual),
-            Arg::Buffer(h),
+        for (what, b) in activations {
+            self.activation(op, what, b)?;
+        }
+        expect(op, "w", w, DType::Bf16, self.n)?;
+        expect(op, "rstd", rstd, DType::F32, self.rows)?;
+        let mut args = vec![Arg::Buffer(x)];
+        if let Some((residual, h)) = residual_and_h {
+            args.extend([Arg::Buffer(residual), Arg::Buffer(h)]);
+        }
+        args.extend([
             Arg::Buffer(w),
             Arg::Buffer(y),
             Arg::Buffer(rstd),
             Arg::I32(self.n as i32),
             Arg::F32(self.eps),
-        ];
-        ops.launch(
-            &self.fwd_config("add_rmsnorm_fwd"),
-            [self.rows, 1, 1],
-            &args,
-        )
+        ]);
+        let kernel = match residual_and_h {
+            Some(_) => "add_rmsnorm_fwd",
+            None => "rmsnorm_fwd",
+        };
+        ops.launch(&self.fwd_config(kernel), [self.rows, 1, 1], &args)
     }
 
     /// `dx` and `dw` from `x`, `w`, `dy` and the saved `rstd`.
