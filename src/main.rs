@@ -65,6 +65,8 @@ enum BenchSuite {
     Kernels,
     /// JIT latency on CUDA device 0: every shipped kernel, cold and from the disk cache.
     Jit,
+    /// TFLOP/s of the Kiln GEMM on CUDA device 0 against cuBLAS, over tile configurations.
+    Gemm,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -109,6 +111,10 @@ fn run(cli: Cli) -> Result<String, String> {
             suite: BenchSuite::Jit,
             ..
         } => bench::jit::run(),
+        Command::Bench {
+            suite: BenchSuite::Gemm,
+            runs,
+        } => bench::gemm::run(runs.max(1)),
         Command::Compile {
             file,
             emit,

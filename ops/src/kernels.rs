@@ -22,6 +22,7 @@ kernel_files!(
     "adamw.kiln",
     "cross_entropy.kiln",
     "embedding.kiln",
+    "gemm.kiln",
     "rmsnorm.kiln",
     "rope.kiln",
     "swiglu.kiln",

@@ -192,10 +192,8 @@ fn forward(k: &Kernel, g: &Graph, threads: u32, mma: &mut HashSet<Value>) {
             Op::Dot { a, b, .. } if on_tensor_cores(k, *a, *b, threads) => {
                 mma.insert(inst.results[0]);
             }
-            op if elementwise(op) => {
-                if op.operands().iter().any(|v| mma.contains(v)) {
-                    mma.insert(inst.results[0]);
-                }
+            op if elementwise(op) && op.operands().iter().any(|v| mma.contains(v)) => {
+                mma.insert(inst.results[0]);
             }
             Op::For { init, body, .. } => {
                 let next = yields(&body.insts);

@@ -45,7 +45,8 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.barrier()?;
         let lane = self.b.build_and(self.tid, self.i32(31), "lane")?;
         let lane16 = self.b.build_and(self.tid, self.i32(15), "")?;
-        let (row0, col0) = self.warp_origin(l)?;
+        let row0 = self.bit_field(self.tid, &l.warp_row_term())?;
+        let col0 = self.bit_field(self.tid, &l.warp_col_term())?;
         for k0 in (0..depth).step_by(ATOM_K as usize) {
             let mut a_frags = vec![];
             for i in 0..l.atoms_m() {
@@ -73,34 +74,6 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         }
         self.barrier()?;
         Ok(acc)
-    }
-
-    /// The first row and column of this thread's warp block (see [`MmaLayout::tid_terms`]).
-    fn warp_origin(&self, l: &MmaLayout) -> Res<(IntValue<'ctx>, IntValue<'ctx>)> {
-        let field = |shift: u32, count: u32, mul: u32| -> Res<IntValue<'ctx>> {
-            let term = TidTerm {
-                shift,
-                mask: count - 1,
-                mul,
-            };
-            self.lane_term(self.tid, &term)
-        };
-        let wn_shift = 5 + l.warps_n.trailing_zeros();
-        let row = field(wn_shift, l.warps_m, l.warp_rows())?;
-        let col = field(5, l.warps_n, l.warp_cols())?;
-        Ok((row, col))
-    }
-
-    /// `(x >> shift & mask) * mul`.
-    fn lane_term(&self, x: IntValue<'ctx>, t: &TidTerm) -> Res<IntValue<'ctx>> {
-        if t.mask == 0 {
-            return Ok(self.i32(0));
-        }
-        let s = self
-            .b
-            .build_right_shift(x, self.i32(t.shift as u64), false, "")?;
-        let f = self.b.build_and(s, self.i32(t.mask as u64), "")?;
-        Ok(self.b.build_int_mul(f, self.i32(t.mul as u64), "")?)
     }
 
     fn add_const(&self, x: IntValue<'ctx>, c: u32) -> Res<IntValue<'ctx>> {
@@ -188,7 +161,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         col: IntValue<'ctx>,
         phase_row: IntValue<'ctx>,
     ) -> Res<PointerValue<'ctx>> {
-        let phase = self.lane_term(
+        let phase = self.bit_field(
             phase_row,
             &TidTerm {
                 shift: tile.phase_shift(),
@@ -220,10 +193,10 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             Major::Outer => (self.i32(0), k0, self.add_const(outer0, outer)?),
         };
         for t in &row_terms {
-            row = self.b.build_int_add(row, self.lane_term(lane, t)?, "")?;
+            row = self.b.build_int_add(row, self.bit_field(lane, t)?, "")?;
         }
         for t in &col_terms {
-            col = self.b.build_int_add(col, self.lane_term(lane, t)?, "")?;
+            col = self.b.build_int_add(col, self.bit_field(lane, t)?, "")?;
         }
         // Every other part of the row is a multiple of 8, so the swizzle phase depends on the
         // lane alone, and blocks that differ only in their row differ by a constant address.

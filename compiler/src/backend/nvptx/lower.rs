@@ -3,7 +3,7 @@
 
 use super::assign::Assignment;
 use super::axis::AxisAnalysis;
-use super::layout::{Blocked, Layout};
+use super::layout::{Blocked, Layout, TidTerm};
 use super::{error, intrinsics, PtxOptions};
 use crate::backend::BackendError;
 use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, ParamKind, Value};
@@ -280,22 +280,30 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             if t.mask == 0 {
                 continue;
             }
-            let shifted =
-                self.b
-                    .build_right_shift(self.tid, self.i32(t.shift as u64), false, "")?;
             // `tid < threads`, so masking with `threads - 1` is a no-op.
-            let field = if t.shift == 0 && t.mask == self.threads - 1 {
-                shifted
+            let term = if t.shift == 0 && t.mask == self.threads - 1 {
+                self.b.build_int_mul(self.tid, self.i32(t.mul as u64), "")?
             } else {
-                self.b.build_and(shifted, self.i32(t.mask as u64), "")?
+                self.bit_field(self.tid, &t)?
             };
-            let term = self.b.build_int_mul(field, self.i32(t.mul as u64), "")?;
             sum = Some(match sum {
                 None => term,
                 Some(s) => self.b.build_int_add(s, term, "")?,
             });
         }
         Ok(sum.unwrap_or_else(|| self.i32(0)))
+    }
+
+    /// `(x >> shift & mask) * mul` for term `t` (zero when the mask is).
+    pub fn bit_field(&self, x: IntValue<'ctx>, t: &TidTerm) -> Res<IntValue<'ctx>> {
+        if t.mask == 0 {
+            return Ok(self.i32(0));
+        }
+        let s = self
+            .b
+            .build_right_shift(x, self.i32(t.shift as u64), false, "")?;
+        let f = self.b.build_and(s, self.i32(t.mask as u64), "")?;
+        Ok(self.b.build_int_mul(f, self.i32(t.mul as u64), "")?)
     }
 
     /// Whether this thread owns its registers of a tile laid out as `l` (None: every thread

@@ -117,9 +117,28 @@ impl MmaLayout {
         (i * self.atoms_n() + j) * 4
     }
 
+    /// The first row of the thread's warp block, as a term of the thread id.
+    pub fn warp_row_term(&self) -> TidTerm {
+        TidTerm {
+            shift: 5 + self.warps_n.trailing_zeros(),
+            mask: self.warps_m - 1,
+            mul: self.warp_rows(),
+        }
+    }
+
+    /// The first column of the thread's warp block, as a term of the thread id.
+    pub fn warp_col_term(&self) -> TidTerm {
+        TidTerm {
+            shift: 5,
+            mask: self.warps_n - 1,
+            mul: self.warp_cols(),
+        }
+    }
+
     /// Lane terms (`g` picks the row, `t` the column pair), then the warp's block.
     pub fn tid_terms(&self) -> Vec<TidTerm> {
-        let mut terms = vec![
+        let row = self.warp_row_term();
+        vec![
             TidTerm {
                 shift: 2,
                 mask: 7,
@@ -130,22 +149,12 @@ impl MmaLayout {
                 mask: 3,
                 mul: 2,
             },
-        ];
-        if self.warps_n > 1 {
-            terms.push(TidTerm {
-                shift: 5,
-                mask: self.warps_n - 1,
-                mul: self.warp_cols(),
-            });
-        }
-        if self.warps_m > 1 {
-            terms.push(TidTerm {
-                shift: 5 + self.warps_n.trailing_zeros(),
-                mask: self.warps_m - 1,
-                mul: self.warp_rows() * self.n,
-            });
-        }
-        terms
+            self.warp_col_term(),
+            TidTerm {
+                mul: row.mul * self.n,
+                ..row
+            },
+        ]
     }
 
     pub fn reg_offset(&self, reg: u32) -> u32 {
@@ -220,7 +229,7 @@ impl SharedTile {
     /// The element offset (from `base`) of `(row, col)`.
     pub fn offset(&self, row: u32, col: u32) -> u32 {
         let phase = row >> self.phase_shift() & self.phase_mask();
-        row * self.cols + (col ^ phase * Self::CHUNK)
+        row * self.cols + (col ^ (phase * Self::CHUNK))
     }
 }
 

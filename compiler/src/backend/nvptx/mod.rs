@@ -14,11 +14,13 @@
 //! grids, masks and pointer tiles are recomputed in the layout that needs them).
 //!
 //! Every generated kernel is checked with `ptxas` in the tests, but none has yet run on a GPU
-//! from this crate's tests. What most needs checking there (`compiler/tests/compiler/nvptx_gpu.py`
-//! runs the test kernels against PyTorch): the predicated inline-PTX vector loads (zero fill,
-//! word order of `bf16` pairs), lane ownership of replicated tiles in stores and atomics, the
-//! two-barrier shared-memory protocol inside loops, the cross-warp reduction, `argmax` ties and
-//! NaNs, and the accuracy of the approximate math listed in `arith`.
+//! from this crate's tests (the `kiln-ops` tests run kernels on a GPU where there is one).
+//! What most needs checking there (`compiler/tests/compiler/nvptx_gpu.py` runs the test kernels
+//! against PyTorch): the predicated inline-PTX vector loads (zero fill, word order of `bf16`
+//! pairs), lane ownership of replicated tiles in stores and atomics, the two-barrier
+//! shared-memory protocol inside loops, the cross-warp reduction, `argmax` ties and NaNs, the
+//! accuracy of the approximate math listed in `arith`, and the tensor-core path of `dot`
+//! (whose fragment and `ldmatrix` mappings are simulated against the PTX ISA in the tests).
 
 mod arith;
 pub mod assign;
