@@ -70,6 +70,8 @@ enum BenchSuite {
     Jit,
     /// The typed operations on CUDA device 0 at the peers' shapes (with `--peer`, beside them).
     Ops,
+    /// TFLOP/s of the Kiln GEMM on CUDA device 0 against cuBLAS, over tile configurations.
+    Gemm,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -121,6 +123,11 @@ fn run(cli: Cli) -> Result<String, String> {
             suite: BenchSuite::Jit,
             ..
         } => bench::jit::run(),
+        Command::Bench {
+            suite: BenchSuite::Gemm,
+            runs,
+            ..
+        } => bench::gemm::run(runs.max(1)),
         Command::Compile {
             file,
             emit,

@@ -23,6 +23,7 @@ kernel_files!(
     "attention.kiln",
     "cross_entropy.kiln",
     "embedding.kiln",
+    "gemm.kiln",
     "rmsnorm.kiln",
     "rope.kiln",
     "swiglu.kiln",

@@ -8,7 +8,11 @@ mod kernels;
 #[cfg(feature = "nvptx")]
 mod nvptx;
 #[cfg(feature = "nvptx")]
+mod nvptx_dot;
+#[cfg(feature = "nvptx")]
 mod nvptx_layout;
+#[cfg(feature = "nvptx")]
+mod nvptx_mma;
 #[cfg(feature = "nvptx")]
 mod nvptx_ptxas;
 #[cfg(feature = "nvptx")]

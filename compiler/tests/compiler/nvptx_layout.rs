@@ -2,7 +2,7 @@
 //! facts vector access relies on.
 
 use kiln_compiler::backend::nvptx::axis::AxisAnalysis;
-use kiln_compiler::backend::nvptx::layout::{dim_shifts, Layout};
+use kiln_compiler::backend::nvptx::layout::{dim_shifts, Blocked, Layout};
 use kiln_compiler::backend::nvptx::reduce::axis_within_warps;
 use kiln_compiler::backend::nvptx::{Arch, PtxOptions};
 use kiln_compiler::ir::Op;
@@ -14,18 +14,12 @@ fn every_element_has_exactly_one_owner() {
     for threads in [32, 64, 128, 256, 1024] {
         for log in 0..14 {
             let numel = 1u32 << log;
-            let l = Layout::new(numel, threads);
+            let b = Blocked::new(numel, threads);
+            let l = Layout::Blocked(b);
             let mut owners = vec![0u32; numel as usize];
-            for tid in 0..threads {
-                for reg in 0..l.regs {
-                    let mut i = tid * l.tid_stride() + l.reg_offset(reg);
-                    if l.replicated() {
-                        i &= numel - 1;
-                        if tid >= numel {
-                            continue; // a replica, not the owner
-                        }
-                    }
-                    owners[i as usize] += 1;
+            for tid in 0..l.owners() {
+                for reg in 0..l.regs() {
+                    owners[l.element(tid, reg) as usize] += 1;
                 }
             }
             assert!(
@@ -33,10 +27,14 @@ fn every_element_has_exactly_one_owner() {
                 "numel {numel}, threads {threads}"
             );
             // Runs of `vec` registers are contiguous elements.
-            if !l.replicated() {
-                for reg in 0..l.regs {
-                    assert_eq!(l.reg_offset(reg) % l.vec, reg % l.vec);
+            if !b.replicated() {
+                for reg in 0..l.regs() {
+                    assert_eq!(l.reg_offset(reg) % l.vec(), reg % l.vec());
                 }
+            }
+            // Replicas hold their owner's elements.
+            for tid in l.owners()..threads {
+                assert_eq!(l.element(tid, 0), l.element(tid % l.owners(), 0));
             }
         }
     }
@@ -98,7 +96,7 @@ fn in_warp_axis_reduction_covers_each_output_once() {
     for threads in [32, 128, 256] {
         for shape in shapes {
             let numel: u32 = shape.iter().product();
-            let l = Layout::new(numel, threads);
+            let l = Blocked::new(numel, threads);
             for axis in 0..shape.len() as u32 {
                 if !axis_within_warps(&l, shape, axis) {
                     continue;
@@ -106,7 +104,7 @@ fn in_warp_axis_reduction_covers_each_output_once() {
                 checked += 1;
                 let s = dim_shifts(shape)[axis as usize];
                 let axis_mask = (shape[axis as usize] - 1) << s;
-                let flat = |tid: u32, reg: u32| tid * l.tid_stride() + l.reg_offset(reg);
+                let flat = |tid: u32, reg: u32| Layout::Blocked(l).element(tid, reg);
                 let vbits = l.vec.trailing_zeros();
                 let lane_axis: u32 = (0..5)
                     .filter(|b| axis_mask >> (vbits + b) & 1 == 1)

@@ -1,7 +1,7 @@
 //! A small harness: buffers from f64 data, launches of shipped kernels through the kernel cache,
 //! and tolerance checks with a useful failure message.
 
-use half::bf16;
+use half::{bf16, f16};
 use kiln_compiler::ast::{Item, TypeExprKind};
 use kiln_compiler::{ConstValue, DType, Defines, Source};
 use kiln_ops::Ops;
@@ -71,6 +71,13 @@ impl Harness {
             .collect()
     }
 
+    /// Random values already rounded to f16.
+    pub fn rand_f16(&self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n)
+            .map(|_| f16::from_f64(self.uniform(scale)).to_f64())
+            .collect()
+    }
+
     /// Random values already rounded to f32.
     pub fn rand_f32(&self, n: usize, scale: f64) -> Vec<f64> {
         (0..n).map(|_| self.uniform(scale) as f32 as f64).collect()
@@ -84,6 +91,11 @@ impl Harness {
 
     pub fn bf16(&self, v: &[f64]) -> Buffer {
         let data: Vec<bf16> = v.iter().map(|&x| bf16::from_f64(x)).collect();
+        self.device.upload(&data).unwrap()
+    }
+
+    pub fn f16(&self, v: &[f64]) -> Buffer {
+        let data: Vec<f16> = v.iter().map(|&x| f16::from_f64(x)).collect();
         self.device.upload(&data).unwrap()
     }
 
@@ -138,8 +150,29 @@ impl Harness {
     ) {
         let f = kiln_ops::kernels::file(file).unwrap_or_else(|| panic!("no kernel file {file}"));
         let src = Source::new(f.name, f.source);
+        self.launch_source(
+            &src,
+            kernel,
+            defines,
+            KernelSpec::DEFAULT_NUM_WARPS,
+            grid,
+            args,
+        );
+    }
+
+    /// Launches kernel `kernel` of `src` with `num_warps` warps per program (on a GPU), then
+    /// waits for it.
+    pub fn launch_source(
+        &self,
+        src: &Source,
+        kernel: &str,
+        defines: &[(&str, i64)],
+        num_warps: u32,
+        grid: [u32; 3],
+        args: &[Arg<'_>],
+    ) {
         // Values are given as integers; a constant the kernel declares `bool` takes 0 / 1.
-        let module = kiln_compiler::parse(&src).unwrap_or_else(|e| panic!("{e}"));
+        let module = kiln_compiler::parse(src).unwrap_or_else(|e| panic!("{e}"));
         let declared_bool = |name: &str| {
             module.items.iter().any(|item| match item {
                 Item::Kernel(k) if k.name.name == kernel => k
@@ -160,10 +193,12 @@ impl Harness {
                 (n.to_string(), value)
             })
             .collect();
-        let spec = KernelSpec::new(&src, kernel).with_defines(&defines);
+        let spec = KernelSpec::new(src, kernel)
+            .with_defines(&defines)
+            .with_num_warps(num_warps);
         self.cache
             .launch(&self.device, &spec, grid, args)
-            .unwrap_or_else(|e| panic!("{kernel} on {}: {e}", self.device));
+            .unwrap_or_else(|e| panic!("{kernel} {defines:?} on {}: {e}", self.device));
         self.device.synchronize().unwrap();
     }
 

@@ -350,3 +350,47 @@ fn add() {
         h.assert_close("out", &h.read(&out), &want, BF16);
     });
 }
+
+/// The Kiln GEMM: small odd sizes with small tiles everywhere; on a GPU also the default tiles
+/// (tensor cores, several warp counts) on a multiple of the tile and on ragged edges.
+#[test]
+fn gemm() {
+    for_each_device(|h: &Harness| {
+        // (m, k, n, [BM, BN, BK], warps)
+        let mut cases = vec![(70usize, 40usize, 50usize, [32i64, 32, 16], 4u32)];
+        if h.device.is_gpu() {
+            cases.extend([
+                (512, 256, 384, [128, 128, 32], 4),
+                (1000, 300, 520, [128, 128, 32], 4),
+                (1000, 300, 520, [128, 128, 32], 8),
+                (512, 256, 384, [128, 256, 32], 8),
+                (333, 200, 190, [64, 128, 32], 4),
+            ]);
+        }
+        for (m, k, n, [bm, bn, bk], warps) in cases {
+            let a = h.rand_bf16(m * k, 1.0);
+            let b = h.rand_bf16(k * n, 1.0);
+            let (ab, bb) = (h.bf16(&a), h.bf16(&b));
+            let c = h.poisoned_bf16(m * n);
+            let f = kiln_ops::kernels::file("gemm.kiln").unwrap();
+            let grid = (m.div_ceil(bm as usize) * n.div_ceil(bn as usize)) as u32;
+            h.launch_source(
+                &kiln_compiler::Source::new(f.name, f.source),
+                "gemm",
+                &[("BM", bm), ("BN", bn), ("BK", bk)],
+                warps,
+                [grid, 1, 1],
+                &[
+                    h.arg(&ab),
+                    h.arg(&bb),
+                    h.arg(&c),
+                    h.i32(m as i32),
+                    h.i32(n as i32),
+                    h.i32(k as i32),
+                ],
+            );
+            let what = format!("gemm {m}x{k}x{n} tiles {bm}x{bn}x{bk} w{warps}");
+            h.assert_close(&what, &h.read(&c), &r::matmul(&a, &b, m, k, n), BF16);
+        }
+    });
+}

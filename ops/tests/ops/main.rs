@@ -3,6 +3,7 @@
 
 mod attention;
 mod cross_entropy;
+mod dot;
 mod gradcheck;
 mod harness;
 mod kernels;

@@ -1,9 +1,11 @@
-//! Structured control flow: `for` loops with carried tiles (one LLVM phi per register) and
-//! `if`s with results. Conditions and bounds are scalars, which every thread of the block holds
-//! alike, so control flow stays uniform and barriers inside it are legal.
+//! Structured control flow: `for` loops with carried tiles (one LLVM phi per register, or per
+//! pair of `bf16`/`f16` registers) and `if`s with results. Conditions and bounds are scalars,
+//! which every thread of the block holds alike, so control flow stays uniform and barriers inside
+//! it are legal.
 
 use super::lower::{LowerError, Lowerer, Regs, Res};
 use crate::ir::{Block, Value};
+use inkwell::values::BasicValue;
 use inkwell::IntPredicate;
 
 impl<'ctx> Lowerer<'_, 'ctx> {
@@ -21,7 +23,12 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             self.scalar(hi)?.into_int_value(),
             self.scalar(step)?.into_int_value(),
         );
-        let init: Vec<Regs> = init.iter().map(|&v| self.regs(v)).collect::<Res<_>>()?;
+        let layouts: Vec<_> = body.args[1..].iter().map(|&a| self.layout(a)).collect();
+        let init: Vec<Regs> = init
+            .iter()
+            .zip(&layouts)
+            .map(|(&v, l)| self.pack(self.regs_as(v, l)?))
+            .collect::<Res<_>>()?;
         let pre = self.current_block()?;
         let header = self.ctx.append_basic_block(self.func, "for.header");
         let body_bb = self.ctx.append_basic_block(self.func, "for.body");
@@ -45,12 +52,17 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.b.position_at_end(body_bb);
         self.define(body.args[0], vec![ivv.into()]);
         for (a, p) in body.args[1..].iter().zip(&phis) {
-            self.define(*a, p.iter().map(|p| p.as_basic_value()).collect());
+            let regs = self.unpack(p.iter().map(|p| p.as_basic_value()).collect())?;
+            self.define(*a, regs);
         }
-        let next = self
+        let next: Vec<Regs> = self
             .block(body)?
             .filter(|n| n.len() == phis.len())
-            .ok_or_else(|| LowerError("for body does not yield its carried values".into()))?;
+            .ok_or_else(|| LowerError("for body does not yield its carried values".into()))?
+            .iter()
+            .zip(&layouts)
+            .map(|(&v, l)| self.pack(self.regs_as(v, l)?))
+            .collect::<Res<_>>()?;
         let iv_next = self.b.build_int_add(ivv, step, "iv.next")?;
         let latch = self.current_block()?;
         self.b.build_unconditional_branch(header)?;
@@ -62,9 +74,50 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         }
         self.b.position_at_end(exit);
         for (r, p) in results.iter().zip(&phis) {
-            self.define(*r, p.iter().map(|p| p.as_basic_value()).collect());
+            let regs = self.unpack(p.iter().map(|p| p.as_basic_value()).collect())?;
+            self.define(*r, regs);
         }
         Ok(())
+    }
+
+    /// Pairs of half-precision registers as `<2 x T>` (one 32-bit register each: LLVM would
+    /// give every scalar its own).
+    fn pack(&self, regs: Regs<'ctx>) -> Res<Regs<'ctx>> {
+        let half = |r: &Regs<'ctx>| {
+            r.first().is_some_and(|x| {
+                x.is_float_value() && x.into_float_value().get_type().get_bit_width() == 16
+            })
+        };
+        if regs.len() % 2 != 0 || !half(&regs) {
+            return Ok(regs);
+        }
+        let ty = regs[0].into_float_value().get_type().vec_type(2);
+        regs.chunks(2)
+            .map(|pair| {
+                let mut v = ty.get_undef();
+                for (j, &x) in pair.iter().enumerate() {
+                    v = self.b.build_insert_element(v, x, self.i32(j as u64), "")?;
+                }
+                Ok(v.as_basic_value_enum())
+            })
+            .collect()
+    }
+
+    /// Undoes [`Lowerer::pack`].
+    fn unpack(&self, regs: Regs<'ctx>) -> Res<Regs<'ctx>> {
+        if !regs.first().is_some_and(|r| r.is_vector_value()) {
+            return Ok(regs);
+        }
+        let mut out = Vec::with_capacity(2 * regs.len());
+        for r in regs {
+            for j in 0..2 {
+                out.push(
+                    self.b
+                        .build_extract_element(r.into_vector_value(), self.i32(j), "")?,
+                );
+            }
+        }
+        Ok(out)
     }
 
     pub(super) fn if_else(
@@ -83,15 +136,20 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         for (bb, blk) in [(then_bb, then_b), (else_bb, else_b)] {
             self.b.position_at_end(bb);
             let y = self.block(blk)?.unwrap_or_default();
+            if y.len() != results.len() {
+                return Err(LowerError(
+                    "an if branch yields the wrong number of values".into(),
+                ));
+            }
+            let y: Vec<Regs> = y
+                .iter()
+                .zip(results)
+                .map(|(&v, &r)| self.regs_as(v, &self.layout(r)))
+                .collect::<Res<_>>()?;
             arms.push((y, self.current_block()?));
             self.b.build_unconditional_branch(merge)?;
         }
         self.b.position_at_end(merge);
-        if arms.iter().any(|(y, _)| y.len() != results.len()) {
-            return Err(LowerError(
-                "an if branch yields the wrong number of values".into(),
-            ));
-        }
         for (i, &r) in results.iter().enumerate() {
             let mut regs = vec![];
             for (j, first) in arms[0].0[i].iter().enumerate() {

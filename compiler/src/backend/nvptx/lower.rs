@@ -1,9 +1,10 @@
 //! The walk over the IR: one LLVM function per kernel, one LLVM value per register of each tile,
 //! structured control flow as LLVM blocks and phis.
 
+use super::assign::Assignment;
 use super::axis::AxisAnalysis;
-use super::layout::Layout;
-use super::{error, intrinsics, shared, PtxOptions};
+use super::layout::{Blocked, Layout, TidTerm};
+use super::{error, intrinsics, PtxOptions};
 use crate::backend::BackendError;
 use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, ParamKind, Value};
 use crate::types::DType;
@@ -15,6 +16,7 @@ use inkwell::values::{
     BasicValue, BasicValueEnum, FunctionValue, IntValue, PointerValue, ValueKind,
 };
 use inkwell::AddressSpace;
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 
 /// The registers of one tile in this thread, in [`Layout`] order.
@@ -54,20 +56,24 @@ pub fn build_module<'ctx>(
         return Err(error(k, "num_warps must be a power of two from 1 to 32"));
     }
     let module = ctx.create_module(&k.name);
-    let shared_bytes = shared::bytes_needed(k, 32 * opts.num_warps);
-    if shared_bytes > 48 * 1024 {
+    let mut l = Lowerer::new(ctx, module, k, opts).map_err(|e| error(k, e.0))?;
+    l.kernel_body().map_err(|e| error(k, e.0))?;
+    let shared_bytes = l.shared_bytes.get().div_ceil(16) * 16;
+    if shared_bytes > MAX_SHARED_BYTES {
         return Err(error(
             k,
             format!("needs {shared_bytes} bytes of shared memory, more than the static 48 KiB"),
         ));
     }
-    let mut l = Lowerer::new(ctx, module, k, opts, shared_bytes).map_err(|e| error(k, e.0))?;
-    l.kernel_body().map_err(|e| error(k, e.0))?;
+    l.size_shared(shared_bytes);
     Ok(Built {
         module: l.module,
         shared_bytes,
     })
 }
+
+/// The static shared memory a kernel may declare.
+const MAX_SHARED_BYTES: u32 = 48 * 1024;
 
 pub(super) struct Lowerer<'a, 'ctx> {
     pub ctx: &'ctx Context,
@@ -79,8 +85,14 @@ pub(super) struct Lowerer<'a, 'ctx> {
     pub threads: u32,
     /// `%tid.x`, an i32.
     pub tid: IntValue<'ctx>,
-    /// The block's shared scratch buffer (address space 3), free between conversions.
+    /// The block's shared scratch buffer (address space 3), free between conversions. A
+    /// placeholder while the kernel is lowered: [`Lowerer::size_shared`] replaces it with a
+    /// buffer of the size the conversions claimed.
     pub smem: PointerValue<'ctx>,
+    /// The most bytes of `smem` any conversion claimed so far.
+    shared_bytes: Cell<u32>,
+    /// Which values are in which layout.
+    pub assign: Assignment,
     vals: HashMap<Value, Regs<'ctx>>,
     /// Values that are constant positive zeros (a masked load's `other` that needs no select:
     /// the load already yields zero bits where the mask is false).
@@ -94,7 +106,6 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         module: Module<'ctx>,
         k: &'a Kernel,
         opts: &PtxOptions,
-        shared_bytes: u32,
     ) -> Res<Self> {
         let params: Vec<_> = k
             .params
@@ -115,11 +126,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         module
             .add_global_metadata("nvvm.annotations", &annotation)
             .map_err(|e| LowerError(e.to_string()))?;
-        let smem_ty = ctx.i8_type().array_type(shared_bytes.max(16));
-        let smem = module.add_global(smem_ty, Some(AddressSpace::from(3)), "kiln_smem");
-        smem.set_linkage(Linkage::Internal);
-        smem.set_initializer(&smem_ty.get_undef());
-        smem.set_alignment(16);
+        let smem = shared_buffer(ctx, &module, "kiln_smem_placeholder", 0);
         let b = ctx.create_builder();
         b.position_at_end(ctx.append_basic_block(func, "entry"));
         let tid_fn = intrinsics::declare(&module, "llvm.nvvm.read.ptx.sreg.tid.x", &[])?;
@@ -136,7 +143,9 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             axis: AxisAnalysis::run(k, opts),
             threads,
             tid,
-            smem: smem.as_pointer_value(),
+            smem,
+            shared_bytes: Cell::new(0),
+            assign: Assignment::run(k, threads),
             vals: HashMap::new(),
             zeros: zero_constants(&k.body),
             defs: definitions(&k.body),
@@ -159,9 +168,29 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         Ok(())
     }
 
+    /// Notes that a conversion uses the first `bytes` of the shared buffer.
+    pub fn claim_shared(&self, bytes: u32) {
+        self.shared_bytes.set(self.shared_bytes.get().max(bytes));
+    }
+
+    /// Replaces the placeholder shared buffer with one of `bytes` bytes (at least 16).
+    fn size_shared(&self, bytes: u32) {
+        let smem = shared_buffer(self.ctx, &self.module, "kiln_smem", bytes.max(16));
+        self.smem.replace_all_uses_with(smem);
+        if let Some(placeholder) = self.module.get_global("kiln_smem_placeholder") {
+            // SAFETY: it has no uses left.
+            unsafe { placeholder.delete() };
+        }
+    }
+
     /// The layout of value `v`.
     pub fn layout(&self, v: Value) -> Layout {
-        Layout::new(self.k.ty(v).numel() as u32, self.threads)
+        self.assign.layout(self.k, v)
+    }
+
+    /// The blocked layout of a tile shaped like `v`.
+    pub fn blocked(&self, v: Value) -> Blocked {
+        Blocked::new(self.k.ty(v).numel() as u32, self.threads)
     }
 
     /// The element dtype of `v` (pointers have none).
@@ -177,6 +206,23 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             .get(&v)
             .cloned()
             .ok_or_else(|| LowerError(format!("v{} used before it is lowered", v.0)))
+    }
+
+    /// The registers of `v` in layout `to`: its own if it is laid out so, else recomputed for
+    /// each register of `to` (see `remat`) or moved through shared memory.
+    pub fn regs_as(&self, v: Value, to: &Layout) -> Res<Regs<'ctx>> {
+        if self.layout(v) == *to {
+            return self.regs(v);
+        }
+        if self.k.ty(v).numel() == 1 {
+            return Ok(vec![self.scalar(v)?; to.regs() as usize]);
+        }
+        if super::remat::rematerialisable(self.k, self.defs(), v) {
+            return (0..to.regs())
+                .map(|r| self.remat_at(v, self.flat_index(to, r)?))
+                .collect();
+        }
+        self.convert(v, to)
     }
 
     /// The single register of a scalar.
@@ -221,28 +267,55 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
 
     /// The flat element index held in register `reg` of a tile laid out as `l` (an i32).
     pub fn flat_index(&self, l: &Layout, reg: u32) -> Res<IntValue<'ctx>> {
-        let t = self
+        let base = self.tid_part(l)?;
+        Ok(self
             .b
-            .build_int_mul(self.tid, self.i32(l.tid_stride() as u64), "")?;
-        let i = self
-            .b
-            .build_int_add(t, self.i32(l.reg_offset(reg) as u64), "")?;
-        Ok(if l.replicated() {
-            self.b.build_and(i, self.i32(l.numel as u64 - 1), "")?
-        } else {
-            i
-        })
+            .build_int_add(base, self.i32(l.reg_offset(reg) as u64), "")?)
     }
 
-    /// Whether this thread is the one that stores register `reg` (always for unreplicated tiles).
+    /// The thread's part of every flat index of layout `l` (see [`super::layout`]).
+    fn tid_part(&self, l: &Layout) -> Res<IntValue<'ctx>> {
+        let mut sum: Option<IntValue<'ctx>> = None;
+        for t in l.tid_terms() {
+            if t.mask == 0 {
+                continue;
+            }
+            // `tid < threads`, so masking with `threads - 1` is a no-op.
+            let term = if t.shift == 0 && t.mask == self.threads - 1 {
+                self.b.build_int_mul(self.tid, self.i32(t.mul as u64), "")?
+            } else {
+                self.bit_field(self.tid, &t)?
+            };
+            sum = Some(match sum {
+                None => term,
+                Some(s) => self.b.build_int_add(s, term, "")?,
+            });
+        }
+        Ok(sum.unwrap_or_else(|| self.i32(0)))
+    }
+
+    /// `(x >> shift & mask) * mul` for term `t` (zero when the mask is).
+    pub fn bit_field(&self, x: IntValue<'ctx>, t: &TidTerm) -> Res<IntValue<'ctx>> {
+        if t.mask == 0 {
+            return Ok(self.i32(0));
+        }
+        let s = self
+            .b
+            .build_right_shift(x, self.i32(t.shift as u64), false, "")?;
+        let f = self.b.build_and(s, self.i32(t.mask as u64), "")?;
+        Ok(self.b.build_int_mul(f, self.i32(t.mul as u64), "")?)
+    }
+
+    /// Whether this thread owns its registers of a tile laid out as `l` (None: every thread
+    /// does). Only owners store elements or add them to sums.
     pub fn owner(&self, l: &Layout) -> Res<Option<IntValue<'ctx>>> {
-        if !l.replicated() {
+        if l.owners() >= self.threads {
             return Ok(None);
         }
         Ok(Some(self.b.build_int_compare(
             inkwell::IntPredicate::ULT,
             self.tid,
-            self.i32(l.numel as u64),
+            self.i32(l.owners() as u64),
             "owner",
         )?))
     }
@@ -252,11 +325,11 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         self.call_void("llvm.nvvm.barrier0", &[])
     }
 
-    /// Lowers a block; returns the registers it yields, if it ends in a yield.
-    pub(super) fn block(&mut self, b: &Block) -> Res<Option<Vec<Regs<'ctx>>>> {
+    /// Lowers a block; returns the values it yields, if it ends in a yield.
+    pub(super) fn block(&mut self, b: &Block) -> Res<Option<Vec<Value>>> {
         for inst in &b.insts {
             if let Op::Yield(vs) = &inst.op {
-                return Ok(Some(vs.iter().map(|&v| self.regs(v)).collect::<Res<_>>()?));
+                return Ok(Some(vs.clone()));
             }
             self.inst(inst)?;
         }
@@ -298,49 +371,50 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
 
     /// The registers of `r`, the result of an op that computes one tile.
     fn value_op(&mut self, op: &Op, r: Value) -> Res<Regs<'ctx>> {
+        let lr = self.layout(r);
+        // Operands of elementwise ops, in the result's layout.
+        let regs = |v: &Value| self.regs_as(*v, &lr);
         Ok(match op {
             Op::Const(c) => {
                 let ty = self.k.ty(r);
                 let c = self.constant(*c, ty.elem)?;
-                vec![c; self.layout(r).regs as usize]
+                vec![c; lr.regs() as usize]
             }
             Op::ProgramId(a) => vec![self.sreg("ctaid", *a)?],
             Op::NumPrograms(a) => vec![self.sreg("nctaid", *a)?],
-            Op::Range(_) => {
-                let l = self.layout(r);
-                (0..l.regs)
-                    .map(|i| self.flat_index(&l, i).map(|v| v.as_basic_value_enum()))
-                    .collect::<Res<_>>()?
-            }
-            Op::Splat(v) => vec![self.scalar(*v)?; self.layout(r).regs as usize],
-            Op::Reshape(v) => self.regs(*v)?,
+            Op::Range(_) => (0..lr.regs())
+                .map(|i| self.flat_index(&lr, i).map(|v| v.as_basic_value_enum()))
+                .collect::<Res<_>>()?,
+            Op::Splat(v) => vec![self.scalar(*v)?; lr.regs() as usize],
+            Op::Reshape(v) => self.regs_as(*v, &Layout::Blocked(self.blocked(*v)))?,
             Op::Broadcast(v) => self.broadcast(*v, r)?,
+            Op::Trans(_) if self.assign.is_free_trans(r) => vec![],
             Op::Trans(v) => self.transpose(*v, r)?,
             Op::Unary(op, v) => {
                 let d = self.dtype(*v)?;
-                self.regs(*v)?
+                regs(v)?
                     .into_iter()
                     .map(|x| self.unary(*op, x, d))
                     .collect::<Res<_>>()?
             }
             Op::Binary(op, a, b) => {
                 let d = self.dtype(*a)?;
-                let (ra, rb) = (self.regs(*a)?, self.regs(*b)?);
-                ra.into_iter()
-                    .zip(rb)
+                regs(a)?
+                    .into_iter()
+                    .zip(regs(b)?)
                     .map(|(x, y)| self.binary(*op, x, y, d))
                     .collect::<Res<_>>()?
             }
             Op::Cmp(pred, a, b) => {
                 let d = self.dtype(*a)?;
-                let (ra, rb) = (self.regs(*a)?, self.regs(*b)?);
-                ra.into_iter()
-                    .zip(rb)
+                regs(a)?
+                    .into_iter()
+                    .zip(regs(b)?)
                     .map(|(x, y)| self.compare(*pred, x, y, d))
                     .collect::<Res<_>>()?
             }
             Op::Select(c, a, b) => {
-                let (rc, ra, rb) = (self.regs(*c)?, self.regs(*a)?, self.regs(*b)?);
+                let (rc, ra, rb) = (regs(c)?, regs(a)?, regs(b)?);
                 let mut v = Vec::with_capacity(rc.len());
                 for ((c, x), y) in rc.into_iter().zip(ra).zip(rb) {
                     v.push(self.b.build_select(c.into_int_value(), x, y, "")?);
@@ -349,7 +423,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             }
             Op::Fma(a, b, c) => {
                 let d = self.dtype(*a)?;
-                let (ra, rb, rc) = (self.regs(*a)?, self.regs(*b)?, self.regs(*c)?);
+                let (ra, rb, rc) = (regs(a)?, regs(b)?, regs(c)?);
                 let mut v = Vec::with_capacity(ra.len());
                 for ((x, y), z) in ra.into_iter().zip(rb).zip(rc) {
                     v.push(self.fma(x, y, z, d)?);
@@ -359,21 +433,19 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             Op::Cast(v) => {
                 let from = self.dtype(*v)?;
                 let to = self.dtype(r)?;
-                self.regs(*v)?
+                regs(v)?
                     .into_iter()
                     .map(|x| self.cast(x, from, to))
                     .collect::<Res<_>>()?
             }
-            Op::PtrAdd(p, o) => {
-                let (rp, ro) = (self.regs(*p)?, self.regs(*o)?);
-                rp.into_iter()
-                    .zip(ro)
-                    .map(|(x, y)| self.ptr_add(*p, x, y))
-                    .collect::<Res<_>>()?
-            }
-            Op::Load { ptr, mask, other } => self.load(*ptr, *mask, *other)?,
+            Op::PtrAdd(p, o) => regs(p)?
+                .into_iter()
+                .zip(regs(o)?)
+                .map(|(x, y)| self.ptr_add(*p, x, y))
+                .collect::<Res<_>>()?,
+            Op::Load { ptr, mask, other } => self.load(*ptr, *mask, *other, r)?,
             Op::Reduce { op, value, axis } => self.reduce(*op, *value, *axis, r)?,
-            Op::Dot { a, b, acc } => self.dot(*a, *b, *acc)?,
+            Op::Dot { a, b, acc } => self.dot(*a, *b, *acc, r)?,
             Op::For { .. }
             | Op::If { .. }
             | Op::Store { .. }
@@ -480,6 +552,21 @@ fn zero_constants(b: &Block) -> HashSet<Value> {
         }
     }
     set
+}
+
+/// An internal, 16-byte aligned shared-memory buffer of `bytes` bytes.
+fn shared_buffer<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    name: &str,
+    bytes: u32,
+) -> PointerValue<'ctx> {
+    let ty = ctx.i8_type().array_type(bytes);
+    let g = module.add_global(ty, Some(AddressSpace::from(3)), name);
+    g.set_linkage(Linkage::Internal);
+    g.set_initializer(&ty.get_undef());
+    g.set_alignment(16);
+    g.as_pointer_value()
 }
 
 /// The LLVM type of a register of dtype `d` (`bool` is `i1`).

@@ -12,15 +12,15 @@ use inkwell::IntPredicate;
 type V<'ctx> = BasicValueEnum<'ctx>;
 
 impl<'ctx> Lowerer<'_, 'ctx> {
-    /// Elements per memory access for `ptr` (1, or a power of two up to 16 bytes).
-    pub fn vector_width(&self, ptr: Value, mask: Option<Value>, d: DType) -> u32 {
-        let l = self.layout(ptr);
-        if d == DType::Bool || l.replicated() {
+    /// Elements per memory access through `ptr` in layout `l` (1, or a power of two up to 16
+    /// bytes).
+    pub fn vector_width(&self, l: &Layout, ptr: Value, mask: Option<Value>, d: DType) -> u32 {
+        if d == DType::Bool {
             return 1;
         }
         let info = self.axis.get(ptr);
         let esize = d.size_bytes() as u64;
-        let mut w = l.vec.min(info.contig).min((16 / esize) as u32);
+        let mut w = l.vec().min(info.contig).min((16 / esize) as u32);
         if let Some(m) = mask {
             w = w.min(self.axis.get(m).constancy);
         }
@@ -68,11 +68,13 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         })
     }
 
+    /// The registers of `result = load(ptr, mask, other)`, in the result's layout.
     pub fn load(
         &mut self,
         ptr: Value,
         mask: Option<Value>,
         other: Option<Value>,
+        result: Value,
     ) -> Res<Vec<V<'ctx>>> {
         let d = self
             .k
@@ -80,17 +82,17 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .elem
             .pointee()
             .ok_or("load from a non-pointer".to_string())?;
-        let l = self.layout(ptr);
-        let w = self.vector_width(ptr, mask, d);
-        let ptrs = self.regs(ptr)?;
-        let masks = mask.map(|m| self.regs(m)).transpose()?;
+        let l = self.layout(result);
+        let w = self.vector_width(&l, ptr, mask, d);
+        let ptrs = self.regs_as(ptr, &l)?;
+        let masks = mask.map(|m| self.regs_as(m, &l)).transpose()?;
         // A zero `other` is what the masked load yields anyway.
         let other = other.filter(|o| !self.zeros.contains(o));
-        let others = other.map(|o| self.regs(o)).transpose()?;
+        let others = other.map(|o| self.regs_as(o, &l)).transpose()?;
         let mty = memory_type(self.ctx, d);
         let zero = super::lower::scalar_type(self.ctx, d).const_zero();
-        let mut out = Vec::with_capacity(l.regs as usize);
-        for g in (0..l.regs as usize).step_by(w as usize) {
+        let mut out = Vec::with_capacity(l.regs() as usize);
+        for g in (0..l.regs() as usize).step_by(w as usize) {
             let cond = masks.as_ref().map(|m| m[g].into_int_value());
             let p = ptrs[g].into_pointer_value();
             let align = w * d.size_bytes() as u32;
@@ -140,7 +142,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         Ok(out)
     }
 
-    /// `store` (or `atomic_add` when `atomic`): only the owner of each element writes it.
+    /// `store` (or `atomic_add` when `atomic`): only the owner of each element writes it. The
+    /// access follows the value's layout if it is an MMA tile (the pointers and mask are usually
+    /// recomputed in it), else the pointers'.
     pub fn store(
         &mut self,
         ptr: Value,
@@ -154,17 +158,20 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .elem
             .pointee()
             .ok_or("store to a non-pointer".to_string())?;
-        let l: Layout = self.layout(ptr);
+        let l = match self.layout(value) {
+            l @ Layout::Mma(_) => l,
+            Layout::Blocked(_) => self.layout(ptr),
+        };
         let w = if atomic {
             1
         } else {
-            self.vector_width(ptr, mask, d)
+            self.vector_width(&l, ptr, mask, d)
         };
-        let ptrs = self.regs(ptr)?;
-        let vals = self.regs(value)?;
-        let masks = mask.map(|m| self.regs(m)).transpose()?;
+        let ptrs = self.regs_as(ptr, &l)?;
+        let vals = self.regs_as(value, &l)?;
+        let masks = mask.map(|m| self.regs_as(m, &l)).transpose()?;
         let owner = self.owner(&l)?;
-        for g in (0..l.regs as usize).step_by(w as usize) {
+        for g in (0..l.regs() as usize).step_by(w as usize) {
             let cond = self.and_opt(owner, masks.as_ref().map(|m| m[g].into_int_value()))?;
             let p = ptrs[g].into_pointer_value();
             self.guarded(cond, None, |s| {

@@ -5,26 +5,33 @@
 //! scalars by value. One program runs per thread block of `32 * num_warps` threads;
 //! `program_id(a)` is `%ctaid.{x,y,z}` and `num_programs(a)` is `%nctaid.{x,y,z}`.
 //!
-//! How tiles live on the GPU is described in [`layout`]; the alignment facts that allow vector
-//! loads are computed in [`axis`]. Lowering is split by concern: `lower` walks the IR and owns
-//! control flow, `arith` does elementwise math and casts, `memory` loads, stores and atomics,
-//! `reduce` reductions, `shared` the layout conversions and `dot` that go through shared memory,
-//! `remat` the broadcasts that need none (index grids, masks and pointer tiles are recomputed).
+//! How tiles live on the GPU is described in [`layout`] (and the tensor-core fragments in
+//! [`mma`]); [`assign`] picks each value's layout, and the alignment facts that allow vector
+//! loads are computed in [`axis`]. Lowering is split by concern: `lower` walks the IR, `control`
+//! owns control flow, `arith` does elementwise math and casts, `memory` loads, stores and
+//! atomics, `reduce` reductions, `dot` matrix products (tensor cores or FMA loops), `shared` the
+//! layout conversions that go through shared memory, `remat` those that need none (index
+//! grids, masks and pointer tiles are recomputed in the layout that needs them).
 //!
 //! Every generated kernel is checked with `ptxas` in the tests, but none has yet run on a GPU
-//! from this crate's tests. What most needs checking there (`compiler/tests/compiler/nvptx_gpu.py`
-//! runs the test kernels against PyTorch): the predicated inline-PTX vector loads (zero fill,
-//! word order of `bf16` pairs), lane ownership of replicated tiles in stores and atomics, the
-//! two-barrier shared-memory protocol inside loops, the cross-warp reduction, `argmax` ties and
-//! NaNs, and the accuracy of the approximate math listed in `arith`.
+//! from this crate's tests (the `kiln-ops` tests run kernels on a GPU where there is one).
+//! What most needs checking there (`compiler/tests/compiler/nvptx_gpu.py` runs the test kernels
+//! against PyTorch): the predicated inline-PTX vector loads (zero fill, word order of `bf16`
+//! pairs), lane ownership of replicated tiles in stores and atomics, the two-barrier
+//! shared-memory protocol inside loops, the cross-warp reduction, `argmax` ties and NaNs, the
+//! accuracy of the approximate math listed in `arith`, and the tensor-core path of `dot`
+//! (whose fragment and `ldmatrix` mappings are simulated against the PTX ISA in the tests).
 
 mod arith;
+pub mod assign;
 pub mod axis;
 mod control;
+mod dot;
 mod intrinsics;
 pub mod layout;
 mod lower;
 mod memory;
+pub mod mma;
 pub mod reduce;
 mod remat;
 mod shared;

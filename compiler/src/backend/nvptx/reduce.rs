@@ -7,7 +7,7 @@
 //! `argmax` returns the first index of the largest element; a NaN counts as larger than any
 //! number (as in PyTorch).
 
-use super::layout::{dim_shifts, Layout};
+use super::layout::{dim_shifts, Blocked, Layout};
 use super::lower::{Lowerer, Res};
 use super::shared::REDUCE_BYTES;
 use crate::ir::{ReduceOp, Value};
@@ -139,8 +139,8 @@ impl<'ctx> Lowerer<'_, 'ctx> {
 
     /// Reduces a whole tile to one value held by every thread.
     fn reduce_all(&mut self, op: ReduceOp, src: Value, d: DType) -> Res<Acc<'ctx>> {
-        let l = self.layout(src);
-        let regs = self.regs(src)?;
+        let l = Layout::Blocked(self.blocked(src));
+        let regs = self.regs_as(src, &l)?;
         let id = self.identity(op, d);
         let mut acc: Option<Acc> = None;
         for (r, &v) in regs.iter().enumerate() {
@@ -178,6 +178,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         if warps == 1 {
             return Ok(acc);
         }
+        self.claim_shared(REDUCE_BYTES);
         let ad = Self::acc_dtype(d);
         let index_base = REDUCE_BYTES - 32 * 4;
         let lane = self.b.build_and(self.tid, self.i32(31), "")?;
@@ -261,11 +262,13 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         result: Value,
         d: DType,
     ) -> Res<Option<Vec<V<'ctx>>>> {
-        let l = self.layout(src);
+        let l = self.blocked(src);
         let shape = self.k.ty(src).shape.clone();
         if !axis_within_warps(&l, &shape, axis) {
             return Ok(None);
         }
+        let out_elems = self.k.ty(result).numel() as u32;
+        self.claim_shared(out_elems * 8);
         let s = dim_shifts(&shape)[axis as usize];
         let extent = shape[axis as usize];
         let k = extent.trailing_zeros();
@@ -278,10 +281,11 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             (g << (v + t)) | j
         };
         // Fold registers that differ only in axis bits; keep the first register of each group.
-        let regs = self.regs(src)?;
+        let lb = Layout::Blocked(l);
+        let regs = self.regs_as(src, &lb)?;
         let mut partials: Vec<(u32, Acc<'ctx>)> = vec![];
         for (r, &x) in regs.iter().enumerate() {
-            let flat = self.flat_index(&l, r as u32)?;
+            let flat = self.flat_index(&lb, r as u32)?;
             let x = self.lift(x, self.digit(flat, s, extent)?, d)?;
             let key = reg_bits(r as u32) & !axis_bits;
             match partials
@@ -317,7 +321,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         };
         let low = self.i32((1u64 << s) - 1);
         for (first, acc) in &partials {
-            let flat = self.flat_index(&l, *first)?;
+            let flat = self.flat_index(&lb, *first)?;
             let lo = self.b.build_and(flat, low, "")?;
             let hi = self
                 .b
@@ -330,9 +334,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 .build_store(p, self.register_to_memory(value, out_d)?)?;
         }
         self.barrier()?;
-        let lo = self.layout(result);
+        let lo = Layout::Blocked(self.blocked(result));
         let mut out = vec![];
-        for r in 0..lo.regs {
+        for r in 0..lo.regs() {
             let i = self.flat_index(&lo, r)?;
             out.push(self.read_shared(0, i, out_d)?);
         }
@@ -353,13 +357,16 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let shifts = dim_shifts(&shape);
         let out_shape = self.k.ty(result).shape.clone();
         let out_shifts = dim_shifts(&out_shape);
-        let ls = self.layout(src);
-        self.write_shared(&self.regs(src)?, &ls, d, 0)?;
+        let ls = Layout::Blocked(self.blocked(src));
+        let out_elems = self.k.ty(result).numel() as u32;
+        let src_bytes = self.k.ty(src).numel() as u32 * d.size_bytes() as u32;
+        self.claim_shared(src_bytes.max(out_elems * 8));
+        self.write_shared(&self.regs_as(src, &ls)?, &ls, d, 0)?;
         self.barrier()?;
-        let lo = self.layout(result);
+        let lo = Layout::Blocked(self.blocked(result));
         let ax = axis as usize;
         let mut out = vec![];
-        for r in 0..lo.regs {
+        for r in 0..lo.regs() {
             let f = self.flat_index(&lo, r)?;
             // The source index of the output element with the reduced coordinate 0.
             let mut base = self.i32(0);
@@ -387,7 +394,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
 
 /// Whether reducing `axis` of a tile laid out as `l` needs no exchange between warps: the tile is
 /// not replicated and the axis' flat-index bits miss the warp bits of the layout.
-pub fn axis_within_warps(l: &Layout, shape: &[u32], axis: u32) -> bool {
+pub fn axis_within_warps(l: &Blocked, shape: &[u32], axis: u32) -> bool {
     if l.replicated() {
         return false;
     }

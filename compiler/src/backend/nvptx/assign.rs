@@ -1,0 +1,266 @@
+//! Layout assignment: which tiles live in the tensor-core accumulator layout ([`MmaLayout`])
+//! rather than the blocked one.
+//!
+//! The results of `dot`s that run on tensor cores start in the MMA layout. From there it
+//! spreads *forward* to every elementwise op with an MMA operand and to the loop-carried values
+//! and `if` results they flow into (so an accumulator stays in fragments across iterations),
+//! and *backward* to tiles whose every use is by an op in the MMA layout: loads, broadcasts and
+//! elementwise ops that feed only the accumulator's math, and the pointer and mask tiles of a
+//! store of an MMA tile. Those are computed directly in fragment order (pointer tiles and masks
+//! are usually recomputed per register), so the accumulator never goes through shared memory
+//! on its way out. Where an MMA tile meets a blocked one anyway (a reduction, a reshape, a tile
+//! that is also used elsewhere), the lowering converts at the use.
+//!
+//! A `trans` whose only uses are operands of tensor-core dots is never materialised: the dot
+//! stages the untransposed tile and reads it with `ldmatrix.trans` instead.
+
+use super::layout::{Blocked, Layout};
+use super::mma::{MmaLayout, ATOM_K};
+use super::remat::rematerialisable;
+use crate::ir::{Inst, Kernel, Op, Value};
+use crate::types::DType;
+use std::collections::{HashMap, HashSet};
+
+/// The layout of every value of a kernel.
+pub struct Assignment {
+    threads: u32,
+    mma: HashSet<Value>,
+    free_trans: HashSet<Value>,
+}
+
+impl Assignment {
+    pub fn run(k: &Kernel, threads: u32) -> Assignment {
+        let g = Graph::new(k);
+        let defs = super::lower::definitions(&k.body);
+        let mut mma = HashSet::new();
+        loop {
+            let before = mma.len();
+            forward(k, &g, threads, &mut mma);
+            backward(k, &g, &defs, &mut mma);
+            if mma.len() == before {
+                break;
+            }
+        }
+        let free_trans = g
+            .insts
+            .iter()
+            .filter(|i| matches!(i.op, Op::Trans(_)))
+            .map(|i| i.results[0])
+            .filter(|&t| {
+                let uses = g.uses.get(&t).map_or(&[][..], |u| &u[..]);
+                !uses.is_empty()
+                    && uses.iter().all(|u| match u {
+                        Use::Inst(i) => match &i.op {
+                            Op::Dot { a, b, acc } => {
+                                mma.contains(&i.results[0]) && (*a == t || *b == t) && *acc != t
+                            }
+                            _ => false,
+                        },
+                        Use::Flow(_) => false,
+                    })
+            })
+            .collect();
+        Assignment {
+            threads,
+            mma,
+            free_trans,
+        }
+    }
+
+    /// The layout of `v`.
+    pub fn layout(&self, k: &Kernel, v: Value) -> Layout {
+        let ty = k.ty(v);
+        if self.mma.contains(&v) {
+            if let Some(l) = MmaLayout::new(ty.shape[0], ty.shape[1], self.threads) {
+                return Layout::Mma(l);
+            }
+        }
+        Layout::Blocked(Blocked::new(ty.numel() as u32, self.threads))
+    }
+
+    /// A `trans` result that is not materialised (only tensor-core dots read it).
+    pub fn is_free_trans(&self, v: Value) -> bool {
+        self.free_trans.contains(&v)
+    }
+}
+
+/// Whether `dot(a, b, _)` runs on tensor cores: `bf16` or `f16` operands, `M` a multiple of 16,
+/// `N` of 8 and `K` of 16. Other dots run as FMA loops.
+pub fn on_tensor_cores(k: &Kernel, a: Value, b: Value, threads: u32) -> bool {
+    let (ta, tb) = (k.ty(a), k.ty(b));
+    matches!(ta.dtype(), Some(DType::Bf16 | DType::F16))
+        && ta.shape[1] % ATOM_K == 0
+        && MmaLayout::new(ta.shape[0], tb.shape[1], threads).is_some()
+}
+
+/// A use of a value.
+enum Use<'a> {
+    /// An operand of this instruction (not a yield or a loop's initial value).
+    Inst(&'a Inst),
+    /// Becomes this value: a loop's initial or yielded value, or an `if`'s yielded value.
+    Flow(Value),
+}
+
+struct Graph<'a> {
+    /// Every instruction, nested ones included, in program order.
+    insts: Vec<&'a Inst>,
+    uses: HashMap<Value, Vec<Use<'a>>>,
+}
+
+impl<'a> Graph<'a> {
+    fn new(k: &'a Kernel) -> Graph<'a> {
+        let mut g = Graph {
+            insts: vec![],
+            uses: HashMap::new(),
+        };
+        g.block(&k.body.insts);
+        g
+    }
+
+    fn block(&mut self, insts: &'a [Inst]) {
+        for inst in insts {
+            match &inst.op {
+                Op::Yield(_) => continue, // recorded as flows by the owner
+                Op::For {
+                    lo,
+                    hi,
+                    step,
+                    init,
+                    body,
+                } => {
+                    for v in [lo, hi, step] {
+                        self.uses.entry(*v).or_default().push(Use::Inst(inst));
+                    }
+                    for (v, arg) in init.iter().zip(&body.args[1..]) {
+                        self.uses.entry(*v).or_default().push(Use::Flow(*arg));
+                    }
+                    for (v, arg) in yields(&body.insts).iter().zip(&body.args[1..]) {
+                        self.uses.entry(*v).or_default().push(Use::Flow(*arg));
+                    }
+                }
+                Op::If {
+                    then_block,
+                    else_block,
+                    cond,
+                } => {
+                    self.uses.entry(*cond).or_default().push(Use::Inst(inst));
+                    for b in [then_block, else_block] {
+                        for (v, r) in yields(&b.insts).iter().zip(&inst.results) {
+                            self.uses.entry(*v).or_default().push(Use::Flow(*r));
+                        }
+                    }
+                }
+                op => {
+                    for v in op.operands() {
+                        self.uses.entry(v).or_default().push(Use::Inst(inst));
+                    }
+                }
+            }
+            self.insts.push(inst);
+            for b in inst.op.blocks() {
+                self.block(&b.insts);
+            }
+        }
+    }
+}
+
+/// The values a block yields.
+fn yields(insts: &[Inst]) -> &[Value] {
+    match insts.last().map(|i| &i.op) {
+        Some(Op::Yield(vs)) => vs,
+        _ => &[],
+    }
+}
+
+/// Ops computed register by register, whose operands and result share a layout.
+fn elementwise(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Unary(..)
+            | Op::Binary(..)
+            | Op::Cmp(..)
+            | Op::Select(..)
+            | Op::Fma(..)
+            | Op::Cast(_)
+            | Op::PtrAdd(..)
+    )
+}
+
+fn forward(k: &Kernel, g: &Graph, threads: u32, mma: &mut HashSet<Value>) {
+    for inst in &g.insts {
+        match &inst.op {
+            Op::Dot { a, b, .. } if on_tensor_cores(k, *a, *b, threads) => {
+                mma.insert(inst.results[0]);
+            }
+            op if elementwise(op) && op.operands().iter().any(|v| mma.contains(v)) => {
+                mma.insert(inst.results[0]);
+            }
+            Op::For { init, body, .. } => {
+                let next = yields(&body.insts);
+                for (i, (&arg, &r)) in body.args[1..].iter().zip(&inst.results).enumerate() {
+                    let any = [init.get(i), next.get(i), Some(&arg), Some(&r)]
+                        .into_iter()
+                        .flatten()
+                        .any(|v| mma.contains(v));
+                    if any {
+                        mma.insert(arg);
+                        mma.insert(r);
+                    }
+                }
+            }
+            Op::If {
+                then_block,
+                else_block,
+                ..
+            } => {
+                let (t, e) = (yields(&then_block.insts), yields(&else_block.insts));
+                for (i, &r) in inst.results.iter().enumerate() {
+                    if [t.get(i), e.get(i)]
+                        .into_iter()
+                        .flatten()
+                        .any(|v| mma.contains(v))
+                    {
+                        mma.insert(r);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn backward(k: &Kernel, g: &Graph, defs: &HashMap<Value, &Op>, mma: &mut HashSet<Value>) {
+    for inst in g.insts.iter().rev() {
+        let [r] = inst.results[..] else { continue };
+        if mma.contains(&r) {
+            continue;
+        }
+        let candidate = match &inst.op {
+            Op::Broadcast(_) => true,
+            Op::Load { ptr, mask, other } => [Some(ptr), mask.as_ref(), other.as_ref()]
+                .into_iter()
+                .flatten()
+                .all(|v| mma.contains(v) || rematerialisable(k, defs, *v)),
+            op => elementwise(op),
+        };
+        let Some(uses) = g.uses.get(&r) else { continue };
+        if candidate && !uses.is_empty() && uses.iter().all(|u| feeds_mma(u, r, mma)) {
+            mma.insert(r);
+        }
+    }
+}
+
+/// Whether use `u` of `v` wants `v` in the MMA layout.
+fn feeds_mma(u: &Use, v: Value, mma: &HashSet<Value>) -> bool {
+    match u {
+        Use::Flow(to) => mma.contains(to),
+        Use::Inst(i) => match &i.op {
+            op if elementwise(op) => mma.contains(&i.results[0]),
+            Op::Dot { acc, .. } => *acc == v && mma.contains(&i.results[0]),
+            Op::Store { value, .. } | Op::AtomicAdd { value, .. } => {
+                *value != v && mma.contains(value)
+            }
+            _ => false,
+        },
+    }
+}

@@ -1,0 +1,178 @@
+//! `dot` of single tiles (the compiler's test kernels in `nvptx_kernels/dot.kiln`) against the
+//! f64 reference: every tile shape tensor cores support, each operand plain or transposed,
+//! several warp counts (tiles smaller than the warps are computed by copies), f16 operands,
+//! the f32 fallback, and a loop with masked edges and an epilogue on the accumulator.
+
+use crate::harness::{for_each_device, Harness, Tol};
+use crate::reference as r;
+use kiln_compiler::Source;
+
+const DOT: &str = include_str!("../../../compiler/tests/compiler/nvptx_kernels/dot.kiln");
+
+/// f32 results of sums of up to 128 products of numbers below 1 (exact in f32 up to rounding
+/// of the partial sums, in whatever order the hardware adds them).
+const F32_SUMS: Tol = Tol {
+    rel: 1e-5,
+    abs: 1e-5,
+};
+
+fn source() -> Source {
+    Source::new("dot.kiln", DOT)
+}
+
+/// `(M, N, K)` of the single-tile tests.
+const SHAPES: &[(usize, usize, usize)] = &[
+    (16, 8, 16),
+    (16, 16, 16),
+    (32, 8, 32),
+    (16, 32, 16),
+    (32, 32, 16),
+    (64, 32, 32),
+    (32, 64, 64),
+    (128, 64, 32),
+    (64, 128, 16),
+    (128, 64, 64),
+];
+
+#[test]
+fn dot_tile_every_shape_and_orientation() {
+    for_each_device(|h: &Harness| {
+        let warps: &[u32] = if h.device.is_gpu() { &[1, 4, 8] } else { &[4] };
+        for &(m, n, k) in SHAPES {
+            let a = h.rand_bf16(m * k, 1.0);
+            let b = h.rand_bf16(k * n, 1.0);
+            let bias = h.rand_f32(m * n, 1.0);
+            let want: Vec<f64> = r::matmul(&a, &b, m, k, n)
+                .iter()
+                .zip(&bias)
+                .map(|(x, y)| x + y)
+                .collect();
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                // Transposed operands are given transposed in memory.
+                let a_mem = if ta {
+                    r::transpose(&a, m, k)
+                } else {
+                    a.clone()
+                };
+                let b_mem = if tb {
+                    r::transpose(&b, k, n)
+                } else {
+                    b.clone()
+                };
+                let (ab, bb, biasb) = (h.bf16(&a_mem), h.bf16(&b_mem), h.f32_buf(&bias));
+                for &w in warps {
+                    let c = h.poisoned_f32(m * n);
+                    let defines = [
+                        ("M", m as i64),
+                        ("N", n as i64),
+                        ("K", k as i64),
+                        ("TA", ta as i64),
+                        ("TB", tb as i64),
+                    ];
+                    h.launch_source(
+                        &source(),
+                        "dot_tile",
+                        &defines,
+                        w,
+                        [1, 1, 1],
+                        &[h.arg(&ab), h.arg(&bb), h.arg(&biasb), h.arg(&c)],
+                    );
+                    let what = format!("dot {m}x{n}x{k} ta={ta} tb={tb} w{w}");
+                    h.assert_close(&what, &h.read(&c), &want, F32_SUMS);
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn dot_f16_and_f32() {
+    for_each_device(|h: &Harness| {
+        let (m, n, k) = (32usize, 32usize, 32usize);
+        let a = h.rand_f16(m * k, 1.0);
+        let b = h.rand_f16(k * n, 1.0);
+        let c = h.poisoned_f32(m * n);
+        let (ab, bb) = (h.f16(&a), h.f16(&b));
+        h.launch_source(
+            &source(),
+            "dot_f16",
+            &[],
+            4,
+            [1, 1, 1],
+            &[h.arg(&ab), h.arg(&bb), h.arg(&c)],
+        );
+        let want = r::matmul(&a, &b, m, k, n);
+        h.assert_close("dot f16", &h.read(&c), &want, F32_SUMS);
+
+        let a = h.rand_f32(m * k, 1.0);
+        let b = h.rand_f32(k * n, 1.0);
+        let c = h.poisoned_f32(m * n);
+        let (ab, bb) = (h.f32_buf(&a), h.f32_buf(&b));
+        h.launch_source(
+            &source(),
+            "dot_f32",
+            &[],
+            4,
+            [1, 1, 1],
+            &[h.arg(&ab), h.arg(&bb), h.arg(&c)],
+        );
+        let want = r::matmul(&a, &b, m, k, n);
+        h.assert_close("dot f32", &h.read(&c), &want, F32_SUMS);
+    });
+}
+
+/// `(a @ b) * scale` as bf16, over a loop with masks on every edge.
+#[test]
+fn dot_loop_with_ragged_edges() {
+    for_each_device(|h: &Harness| {
+        let (m, k, n, scale) = (75usize, 83usize, 45usize, 0.375);
+        let a = h.rand_bf16(m * k, 1.0);
+        let b = h.rand_bf16(k * n, 1.0);
+        let (ab, bb) = (h.bf16(&a), h.bf16(&b));
+        let want: Vec<f64> = r::matmul(&a, &b, m, k, n)
+            .iter()
+            .map(|x| x * scale)
+            .collect();
+        let warps: &[u32] = if h.device.is_gpu() {
+            &[1, 2, 4, 8]
+        } else {
+            &[4]
+        };
+        for &w in warps {
+            for (bm, bn, bk) in [(32i64, 32i64, 16i64), (16, 64, 32), (64, 16, 64)] {
+                let c = h.poisoned_bf16(m * n);
+                let grid = [
+                    m.div_ceil(bm as usize) as u32,
+                    n.div_ceil(bn as usize) as u32,
+                    1,
+                ];
+                h.launch_source(
+                    &source(),
+                    "dot_loop",
+                    &[("BM", bm), ("BN", bn), ("BK", bk)],
+                    w,
+                    grid,
+                    &[
+                        h.arg(&ab),
+                        h.arg(&bb),
+                        h.arg(&c),
+                        h.i32(m as i32),
+                        h.i32(n as i32),
+                        h.i32(k as i32),
+                        h.f32(scale),
+                    ],
+                );
+                let what = format!("dot_loop {bm}x{bn}x{bk} w{w}");
+                h.assert_close(
+                    &what,
+                    &h.read(&c),
+                    &want,
+                    Tol {
+                        rel: 1e-2,
+                        abs: 1e-2,
+                    },
+                );
+            }
+        }
+    });
+}
