@@ -119,7 +119,7 @@ impl Attention {
             .int("BM", Self::BLOCK)
             .int("BN", Self::BLOCK)
             .int("D", self.head_dim)
-            .warps(4)
+            .warps(8)
     }
 
     fn scalars(&self) -> [Arg<'static>; 3] {
