@@ -152,7 +152,8 @@ impl Device {
     /// Operands are views: `&buffer` or [`crate::Buffer::view`] for a whole buffer,
     /// [`crate::Buffer::slice`] for part of one. Their lengths must be exactly those of their
     /// shapes. Element
-    /// types: `a` and `b` both bf16 with `c` bf16 or f32, or all three f32; `bias` bf16 or f32.
+    /// types: `a` and `b` both bf16 with `c` bf16 or f32, or all three f32; `bias` bf16 or f32
+    /// (on a GPU, `c`'s type: cuBLASLt has no algorithm for the others).
     /// Every operand must be on this device, and `c` must not overlap another operand.
     /// Violations are [`Error::Gemm`] naming the operand; nothing runs.
     ///

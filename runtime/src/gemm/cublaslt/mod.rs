@@ -78,10 +78,12 @@ pub(crate) fn run(
     c: BufferView<'_>,
     bias: Option<BufferView<'_>>,
 ) -> Result<()> {
-    // cuBLASLt's f32 GEMMs take only an f32 bias (measured on the H200: no algorithm otherwise).
-    if let Some(bias) = bias.filter(|bias| a.dtype() == DType::F32 && bias.dtype() != DType::F32) {
+    // cuBLASLt found no algorithm on the H200 for a bias whose type differs from C's (bf16 C
+    // with an f32 bias, f32 C with a bf16 bias): refuse it clearly instead.
+    if let Some(bias) = bias.filter(|bias| bias.dtype() != c.dtype()) {
         return Err(spec.error(format!(
-            "on a GPU an f32 product takes an f32 bias, not {}",
+            "on a GPU the bias must have C's type ({}), not {}",
+            c.dtype(),
             bias.dtype()
         )));
     }
