@@ -79,7 +79,7 @@ impl Rope {
             Arg::Buffer(positions),
             Arg::I32(self.q_heads as i32),
             Arg::I32(self.kv_heads as i32),
-            Arg::I32(self.head_dim as i32),
+            Arg::I32(half as i32),
             Arg::F32(self.theta),
         ];
         ops.launch(&config, [self.tokens, 1, 1], &args)

@@ -337,7 +337,7 @@ impl Bench {
                 Arg::Buffer(&s[2]),
                 Arg::I32(hq as i32),
                 Arg::I32(hk as i32),
-                Arg::I32(d as i32),
+                Arg::I32((d / 2) as i32),
                 Arg::F32(1e6),
             ]
         });

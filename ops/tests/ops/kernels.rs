@@ -168,7 +168,7 @@ fn rope_fwd_bwd() {
                     h.arg(&pos),
                     h.i32(qh as i32),
                     h.i32(kh as i32),
-                    h.i32(dim as i32),
+                    h.i32((dim / 2) as i32),
                     h.f32(10000.0),
                 ],
             );
