@@ -47,6 +47,8 @@ enum Command {
         #[arg(long, value_name = "INT_PARAMS", num_args = 0..=1, default_missing_value = "")]
         aligned: Option<String>,
     },
+    /// List the devices Kiln can run kernels on (and why there is no GPU, if there is none).
+    Devices,
     /// Measure kernels against yardsticks and print a table.
     Bench {
         #[arg(value_enum)]
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
+        Command::Devices => Ok(devices()),
         Command::Bench {
             suite: BenchSuite::Cpu,
             runs,
@@ -209,6 +212,27 @@ fn backend_text(
         let _ = (arch, num_warps, divisible_by_16);
         Err("error: this kiln was built without the GPU backend (feature `cuda`)".into())
     }
+}
+
+/// One line per device: the CPU, then each CUDA device, or why there is none.
+fn devices() -> String {
+    use kiln::runtime::Device;
+    let cpu = Device::cpu();
+    let mut out = format!("{cpu}: {}\n", cpu.name());
+    for ordinal in 0.. {
+        match Device::cuda(ordinal) {
+            Ok(gpu) => {
+                let (major, minor) = gpu.compute_capability().unwrap_or((0, 0));
+                out += &format!("{gpu}: {} (compute capability {major}.{minor})\n", gpu.name());
+            }
+            Err(e) if ordinal == 0 => {
+                out += &format!("no GPU: {e}\n");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    out
 }
 
 /// The divisibility mask `--aligned` asks for: every pointer parameter, plus the integer
