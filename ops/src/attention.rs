@@ -114,12 +114,16 @@ impl Attention {
         Ok(())
     }
 
+    /// The forward and dq kernels keep their score tiles in tensor-core registers with each
+    /// warp holding whole rows (16 of the 64), so they run 4 warps; dk/dv splits its tiles over
+    /// 8 warps both ways.
     fn config(&self, kernel: &'static str) -> KernelConfig {
+        let warps = if kernel == "attn_bwd_dkdv" { 8 } else { 4 };
         KernelConfig::new(FILE, kernel)
             .int("BM", Self::BLOCK)
             .int("BN", Self::BLOCK)
             .int("D", self.head_dim)
-            .warps(8)
+            .warps(warps)
     }
 
     fn scalars(&self) -> [Arg<'static>; 3] {

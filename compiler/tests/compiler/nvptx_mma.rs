@@ -5,7 +5,7 @@
 use kiln_compiler::backend::nvptx::assign::Assignment;
 use kiln_compiler::backend::nvptx::layout::{Blocked, Layout};
 use kiln_compiler::backend::nvptx::mma::{
-    ldmatrix_row, Major, MmaLayout, Operand, SharedTile, ATOM_K, ATOM_M, ATOM_N,
+    ldmatrix_row, Major, MmaLayout, MmaRows, Operand, SharedTile, ATOM_K, ATOM_M, ATOM_N,
 };
 use kiln_compiler::ir::{Kernel, Op, Value};
 use kiln_compiler::{compile_to_ir, ConstValue, DType, Defines, Source};
@@ -365,5 +365,56 @@ fn a_transposed_operand_is_never_materialised() {
             .collect();
         assert_eq!(trans.len(), ta as usize + tb as usize);
         assert!(trans.iter().all(|&t| a.is_free_trans(t)));
+    }
+}
+
+/// The repacking `dot` does when its `a` is an accumulator whose warps hold whole rows: `a`
+/// element `e` of 16-deep step `s` and atom row `i` is accumulator register
+/// `atom_reg(i, 2s + e / 4) + 2 (e / 2 % 2) + e % 2`; it must be the element the ISA puts there.
+#[test]
+fn accumulators_repack_as_a_fragments() {
+    for (m, n, threads) in [(64, 64, 128), (64, 128, 128), (128, 64, 256), (64, 32, 256)] {
+        let l = MmaLayout::rows_first(m, n, threads).unwrap();
+        assert_eq!(l.warps_n, 1);
+        let lay = Layout::Mma(l);
+        for tid in 0..threads {
+            let lane = tid % 32;
+            for i in 0..l.atoms_m() {
+                for s in 0..n / ATOM_K {
+                    for e in 0..8 {
+                        let reg = l.atom_reg(i, 2 * s + e / 4) + 2 * (e / 2 % 2) + e % 2;
+                        let flat = lay.element(tid, reg);
+                        let (r, c) = isa_a(lane, e);
+                        let row0 = (tid / 32 % l.warps_m) * l.warp_rows() + i * ATOM_M;
+                        assert_eq!((flat / n, flat % n), (row0 + r, s * ATOM_K + c));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A row vector in the rows layout holds, in register `2i + h`, the row of accumulator registers
+/// `atom_reg(i, _) + 2h ..`, and every row has exactly one owner.
+#[test]
+fn row_vectors_follow_the_accumulator_rows() {
+    for (m, n, threads) in [(64, 64, 128), (128, 64, 256), (64, 64, 256), (16, 8, 128)] {
+        let l = MmaLayout::rows_first(m, n, threads).unwrap();
+        let r = MmaRows::of(&l).unwrap();
+        let (lm, lr) = (Layout::Mma(l), Layout::Rows(r));
+        let mut owned = vec![0; m as usize];
+        for tid in 0..threads {
+            for reg in 0..l.regs() {
+                let (atom, c) = (reg / 4, reg % 4);
+                let row_reg = atom / l.atoms_n() * 2 + c / 2;
+                assert_eq!(lr.element(tid, row_reg), lm.element(tid, reg) / n);
+            }
+            if lr.owns(tid) {
+                for reg in 0..r.regs() {
+                    owned[lr.element(tid, reg) as usize] += 1;
+                }
+            }
+        }
+        assert!(owned.iter().all(|&o| o == 1), "{owned:?}");
     }
 }

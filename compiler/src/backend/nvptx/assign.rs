@@ -15,7 +15,7 @@
 //! stages the untransposed tile and reads it with `ldmatrix.trans` instead.
 
 use super::layout::{Blocked, Layout};
-use super::mma::{MmaLayout, ATOM_K};
+use super::mma::{MmaLayout, MmaRows, ATOM_K, ATOM_M};
 use super::remat::rematerialisable;
 use crate::ir::{Inst, Kernel, Op, Value};
 use crate::types::DType;
@@ -25,6 +25,13 @@ use std::collections::{HashMap, HashSet};
 pub struct Assignment {
     threads: u32,
     mma: HashSet<Value>,
+    /// Row vectors in the rows of the MMA layout ([`Layout::Rows`]).
+    rows: HashSet<Value>,
+    /// Whether MMA tiles split only their rows over the warps ([`MmaLayout::rows_first`]):
+    /// when the kernel reduces MMA tiles along their rows or feeds them to another tensor-core
+    /// dot as `a` (flash attention's softmax and `p @ v`). Then row vectors (the results of
+    /// those reductions and whatever is broadcast back into the tiles) live in the tiles' rows.
+    rows_first: bool,
     free_trans: HashSet<Value>,
 }
 
@@ -39,6 +46,22 @@ impl Assignment {
             backward(k, &g, &defs, &mut mma);
             if mma.len() == before {
                 break;
+            }
+        }
+        let rows_first = g.insts.iter().any(|i| match &i.op {
+            Op::Reduce { value, axis: 1, .. } => mma.contains(value),
+            Op::Dot { a, .. } => mma.contains(a) && mma.contains(&i.results[0]),
+            _ => false,
+        });
+        let mut rows = HashSet::new();
+        if rows_first {
+            loop {
+                let before = rows.len();
+                rows_forward(k, &g, &mma, &mut rows);
+                rows_backward(k, &g, &defs, &mma, &mut rows);
+                if rows.len() == before {
+                    break;
+                }
             }
         }
         let free_trans = g
@@ -63,6 +86,8 @@ impl Assignment {
         Assignment {
             threads,
             mma,
+            rows,
+            rows_first,
             free_trans,
         }
     }
@@ -71,8 +96,21 @@ impl Assignment {
     pub fn layout(&self, k: &Kernel, v: Value) -> Layout {
         let ty = k.ty(v);
         if self.mma.contains(&v) {
-            if let Some(l) = MmaLayout::new(ty.shape[0], ty.shape[1], self.threads) {
+            let l = if self.rows_first {
+                MmaLayout::rows_first(ty.shape[0], ty.shape[1], self.threads)
+            } else {
+                MmaLayout::new(ty.shape[0], ty.shape[1], self.threads)
+            };
+            if let Some(l) = l {
                 return Layout::Mma(l);
+            }
+        }
+        if self.rows.contains(&v) {
+            let rows = MmaLayout::rows_first(ty.shape[0], ATOM_N_ANY, self.threads)
+                .as_ref()
+                .and_then(MmaRows::of);
+            if let Some(r) = rows {
+                return Layout::Rows(r);
             }
         }
         Layout::Blocked(Blocked::new(ty.numel() as u32, self.threads))
@@ -81,6 +119,102 @@ impl Assignment {
     /// A `trans` result that is not materialised (only tensor-core dots read it).
     pub fn is_free_trans(&self, v: Value) -> bool {
         self.free_trans.contains(&v)
+    }
+}
+
+/// Any valid `n` for [`MmaLayout::rows_first`] when only the rows matter.
+const ATOM_N_ANY: u32 = super::mma::ATOM_N;
+
+/// Whether a tile of this shape can be a row vector of an MMA tile: `[m]` or `[m, 1]`.
+fn row_shape(shape: &[u32]) -> bool {
+    match shape {
+        [m] | [m, 1] => m % ATOM_M == 0,
+        _ => false,
+    }
+}
+
+fn rows_forward(k: &Kernel, g: &Graph, mma: &HashSet<Value>, rows: &mut HashSet<Value>) {
+    for inst in &g.insts {
+        match &inst.op {
+            Op::Reduce { value, axis: 1, .. }
+                if mma.contains(value) && k.ty(*value).shape.len() == 2 =>
+            {
+                rows.insert(inst.results[0]);
+            }
+            op if (elementwise(op) || matches!(op, Op::Reshape(_)))
+                && row_shape(&k.ty(inst.results[0]).shape)
+                && op.operands().iter().any(|v| rows.contains(v)) =>
+            {
+                rows.insert(inst.results[0]);
+            }
+            Op::For { init, body, .. } => {
+                let next = yields(&body.insts);
+                for (i, (&arg, &r)) in body.args[1..].iter().zip(&inst.results).enumerate() {
+                    let any = [init.get(i), next.get(i), Some(&arg), Some(&r)]
+                        .into_iter()
+                        .flatten()
+                        .any(|v| rows.contains(v));
+                    if any {
+                        rows.insert(arg);
+                        rows.insert(r);
+                    }
+                }
+            }
+            Op::If {
+                then_block,
+                else_block,
+                ..
+            } => {
+                let (t, e) = (yields(&then_block.insts), yields(&else_block.insts));
+                for (i, &r) in inst.results.iter().enumerate() {
+                    if [t.get(i), e.get(i)]
+                        .into_iter()
+                        .flatten()
+                        .any(|v| rows.contains(v))
+                    {
+                        rows.insert(r);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn rows_backward(
+    k: &Kernel,
+    g: &Graph,
+    defs: &HashMap<Value, &Op>,
+    mma: &HashSet<Value>,
+    rows: &mut HashSet<Value>,
+) {
+    for inst in g.insts.iter().rev() {
+        let [r] = inst.results[..] else { continue };
+        if rows.contains(&r) || !row_shape(&k.ty(r).shape) {
+            continue;
+        }
+        let candidate = match &inst.op {
+            Op::Reshape(_) => true,
+            Op::Load { ptr, mask, other } => [Some(ptr), mask.as_ref(), other.as_ref()]
+                .into_iter()
+                .flatten()
+                .all(|v| rows.contains(v) || rematerialisable(k, defs, *v)),
+            op => elementwise(op),
+        };
+        let Some(uses) = g.uses.get(&r) else { continue };
+        let wants = |u: &Use| match u {
+            Use::Flow(to) => rows.contains(to),
+            Use::Inst(i) => match &i.op {
+                op if elementwise(op) || matches!(op, Op::Reshape(_)) => {
+                    rows.contains(&i.results[0])
+                }
+                Op::Broadcast(_) => mma.contains(&i.results[0]),
+                _ => false,
+            },
+        };
+        if candidate && !uses.is_empty() && uses.iter().all(wants) {
+            rows.insert(r);
+        }
     }
 }
 

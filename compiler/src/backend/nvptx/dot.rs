@@ -31,7 +31,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     pub fn dot(&mut self, a: Value, b: Value, acc: Value, r: Value) -> Res<Regs<'ctx>> {
         match self.layout(r) {
             Layout::Mma(l) => self.dot_mma(a, b, acc, &l),
-            l @ Layout::Blocked(_) => self.dot_fma(a, b, acc, &l),
+            l => self.dot_fma(a, b, acc, &l),
         }
     }
 
@@ -39,8 +39,15 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let d = self.dtype(a)?;
         let depth = self.k.ty(a).shape[1];
         let mut acc = self.regs_as(acc, &Layout::Mma(*l))?;
-        let sa = self.stage(a, Operand::A, 0)?;
-        let sb = self.stage(b, Operand::B, align16(sa.tile.bytes()))?;
+        // `a` computed by tensor cores with the result's rows in each warp's registers is
+        // repacked as `a` fragments in place; otherwise it goes through shared memory.
+        let a_regs = self.a_in_registers(a, l)?;
+        let sa = match a_regs {
+            Some(_) => None,
+            None => Some(self.stage(a, Operand::A, 0)?),
+        };
+        let b_base = sa.as_ref().map_or(0, |s| align16(s.tile.bytes()));
+        let sb = self.stage(b, Operand::B, b_base)?;
         self.claim_shared(sb.tile.base + sb.tile.bytes());
         self.barrier()?;
         let lane = self.b.build_and(self.tid, self.i32(31), "lane")?;
@@ -50,7 +57,21 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         for k0 in (0..depth).step_by(ATOM_K as usize) {
             let mut a_frags = vec![];
             for i in 0..l.atoms_m() {
-                a_frags.push(self.ldmatrix(&sa, 4, lane, (row0, i * ATOM_M), k0)?);
+                a_frags.push(match (&a_regs, &sa) {
+                    (Some((la, regs)), _) => {
+                        // Register j of the fragment: row g + 8 (j % 2), columns
+                        // k0 + 8 (j / 2) + 2t and the next, which are elements 2 (j % 2) and
+                        // the next of accumulator atom (i, k0 / 8 + j / 2).
+                        let mut f = vec![];
+                        for j in 0..4 {
+                            let r = la.atom_reg(i, k0 / ATOM_N + j / 2) + 2 * (j % 2);
+                            f.push(self.pack_pair(regs[r as usize], regs[r as usize + 1])?);
+                        }
+                        f
+                    }
+                    (None, Some(sa)) => self.ldmatrix(sa, 4, lane, (row0, i * ATOM_M), k0)?,
+                    (None, None) => unreachable!("a is staged when not in registers"),
+                });
             }
             // One `.x4` covers two atoms of `b`; an odd last atom takes an `.x2`.
             let mut b_frags = vec![];
@@ -74,6 +95,33 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         }
         self.barrier()?;
         Ok(acc)
+    }
+
+    /// The registers of `a` when it is an MMA tile (computed by tensor cores, possibly through
+    /// elementwise ops) whose warps hold exactly the rows of result layout `l` and the whole
+    /// depth: then its accumulator atoms are the `a` fragments, two atoms per 16-deep step.
+    fn a_in_registers(&self, a: Value, l: &MmaLayout) -> Res<Option<(MmaLayout, Regs<'ctx>)>> {
+        let Layout::Mma(la) = self.layout(a) else {
+            return Ok(None);
+        };
+        let fits = la.warps_n == 1
+            && la.warp_row_term() == l.warp_row_term()
+            && la.atoms_m() == l.atoms_m()
+            && la.warps_m * la.warps_n == l.warps_m * l.warps_n
+            && la.n % ATOM_K == 0;
+        if !fits {
+            return Ok(None);
+        }
+        Ok(Some((la, self.regs(a)?)))
+    }
+
+    /// Two 16-bit values as one 32-bit register, `lo` in the low half.
+    fn pack_pair(&self, lo: V<'ctx>, hi: V<'ctx>) -> Res<V<'ctx>> {
+        let half = lo.into_float_value().get_type();
+        let mut v = half.vec_type(2).get_undef();
+        v = self.b.build_insert_element(v, lo, self.i32(0), "")?;
+        v = self.b.build_insert_element(v, hi, self.i32(1), "")?;
+        Ok(self.b.build_bit_cast(v, self.ctx.i32_type(), "")?)
     }
 
     fn add_const(&self, x: IntValue<'ctx>, c: u32) -> Res<IntValue<'ctx>> {

@@ -25,7 +25,7 @@
 //! go through shared memory or warp shuffles, except for tiles that can be recomputed where they
 //! are needed (index grids, masks and pointer tiles: see `remat`).
 
-use super::mma::MmaLayout;
+use super::mma::{MmaLayout, MmaRows};
 
 /// The most contiguous elements one thread holds in a run: 8 (16 bytes of `bf16`; `f32` runs
 /// are then read as two 16-byte vectors).
@@ -50,6 +50,8 @@ impl TidTerm {
 pub enum Layout {
     Blocked(Blocked),
     Mma(MmaLayout),
+    /// A row vector spread like the rows of an MMA tile (see [`MmaRows`]).
+    Rows(MmaRows),
 }
 
 impl Layout {
@@ -58,6 +60,7 @@ impl Layout {
         match self {
             Layout::Blocked(l) => l.regs,
             Layout::Mma(l) => l.regs(),
+            Layout::Rows(l) => l.regs(),
         }
     }
 
@@ -67,16 +70,27 @@ impl Layout {
         match self {
             Layout::Blocked(l) => l.vec,
             Layout::Mma(_) => MmaLayout::VEC,
+            Layout::Rows(_) => 1,
         }
     }
 
     /// Threads `tid < owners()` own their elements; the others hold copies. Every element has
-    /// exactly one owner.
+    /// exactly one owner. ([`Layout::Rows`] owners are not a prefix: see [`Layout::owns`].)
     pub fn owners(&self) -> u32 {
         match self {
             Layout::Blocked(l) if l.replicated() => l.numel,
             Layout::Blocked(l) => l.threads,
             Layout::Mma(l) => l.owners(),
+            // Not a prefix of the threads: see `owns`.
+            Layout::Rows(l) => l.threads,
+        }
+    }
+
+    /// Whether thread `tid` owns its elements.
+    pub fn owns(&self, tid: u32) -> bool {
+        match self {
+            Layout::Rows(l) => l.owns(tid),
+            l => tid < l.owners(),
         }
     }
 
@@ -85,6 +99,7 @@ impl Layout {
         match self {
             Layout::Blocked(l) => vec![l.tid_term()],
             Layout::Mma(l) => l.tid_terms(),
+            Layout::Rows(l) => l.tid_terms(),
         }
     }
 
@@ -93,6 +108,7 @@ impl Layout {
         match self {
             Layout::Blocked(l) => l.reg_offset(reg),
             Layout::Mma(l) => l.reg_offset(reg),
+            Layout::Rows(l) => l.reg_offset(reg),
         }
     }
 

@@ -309,6 +309,19 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
     /// Whether this thread owns its registers of a tile laid out as `l` (None: every thread
     /// does). Only owners store elements or add them to sums.
     pub fn owner(&self, l: &Layout) -> Res<Option<IntValue<'ctx>>> {
+        if let Layout::Rows(r) = l {
+            let lane_t = self.b.build_and(self.tid, self.i32(3), "")?;
+            let first =
+                self.b
+                    .build_int_compare(inkwell::IntPredicate::EQ, lane_t, self.i32(0), "")?;
+            let in_warps = self.b.build_int_compare(
+                inkwell::IntPredicate::ULT,
+                self.tid,
+                self.i32(32 * r.warps_m as u64),
+                "",
+            )?;
+            return Ok(Some(self.b.build_and(first, in_warps, "owner")?));
+        }
         if l.owners() >= self.threads {
             return Ok(None);
         }
@@ -386,7 +399,12 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 .map(|i| self.flat_index(&lr, i).map(|v| v.as_basic_value_enum()))
                 .collect::<Res<_>>()?,
             Op::Splat(v) => vec![self.scalar(*v)?; lr.regs() as usize],
-            Op::Reshape(v) => self.regs_as(*v, &Layout::Blocked(self.blocked(*v)))?,
+            // Blocked and row layouts ignore the shape.
+            Op::Reshape(v) => match (self.layout(*v), lr) {
+                (Layout::Rows(a), Layout::Rows(b)) if a == b => self.regs(*v)?,
+                (_, Layout::Rows(_)) => self.regs_as(*v, &lr)?,
+                _ => self.regs_as(*v, &Layout::Blocked(self.blocked(*v)))?,
+            },
             Op::Broadcast(v) => self.broadcast(*v, r)?,
             Op::Trans(_) if self.assign.is_free_trans(r) => vec![],
             Op::Trans(v) => self.transpose(*v, r)?,

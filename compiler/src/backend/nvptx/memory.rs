@@ -160,7 +160,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .ok_or("store to a non-pointer".to_string())?;
         let l = match self.layout(value) {
             l @ Layout::Mma(_) => l,
-            Layout::Blocked(_) => self.layout(ptr),
+            Layout::Blocked(_) | Layout::Rows(_) => self.layout(ptr),
         };
         let w = if atomic {
             1

@@ -83,6 +83,27 @@ impl MmaLayout {
         None
     }
 
+    /// The layout of a `[m, n]` accumulator whose warps split only `m` (so that each warp holds
+    /// whole rows: row reductions stay in the warp and the tile can feed another mma as its `a`
+    /// operand from registers). As many warps as `m` has room for take part; the others hold
+    /// copies. None if `m` is not a multiple of 16 or `n` of 8.
+    pub fn rows_first(m: u32, n: u32, threads: u32) -> Option<MmaLayout> {
+        if m % ATOM_M != 0 || n % ATOM_N != 0 || threads % 32 != 0 {
+            return None;
+        }
+        let mut warps_m = threads / 32;
+        while m % (ATOM_M * warps_m) != 0 {
+            warps_m /= 2;
+        }
+        Some(MmaLayout {
+            m,
+            n,
+            warps_m,
+            warps_n: 1,
+            threads,
+        })
+    }
+
     /// Rows of one warp's block.
     pub fn warp_rows(&self) -> u32 {
         self.m / self.warps_m
@@ -161,6 +182,58 @@ impl MmaLayout {
         let (atom, c) = (reg / 4, reg % 4);
         let (i, j) = (atom / self.atoms_n(), atom % self.atoms_n());
         (i * ATOM_M + c / 2 * 8) * self.n + j * ATOM_N + c % 2
+    }
+}
+
+/// The rows of an MMA accumulator layout whose warps split only `m` (`warps_n == 1`): the
+/// layout of a row vector (`[m]` or `[m, 1]`) that a row reduction of such a tile produces, or
+/// that is broadcast back into it (`x[:, None]`). Each thread holds the rows its accumulator
+/// registers cover: register `2i + h` holds row `warp_row + 16i + 8h + g` (`g = lane / 4`).
+/// The four lanes of a group (`t = lane % 4`) hold copies; lane `t = 0` of warps
+/// `< warps_m` owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmaRows {
+    pub m: u32,
+    pub warps_m: u32,
+    pub threads: u32,
+}
+
+impl MmaRows {
+    /// The rows of `l`, if its warps split only `m`.
+    pub fn of(l: &MmaLayout) -> Option<MmaRows> {
+        (l.warps_n == 1).then_some(MmaRows {
+            m: l.m,
+            warps_m: l.warps_m,
+            threads: l.threads,
+        })
+    }
+
+    pub fn regs(&self) -> u32 {
+        self.m / self.warps_m / ATOM_M * 2
+    }
+
+    pub fn tid_terms(&self) -> Vec<TidTerm> {
+        vec![
+            TidTerm {
+                shift: 2,
+                mask: 7,
+                mul: 1,
+            },
+            TidTerm {
+                shift: 5,
+                mask: self.warps_m - 1,
+                mul: self.m / self.warps_m,
+            },
+        ]
+    }
+
+    pub fn reg_offset(&self, reg: u32) -> u32 {
+        reg / 2 * ATOM_M + reg % 2 * 8
+    }
+
+    /// Whether thread `tid` owns its registers.
+    pub fn owns(&self, tid: u32) -> bool {
+        tid % 4 == 0 && tid / 32 < self.warps_m
     }
 }
 

@@ -36,6 +36,11 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         if d == DType::Bool {
             return Err("reductions over bool tiles".to_string().into());
         }
+        if let (Layout::Rows(_), Layout::Mma(l)) = (self.layout(result), self.layout(src)) {
+            if axis == 1 && l.warps_n == 1 {
+                return self.reduce_rows(op, src, &l, d);
+            }
+        }
         let acc = if self.k.ty(result).numel() == 1 {
             self.reduce_all(op, src, d)?
         } else {
@@ -219,6 +224,58 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         }
         self.barrier()?;
         total.ok_or_else(|| "no warps".to_string().into())
+    }
+
+    /// Reduces the rows of an MMA tile whose warps hold whole rows, into the rows layout: each
+    /// thread folds the registers of each of its rows, then the four lanes of its group (which
+    /// hold the rest of those rows) exchange with two butterfly shuffles. No shared memory.
+    fn reduce_rows(
+        &mut self,
+        op: ReduceOp,
+        src: Value,
+        l: &super::mma::MmaLayout,
+        d: DType,
+    ) -> Res<Vec<V<'ctx>>> {
+        let regs = self.regs(src)?;
+        let col = |j: u32, c: u32| self.i32((j * super::mma::ATOM_N + c % 2) as u64);
+        let mut out = vec![];
+        for i in 0..l.atoms_m() {
+            for h in 0..2 {
+                let mut acc: Option<Acc> = None;
+                for j in 0..l.atoms_n() {
+                    for c in [2 * h, 2 * h + 1] {
+                        let v = regs[(l.atom_reg(i, j) + c) as usize];
+                        // Argmax indices: the column within the lane's part, completed below.
+                        let x = self.lift(v, col(j, c), d)?;
+                        acc = Some(match acc {
+                            None => x,
+                            Some(a) => self.combine(op, a, x, d)?,
+                        });
+                    }
+                }
+                let mut acc = acc.ok_or_else(|| "empty row".to_string())?;
+                if op == ReduceOp::Argmax {
+                    // Column = 2t + the register's part.
+                    let t = self.b.build_and(self.tid, self.i32(3), "")?;
+                    let t2 = self.b.build_int_mul(t, self.i32(2), "")?;
+                    acc.i = self.b.build_int_add(acc.i, t2, "")?;
+                }
+                for lanes in [1, 2] {
+                    let i = if op == ReduceOp::Argmax {
+                        self.shuffle(acc.i.into(), lanes)?.into_int_value()
+                    } else {
+                        acc.i
+                    };
+                    let other = Acc {
+                        v: self.shuffle(acc.v, lanes)?,
+                        i,
+                    };
+                    acc = self.combine(op, acc, other, d)?;
+                }
+                out.push(self.finish(op, acc, d)?);
+            }
+        }
+        Ok(out)
     }
 
     /// `shfl.sync.bfly` over the full warp; 64-bit values go as two halves.

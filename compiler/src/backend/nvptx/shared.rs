@@ -125,6 +125,18 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             let v = self.scalar(src)?;
             return Ok(vec![v; l.regs() as usize]);
         }
+        // A row vector into the MMA tile whose rows it is laid out as: register copies.
+        if let (Layout::Rows(r), Layout::Mma(m)) = (self.layout(src), &l) {
+            if super::mma::MmaRows::of(m) == Some(r) {
+                let regs = self.regs(src)?;
+                return Ok((0..m.regs())
+                    .map(|reg| {
+                        let (atom, c) = (reg / 4, reg % 4);
+                        regs[(atom / m.atoms_n() * 2 + c / 2) as usize]
+                    })
+                    .collect());
+            }
+        }
         let s_shape = self.k.ty(src).shape.clone();
         let d_shape = self.k.ty(dst).shape.clone();
         if super::remat::rematerialisable(self.k, self.defs(), src) {
