@@ -223,7 +223,10 @@ fn devices() -> String {
         match Device::cuda(ordinal) {
             Ok(gpu) => {
                 let (major, minor) = gpu.compute_capability().unwrap_or((0, 0));
-                out += &format!("{gpu}: {} (compute capability {major}.{minor})\n", gpu.name());
+                out += &format!(
+                    "{gpu}: {} (compute capability {major}.{minor})\n",
+                    gpu.name()
+                );
             }
             Err(e) if ordinal == 0 => {
                 out += &format!("no GPU: {e}\n");

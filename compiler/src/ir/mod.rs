@@ -355,6 +355,21 @@ pub enum Op {
 }
 
 impl Op {
+    /// True for the elementwise ops: element `i` of the result depends only on element `i` of
+    /// each (same-shaped) operand.
+    pub fn is_elementwise(&self) -> bool {
+        matches!(
+            self,
+            Op::Unary(..)
+                | Op::Binary(..)
+                | Op::Cmp(..)
+                | Op::Select(..)
+                | Op::Fma(..)
+                | Op::Cast(_)
+                | Op::PtrAdd(..)
+        )
+    }
+
     /// The values this op reads directly (not those read inside nested blocks).
     pub fn operands(&self) -> Vec<Value> {
         match self {

@@ -50,21 +50,15 @@ struct Facts<'a> {
 
 /// True for ops that read their tile operands elementwise at the same index as they produce.
 fn reads_elementwise(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Unary(..)
-            | Op::Binary(..)
-            | Op::Cmp(..)
-            | Op::Select(..)
-            | Op::Fma(..)
-            | Op::Cast(_)
-            | Op::PtrAdd(..)
-            | Op::Reshape(_)
-            | Op::Load { .. }
-            | Op::Store { .. }
-            | Op::AtomicAdd { .. }
-            | Op::Reduce { .. }
-    )
+    op.is_elementwise()
+        || matches!(
+            op,
+            Op::Reshape(_)
+                | Op::Load { .. }
+                | Op::Store { .. }
+                | Op::AtomicAdd { .. }
+                | Op::Reduce { .. }
+        )
 }
 
 impl<'a> Facts<'a> {

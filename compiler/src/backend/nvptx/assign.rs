@@ -141,7 +141,7 @@ fn rows_forward(k: &Kernel, g: &Graph, mma: &HashSet<Value>, rows: &mut HashSet<
             {
                 rows.insert(inst.results[0]);
             }
-            op if (elementwise(op) || matches!(op, Op::Reshape(_)))
+            op if (op.is_elementwise() || matches!(op, Op::Reshape(_)))
                 && row_shape(&k.ty(inst.results[0]).shape)
                 && op.operands().iter().any(|v| rows.contains(v)) =>
             {
@@ -199,13 +199,13 @@ fn rows_backward(
                 .into_iter()
                 .flatten()
                 .all(|v| rows.contains(v) || rematerialisable(k, defs, *v)),
-            op => elementwise(op),
+            op => op.is_elementwise(),
         };
         let Some(uses) = g.uses.get(&r) else { continue };
         let wants = |u: &Use| match u {
             Use::Flow(to) => rows.contains(to),
             Use::Inst(i) => match &i.op {
-                op if elementwise(op) || matches!(op, Op::Reshape(_)) => {
+                op if op.is_elementwise() || matches!(op, Op::Reshape(_)) => {
                     rows.contains(&i.results[0])
                 }
                 Op::Broadcast(_) => mma.contains(&i.results[0]),
@@ -306,27 +306,13 @@ fn yields(insts: &[Inst]) -> &[Value] {
     }
 }
 
-/// Ops computed register by register, whose operands and result share a layout.
-fn elementwise(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Unary(..)
-            | Op::Binary(..)
-            | Op::Cmp(..)
-            | Op::Select(..)
-            | Op::Fma(..)
-            | Op::Cast(_)
-            | Op::PtrAdd(..)
-    )
-}
-
 fn forward(k: &Kernel, g: &Graph, threads: u32, mma: &mut HashSet<Value>) {
     for inst in &g.insts {
         match &inst.op {
             Op::Dot { a, b, .. } if on_tensor_cores(k, *a, *b, threads) => {
                 mma.insert(inst.results[0]);
             }
-            op if elementwise(op) && op.operands().iter().any(|v| mma.contains(v)) => {
+            op if op.is_elementwise() && op.operands().iter().any(|v| mma.contains(v)) => {
                 mma.insert(inst.results[0]);
             }
             Op::For { init, body, .. } => {
@@ -375,7 +361,7 @@ fn backward(k: &Kernel, g: &Graph, defs: &HashMap<Value, &Op>, mma: &mut HashSet
                 .into_iter()
                 .flatten()
                 .all(|v| mma.contains(v) || rematerialisable(k, defs, *v)),
-            op => elementwise(op),
+            op => op.is_elementwise(),
         };
         let Some(uses) = g.uses.get(&r) else { continue };
         if candidate && !uses.is_empty() && uses.iter().all(|u| feeds_mma(u, r, mma)) {
@@ -389,7 +375,7 @@ fn feeds_mma(u: &Use, v: Value, mma: &HashSet<Value>) -> bool {
     match u {
         Use::Flow(to) => mma.contains(to),
         Use::Inst(i) => match &i.op {
-            op if elementwise(op) => mma.contains(&i.results[0]),
+            op if op.is_elementwise() => mma.contains(&i.results[0]),
             Op::Dot { acc, .. } => *acc == v && mma.contains(&i.results[0]),
             Op::Store { value, .. } | Op::AtomicAdd { value, .. } => {
                 *value != v && mma.contains(value)
