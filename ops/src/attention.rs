@@ -23,18 +23,18 @@ pub struct Attention {
 }
 
 /// The blocks of a pack of sequences, on the device: for each block of rows,
-/// `[first row, sequence start, sequence end]`. Build once per batch, use for every layer.
+/// `[first row, sequence start, sequence end]`, one table per block size the kernels use.
+/// Build once per batch, use for every layer.
 pub struct PackedBlocks {
     tokens: usize,
-    block: usize,
-    count: usize,
-    table: Buffer,
+    /// (rows per block, number of blocks, table).
+    tables: Vec<(usize, usize, Buffer)>,
 }
 
 impl PackedBlocks {
-    /// Blocks of `block` rows over the sequences `cu_seqlens` delimits (`[0, len0, len0 + len1,
-    /// ...]`, the last entry being the number of tokens).
-    pub fn new(ops: &Ops, cu_seqlens: &[usize], block: usize) -> Result<PackedBlocks> {
+    /// The blocks of the sequences `cu_seqlens` delimits (`[0, len0, len0 + len1, ...]`, the
+    /// last entry being the number of tokens).
+    pub fn new(ops: &Ops, cu_seqlens: &[usize]) -> Result<PackedBlocks> {
         const OP: &str = "attention blocks";
         if cu_seqlens.first() != Some(&0) || cu_seqlens.windows(2).any(|w| w[0] > w[1]) {
             return Err(Error::shape(
@@ -46,35 +46,68 @@ impl PackedBlocks {
         if tokens > i32::MAX as usize {
             return Err(Error::shape(OP, format!("{tokens} tokens is too many")));
         }
-        let mut table = vec![];
-        for w in cu_seqlens.windows(2) {
-            for row in (w[0]..w[1]).step_by(block) {
-                table.extend([row as i32, w[0] as i32, w[1] as i32]);
+        let mut tables = vec![];
+        for block in Tile::BLOCK_SIZES {
+            let mut table = vec![];
+            for w in cu_seqlens.windows(2) {
+                for row in (w[0]..w[1]).step_by(block) {
+                    table.extend([row as i32, w[0] as i32, w[1] as i32]);
+                }
             }
+            let count = table.len() / 3;
+            if table.is_empty() {
+                table.extend([0, 0, 0]);
+            }
+            tables.push((block, count, ops.device().upload(&table)?));
         }
-        let count = table.len() / 3;
-        if table.is_empty() {
-            table.extend([0, 0, 0]);
-        }
-        Ok(PackedBlocks {
-            tokens,
-            block,
-            count,
-            table: ops.device().upload(&table)?,
-        })
+        Ok(PackedBlocks { tokens, tables })
     }
 
     /// Tokens in the pack.
     pub fn tokens(&self) -> usize {
         self.tokens
     }
+
+    /// The number of blocks of `rows` rows and their table.
+    fn of(&self, rows: usize) -> (usize, &Buffer) {
+        let (_, count, table) = self
+            .tables
+            .iter()
+            .find(|(block, ..)| *block == rows)
+            .expect("every tile's block size has a table");
+        (*count, table)
+    }
+}
+
+/// One kernel's tiles: query rows, key rows, warps. The program grid walks blocks of the
+/// dimension the kernel owns (query rows for the forward and dq, key rows for dk/dv).
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    bm: usize,
+    bn: usize,
+    warps: u32,
+}
+
+impl Tile {
+    /// Every block size a tile below uses (tables are built for each).
+    const BLOCK_SIZES: [usize; 2] = [64, 128];
+
+    /// The (forward, dq, dk/dv) tiles for a head dimension. Each assembles with 0 spills
+    /// (`kiln compile --emit ptx` + ptxas); tiles that reduce scores along rows keep whole rows
+    /// per warp (16 rows each). The forward's 128 x 64 at 8 warps was measured on the H200
+    /// (`bench/RESULTS.md`).
+    fn for_head_dim(head_dim: usize) -> [Tile; 3] {
+        let tile = |bm, bn, warps| Tile { bm, bn, warps };
+        if head_dim <= 64 {
+            [tile(128, 64, 8), tile(64, 64, 4), tile(64, 64, 8)]
+        } else {
+            [tile(128, 64, 8), tile(64, 64, 8), tile(32, 64, 8)]
+        }
+    }
 }
 
 impl Attention {
-    /// Rows per block of queries and of keys: what the tables passed in must be built with.
-    pub const BLOCK: usize = 64;
-
-    fn check(&self, op: &'static str, blocks: &PackedBlocks) -> Result<()> {
+    fn check(&self, op: &'static str) -> Result<()> {
         let (hq, hkv, d) = (self.q_heads, self.kv_heads, self.head_dim);
         if hkv == 0 || hq % hkv != 0 || !d.is_power_of_two() || !(16..=256).contains(&d) {
             return Err(Error::shape(
@@ -82,16 +115,6 @@ impl Attention {
                 format!(
                     "{hq} query heads must be a multiple of {hkv} key/value heads, and head_dim \
                      {d} a power of two from 16 to 256"
-                ),
-            ));
-        }
-        if blocks.block != Self::BLOCK {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "blocks were built with {} rows, not {}",
-                    blocks.block,
-                    Self::BLOCK
                 ),
             ));
         }
@@ -114,16 +137,12 @@ impl Attention {
         Ok(())
     }
 
-    /// The forward and dq kernels keep their score tiles in tensor-core registers with each
-    /// warp holding whole rows (16 of the 64), so they run 4 warps; dk/dv splits its tiles over
-    /// 8 warps both ways.
-    fn config(&self, kernel: &'static str) -> KernelConfig {
-        let warps = if kernel == "attn_bwd_dkdv" { 8 } else { 4 };
+    fn config(&self, kernel: &'static str, tile: Tile) -> KernelConfig {
         KernelConfig::new(FILE, kernel)
-            .int("BM", Self::BLOCK)
-            .int("BN", Self::BLOCK)
+            .int("BM", tile.bm)
+            .int("BN", tile.bn)
             .int("D", self.head_dim)
-            .warps(warps)
+            .warps(tile.warps)
     }
 
     fn scalars(&self) -> [Arg<'static>; 3] {
@@ -147,24 +166,23 @@ impl Attention {
         lse: &Buffer,
     ) -> Result<()> {
         const OP: &str = "attention forward";
-        self.check(OP, blocks)?;
+        self.check(OP)?;
         let t = blocks.tokens;
         self.shapes(OP, t, &[("q", q), ("o", o)], &[("k", k), ("v", v)])?;
         expect(OP, "lse", lse, DType::F32, t * self.q_heads)?;
+        let [forward, ..] = Tile::for_head_dim(self.head_dim);
+        let (count, table) = blocks.of(forward.bm);
         let mut args = vec![
             Arg::Buffer(q),
             Arg::Buffer(k),
             Arg::Buffer(v),
             Arg::Buffer(o),
             Arg::Buffer(lse),
-            Arg::Buffer(&blocks.table),
+            Arg::Buffer(table),
         ];
         args.extend(self.scalars());
-        ops.launch(
-            &self.config("attn_fwd"),
-            [blocks.count, self.q_heads, 1],
-            &args,
-        )
+        let config = self.config("attn_fwd", forward);
+        ops.launch(&config, [count, self.q_heads, 1], &args)
     }
 
     /// `dq`, `dk`, `dv` from the forward's inputs, its output `o`, `lse`, and `d_o`. `dk` and
@@ -181,7 +199,7 @@ impl Attention {
         (dq, dk, dv): (&Buffer, &Buffer, &Buffer),
     ) -> Result<()> {
         const OP: &str = "attention backward";
-        self.check(OP, blocks)?;
+        self.check(OP)?;
         let t = blocks.tokens;
         let q_like = [("q", q), ("o", o), ("d_o", d_o), ("dq", dq)];
         self.shapes(
@@ -192,9 +210,10 @@ impl Attention {
         )?;
         expect(OP, "lse", lse, DType::F32, t * self.q_heads)?;
 
+        const DELTA_ROWS: usize = 64;
         let delta = ops.scratch(DType::F32, t * self.q_heads)?;
         let config = KernelConfig::new(FILE, "attn_bwd_delta")
-            .int("BM", Self::BLOCK)
+            .int("BM", DELTA_ROWS)
             .int("D", self.head_dim)
             .warps(4);
         let args = [
@@ -204,22 +223,23 @@ impl Attention {
             Arg::I32(t as i32),
             Arg::I32(self.q_heads as i32),
         ];
-        ops.launch(&config, [t.div_ceil(Self::BLOCK), self.q_heads, 1], &args)?;
+        ops.launch(&config, [t.div_ceil(DELTA_ROWS), self.q_heads, 1], &args)?;
 
+        // dk/dv programs own blocks of key rows, dq programs blocks of query rows.
         let inputs = [q, k, v, d_o, lse, &delta].map(Arg::Buffer);
+        let [_, dq_tile, dkdv_tile] = Tile::for_head_dim(self.head_dim);
+        let (count, table) = blocks.of(dkdv_tile.bn);
         let mut args = inputs.to_vec();
-        args.extend([Arg::Buffer(dk), Arg::Buffer(dv), Arg::Buffer(&blocks.table)]);
+        args.extend([Arg::Buffer(dk), Arg::Buffer(dv), Arg::Buffer(table)]);
         args.extend(self.scalars());
-        let grid = [blocks.count, self.kv_heads, 1];
-        ops.launch(&self.config("attn_bwd_dkdv"), grid, &args)?;
+        let config = self.config("attn_bwd_dkdv", dkdv_tile);
+        ops.launch(&config, [count, self.kv_heads, 1], &args)?;
 
+        let (count, table) = blocks.of(dq_tile.bm);
         let mut args = inputs.to_vec();
-        args.extend([Arg::Buffer(dq), Arg::Buffer(&blocks.table)]);
+        args.extend([Arg::Buffer(dq), Arg::Buffer(table)]);
         args.extend(self.scalars());
-        ops.launch(
-            &self.config("attn_bwd_dq"),
-            [blocks.count, self.q_heads, 1],
-            &args,
-        )
+        let config = self.config("attn_bwd_dq", dq_tile);
+        ops.launch(&config, [count, self.q_heads, 1], &args)
     }
 }

@@ -128,7 +128,7 @@ fn attention(ops: &Ops, runs: usize, lengths: &[usize]) -> Result<Vec<Row>, Stri
     }
     let t = *cu.last().unwrap();
     let e = |e: kiln::ops::Error| e.to_string();
-    let blocks = PackedBlocks::new(ops, &cu, Attention::BLOCK).map_err(e)?;
+    let blocks = PackedBlocks::new(ops, &cu).map_err(e)?;
     let (q_len, kv_len) = (t * 14 * 64, t * 2 * 64);
     let q = rand_bf16(dev, q_len, 15, 1.0)?;
     let k = rand_bf16(dev, kv_len, 16, 1.0)?;

@@ -40,7 +40,7 @@ fn inputs(h: &Harness, attn: &Attention, tokens: usize) -> Inputs {
 }
 
 fn run(h: &Harness, attn: &Attention, cu_seqlens: &[usize], x: &Inputs) -> Outputs {
-    let blocks = PackedBlocks::new(&h.ops, cu_seqlens, Attention::BLOCK).unwrap();
+    let blocks = PackedBlocks::new(&h.ops, cu_seqlens).unwrap();
     let t = blocks.tokens();
     let [q, k, v, d_o] = [&x.q, &x.k, &x.v, &x.d_o].map(|data| h.bf16(data));
     let poisoned = |like: &Buffer| h.poisoned_bf16(like.len());
@@ -206,12 +206,10 @@ fn no_sequence_sees_another() {
 fn bad_packs_and_head_counts_are_errors() {
     let h = crate::harness::cpu();
     for cu in [&[1usize, 5][..], &[0, 5, 3]] {
-        let err = PackedBlocks::new(&h.ops, cu, Attention::BLOCK)
-            .err()
-            .unwrap();
+        let err = PackedBlocks::new(&h.ops, cu).err().unwrap();
         assert!(err.to_string().contains("cu_seqlens"), "{err}");
     }
-    let blocks = PackedBlocks::new(&h.ops, &[0, 4], Attention::BLOCK).unwrap();
+    let blocks = PackedBlocks::new(&h.ops, &[0, 4]).unwrap();
     let attn = Attention {
         q_heads: 3,
         kv_heads: 2,
