@@ -90,18 +90,18 @@ struct Tile {
 
 impl Tile {
     /// Every block size a tile below uses (tables are built for each).
-    const BLOCK_SIZES: [usize; 2] = [64, 128];
+    const BLOCK_SIZES: [usize; 1] = [64];
 
     /// The (forward, dq, dk/dv) tiles for a head dimension. Each assembles with 0 spills
     /// (`kiln compile --emit ptx` + ptxas); tiles that reduce scores along rows keep whole rows
-    /// per warp (16 rows each). The forward's 128 x 64 at 8 warps was measured on the H200
-    /// (`bench/RESULTS.md`).
+    /// per warp (16 rows each). On the H200 a 128 x 64 forward on 8 warps was slower than
+    /// 64 x 64 on 4 (0.152 vs 0.136 ms at 8 x 1024, dim 64: `bench/RESULTS.md`).
     fn for_head_dim(head_dim: usize) -> [Tile; 3] {
         let tile = |bm, bn, warps| Tile { bm, bn, warps };
         if head_dim <= 64 {
-            [tile(128, 64, 8), tile(64, 64, 4), tile(64, 64, 8)]
+            [tile(64, 64, 4), tile(64, 64, 4), tile(64, 64, 8)]
         } else {
-            [tile(128, 64, 8), tile(64, 64, 8), tile(32, 64, 8)]
+            [tile(64, 64, 4), tile(64, 64, 8), tile(32, 64, 8)]
         }
     }
 }
