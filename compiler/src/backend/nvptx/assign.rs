@@ -147,36 +147,7 @@ fn rows_forward(k: &Kernel, g: &Graph, mma: &HashSet<Value>, rows: &mut HashSet<
             {
                 rows.insert(inst.results[0]);
             }
-            Op::For { init, body, .. } => {
-                let next = yields(&body.insts);
-                for (i, (&arg, &r)) in body.args[1..].iter().zip(&inst.results).enumerate() {
-                    let any = [init.get(i), next.get(i), Some(&arg), Some(&r)]
-                        .into_iter()
-                        .flatten()
-                        .any(|v| rows.contains(v));
-                    if any {
-                        rows.insert(arg);
-                        rows.insert(r);
-                    }
-                }
-            }
-            Op::If {
-                then_block,
-                else_block,
-                ..
-            } => {
-                let (t, e) = (yields(&then_block.insts), yields(&else_block.insts));
-                for (i, &r) in inst.results.iter().enumerate() {
-                    if [t.get(i), e.get(i)]
-                        .into_iter()
-                        .flatten()
-                        .any(|v| rows.contains(v))
-                    {
-                        rows.insert(r);
-                    }
-                }
-            }
-            _ => {}
+            _ => carry_through_control(inst, rows),
         }
     }
 }
@@ -306,6 +277,43 @@ fn yields(insts: &[Inst]) -> &[Value] {
     }
 }
 
+/// Spreads membership of `set` over the values a `for` carries (initial value, block argument,
+/// yielded value and result: one layout for all four) and from an `if`'s yields to its results.
+fn carry_through_control(inst: &Inst, set: &mut HashSet<Value>) {
+    match &inst.op {
+        Op::For { init, body, .. } => {
+            let next = yields(&body.insts);
+            for (i, (&arg, &r)) in body.args[1..].iter().zip(&inst.results).enumerate() {
+                let any = [init.get(i), next.get(i), Some(&arg), Some(&r)]
+                    .into_iter()
+                    .flatten()
+                    .any(|v| set.contains(v));
+                if any {
+                    set.insert(arg);
+                    set.insert(r);
+                }
+            }
+        }
+        Op::If {
+            then_block,
+            else_block,
+            ..
+        } => {
+            let (t, e) = (yields(&then_block.insts), yields(&else_block.insts));
+            for (i, &r) in inst.results.iter().enumerate() {
+                if [t.get(i), e.get(i)]
+                    .into_iter()
+                    .flatten()
+                    .any(|v| set.contains(v))
+                {
+                    set.insert(r);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn forward(k: &Kernel, g: &Graph, threads: u32, mma: &mut HashSet<Value>) {
     for inst in &g.insts {
         match &inst.op {
@@ -315,36 +323,7 @@ fn forward(k: &Kernel, g: &Graph, threads: u32, mma: &mut HashSet<Value>) {
             op if op.is_elementwise() && op.operands().iter().any(|v| mma.contains(v)) => {
                 mma.insert(inst.results[0]);
             }
-            Op::For { init, body, .. } => {
-                let next = yields(&body.insts);
-                for (i, (&arg, &r)) in body.args[1..].iter().zip(&inst.results).enumerate() {
-                    let any = [init.get(i), next.get(i), Some(&arg), Some(&r)]
-                        .into_iter()
-                        .flatten()
-                        .any(|v| mma.contains(v));
-                    if any {
-                        mma.insert(arg);
-                        mma.insert(r);
-                    }
-                }
-            }
-            Op::If {
-                then_block,
-                else_block,
-                ..
-            } => {
-                let (t, e) = (yields(&then_block.insts), yields(&else_block.insts));
-                for (i, &r) in inst.results.iter().enumerate() {
-                    if [t.get(i), e.get(i)]
-                        .into_iter()
-                        .flatten()
-                        .any(|v| mma.contains(v))
-                    {
-                        mma.insert(r);
-                    }
-                }
-            }
-            _ => {}
+            _ => carry_through_control(inst, mma),
         }
     }
 }
