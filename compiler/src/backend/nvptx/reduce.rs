@@ -167,18 +167,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                     .into_int_value(),
             };
         }
-        for lanes in [16, 8, 4, 2, 1] {
-            let i = if op == ReduceOp::Argmax {
-                self.shuffle(acc.i.into(), lanes)?.into_int_value()
-            } else {
-                acc.i
-            };
-            let other = Acc {
-                v: self.shuffle(acc.v, lanes)?,
-                i,
-            };
-            acc = self.combine(op, acc, other, d)?;
-        }
+        acc = self.butterfly(op, acc, &[16, 8, 4, 2, 1], d)?;
         let warps = self.threads / 32;
         if warps == 1 {
             return Ok(acc);
@@ -260,18 +249,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                     let t2 = self.b.build_int_mul(t, self.i32(2), "")?;
                     acc.i = self.b.build_int_add(acc.i, t2, "")?;
                 }
-                for lanes in [1, 2] {
-                    let i = if op == ReduceOp::Argmax {
-                        self.shuffle(acc.i.into(), lanes)?.into_int_value()
-                    } else {
-                        acc.i
-                    };
-                    let other = Acc {
-                        v: self.shuffle(acc.v, lanes)?,
-                        i,
-                    };
-                    acc = self.combine(op, acc, other, d)?;
-                }
+                acc = self.butterfly(op, acc, &[1, 2], d)?;
                 out.push(self.finish(op, acc, d)?);
             }
         }
@@ -279,6 +257,31 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     }
 
     /// `shfl.sync.bfly` over the full warp; 64-bit values go as two halves.
+    /// Combines `acc` with the value of the lane `l` away, for each `l` of `lanes` in turn
+    /// (`shfl.sync.bfly`): afterwards every lane of each group of `2 * max(lanes)` holds the
+    /// group's result. Argmax indices travel with their values.
+    fn butterfly(
+        &self,
+        op: ReduceOp,
+        mut acc: Acc<'ctx>,
+        lanes: &[u32],
+        d: DType,
+    ) -> Res<Acc<'ctx>> {
+        for &lanes in lanes {
+            let i = if op == ReduceOp::Argmax {
+                self.shuffle(acc.i.into(), lanes)?.into_int_value()
+            } else {
+                acc.i
+            };
+            let other = Acc {
+                v: self.shuffle(acc.v, lanes)?,
+                i,
+            };
+            acc = self.combine(op, acc, other, d)?;
+        }
+        Ok(acc)
+    }
+
     fn shuffle(&self, v: V<'ctx>, lanes: u32) -> Res<V<'ctx>> {
         let full = self.i32(u32::MAX as u64).into();
         let args = |x: V<'ctx>| [full, x, self.i32(lanes as u64).into(), self.i32(31).into()];
