@@ -22,16 +22,20 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
-/// The blocks of a pack of sequences, on the device: for each block of rows,
-/// `[first row, sequence start, sequence end]`, one table per block size the kernels use.
-/// Build once per batch, use for every layer.
+/// The blocks of a pack of sequences, on the device: for each block of
+/// [`PackedBlocks::ROWS`] rows, `[first row, sequence start, sequence end]`. Build once per
+/// batch, use for every layer.
 pub struct PackedBlocks {
     tokens: usize,
-    /// (rows per block, number of blocks, table).
-    tables: Vec<(usize, usize, Buffer)>,
+    count: usize,
+    table: Buffer,
 }
 
 impl PackedBlocks {
+    /// Rows per block: the rows each program owns (query rows in the forward and dq, key rows
+    /// in dk/dv).
+    pub const ROWS: usize = 64;
+
     /// The blocks of the sequences `cu_seqlens` delimits (`[0, len0, len0 + len1, ...]`, the
     /// last entry being the number of tokens).
     pub fn new(ops: &Ops, cu_seqlens: &[usize]) -> Result<PackedBlocks> {
@@ -46,41 +50,31 @@ impl PackedBlocks {
         if tokens > i32::MAX as usize {
             return Err(Error::shape(OP, format!("{tokens} tokens is too many")));
         }
-        let mut tables = vec![];
-        for block in Tile::BLOCK_SIZES {
-            let mut table = vec![];
-            for w in cu_seqlens.windows(2) {
-                for row in (w[0]..w[1]).step_by(block) {
-                    table.extend([row as i32, w[0] as i32, w[1] as i32]);
-                }
+        let mut table = vec![];
+        for w in cu_seqlens.windows(2) {
+            for row in (w[0]..w[1]).step_by(Self::ROWS) {
+                table.extend([row as i32, w[0] as i32, w[1] as i32]);
             }
-            let count = table.len() / 3;
-            if table.is_empty() {
-                table.extend([0, 0, 0]);
-            }
-            tables.push((block, count, ops.device().upload(&table)?));
         }
-        Ok(PackedBlocks { tokens, tables })
+        let count = table.len() / 3;
+        if table.is_empty() {
+            table.extend([0, 0, 0]);
+        }
+        Ok(PackedBlocks {
+            tokens,
+            count,
+            table: ops.device().upload(&table)?,
+        })
     }
 
     /// Tokens in the pack.
     pub fn tokens(&self) -> usize {
         self.tokens
     }
-
-    /// The number of blocks of `rows` rows and their table.
-    fn of(&self, rows: usize) -> (usize, &Buffer) {
-        let (_, count, table) = self
-            .tables
-            .iter()
-            .find(|(block, ..)| *block == rows)
-            .expect("every tile's block size has a table");
-        (*count, table)
-    }
 }
 
-/// One kernel's tiles: query rows, key rows, warps. The program grid walks blocks of the
-/// dimension the kernel owns (query rows for the forward and dq, key rows for dk/dv).
+/// One kernel's tiles: query rows, key rows, warps. The dimension a kernel's programs own
+/// (query rows for the forward and dq, key rows for dk/dv) is [`PackedBlocks::ROWS`].
 #[derive(Clone, Copy, Debug)]
 struct Tile {
     bm: usize,
@@ -89,19 +83,17 @@ struct Tile {
 }
 
 impl Tile {
-    /// Every block size a tile below uses (tables are built for each).
-    const BLOCK_SIZES: [usize; 1] = [64];
-
     /// The (forward, dq, dk/dv) tiles for a head dimension. Each assembles with 0 spills
     /// (`kiln compile --emit ptx` + ptxas); tiles that reduce scores along rows keep whole rows
     /// per warp (16 rows each). On the H200 a 128 x 64 forward on 8 warps was slower than
     /// 64 x 64 on 4 (0.152 vs 0.136 ms at 8 x 1024, dim 64: `bench/RESULTS.md`).
     fn for_head_dim(head_dim: usize) -> [Tile; 3] {
+        const R: usize = PackedBlocks::ROWS;
         let tile = |bm, bn, warps| Tile { bm, bn, warps };
         if head_dim <= 64 {
-            [tile(64, 64, 4), tile(64, 64, 4), tile(64, 64, 8)]
+            [tile(R, 64, 4), tile(R, 64, 4), tile(64, R, 8)]
         } else {
-            [tile(64, 64, 4), tile(64, 64, 8), tile(32, 64, 8)]
+            [tile(R, 64, 4), tile(R, 64, 8), tile(32, R, 8)]
         }
     }
 }
@@ -171,18 +163,17 @@ impl Attention {
         self.shapes(OP, t, &[("q", q), ("o", o)], &[("k", k), ("v", v)])?;
         expect(OP, "lse", lse, DType::F32, t * self.q_heads)?;
         let [forward, ..] = Tile::for_head_dim(self.head_dim);
-        let (count, table) = blocks.of(forward.bm);
         let mut args = vec![
             Arg::Buffer(q),
             Arg::Buffer(k),
             Arg::Buffer(v),
             Arg::Buffer(o),
             Arg::Buffer(lse),
-            Arg::Buffer(table),
+            Arg::Buffer(&blocks.table),
         ];
         args.extend(self.scalars());
         let config = self.config("attn_fwd", forward);
-        ops.launch(&config, [count, self.q_heads, 1], &args)
+        ops.launch(&config, [blocks.count, self.q_heads, 1], &args)
     }
 
     /// `dq`, `dk`, `dv` from the forward's inputs, its output `o`, `lse`, and `d_o`. `dk` and
@@ -228,18 +219,16 @@ impl Attention {
         // dk/dv programs own blocks of key rows, dq programs blocks of query rows.
         let inputs = [q, k, v, d_o, lse, &delta].map(Arg::Buffer);
         let [_, dq_tile, dkdv_tile] = Tile::for_head_dim(self.head_dim);
-        let (count, table) = blocks.of(dkdv_tile.bn);
         let mut args = inputs.to_vec();
-        args.extend([Arg::Buffer(dk), Arg::Buffer(dv), Arg::Buffer(table)]);
+        args.extend([Arg::Buffer(dk), Arg::Buffer(dv), Arg::Buffer(&blocks.table)]);
         args.extend(self.scalars());
         let config = self.config("attn_bwd_dkdv", dkdv_tile);
-        ops.launch(&config, [count, self.kv_heads, 1], &args)?;
+        ops.launch(&config, [blocks.count, self.kv_heads, 1], &args)?;
 
-        let (count, table) = blocks.of(dq_tile.bm);
         let mut args = inputs.to_vec();
-        args.extend([Arg::Buffer(dq), Arg::Buffer(table)]);
+        args.extend([Arg::Buffer(dq), Arg::Buffer(&blocks.table)]);
         args.extend(self.scalars());
         let config = self.config("attn_bwd_dq", dq_tile);
-        ops.launch(&config, [count, self.q_heads, 1], &args)
+        ops.launch(&config, [blocks.count, self.q_heads, 1], &args)
     }
 }
