@@ -112,16 +112,7 @@ impl Bench {
                 output(&dev, DType::F32, rows)?,
             ])
         })?;
-        let args = arg_list(|s| {
-            vec![
-                Arg::Buffer(&s[0]),
-                Arg::Buffer(&s[1]),
-                Arg::Buffer(&s[2]),
-                Arg::Buffer(&s[3]),
-                Arg::I32(n as i32),
-                Arg::F32(1e-6),
-            ]
-        });
+        let args = arg_list(|s| buffers_then(s, &[Arg::I32(n as i32), Arg::F32(1e-6)]));
         let block = n.next_power_of_two() as i64;
         let choices: Vec<KernelChoice> = [1, 2, 4, 8, 16]
             .into_iter()
@@ -168,18 +159,9 @@ impl Bench {
                 output(&dev, DType::Bf16, n)?,
             ])
         })?;
-        let bwd_args = arg_list(|s| {
-            vec![
-                Arg::Buffer(&s[0]),
-                Arg::Buffer(&s[1]),
-                Arg::Buffer(&s[2]),
-                Arg::Buffer(&s[3]),
-                Arg::Buffer(&s[4]),
-                Arg::Buffer(&s[5]),
-                Arg::I32(rows as i32),
-                Arg::I32(n as i32),
-            ]
-        });
+        // The last buffer, dw, belongs to the reduction.
+        let bwd_args =
+            arg_list(|s| buffers_then(&s[..6], &[Arg::I32(rows as i32), Arg::I32(n as i32)]));
         fn reduce_args(s: &[Buffer], partials: usize, n: usize) -> Vec<Arg<'_>> {
             vec![
                 Arg::Buffer(&s[5]),
@@ -235,11 +217,7 @@ impl Bench {
             }
             Ok(set)
         })?;
-        let args = arg_list(|s| {
-            let mut a: Vec<Arg> = s.iter().map(Arg::Buffer).collect();
-            a.push(Arg::I64(len as i64));
-            a
-        });
+        let args = arg_list(|s| buffers_then(s, &[Arg::I64(len as i64)]));
         let kernel = if backward { "swiglu_bwd" } else { "swiglu_fwd" };
         self.elementwise(
             &format!("swiglu {}", if backward { "bwd" } else { "fwd" }),
@@ -266,11 +244,9 @@ impl Bench {
             ])
         })?;
         let args = arg_list(|s| {
-            let mut a: Vec<Arg> = s.iter().map(Arg::Buffer).collect();
-            a.push(Arg::I64(len as i64));
-            for v in [1e-5f32, 0.9, 0.999, 1e-8, 0.01, 0.1, 0.001] {
-                a.push(Arg::F32(v));
-            }
+            let hyper = [1e-5f32, 0.9, 0.999, 1e-8, 0.01, 0.1, 0.001].map(Arg::F32);
+            let mut a = buffers_then(s, &[Arg::I64(len as i64)]);
+            a.extend(hyper);
             a
         });
         self.elementwise("adamw", "adamw.kiln", "adamw", len, bytes, &sets, args)
@@ -331,15 +307,10 @@ impl Bench {
             ])
         })?;
         let args = arg_list(|s| {
-            vec![
-                Arg::Buffer(&s[0]),
-                Arg::Buffer(&s[1]),
-                Arg::Buffer(&s[2]),
-                Arg::I32(hq as i32),
-                Arg::I32(hk as i32),
-                Arg::I32((d / 2) as i32),
-                Arg::F32(1e6),
-            ]
+            let scalars = [hq, hk, d / 2].map(|v| Arg::I32(v as i32));
+            let mut a = buffers_then(s, &scalars);
+            a.push(Arg::F32(1e6));
+            a
         });
         let mut kernels = vec![];
         let mut configs = vec![];
@@ -392,6 +363,14 @@ impl Bench {
         }
         out
     }
+}
+
+/// Every buffer of `set`, in order, then `scalars`: a kernel's arguments.
+fn buffers_then<'a>(set: &'a [Buffer], scalars: &[Arg<'static>]) -> Vec<Arg<'a>> {
+    set.iter()
+        .map(Arg::Buffer)
+        .chain(scalars.iter().copied())
+        .collect()
 }
 
 /// Pins a closure's signature so the arguments borrow from the buffers passed in.
