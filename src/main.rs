@@ -41,6 +41,10 @@ enum Command {
         /// Warps per program for `--emit llvm|ptx`.
         #[arg(long, default_value_t = 4)]
         num_warps: u32,
+        /// For `--emit llvm|ptx`: stages of the software pipeline of loops that load tiles for
+        /// tensor-core dots (1: no pipelining).
+        #[arg(long, default_value_t = 1)]
+        num_stages: u32,
         /// For `--emit llvm|ptx`: compile as a launch whose pointers are all 16-byte aligned
         /// and whose integer parameters named here are multiples of 16 (`--aligned n,vocab`),
         /// the specialisation that enables 16-byte vector loads and stores.
@@ -139,6 +143,7 @@ fn run(cli: Cli) -> Result<String, String> {
             no_passes,
             arch,
             num_warps,
+            num_stages,
             aligned,
         } => {
             let text = std::fs::read_to_string(&file)
@@ -155,8 +160,13 @@ fn run(cli: Cli) -> Result<String, String> {
                         compiler::compile_to_ir(&src, &defines).map_err(|e| e.to_string())?;
                     let mut out = vec![];
                     for k in select(&kernels, kernel.as_deref())? {
-                        let mask = aligned_mask(k, aligned.as_deref())?;
-                        out.push(backend_text(k, emit, &arch, num_warps, mask)?);
+                        let target = GpuTarget {
+                            arch: &arch,
+                            num_warps,
+                            num_stages,
+                            divisible_by_16: aligned_mask(k, aligned.as_deref())?,
+                        };
+                        out.push(backend_text(k, emit, &target)?);
                     }
                     Ok(out.join("\n"))
                 }
@@ -179,12 +189,18 @@ fn run(cli: Cli) -> Result<String, String> {
     }
 }
 
+/// What `kiln compile` compiles for on a GPU.
+struct GpuTarget<'a> {
+    arch: &'a str,
+    num_warps: u32,
+    num_stages: u32,
+    divisible_by_16: u64,
+}
+
 fn backend_text(
     k: &compiler::ir::Kernel,
     emit: Emit,
-    arch: &str,
-    num_warps: u32,
-    divisible_by_16: u64,
+    target: &GpuTarget<'_>,
 ) -> Result<String, String> {
     let err = |e: compiler::backend::BackendError| format!("error: {e}");
     if let Emit::Clif = emit {
@@ -193,14 +209,15 @@ fn backend_text(
     #[cfg(feature = "cuda")]
     {
         use compiler::backend::nvptx::{self, Arch, PtxOptions};
-        let arch = match arch {
+        let arch = match target.arch {
             "sm_80" => Arch::Sm80,
             "sm_90" => Arch::Sm90,
             other => return Err(format!("error: unknown --arch `{other}` (sm_80 or sm_90)")),
         };
         let opts = PtxOptions {
-            divisible_by_16,
-            ..PtxOptions::new(arch, num_warps)
+            divisible_by_16: target.divisible_by_16,
+            num_stages: target.num_stages.max(1),
+            ..PtxOptions::new(arch, target.num_warps)
         };
         match emit {
             Emit::Llvm => nvptx::emit_llvm(k, &opts).map_err(err),
@@ -209,7 +226,7 @@ fn backend_text(
     }
     #[cfg(not(feature = "cuda"))]
     {
-        let _ = (arch, num_warps, divisible_by_16);
+        let _ = target;
         Err("error: this kiln was built without the GPU backend (feature `cuda`)".into())
     }
 }

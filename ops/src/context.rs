@@ -22,6 +22,7 @@ pub(crate) struct KernelConfig {
     pub kernel: &'static str,
     pub defines: Vec<(&'static str, Const)>,
     pub num_warps: u32,
+    pub num_stages: u32,
 }
 
 impl KernelConfig {
@@ -31,6 +32,7 @@ impl KernelConfig {
             kernel,
             defines: vec![],
             num_warps: 4,
+            num_stages: 1,
         }
     }
 
@@ -46,6 +48,12 @@ impl KernelConfig {
 
     pub fn warps(mut self, num_warps: u32) -> KernelConfig {
         self.num_warps = num_warps;
+        self
+    }
+
+    /// Stages of the GPU loop pipeline (see `KernelSpec::with_num_stages`).
+    pub fn stages(mut self, num_stages: u32) -> KernelConfig {
+        self.num_stages = num_stages;
         self
     }
 }
@@ -114,7 +122,8 @@ impl Ops {
             .collect();
         let spec = KernelSpec::new(source(config.file)?, config.kernel)
             .with_defines(&defines)
-            .with_num_warps(config.num_warps);
+            .with_num_warps(config.num_warps)
+            .with_num_stages(config.num_stages);
         let kernel = self.cache.kernel(&self.device, &spec, &key.1)?;
         loaded.insert(key, kernel.clone());
         Ok(kernel)

@@ -1,7 +1,7 @@
 //! `kiln bench gemm`: TFLOP/s of the Kiln GEMM (`ops/kernels/gemm.kiln`, bf16 in, f32
 //! accumulation on tensor cores, bf16 out) at the shapes of the issue, against cuBLAS.
 //!
-//! Each configuration (tile sizes and warps) is timed with CUDA events (median of `runs`) on
+//! Each configuration (tile sizes, warps and loop-pipeline stages) is timed with CUDA events (median of `runs`) on
 //! one set of inputs, after a spot check of its result against an f64 reference on sampled
 //! elements, so a fast wrong kernel cannot win.
 
@@ -13,18 +13,22 @@ use kiln::runtime::{Arg, Buffer, Device, KernelCache};
 /// `(m, k, n)` and cuBLAS's TFLOP/s on the H200 for it (measured by the issue's author).
 const SHAPES: &[(usize, usize, usize, f64)] = &[(8192, 896, 4864, 579.0), (8192, 4864, 896, 616.0)];
 
-/// `(BM, BN, BK, warps)`; the first is the kernel's default.
-const CONFIGS: &[(i64, i64, i64, u32)] = &[
-    (128, 128, 32, 4),
-    (128, 128, 64, 4),
-    (128, 128, 32, 8),
-    (128, 128, 64, 8),
-    (128, 256, 32, 8),
-    (256, 128, 32, 8),
-    (128, 256, 64, 8),
-    (256, 128, 64, 8),
-    (64, 128, 32, 4),
-    (128, 64, 32, 4),
+/// `(BM, BN, BK, warps, stages)`; the first is the kernel's default (no loop pipeline).
+const CONFIGS: &[(i64, i64, i64, u32, u32)] = &[
+    (128, 128, 32, 4, 1),
+    (128, 128, 32, 4, 3),
+    (128, 128, 32, 4, 4),
+    (128, 128, 64, 4, 3),
+    (128, 128, 32, 8, 3),
+    (128, 128, 32, 8, 4),
+    (128, 128, 64, 8, 3),
+    (128, 256, 32, 8, 3),
+    (128, 256, 32, 8, 4),
+    (128, 256, 64, 8, 3),
+    (256, 128, 32, 8, 3),
+    (256, 128, 32, 8, 4),
+    (256, 128, 64, 8, 3),
+    (128, 256, 64, 8, 4),
 ];
 
 /// Elements of `c` compared with the reference per configuration.
@@ -50,11 +54,12 @@ pub fn run(runs: usize) -> Result<String, String> {
             Arg::I32(k as i32),
         ];
         let mut best: Option<(String, f64)> = None;
-        for &(bm, bn, bk, warps) in CONFIGS {
+        for &(bm, bn, bk, warps, stages) in CONFIGS {
             let choice = KernelChoice::new("gemm.kiln", "gemm", warps)
                 .int("BM", bm)
                 .int("BN", bn)
-                .int("BK", bk);
+                .int("BK", bk)
+                .stages(stages);
             let config = choice.describe();
             let kernel = match choice.load(&cache, &dev, &args) {
                 Ok(kernel) => kernel,

@@ -71,6 +71,7 @@ pub struct KernelChoice {
     pub kernel: &'static str,
     pub defines: Vec<(&'static str, ConstValue)>,
     pub num_warps: u32,
+    pub num_stages: u32,
 }
 
 impl KernelChoice {
@@ -80,7 +81,13 @@ impl KernelChoice {
             kernel,
             defines: vec![],
             num_warps,
+            num_stages: 1,
         }
+    }
+
+    pub fn stages(mut self, num_stages: u32) -> KernelChoice {
+        self.num_stages = num_stages;
+        self
     }
 
     pub fn int(mut self, name: &'static str, value: i64) -> KernelChoice {
@@ -93,7 +100,7 @@ impl KernelChoice {
         self
     }
 
-    /// `BLOCK=1024 w4`, for tables.
+    /// `BLOCK=1024 w4` (and `s3` when pipelined), for tables.
     pub fn describe(&self) -> String {
         let mut parts: Vec<String> = self
             .defines
@@ -101,6 +108,9 @@ impl KernelChoice {
             .map(|(n, v)| format!("{n}={v}"))
             .collect();
         parts.push(format!("w{}", self.num_warps));
+        if self.num_stages > 1 {
+            parts.push(format!("s{}", self.num_stages));
+        }
         parts.join(" ")
     }
 
@@ -121,7 +131,8 @@ impl KernelChoice {
             .collect();
         let spec = KernelSpec::new(&source, self.kernel)
             .with_defines(&defines)
-            .with_num_warps(self.num_warps);
+            .with_num_warps(self.num_warps)
+            .with_num_stages(self.num_stages);
         cache
             .kernel(dev, &spec, &Specialization::for_args(args))
             .map_err(err)

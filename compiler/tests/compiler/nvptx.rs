@@ -41,6 +41,7 @@ fn compile(k: &ir::Kernel, arch: Arch, divisible_by_16: u64) -> PtxKernel {
         arch,
         num_warps: 4,
         divisible_by_16,
+        num_stages: 1,
     };
     compile_ptx(k, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -121,6 +122,7 @@ fn every_kernel_assembles_with_1_and_8_warps() {
                     arch: Arch::Sm80,
                     num_warps,
                     divisible_by_16: u64::MAX,
+                    num_stages: 1,
                 };
                 let p = compile_ptx(&k, &opts).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!p.ptx.contains(".extern .func"), "{}", p.ptx);
@@ -133,6 +135,82 @@ fn every_kernel_assembles_with_1_and_8_warps() {
         }
     }
 }
+
+/// With a loop pipeline, every kernel still assembles without spills; the loops that load
+/// tiles for tensor-core dots (when the launch is aligned) copy them with `cp.async`, wait for
+/// `stages - 2` pending groups and drain the ring after the loop.
+#[test]
+fn pipelined_loops_assemble() {
+    let ptxas = nvptx_ptxas::require();
+    for (file, text) in KERNELS {
+        for k in kernels(file, text) {
+            for stages in [2, 3, 4] {
+                let opts = PtxOptions {
+                    num_stages: stages,
+                    divisible_by_16: u64::MAX,
+                    ..PtxOptions::new(Arch::Sm90, 4)
+                };
+                let p = compile_ptx(&k, &opts).unwrap_or_else(|e| panic!("{e}"));
+                check_ptx(&k, &p);
+                let copies = p.ptx.contains("cp.async.cg.shared.global")
+                    || p.ptx.contains("cp.async.ca.shared.global");
+                let piped = matches!(k.name.as_str(), "matmul" | "gemm" | "dot_loop");
+                assert_eq!(copies, piped, "{} with {stages} stages:\n{}", k.name, p.ptx);
+                if piped {
+                    let wait = format!("cp.async.wait_group {};", stages - 2);
+                    assert!(p.ptx.contains(&wait), "{}", p.ptx);
+                    assert!(p.ptx.contains("cp.async.wait_all;"), "{}", p.ptx);
+                }
+                if let Some(ptxas) = &ptxas {
+                    let name = format!("{}_s{stages}", k.name);
+                    let s = nvptx_ptxas::assemble(ptxas, &p.ptx, "sm_90", &name);
+                    assert_eq!((s.spill_store_bytes, s.spill_load_bytes), (0, 0), "{name}");
+                }
+            }
+        }
+    }
+}
+
+/// Loads whose addresses depend on a loop-carried value, or that are also used outside a
+/// dot, stay ordinary loads; the ring is sized by the tiles of one iteration times the stages.
+#[test]
+fn pipeline_takes_only_loads_it_can_run_ahead() {
+    let k = &kernels("pipeline", PIPELINE)[0];
+    let opts = |stages| PtxOptions {
+        num_stages: stages,
+        divisible_by_16: u64::MAX,
+        ..PtxOptions::new(Arch::Sm90, 4)
+    };
+    let off = compile_ptx(k, &opts(1)).unwrap();
+    let on = compile_ptx(k, &opts(3)).unwrap();
+    // Only `y` is copied ahead: 32 x 32 bf16 per stage, 2 KiB, in 16-byte pieces over 128
+    // threads = one copy per thread per stage.
+    let copies = on.ptx.matches("cp.async.cg.shared.global").count();
+    assert_eq!(copies, 3, "{}", on.ptx);
+    // Without the pipeline the dot stages both operands in the scratch buffer; with it, only
+    // `x`, and the ring holds three copies of `y`.
+    let tile = 32 * 32 * 2;
+    assert_eq!(off.shared_bytes, 2 * tile);
+    assert_eq!(on.shared_bytes, tile + 3 * tile);
+}
+
+const PIPELINE: &str = "
+kernel pipeline(a: *bf16, b: *bf16, c: *mut f32, k: i32) {
+    let r = range(32);
+    let mut acc = zeros([32, 32], f32);
+    let mut p = a + r[:, None] * k + r[None, :];
+    for k0 in 0..k step 32 {
+        // Carried pointer: cannot be computed ahead.
+        let x = load(p);
+        let y = load(b + (k0 + r)[:, None] * 32 + r[None, :]);
+        // Also used outside the dot: stays in registers.
+        let z = load(b + (k0 + r)[:, None] * 32 + r[None, :] + 1);
+        acc = dot(x, y, acc) + z as f32;
+        p = p + 32;
+    }
+    store(c + r[:, None] * 32 + r[None, :], acc);
+}
+";
 
 #[test]
 fn vector_access_needs_alignment_facts() {

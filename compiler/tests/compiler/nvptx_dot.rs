@@ -43,6 +43,7 @@ fn compile(
         arch,
         num_warps,
         divisible_by_16: u64::MAX,
+        num_stages: 1,
     };
     compile_ptx(&k, &opts).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -56,6 +56,7 @@ fn alignment_facts_of_a_masked_row() {
             arch: Arch::Sm90,
             num_warps: 4,
             divisible_by_16: mask,
+            num_stages: 1,
         };
         let a = AxisAnalysis::run(k, &opts);
         let load = k

@@ -73,7 +73,7 @@ fn dot_tile_every_shape_and_orientation() {
                         &source(),
                         "dot_tile",
                         &defines,
-                        w,
+                        (w, 1),
                         [1, 1, 1],
                         &[h.arg(&ab), h.arg(&bb), h.arg(&biasb), h.arg(&c)],
                     );
@@ -97,7 +97,7 @@ fn dot_f16_and_f32() {
             &source(),
             "dot_f16",
             &[],
-            4,
+            (4, 1),
             [1, 1, 1],
             &[h.arg(&ab), h.arg(&bb), h.arg(&c)],
         );
@@ -112,7 +112,7 @@ fn dot_f16_and_f32() {
             &source(),
             "dot_f32",
             &[],
-            4,
+            (4, 1),
             [1, 1, 1],
             &[h.arg(&ab), h.arg(&bb), h.arg(&c)],
         );
@@ -121,24 +121,36 @@ fn dot_f16_and_f32() {
     });
 }
 
-/// `(a @ b) * scale` as bf16, over a loop with masks on every edge.
+/// `(a @ b) * scale` as bf16, over a loop with masks on every edge. On a GPU also with the loop
+/// pipeline (`cp.async` ring of 2 and 3 stages), where a shape whose rows are 16-byte aligned
+/// lets it copy the operands.
 #[test]
 fn dot_loop_with_ragged_edges() {
     for_each_device(|h: &Harness| {
-        let (m, k, n, scale) = (75usize, 83usize, 45usize, 0.375);
-        let a = h.rand_bf16(m * k, 1.0);
-        let b = h.rand_bf16(k * n, 1.0);
-        let (ab, bb) = (h.bf16(&a), h.bf16(&b));
-        let want: Vec<f64> = r::matmul(&a, &b, m, k, n)
-            .iter()
-            .map(|x| x * scale)
-            .collect();
-        let warps: &[u32] = if h.device.is_gpu() {
-            &[1, 2, 4, 8]
+        let mut shapes = vec![(75usize, 83usize, 45usize)];
+        let (warps, stages): (&[u32], &[u32]) = if h.device.is_gpu() {
+            shapes.push((75, 104, 48));
+            (&[1, 2, 4, 8], &[1, 2, 3])
         } else {
-            &[4]
+            (&[4], &[1])
         };
-        for &w in warps {
+        for (m, k, n) in shapes {
+            dot_loop_case(h, (m, k, n), warps, stages);
+        }
+    });
+}
+
+fn dot_loop_case(h: &Harness, (m, k, n): (usize, usize, usize), warps: &[u32], stages: &[u32]) {
+    let scale = 0.375;
+    let a = h.rand_bf16(m * k, 1.0);
+    let b = h.rand_bf16(k * n, 1.0);
+    let (ab, bb) = (h.bf16(&a), h.bf16(&b));
+    let want: Vec<f64> = r::matmul(&a, &b, m, k, n)
+        .iter()
+        .map(|x| x * scale)
+        .collect();
+    for &w in warps {
+        for &s in stages {
             for (bm, bn, bk) in [(32i64, 32i64, 16i64), (16, 64, 32), (64, 16, 64)] {
                 let c = h.poisoned_bf16(m * n);
                 let grid = [
@@ -150,7 +162,7 @@ fn dot_loop_with_ragged_edges() {
                     &source(),
                     "dot_loop",
                     &[("BM", bm), ("BN", bn), ("BK", bk)],
-                    w,
+                    (w, s),
                     grid,
                     &[
                         h.arg(&ab),
@@ -162,7 +174,7 @@ fn dot_loop_with_ragged_edges() {
                         h.f32(scale),
                     ],
                 );
-                let what = format!("dot_loop {bm}x{bn}x{bk} w{w}");
+                let what = format!("dot_loop {m}x{k}x{n} tiles {bm}x{bn}x{bk} w{w} s{s}");
                 h.assert_close(
                     &what,
                     &h.read(&c),
@@ -174,5 +186,5 @@ fn dot_loop_with_ragged_edges() {
                 );
             }
         }
-    });
+    }
 }

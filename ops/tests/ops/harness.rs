@@ -154,20 +154,20 @@ impl Harness {
             &src,
             kernel,
             defines,
-            KernelSpec::DEFAULT_NUM_WARPS,
+            (KernelSpec::DEFAULT_NUM_WARPS, 1),
             grid,
             args,
         );
     }
 
-    /// Launches kernel `kernel` of `src` with `num_warps` warps per program (on a GPU), then
-    /// waits for it.
+    /// Launches kernel `kernel` of `src` with `num_warps` warps per program and a
+    /// `num_stages`-stage loop pipeline (on a GPU), then waits for it.
     pub fn launch_source(
         &self,
         src: &Source,
         kernel: &str,
         defines: &[(&str, i64)],
-        num_warps: u32,
+        (num_warps, num_stages): (u32, u32),
         grid: [u32; 3],
         args: &[Arg<'_>],
     ) {
@@ -195,7 +195,8 @@ impl Harness {
             .collect();
         let spec = KernelSpec::new(src, kernel)
             .with_defines(&defines)
-            .with_num_warps(num_warps);
+            .with_num_warps(num_warps)
+            .with_num_stages(num_stages);
         self.cache
             .launch(&self.device, &spec, grid, args)
             .unwrap_or_else(|e| panic!("{kernel} {defines:?} on {}: {e}", self.device));

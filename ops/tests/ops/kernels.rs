@@ -351,23 +351,27 @@ fn add() {
     });
 }
 
-/// The Kiln GEMM: small odd sizes with small tiles everywhere; on a GPU also the default tiles
-/// (tensor cores, several warp counts) on a multiple of the tile and on ragged edges.
+/// The Kiln GEMM: small odd sizes with small tiles everywhere; on a GPU also the tiles the
+/// benchmark picks (tensor cores, several warp counts, the loop pipeline of 1 to 4 stages) on a
+/// multiple of the tile, on ragged edges, and with fewer iterations than stages.
 #[test]
 fn gemm() {
     for_each_device(|h: &Harness| {
-        // (m, k, n, [BM, BN, BK], warps)
-        let mut cases = vec![(70usize, 40usize, 50usize, [32i64, 32, 16], 4u32)];
+        // (m, k, n, [BM, BN, BK], warps, stages)
+        let mut cases = vec![(70usize, 40usize, 50usize, [32i64, 32, 16], 4u32, 1u32)];
         if h.device.is_gpu() {
             cases.extend([
-                (512, 256, 384, [128, 128, 32], 4),
-                (1000, 300, 520, [128, 128, 32], 4),
-                (1000, 300, 520, [128, 128, 32], 8),
-                (512, 256, 384, [128, 256, 32], 8),
-                (333, 200, 190, [64, 128, 32], 4),
+                (512, 256, 384, [128, 128, 32], 4, 1),
+                (1000, 300, 520, [128, 128, 32], 4, 1),
+                (1000, 300, 520, [128, 128, 32], 8, 3),
+                (512, 256, 384, [128, 256, 32], 8, 3),
+                (512, 256, 384, [128, 256, 64], 8, 4),
+                (1000, 296, 520, [128, 256, 32], 8, 4),
+                (333, 200, 192, [64, 128, 32], 4, 2),
+                (256, 40, 256, [128, 128, 32], 4, 4),
             ]);
         }
-        for (m, k, n, [bm, bn, bk], warps) in cases {
+        for (m, k, n, [bm, bn, bk], warps, stages) in cases {
             let a = h.rand_bf16(m * k, 1.0);
             let b = h.rand_bf16(k * n, 1.0);
             let (ab, bb) = (h.bf16(&a), h.bf16(&b));
@@ -378,7 +382,7 @@ fn gemm() {
                 &kiln_compiler::Source::new(f.name, f.source),
                 "gemm",
                 &[("BM", bm), ("BN", bn), ("BK", bk)],
-                warps,
+                (warps, stages),
                 [grid, 1, 1],
                 &[
                     h.arg(&ab),
@@ -389,7 +393,7 @@ fn gemm() {
                     h.i32(k as i32),
                 ],
             );
-            let what = format!("gemm {m}x{k}x{n} tiles {bm}x{bn}x{bk} w{warps}");
+            let what = format!("gemm {m}x{k}x{n} tiles {bm}x{bn}x{bk} w{warps} s{stages}");
             h.assert_close(&what, &h.read(&c), &r::matmul(&a, &b, m, k, n), BF16);
         }
     });

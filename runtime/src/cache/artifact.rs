@@ -17,7 +17,7 @@ pub struct PtxArtifact {
     pub entry: String,
     /// Threads per block (one block runs one program).
     pub threads_per_block: u32,
-    /// Static shared memory the kernel declares, in bytes.
+    /// Dynamic shared memory each launch gives the kernel, in bytes.
     pub shared_bytes: u32,
     /// The PTX assembled for the GPU it was compiled on (empty if not yet): what a warm start
     /// loads, so it does not depend on the driver's own JIT cache.

@@ -47,6 +47,7 @@ pub(crate) fn ptx(
         arch,
         num_warps: spec.num_warps,
         divisible_by_16: specialization.divisible_by_16,
+        num_stages: spec.num_stages,
     };
     let compiled = nvptx::compile_ptx(&ir, &options)?;
     Ok(super::PtxArtifact {

@@ -40,6 +40,9 @@ pub struct KernelSpec<'a> {
     pub kernel: &'a str,
     /// Warps per program on a GPU (ignored on the CPU).
     pub num_warps: u32,
+    /// Stages of the GPU software pipeline of loops that load tiles for tensor-core dots; 1
+    /// turns it off (ignored on the CPU).
+    pub num_stages: u32,
 }
 
 static NO_DEFINES: Defines = BTreeMap::new();
@@ -55,6 +58,7 @@ impl<'a> KernelSpec<'a> {
             defines: &NO_DEFINES,
             kernel,
             num_warps: Self::DEFAULT_NUM_WARPS,
+            num_stages: 1,
         }
     }
 
@@ -66,6 +70,14 @@ impl<'a> KernelSpec<'a> {
     /// The same kernel with `num_warps` warps per program on a GPU.
     pub fn with_num_warps(self, num_warps: u32) -> KernelSpec<'a> {
         KernelSpec { num_warps, ..self }
+    }
+
+    /// The same kernel with a `num_stages`-stage loop pipeline on a GPU (at least 1).
+    pub fn with_num_stages(self, num_stages: u32) -> KernelSpec<'a> {
+        KernelSpec {
+            num_stages: num_stages.max(1),
+            ..self
+        }
     }
 }
 
@@ -124,12 +136,12 @@ impl std::hash::Hash for CacheKey {
 
 impl CacheKey {
     /// Version of the key and entry formats; bump when either changes meaning.
-    pub const FORMAT: u32 = 2;
+    pub const FORMAT: u32 = 3;
 
     /// The key of `spec` compiled by `backend` for `target` (`"sm_90"`, `"x86_64"`, ...).
     ///
     /// It covers the compiler version, the source text (by its SHA-256), every define, the
-    /// kernel name, backend, target, number of warps and the specialisation. The source's file
+    /// kernel name, backend, target, numbers of warps and pipeline stages, and the specialisation. The source's file
     /// name is left out: it only appears in error messages, and errors are never cached.
     pub fn new(
         spec: &KernelSpec<'_>,
@@ -157,6 +169,7 @@ impl CacheKey {
         let _ = writeln!(text, "target {target:?}");
         let _ = writeln!(text, "kernel {:?}", spec.kernel);
         let _ = writeln!(text, "num_warps {}", spec.num_warps);
+        let _ = writeln!(text, "num_stages {}", spec.num_stages);
         let _ = writeln!(
             text,
             "divisible_by_16 {:#018x}",

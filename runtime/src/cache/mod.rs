@@ -131,7 +131,8 @@ impl KernelCache {
     }
 
     /// The key `spec` has on `device`. Parts a backend ignores are left out (the CPU ignores
-    /// the number of warps and the specialisation), so they cannot cause needless compiles.
+    /// the numbers of warps and stages and the specialisation), so they cannot cause needless
+    /// compiles.
     pub fn key(
         &self,
         device: &Device,
@@ -143,6 +144,7 @@ impl KernelCache {
             DeviceKind::Cpu => {
                 let spec = KernelSpec {
                     num_warps: 0,
+                    num_stages: 1,
                     ..*spec
                 };
                 let target = std::env::consts::ARCH;

@@ -11,6 +11,8 @@ use crate::{Error, Result};
 
 /// The most threads a block may have on every supported GPU.
 const MAX_THREADS_PER_BLOCK: u32 = 1024;
+/// Dynamic shared memory a launch may use without raising the function's limit.
+const DEFAULT_SHARED_BYTES: u32 = 48 * 1024;
 /// Grid limits of compute capability 3.0 and newer.
 const MAX_GRID: [u32; 3] = [i32::MAX as u32, 65535, 65535];
 
@@ -21,6 +23,7 @@ const _: () = assert!(cfg!(target_endian = "little"));
 pub(crate) struct CudaCode {
     function: CudaFunction,
     threads_per_block: u32,
+    shared_bytes: u32,
     // Keeps the module loaded as long as the function may be launched.
     _module: Arc<CudaModule>,
 }
@@ -56,9 +59,27 @@ impl CudaCode {
                 e,
             )
         })?;
+        if artifact.shared_bytes > DEFAULT_SHARED_BYTES {
+            use cudarc::driver::sys::CUfunction_attribute_enum as Attr;
+            function
+                .set_attribute(
+                    Attr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    artifact.shared_bytes as i32,
+                )
+                .map_err(|e| {
+                    Error::cuda(
+                        format!(
+                            "allowing kernel `{kernel}` {} bytes of shared memory",
+                            artifact.shared_bytes
+                        ),
+                        e,
+                    )
+                })?;
+        }
         Ok(CudaCode {
             function,
             threads_per_block: artifact.threads_per_block,
+            shared_bytes: artifact.shared_bytes,
             _module: module,
         })
     }
@@ -157,8 +178,7 @@ impl CudaCode {
         let config = LaunchConfig {
             grid_dim: (grid[0], grid[1], grid[2]),
             block_dim: (self.threads_per_block, 1, 1),
-            // `PtxArtifact::shared_bytes` is declared statically in the PTX: no dynamic part.
-            shared_mem_bytes: 0,
+            shared_mem_bytes: self.shared_bytes,
         };
         let mut builder = device.stream().launch_builder(&self.function);
         for bits in args {

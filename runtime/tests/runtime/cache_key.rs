@@ -46,6 +46,7 @@ fn key_changes_with_every_input() {
         CacheKey::new(&base, Backend::Nvptx, "sm_80", &none),
         CacheKey::new(&base, Backend::Nvptx, "sm_90", &aligned),
         CacheKey::new(&base.with_num_warps(8), Backend::Nvptx, "sm_90", &none),
+        CacheKey::new(&base.with_num_stages(3), Backend::Nvptx, "sm_90", &none),
     ];
     let digests: HashSet<_> = keys.iter().map(|k| *k.digest()).collect();
     assert_eq!(
@@ -131,7 +132,7 @@ fn cpu_keys_ignore_what_cranelift_ignores() {
     let b = cache
         .key(
             &cpu,
-            &spec.with_num_warps(8),
+            &spec.with_num_warps(8).with_num_stages(3),
             &Specialization { divisible_by_16: 1 },
         )
         .unwrap();

@@ -29,6 +29,11 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .zip(&layouts)
             .map(|(&v, l)| self.pack(self.regs_as(v, l)?))
             .collect::<Res<_>>()?;
+        let plan = self.plan_pipeline(body);
+        let region = plan.as_ref().map(|p| self.claim_ring(p));
+        if let (Some(p), Some(r)) = (&plan, region) {
+            self.pipeline_prologue(body, p, r, (lo, hi, step))?;
+        }
         let pre = self.current_block()?;
         let header = self.ctx.append_basic_block(self.func, "for.header");
         let body_bb = self.ctx.append_basic_block(self.func, "for.body");
@@ -36,6 +41,14 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.b.build_unconditional_branch(header)?;
         self.b.position_at_end(header);
         let iv = self.b.build_phi(lo.get_type(), "iv")?;
+        let stage = match plan {
+            Some(_) => {
+                let phi = self.b.build_phi(self.ctx.i32_type(), "stage")?;
+                phi.add_incoming(&[(&self.i32(0), pre)]);
+                Some(phi)
+            }
+            None => None,
+        };
         let mut phis = vec![];
         for regs in &init {
             let mut p = vec![];
@@ -50,11 +63,15 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let go = self.b.build_int_compare(IntPredicate::SLT, ivv, hi, "")?;
         self.b.build_conditional_branch(go, body_bb, exit)?;
         self.b.position_at_end(body_bb);
-        self.define(body.args[0], vec![ivv.into()]);
         for (a, p) in body.args[1..].iter().zip(&phis) {
             let regs = self.unpack(p.iter().map(|p| p.as_basic_value()).collect())?;
             self.define(*a, regs);
         }
+        let read_stage = stage.map(|p| p.as_basic_value().into_int_value());
+        if let (Some(p), Some(r), Some(s)) = (&plan, region, read_stage) {
+            self.pipeline_iteration(body, p, r, (ivv, hi, step), s)?;
+        }
+        self.define(body.args[0], vec![ivv.into()]);
         let next: Vec<Regs> = self
             .block(body)?
             .filter(|n| n.len() == phis.len())
@@ -64,15 +81,25 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .map(|(&v, l)| self.pack(self.regs_as(v, l)?))
             .collect::<Res<_>>()?;
         let iv_next = self.b.build_int_add(ivv, step, "iv.next")?;
+        let stage_next = match (&plan, read_stage) {
+            (Some(p), Some(s)) => Some(self.next_stage(p, s)?),
+            _ => None,
+        };
         let latch = self.current_block()?;
         self.b.build_unconditional_branch(header)?;
         iv.add_incoming(&[(&lo, pre), (&iv_next, latch)]);
+        if let (Some(phi), Some(next)) = (stage, stage_next) {
+            phi.add_incoming(&[(&next, latch)]);
+        }
         for (p, regs) in phis.iter().zip(&next) {
             for (phi, r) in p.iter().zip(regs) {
                 phi.add_incoming(&[(r, latch)]);
             }
         }
         self.b.position_at_end(exit);
+        if let Some(p) = &plan {
+            self.pipeline_epilogue(p)?;
+        }
         for (r, p) in results.iter().zip(&phis) {
             let regs = self.unpack(p.iter().map(|p| p.as_basic_value()).collect())?;
             self.define(*r, regs);

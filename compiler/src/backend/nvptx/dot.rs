@@ -19,11 +19,14 @@ use inkwell::values::{BasicValue, BasicValueEnum, IntValue, PointerValue};
 
 type V<'ctx> = BasicValueEnum<'ctx>;
 
-/// An operand in shared memory.
-struct Staged {
+/// An operand in shared memory: `tile`, whose `base` counts from `buffer`.
+struct Staged<'ctx> {
     op: Operand,
     major: Major,
     tile: SharedTile,
+    buffer: PointerValue<'ctx>,
+    /// Copied there by the loop pipeline rather than staged by this dot.
+    piped: bool,
 }
 
 impl<'ctx> Lowerer<'_, 'ctx> {
@@ -46,10 +49,23 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             Some(_) => None,
             None => Some(self.stage(a, Operand::A, 0)?),
         };
-        let b_base = sa.as_ref().map_or(0, |s| align16(s.tile.bytes()));
+        let b_base = sa
+            .as_ref()
+            .filter(|s| !s.piped)
+            .map_or(0, |s| align16(s.tile.bytes()));
         let sb = self.stage(b, Operand::B, b_base)?;
-        self.claim_shared(sb.tile.base + sb.tile.bytes());
-        self.barrier()?;
+        // Pipelined operands are already in shared memory (see `pipeline`): only what was
+        // written here needs the barriers.
+        let written = [sa.as_ref(), Some(&sb)]
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.piped)
+            .map(|s| s.tile.base + s.tile.bytes())
+            .max();
+        if let Some(end) = written {
+            self.claim_shared(end);
+            self.barrier()?;
+        }
         let lane = self.b.build_and(self.tid, self.i32(31), "lane")?;
         let lane16 = self.b.build_and(self.tid, self.i32(15), "")?;
         let row0 = self.bit_field(self.tid, &l.warp_row_term())?;
@@ -93,7 +109,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 }
             }
         }
-        self.barrier()?;
+        if written.is_some() {
+            self.barrier()?;
+        }
         Ok(acc)
     }
 
@@ -129,8 +147,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     }
 
     /// Writes operand `v` of the mma to shared memory at byte `base`. A `trans(x)` operand is
-    /// staged as `x`, in the other orientation.
-    fn stage(&mut self, v: Value, op: Operand, base: u32) -> Res<Staged> {
+    /// staged as `x`, in the other orientation. A tile the loop pipeline already copied is
+    /// read where it is.
+    fn stage(&mut self, v: Value, op: Operand, base: u32) -> Res<Staged<'ctx>> {
         let natural = match op {
             Operand::A => Major::K,
             Operand::B => Major::Outer,
@@ -139,6 +158,16 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             Some(Op::Trans(x)) => (*x, flip(natural)),
             _ => (v, natural),
         };
+        if let Some(&(buffer, tile)) = self.piped.get(&src) {
+            return Ok(Staged {
+                op,
+                major,
+                tile,
+                buffer,
+                piped: true,
+            });
+        }
+        let buffer = self.smem;
         let shape = &self.k.ty(src).shape;
         let tile = SharedTile {
             rows: shape[0],
@@ -155,7 +184,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         // Registers whose flat index is the first's plus whole blocks of 8 rows share its
         // swizzle phase (see `SharedTile::offset`), so their address is the first's plus a
         // constant.
-        let first = self.element_address(&tile, &l, 0)?;
+        let first = self.element_address(buffer, &tile, &l, 0)?;
         for (g, run) in regs.chunks(w).enumerate() {
             let reg = (g * w) as u32;
             let step = l.reg_offset(reg) - l.reg_offset(0);
@@ -170,7 +199,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                     )?
                 }
             } else {
-                self.element_address(&tile, &l, reg)?
+                self.element_address(buffer, &tile, &l, reg)?
             };
             let value: V = if w == 1 {
                 run[0]
@@ -187,23 +216,37 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             let st = self.b.build_store(p, value)?;
             st.set_alignment(2 * w as u32).map_err(|e| e.to_string())?;
         }
-        Ok(Staged { op, major, tile })
+        Ok(Staged {
+            op,
+            major,
+            tile,
+            buffer,
+            piped: false,
+        })
     }
 
     /// The shared address of the element register `reg` of a tile laid out as `l` holds, in
-    /// `tile`.
-    fn element_address(&self, tile: &SharedTile, l: &Layout, reg: u32) -> Res<PointerValue<'ctx>> {
+    /// `tile` (at `buffer`).
+    pub fn element_address(
+        &self,
+        buffer: PointerValue<'ctx>,
+        tile: &SharedTile,
+        l: &Layout,
+        reg: u32,
+    ) -> Res<PointerValue<'ctx>> {
         let flat = self.flat_index(l, reg)?;
         let shift = self.i32(tile.cols.trailing_zeros() as u64);
         let row = self.b.build_right_shift(flat, shift, false, "")?;
         let col = self.b.build_and(flat, self.i32(tile.cols as u64 - 1), "")?;
-        self.tile_address(tile, row, col, row)
+        self.tile_address(buffer, tile, row, col, row)
     }
 
-    /// The shared address of element `(row, col)` of `tile` (see [`SharedTile::offset`]);
-    /// `phase_row` is `row` or any value congruent to it modulo [`SharedTile::PHASE_ROWS`].
+    /// The shared address of element `(row, col)` of `tile` at `buffer` (see
+    /// [`SharedTile::offset`]); `phase_row` is `row` or any value congruent to it modulo
+    /// [`SharedTile::PHASE_ROWS`].
     fn tile_address(
         &self,
+        buffer: PointerValue<'ctx>,
         tile: &SharedTile,
         row: IntValue<'ctx>,
         col: IntValue<'ctx>,
@@ -220,7 +263,15 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let col = self.b.build_xor(col, phase, "")?;
         let start = self.b.build_int_mul(row, self.i32(tile.cols as u64), "")?;
         let index = self.b.build_int_add(start, col, "")?;
-        self.shared_elem(tile.base, index, DType::Bf16)
+        let bytes = self.b.build_int_mul(index, self.i32(2), "")?;
+        let off = self
+            .b
+            .build_int_add(bytes, self.i32(tile.base as u64), "")?;
+        // SAFETY: an element of the tile, within its claimed buffer.
+        Ok(unsafe {
+            self.b
+                .build_in_bounds_gep(self.ctx.i8_type(), buffer, &[off], "")?
+        })
     }
 
     /// `ldmatrix.sync.aligned.m8n8.x{count}[.trans].b16` of the 16 x 16 block (16 x 8 for
@@ -228,7 +279,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     /// block. `outer0` is the warp's part, `outer` and `k0` constants.
     fn ldmatrix(
         &self,
-        s: &Staged,
+        s: &Staged<'ctx>,
         count: u32,
         lane: IntValue<'ctx>,
         (outer0, outer): (IntValue<'ctx>, u32),
@@ -249,7 +300,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         // Every other part of the row is a multiple of 8, so the swizzle phase depends on the
         // lane alone, and blocks that differ only in their row differ by a constant address.
         let r = self.b.build_and(lane, self.i32(7), "")?;
-        let p = self.tile_address(&s.tile, row, col, r)?;
+        let p = self.tile_address(s.buffer, &s.tile, row, col, r)?;
         let bytes = self.i32(2 * (row_const * s.tile.cols) as u64);
         // SAFETY: an element of the tile, within the claimed buffer.
         let p = unsafe {

@@ -58,22 +58,27 @@ pub fn build_module<'ctx>(
     let module = ctx.create_module(&k.name);
     let mut l = Lowerer::new(ctx, module, k, opts).map_err(|e| error(k, e.0))?;
     l.kernel_body().map_err(|e| error(k, e.0))?;
-    let shared_bytes = l.shared_bytes.get().div_ceil(16) * 16;
-    if shared_bytes > MAX_SHARED_BYTES {
+    let scratch = l.shared_bytes.get().div_ceil(16) * 16;
+    let shared_bytes = scratch + l.pipe_bytes.get();
+    let limit = opts.arch.max_shared_bytes();
+    if shared_bytes > limit {
         return Err(error(
             k,
-            format!("needs {shared_bytes} bytes of shared memory, more than the static 48 KiB"),
+            format!(
+                "needs {shared_bytes} bytes of shared memory ({scratch} scratch, {} for the \
+                 loop pipeline), more than the {limit} a block may have on {}; use fewer \
+                 stages or smaller tiles",
+                l.pipe_bytes.get(),
+                opts.arch.name()
+            ),
         ));
     }
-    l.size_shared(shared_bytes);
+    l.size_shared(scratch);
     Ok(Built {
         module: l.module,
         shared_bytes,
     })
 }
-
-/// The static shared memory a kernel may declare.
-const MAX_SHARED_BYTES: u32 = 48 * 1024;
 
 pub(super) struct Lowerer<'a, 'ctx> {
     pub ctx: &'ctx Context,
@@ -91,6 +96,15 @@ pub(super) struct Lowerer<'a, 'ctx> {
     pub smem: PointerValue<'ctx>,
     /// The most bytes of `smem` any conversion claimed so far.
     shared_bytes: Cell<u32>,
+    /// The rings of pipelined loops (see `pipeline`), after the scratch buffer. A placeholder
+    /// while the kernel is lowered, like `smem`.
+    pub pipe: PointerValue<'ctx>,
+    /// Bytes of `pipe` the pipelined loops claimed so far.
+    pub pipe_bytes: Cell<u32>,
+    /// Loads the current loop pipeline copies to shared memory: where this iteration's copy is.
+    pub piped: HashMap<Value, (PointerValue<'ctx>, super::mma::SharedTile)>,
+    /// [`PtxOptions::num_stages`].
+    pub num_stages: u32,
     /// Which values are in which layout.
     pub assign: Assignment,
     vals: HashMap<Value, Regs<'ctx>>,
@@ -126,7 +140,8 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         module
             .add_global_metadata("nvvm.annotations", &annotation)
             .map_err(|e| LowerError(e.to_string()))?;
-        let smem = shared_buffer(ctx, &module, "kiln_smem_placeholder", 0);
+        let smem = placeholder(ctx, &module, "kiln_smem_placeholder");
+        let pipe = placeholder(ctx, &module, "kiln_pipe_placeholder");
         let b = ctx.create_builder();
         b.position_at_end(ctx.append_basic_block(func, "entry"));
         let tid_fn = intrinsics::declare(&module, "llvm.nvvm.read.ptx.sreg.tid.x", &[])?;
@@ -145,6 +160,10 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             tid,
             smem,
             shared_bytes: Cell::new(0),
+            pipe,
+            pipe_bytes: Cell::new(0),
+            piped: HashMap::new(),
+            num_stages: opts.num_stages,
             assign: Assignment::run(k, threads),
             vals: HashMap::new(),
             zeros: zero_constants(&k.body),
@@ -173,13 +192,21 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         self.shared_bytes.set(self.shared_bytes.get().max(bytes));
     }
 
-    /// Replaces the placeholder shared buffer with one of `bytes` bytes (at least 16).
-    fn size_shared(&self, bytes: u32) {
-        let smem = shared_buffer(self.ctx, &self.module, "kiln_smem", bytes.max(16));
+    /// Replaces the placeholders with the block's dynamic shared memory: the scratch buffer
+    /// (`scratch` bytes) first, then the pipeline rings.
+    fn size_shared(&self, scratch: u32) {
+        let smem = dynamic_shared_buffer(self.ctx, &self.module, "kiln_smem");
+        // SAFETY: a constant offset within the launch's dynamic shared memory, which is sized
+        // to the scratch buffer plus the rings.
+        let pipe =
+            unsafe { smem.const_in_bounds_gep(self.ctx.i8_type(), &[self.i32(scratch as u64)]) };
         self.smem.replace_all_uses_with(smem);
-        if let Some(placeholder) = self.module.get_global("kiln_smem_placeholder") {
-            // SAFETY: it has no uses left.
-            unsafe { placeholder.delete() };
+        self.pipe.replace_all_uses_with(pipe);
+        for name in ["kiln_smem_placeholder", "kiln_pipe_placeholder"] {
+            if let Some(placeholder) = self.module.get_global(name) {
+                // SAFETY: it has no uses left.
+                unsafe { placeholder.delete() };
+            }
         }
     }
 
@@ -353,8 +380,13 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         self.vals.insert(v, regs);
     }
 
-    fn inst(&mut self, inst: &Inst) -> Res<()> {
+    pub(super) fn inst(&mut self, inst: &Inst) -> Res<()> {
         match &inst.op {
+            // Copied to shared memory by the loop pipeline; its dots read it there.
+            Op::Load { .. } if self.piped.contains_key(&inst.results[0]) => {
+                self.define(inst.results[0], vec![]);
+                Ok(())
+            }
             Op::For {
                 lo,
                 hi,
@@ -572,17 +604,25 @@ fn zero_constants(b: &Block) -> HashSet<Value> {
     set
 }
 
-/// An internal, 16-byte aligned shared-memory buffer of `bytes` bytes.
-fn shared_buffer<'ctx>(
-    ctx: &'ctx Context,
-    module: &Module<'ctx>,
-    name: &str,
-    bytes: u32,
-) -> PointerValue<'ctx> {
-    let ty = ctx.i8_type().array_type(bytes);
+/// A shared-memory global that stands for a buffer until the kernel is lowered.
+fn placeholder<'ctx>(ctx: &'ctx Context, module: &Module<'ctx>, name: &str) -> PointerValue<'ctx> {
+    let ty = ctx.i8_type().array_type(0);
     let g = module.add_global(ty, Some(AddressSpace::from(3)), name);
     g.set_linkage(Linkage::Internal);
     g.set_initializer(&ty.get_undef());
+    g.as_pointer_value()
+}
+
+/// The block's dynamic shared memory (`.extern .shared .align 16 .b8 name[]`), whose size the
+/// launch gives ([`super::PtxKernel::shared_bytes`]).
+fn dynamic_shared_buffer<'ctx>(
+    ctx: &'ctx Context,
+    module: &Module<'ctx>,
+    name: &str,
+) -> PointerValue<'ctx> {
+    let ty = ctx.i8_type().array_type(0);
+    let g = module.add_global(ty, Some(AddressSpace::from(3)), name);
+    g.set_linkage(Linkage::External);
     g.set_alignment(16);
     g.as_pointer_value()
 }

@@ -11,7 +11,12 @@
 //! owns control flow, `arith` does elementwise math and casts, `memory` loads, stores and
 //! atomics, `reduce` reductions, `dot` matrix products (tensor cores or FMA loops), `shared` the
 //! layout conversions that go through shared memory, `remat` those that need none (index
-//! grids, masks and pointer tiles are recomputed in the layout that needs them).
+//! grids, masks and pointer tiles are recomputed in the layout that needs them), `pipeline`
+//! the software pipeline that copies a loop's dot operands into a ring of shared buffers ahead
+//! of their use (`cp.async`, [`PtxOptions::num_stages`]).
+//!
+//! Shared memory is one dynamic buffer per block: the scratch space of the conversions first,
+//! then the pipeline rings; [`PtxKernel::shared_bytes`] is what a launch must provide.
 //!
 //! Every generated kernel is checked with `ptxas` in the tests, but none has yet run on a GPU
 //! from this crate's tests (the `kiln-ops` tests run kernels on a GPU where there is one).
@@ -32,6 +37,7 @@ pub mod layout;
 mod lower;
 mod memory;
 pub mod mma;
+mod pipeline;
 pub mod reduce;
 mod remat;
 mod shared;
@@ -64,6 +70,15 @@ impl Arch {
             Arch::Sm90 => "sm_90",
         }
     }
+
+    /// The most shared memory one block may use (opting in past 48 KiB): 163 KiB on sm_80
+    /// (A100), 227 KiB on sm_90 (H100, H200).
+    pub fn max_shared_bytes(self) -> u32 {
+        match self {
+            Arch::Sm80 => 163 * 1024,
+            Arch::Sm90 => 227 * 1024,
+        }
+    }
 }
 
 /// How to compile: target, number of warps per program, and alignment specialisation.
@@ -76,15 +91,20 @@ pub struct PtxOptions {
     /// 16-byte aligned (a pointer). The launcher computes this mask from the actual arguments and
     /// compiles one variant per mask; it enables 16-byte vector loads and stores.
     pub divisible_by_16: u64,
+    /// Stages of the software pipeline of loops that load tiles for tensor-core dots (see
+    /// `pipeline`): such a loop copies its tiles `num_stages - 1` iterations ahead, straight
+    /// to shared memory. 1 turns pipelining off.
+    pub num_stages: u32,
 }
 
 impl PtxOptions {
-    /// Options with no alignment specialisation.
+    /// Options with no alignment specialisation and no loop pipelining.
     pub fn new(arch: Arch, num_warps: u32) -> PtxOptions {
         PtxOptions {
             arch,
             num_warps,
             divisible_by_16: 0,
+            num_stages: 1,
         }
     }
 
@@ -119,7 +139,8 @@ pub struct PtxKernel {
     /// The `.entry` name.
     pub entry: String,
     pub threads_per_block: u32,
-    /// Static shared memory the kernel declares, in bytes.
+    /// Dynamic shared memory every launch must give the kernel, in bytes (past 48 KiB the
+    /// launcher must also raise the function's limit).
     pub shared_bytes: u32,
 }
 

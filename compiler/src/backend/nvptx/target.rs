@@ -16,7 +16,21 @@ const FEATURES: &str = "+ptx80";
 fn machine(opts: &PtxOptions) -> Result<TargetMachine, String> {
     // Once per process, so that kernels may be compiled on several threads at a time.
     static INIT: std::sync::Once = std::sync::Once::new();
-    INIT.call_once(|| Target::initialize_nvptx(&InitializationConfig::default()));
+    INIT.call_once(|| {
+        Target::initialize_nvptx(&InitializationConfig::default());
+        // Shared-memory addresses in 32-bit registers (the window is 228 KiB): half the
+        // registers and cheaper arithmetic for every `ldmatrix` and `cp.async` address.
+        let args = [c"kiln".as_ptr(), c"-nvptx-short-ptr".as_ptr()];
+        // SAFETY: two valid C strings; LLVM copies what it keeps. Runs once, before any
+        // target machine exists.
+        unsafe {
+            inkwell::llvm_sys::support::LLVMParseCommandLineOptions(
+                args.len() as i32,
+                args.as_ptr(),
+                std::ptr::null(),
+            )
+        };
+    });
     let triple = TargetTriple::create(TRIPLE);
     let target = Target::from_triple(&triple).map_err(|e| e.to_string())?;
     target

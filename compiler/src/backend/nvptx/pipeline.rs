@@ -1,0 +1,425 @@
+//! Software pipelining of the tiles a loop loads for its tensor-core `dot`s
+//! ([`super::PtxOptions::num_stages`] > 1).
+//!
+//! A load at the top level of a `for` body whose only uses are as operands of tensor-core dots
+//! in that body (directly or through a `trans` the dot absorbs) never passes through registers:
+//! it is copied from global to shared memory with `cp.async`, into a ring of `S = num_stages`
+//! buffers, `S - 1` iterations ahead of the dot that reads it with `ldmatrix`:
+//!
+//! ```text
+//! prologue:     for s in 0..S-1 { copy the tiles of iteration s into stage s; commit }
+//! iteration i:  wait until at most S-2 copy groups are pending; barrier
+//!               copy the tiles of iteration i+S-1 into stage (i-1) mod S; commit
+//!               the body, whose dots read stage i mod S
+//! exit:         wait for every group; barrier
+//! ```
+//!
+//! The barrier at the top of iteration `i` publishes stage `i mod S` to the whole block, and
+//! tells each thread that every other one has finished reading stage `(i-1) mod S`, the one it
+//! is about to overwrite. Copies for iterations past the last are issued with size 0 (zero fill,
+//! nothing read), so every thread commits the same groups and the wait counts stay uniform.
+//!
+//! The addresses and masks of iteration `i+S-1` come from the body itself: the instructions they
+//! depend on (the load's *cone*) are pure functions of the induction variable and of values
+//! defined before the loop, and are lowered once more with the induction variable advanced.
+//! Loads whose cone reads anything else (a loop-carried value, another load) stay as they are.
+
+use super::layout::Layout;
+use super::lower::{Lowerer, Res};
+use super::mma::SharedTile;
+use super::shared::align16;
+use crate::ir::{Block, Op, Value};
+use inkwell::values::{BasicValue, IntValue, PointerValue};
+use inkwell::IntPredicate;
+use std::collections::{HashMap, HashSet};
+
+/// How one loop is pipelined.
+pub struct LoopPlan {
+    pub stages: u32,
+    /// The body instructions (by index) the copies' addresses and masks are computed by, in
+    /// program order.
+    cone: Vec<usize>,
+    loads: Vec<PipedLoad>,
+    /// Bytes of one stage: every pipelined tile of one iteration.
+    stage_bytes: u32,
+}
+
+impl LoopPlan {
+    /// Shared memory the ring takes.
+    pub fn bytes(&self) -> u32 {
+        self.stages * self.stage_bytes
+    }
+}
+
+/// A load copied straight to shared memory.
+struct PipedLoad {
+    value: Value,
+    ptr: Value,
+    mask: Option<Value>,
+    /// Where the tile is in a stage (`base` is the offset in the stage).
+    tile: SharedTile,
+    /// Elements per `cp.async` (4, 8 or 16 bytes).
+    width: u32,
+}
+
+impl<'ctx> Lowerer<'_, 'ctx> {
+    /// The pipelining of the loop with body `body`, if any of its loads qualify.
+    pub fn plan_pipeline(&self, body: &Block) -> Option<LoopPlan> {
+        let stages = self.num_stages;
+        if stages < 2 {
+            return None;
+        }
+        let uses = use_counts(body);
+        let top: HashMap<Value, usize> = body
+            .insts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, inst)| inst.results.iter().map(move |&r| (r, i)))
+            .collect();
+        let mut loads = vec![];
+        let mut cone = HashSet::new();
+        let mut offset = 0;
+        for inst in &body.insts {
+            let Op::Load { ptr, mask, other } = &inst.op else {
+                continue;
+            };
+            let x = inst.results[0];
+            if other.is_some_and(|o| !self.zeros.contains(&o))
+                || uses.get(&x) != Some(&self.dot_operand_uses(body, x, &uses))
+            {
+                continue;
+            }
+            let Some(width) = self.copy_width(x, *ptr, *mask) else {
+                continue;
+            };
+            let mut needs = HashSet::new();
+            let invariant = [*ptr]
+                .into_iter()
+                .chain(*mask)
+                .all(|v| cone_of(body, &top, v, &mut needs));
+            if !invariant {
+                continue;
+            }
+            cone.extend(needs);
+            let shape = &self.k.ty(x).shape;
+            let tile = SharedTile {
+                rows: shape[0],
+                cols: shape[1],
+                base: offset,
+            };
+            offset = align16(offset + tile.bytes());
+            loads.push(PipedLoad {
+                value: x,
+                ptr: *ptr,
+                mask: *mask,
+                tile,
+                width,
+            });
+        }
+        if loads.is_empty() {
+            return None;
+        }
+        let mut cone: Vec<usize> = cone.into_iter().collect();
+        cone.sort_unstable();
+        Some(LoopPlan {
+            stages,
+            cone,
+            loads,
+            stage_bytes: offset,
+        })
+    }
+
+    /// How many of `x`'s uses are as the operand of a tensor-core dot at the top of `body`,
+    /// directly or through a `trans` that such dots alone use.
+    fn dot_operand_uses(&self, body: &Block, x: Value, uses: &HashMap<Value, usize>) -> usize {
+        let mut n = 0;
+        for inst in &body.insts {
+            match &inst.op {
+                Op::Dot { a, b, .. } if matches!(self.layout(inst.results[0]), Layout::Mma(_)) => {
+                    n += usize::from(*a == x) + usize::from(*b == x);
+                }
+                Op::Trans(v) if *v == x && self.assign.is_free_trans(inst.results[0]) => {
+                    let t = inst.results[0];
+                    if uses.get(&t) == Some(&self.dot_operand_uses(body, t, uses)) {
+                        n += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        n
+    }
+
+    /// Elements per `cp.async` for load `x` (which must be a 16-bit tile in the blocked layout
+    /// whose vectors are at least 4 bytes).
+    fn copy_width(&self, x: Value, ptr: Value, mask: Option<Value>) -> Option<u32> {
+        let l = self.layout(x);
+        let d = self.dtype(x).ok()?;
+        let shape = &self.k.ty(x).shape;
+        if !matches!(l, Layout::Blocked(_)) || d.size_bytes() != 2 || shape.len() != 2 {
+            return None;
+        }
+        let w = self
+            .vector_width(&l, ptr, mask, d)
+            .min(SharedTile::CHUNK)
+            .min(shape[1]);
+        (w >= 2).then_some(w)
+    }
+
+    /// Claims `plan`'s ring in the pipeline region; returns its offset there.
+    pub fn claim_ring(&self, plan: &LoopPlan) -> u32 {
+        let region = self.pipe_bytes.get();
+        self.pipe_bytes.set(region + plan.bytes());
+        region
+    }
+
+    /// Copies the tiles of the iteration whose induction variable is `iv` into stage `stage`
+    /// (zero-filled where `valid` is false), and commits them as one group.
+    pub fn issue_copies(
+        &mut self,
+        body: &Block,
+        plan: &LoopPlan,
+        region: u32,
+        iv: IntValue<'ctx>,
+        valid: IntValue<'ctx>,
+        stage: IntValue<'ctx>,
+    ) -> Res<()> {
+        self.define(body.args[0], vec![iv.as_basic_value_enum()]);
+        for &i in &plan.cone {
+            self.inst(&body.insts[i])?;
+        }
+        for load in &plan.loads {
+            self.copy_tile(load, plan, region, valid, stage)?;
+        }
+        self.call_void("llvm.nvvm.cp.async.commit.group", &[])
+    }
+
+    fn copy_tile(
+        &self,
+        load: &PipedLoad,
+        plan: &LoopPlan,
+        region: u32,
+        valid: IntValue<'ctx>,
+        stage: IntValue<'ctx>,
+    ) -> Res<()> {
+        let l = self.layout(load.value);
+        let ptrs = self.regs_as(load.ptr, &l)?;
+        let masks = load.mask.map(|m| self.regs_as(m, &l)).transpose()?;
+        let buffer = self.stage_buffer(plan, region, stage, load)?;
+        let tile = SharedTile {
+            base: 0,
+            ..load.tile
+        };
+        let w = load.width;
+        let bytes = 2 * w;
+        let copy = self.cp_async(bytes);
+        let full = self.i32(bytes as u64);
+        let none = self.i32(0);
+        for g in (0..l.regs()).step_by(w as usize) {
+            let dst = self.element_address(buffer, &tile, &l, g)?;
+            let ok = match &masks {
+                Some(m) => self
+                    .b
+                    .build_and(m[g as usize].into_int_value(), valid, "")?,
+                None => valid,
+            };
+            let size = self.b.build_select(ok, full, none, "")?;
+            let src = ptrs[g as usize];
+            self.b.build_indirect_call(
+                copy.0,
+                copy.1,
+                &[dst.into(), src.into(), size.into()],
+                "",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `cp.async` of `bytes` bytes (`.cg`, bypassing L1, for whole 16-byte chunks) with a
+    /// source size operand, in inline PTX: LLVM 19 cannot select the intrinsic when shared
+    /// addresses are 32-bit (see `target`).
+    fn cp_async(
+        &self,
+        bytes: u32,
+    ) -> (
+        inkwell::types::FunctionType<'ctx>,
+        inkwell::values::PointerValue<'ctx>,
+    ) {
+        let cache = if bytes == 16 { "cg" } else { "ca" };
+        let asm = format!("cp.async.{cache}.shared.global [$0], [$1], {bytes}, $2;");
+        let fn_ty = self.ctx.void_type().fn_type(
+            &[
+                self.ctx.ptr_type(inkwell::AddressSpace::from(3)).into(),
+                self.ctx.ptr_type(inkwell::AddressSpace::from(1)).into(),
+                self.ctx.i32_type().into(),
+            ],
+            false,
+        );
+        let asm = self.ctx.create_inline_asm(
+            fn_ty,
+            asm,
+            "r,l,r,~{memory}".into(),
+            true,
+            false,
+            None,
+            false,
+        );
+        (fn_ty, asm)
+    }
+
+    /// The shared address of `load`'s tile in stage `stage` of the ring at `region`.
+    fn stage_buffer(
+        &self,
+        plan: &LoopPlan,
+        region: u32,
+        stage: IntValue<'ctx>,
+        load: &PipedLoad,
+    ) -> Res<PointerValue<'ctx>> {
+        let start = self
+            .b
+            .build_int_mul(stage, self.i32(plan.stage_bytes as u64), "")?;
+        let off = self
+            .b
+            .build_int_add(start, self.i32((region + load.tile.base) as u64), "")?;
+        // SAFETY: within the claimed pipeline region.
+        Ok(unsafe {
+            self.b
+                .build_in_bounds_gep(self.ctx.i8_type(), self.pipe, &[off], "stage")?
+        })
+    }
+
+    /// Before the loop: the copies of the first `S - 1` iterations.
+    pub fn pipeline_prologue(
+        &mut self,
+        body: &Block,
+        plan: &LoopPlan,
+        region: u32,
+        (lo, hi, step): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+    ) -> Res<()> {
+        for s in 0..plan.stages - 1 {
+            let ahead = self.b.build_int_mul(step, self.i32(s as u64), "")?;
+            let iv = self.b.build_int_add(lo, ahead, "")?;
+            let valid = self.b.build_int_compare(IntPredicate::SLT, iv, hi, "")?;
+            self.issue_copies(body, plan, region, iv, valid, self.i32(s as u64))?;
+        }
+        Ok(())
+    }
+
+    /// At the top of an iteration: waits for its stage, then copies the tiles of the iteration
+    /// `S - 1` ahead into the stage the previous iteration read. The body's loads then read
+    /// stage `read_stage`.
+    pub fn pipeline_iteration(
+        &mut self,
+        body: &Block,
+        plan: &LoopPlan,
+        region: u32,
+        (iv, hi, step): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
+        read_stage: IntValue<'ctx>,
+    ) -> Res<()> {
+        let s = plan.stages;
+        let pending = self.i32(s as u64 - 2);
+        self.call_void("llvm.nvvm.cp.async.wait.group", &[pending.into()])?;
+        self.barrier()?;
+        let ahead = self.b.build_int_mul(step, self.i32(s as u64 - 1), "")?;
+        let next = self.b.build_int_add(iv, ahead, "")?;
+        let valid = self.b.build_int_compare(IntPredicate::SLT, next, hi, "")?;
+        let first = self
+            .b
+            .build_int_compare(IntPredicate::EQ, read_stage, self.i32(0), "")?;
+        let before = self.b.build_int_sub(read_stage, self.i32(1), "")?;
+        let write = self
+            .b
+            .build_select(first, self.i32(s as u64 - 1), before, "")?
+            .into_int_value();
+        self.issue_copies(body, plan, region, next, valid, write)?;
+        self.define(body.args[0], vec![iv.as_basic_value_enum()]);
+        for load in &plan.loads {
+            let buffer = self.stage_buffer(plan, region, read_stage, load)?;
+            let tile = SharedTile {
+                base: 0,
+                ..load.tile
+            };
+            self.piped.insert(load.value, (buffer, tile));
+        }
+        Ok(())
+    }
+
+    /// The stage the next iteration reads.
+    pub fn next_stage(&self, plan: &LoopPlan, read_stage: IntValue<'ctx>) -> Res<IntValue<'ctx>> {
+        let last = self.b.build_int_compare(
+            IntPredicate::EQ,
+            read_stage,
+            self.i32(plan.stages as u64 - 1),
+            "",
+        )?;
+        let after = self.b.build_int_add(read_stage, self.i32(1), "")?;
+        Ok(self
+            .b
+            .build_select(last, self.i32(0), after, "")?
+            .into_int_value())
+    }
+
+    /// After the loop: no copy may still be writing, and no thread still reading, when the ring
+    /// is reused.
+    pub fn pipeline_epilogue(&mut self, plan: &LoopPlan) -> Res<()> {
+        for load in &plan.loads {
+            self.piped.remove(&load.value);
+        }
+        self.call_void("llvm.nvvm.cp.async.wait.all", &[])?;
+        self.barrier()
+    }
+}
+
+/// How many times each value is read in `b`, nested blocks and yields included.
+fn use_counts(b: &Block) -> HashMap<Value, usize> {
+    let mut counts = HashMap::new();
+    fn walk(b: &Block, counts: &mut HashMap<Value, usize>) {
+        for inst in &b.insts {
+            for v in inst.op.operands() {
+                *counts.entry(v).or_default() += 1;
+            }
+            for nested in inst.op.blocks() {
+                walk(nested, counts);
+            }
+        }
+    }
+    walk(b, &mut counts);
+    counts
+}
+
+/// Adds to `needs` the top-level instructions of `body` that `v` depends on; false if it
+/// depends on anything but the induction variable, values defined before the loop and pure
+/// tile arithmetic.
+fn cone_of(
+    body: &Block,
+    top: &HashMap<Value, usize>,
+    v: Value,
+    needs: &mut HashSet<usize>,
+) -> bool {
+    if body.args[1..].contains(&v) {
+        return false;
+    }
+    let Some(&i) = top.get(&v) else {
+        // The induction variable, or a value from before the loop.
+        return true;
+    };
+    if !needs.insert(i) {
+        return true;
+    }
+    let op = &body.insts[i].op;
+    let pure = op.is_elementwise()
+        || matches!(
+            op,
+            Op::Const(_)
+                | Op::Range(_)
+                | Op::Splat(_)
+                | Op::Reshape(_)
+                | Op::Broadcast(_)
+                | Op::ProgramId(_)
+                | Op::NumPrograms(_)
+        );
+    pure && op
+        .operands()
+        .into_iter()
+        .all(|a| cone_of(body, top, a, needs))
+}
