@@ -35,7 +35,7 @@ enum Command {
         /// Print the IR as the checker produced it, before any pass.
         #[arg(long)]
         no_passes: bool,
-        /// GPU target for `--emit llvm|ptx`: sm_80 or sm_90.
+        /// GPU target for `--emit llvm|ptx`: sm_80, sm_90 or sm_90a (H100/H200, with `wgmma`).
         #[arg(long, default_value = "sm_90")]
         arch: String,
         /// Warps per program for `--emit llvm|ptx`.
@@ -209,11 +209,12 @@ fn backend_text(
     #[cfg(feature = "cuda")]
     {
         use compiler::backend::nvptx::{self, Arch, PtxOptions};
-        let arch = match target.arch {
-            "sm_80" => Arch::Sm80,
-            "sm_90" => Arch::Sm90,
-            other => return Err(format!("error: unknown --arch `{other}` (sm_80 or sm_90)")),
-        };
+        let arch = Arch::from_name(target.arch).ok_or_else(|| {
+            format!(
+                "error: unknown --arch `{}` (sm_80, sm_90 or sm_90a)",
+                target.arch
+            )
+        })?;
         let opts = PtxOptions {
             divisible_by_16: target.divisible_by_16,
             num_stages: target.num_stages.max(1),

@@ -13,22 +13,24 @@ use kiln::runtime::{Arg, Buffer, Device, KernelCache};
 /// `(m, k, n)` and cuBLAS's TFLOP/s on the H200 for it (measured by the author).
 const SHAPES: &[(usize, usize, usize, f64)] = &[(8192, 896, 4864, 579.0), (8192, 4864, 896, 616.0)];
 
-/// `(BM, BN, BK, warps, stages)`; the first is the kernel's default (no loop pipeline).
-const CONFIGS: &[(i64, i64, i64, u32, u32)] = &[
-    (128, 128, 32, 4, 1),
-    (128, 128, 32, 4, 3),
-    (128, 128, 32, 4, 4),
-    (128, 128, 64, 4, 3),
-    (128, 128, 32, 8, 3),
-    (128, 128, 32, 8, 4),
-    (128, 128, 64, 8, 3),
-    (128, 256, 32, 8, 3),
-    (128, 256, 32, 8, 4),
-    (128, 256, 64, 8, 3),
-    (256, 128, 32, 8, 3),
-    (256, 128, 32, 8, 4),
-    (256, 128, 64, 8, 3),
-    (128, 256, 64, 8, 4),
+/// `(kernel, BM, BN, BK, warps, stages)`; the first is the kernel's default (no loop
+/// pipeline). On sm_90a, tiles with 16 rows per warp in whole warpgroups run on `wgmma`
+/// (`BM = 16 x warps`), the others on `mma.sync`. `gemm_persistent` runs on as many programs as
+/// the GPU holds at once.
+const CONFIGS: &[(&str, i64, i64, i64, u32, u32)] = &[
+    ("gemm", 128, 128, 32, 4, 1),
+    ("gemm", 128, 128, 32, 4, 4),
+    ("gemm", 128, 256, 64, 8, 3),
+    ("gemm", 128, 128, 64, 8, 3),
+    ("gemm", 128, 128, 64, 8, 4),
+    ("gemm", 128, 128, 32, 8, 4),
+    ("gemm", 128, 256, 64, 8, 4),
+    ("gemm", 128, 256, 32, 8, 4),
+    ("gemm", 128, 256, 32, 8, 6),
+    ("gemm", 64, 256, 64, 4, 4),
+    ("gemm", 64, 128, 64, 4, 4),
+    ("gemm_persistent", 128, 256, 64, 8, 4),
+    ("gemm_persistent", 128, 128, 64, 8, 4),
 ];
 
 /// Elements of `c` compared with the reference per configuration.
@@ -54,13 +56,13 @@ pub fn run(runs: usize) -> Result<String, String> {
             Arg::I32(k as i32),
         ];
         let mut best: Option<(String, f64)> = None;
-        for &(bm, bn, bk, warps, stages) in CONFIGS {
-            let choice = KernelChoice::new("gemm.kiln", "gemm", warps)
+        for &(name, bm, bn, bk, warps, stages) in CONFIGS {
+            let choice = KernelChoice::new("gemm.kiln", name, warps)
                 .int("BM", bm)
                 .int("BN", bn)
                 .int("BK", bk)
                 .stages(stages);
-            let config = choice.describe();
+            let config = format!("{name} {}", choice.describe());
             let kernel = match choice.load(&cache, &dev, &args) {
                 Ok(kernel) => kernel,
                 Err(e) => {
@@ -68,11 +70,12 @@ pub fn run(runs: usize) -> Result<String, String> {
                     continue;
                 }
             };
-            let grid = [
-                (m.div_ceil(bm as usize) * n.div_ceil(bn as usize)) as u32,
-                1,
-                1,
-            ];
+            let tiles = (m.div_ceil(bm as usize) * n.div_ceil(bn as usize)) as u32;
+            let programs = match name {
+                "gemm_persistent" => tiles.min(kernel.resident_programs().map_err(err)?),
+                _ => tiles,
+            };
+            let grid = [programs, 1, 1];
             kernel.launch(grid, &args).map_err(err)?;
             dev.synchronize().map_err(err)?;
             if let Err(e) = check.verify(&c) {

@@ -235,7 +235,8 @@ fn the_swizzle_repeats_every_eight_rows() {
         for row in 0..rows - SharedTile::PHASE_ROWS {
             for col in 0..cols {
                 let below = t.offset(row + SharedTile::PHASE_ROWS, col);
-                assert_eq!(below, t.offset(row, col) + SharedTile::PHASE_ROWS * cols);
+                let pitch = SharedTile::PHASE_ROWS * t.panel_cols();
+                assert_eq!(below, t.offset(row, col) + pitch);
             }
         }
     }
@@ -319,7 +320,7 @@ const DOT: &str = include_str!("nvptx_kernels/dot.kiln");
 #[test]
 fn the_accumulator_stays_in_fragments_through_the_loop_and_the_epilogue() {
     let k = dot_kernel("dot_loop", &[]);
-    let a = Assignment::run(&k, 128);
+    let a = Assignment::run(&k, 128, false);
     let is_mma = |v: Value| matches!(a.layout(&k, v), Layout::Mma(_));
     for (v, op) in results(&k) {
         let dtype = k.ty(v).dtype();
@@ -357,7 +358,7 @@ fn a_transposed_operand_is_never_materialised() {
                 ("K", ConstValue::Int(32)),
             ],
         );
-        let a = Assignment::run(&k, 128);
+        let a = Assignment::run(&k, 128, false);
         let trans: Vec<Value> = results(&k)
             .into_iter()
             .filter(|(_, op)| matches!(op, Op::Trans(_)))

@@ -353,7 +353,9 @@ fn add() {
 
 /// The Kiln GEMM: small odd sizes with small tiles everywhere; on a GPU also the tiles the
 /// benchmark picks (tensor cores, several warp counts, the loop pipeline of 1 to 4 stages) on a
-/// multiple of the tile, on ragged edges, and with fewer iterations than stages.
+/// multiple of the tile, on ragged edges, and with fewer iterations than stages. The persistent
+/// GEMM runs on fewer programs than tiles, so each walks several (and on more, so some have
+/// none).
 #[test]
 fn gemm() {
     for_each_device(|h: &Harness| {
@@ -371,30 +373,41 @@ fn gemm() {
                 (256, 40, 256, [128, 128, 32], 4, 4),
             ]);
         }
+        let f = kiln_ops::kernels::file("gemm.kiln").unwrap();
+        let src = kiln_compiler::Source::new(f.name, f.source);
         for (m, k, n, [bm, bn, bk], warps, stages) in cases {
             let a = h.rand_bf16(m * k, 1.0);
             let b = h.rand_bf16(k * n, 1.0);
             let (ab, bb) = (h.bf16(&a), h.bf16(&b));
-            let c = h.poisoned_bf16(m * n);
-            let f = kiln_ops::kernels::file("gemm.kiln").unwrap();
-            let grid = (m.div_ceil(bm as usize) * n.div_ceil(bn as usize)) as u32;
-            h.launch_source(
-                &kiln_compiler::Source::new(f.name, f.source),
-                "gemm",
-                &[("BM", bm), ("BN", bn), ("BK", bk)],
-                (warps, stages),
-                [grid, 1, 1],
-                &[
-                    h.arg(&ab),
-                    h.arg(&bb),
-                    h.arg(&c),
-                    h.i32(m as i32),
-                    h.i32(n as i32),
-                    h.i32(k as i32),
-                ],
-            );
-            let what = format!("gemm {m}x{k}x{n} tiles {bm}x{bn}x{bk} w{warps} s{stages}");
-            h.assert_close(&what, &h.read(&c), &r::matmul(&a, &b, m, k, n), BF16);
+            let want = r::matmul(&a, &b, m, k, n);
+            let tiles = (m.div_ceil(bm as usize) * n.div_ceil(bn as usize)) as u32;
+            for (kernel, programs) in [
+                ("gemm", tiles),
+                ("gemm_persistent", tiles.div_ceil(3)),
+                ("gemm_persistent", tiles + 2),
+            ] {
+                let c = h.poisoned_bf16(m * n);
+                h.launch_source(
+                    &src,
+                    kernel,
+                    &[("BM", bm), ("BN", bn), ("BK", bk)],
+                    (warps, stages),
+                    [programs, 1, 1],
+                    &[
+                        h.arg(&ab),
+                        h.arg(&bb),
+                        h.arg(&c),
+                        h.i32(m as i32),
+                        h.i32(n as i32),
+                        h.i32(k as i32),
+                    ],
+                );
+                let what = format!(
+                    "{kernel} on {programs} programs {m}x{k}x{n} tiles {bm}x{bn}x{bk} w{warps} \
+                     s{stages}"
+                );
+                h.assert_close(&what, &h.read(&c), &want, BF16);
+            }
         }
     });
 }

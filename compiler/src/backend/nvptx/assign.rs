@@ -36,7 +36,10 @@ pub struct Assignment {
 }
 
 impl Assignment {
-    pub fn run(k: &Kernel, threads: u32) -> Assignment {
+    /// Assigns layouts for a block of `threads` threads. With `warpgroups` (the target has
+    /// `wgmma`), kernels whose tensor-core dots all have one 16-row atom per warp and whole
+    /// warpgroups of rows get the rows-first layout too: it is the `wgmma` accumulator layout.
+    pub fn run(k: &Kernel, threads: u32, warpgroups: bool) -> Assignment {
         let g = Graph::new(k);
         let defs = super::lower::definitions(&k.body);
         let mut mma = HashSet::new();
@@ -53,6 +56,16 @@ impl Assignment {
             Op::Dot { a, .. } => mma.contains(a) && mma.contains(&i.results[0]),
             _ => false,
         });
+        let dots: Vec<_> = g
+            .insts
+            .iter()
+            .filter(|i| matches!(i.op, Op::Dot { .. }) && mma.contains(&i.results[0]))
+            .map(|i| k.ty(i.results[0]).shape.clone())
+            .collect();
+        let warpgroup_tiles = warpgroups
+            && !dots.is_empty()
+            && dots.iter().all(|s| fits_warpgroups(s[0], s[1], threads));
+        let rows_first = rows_first || warpgroup_tiles;
         let mut rows = HashSet::new();
         if rows_first {
             loop {
@@ -120,6 +133,15 @@ impl Assignment {
     pub fn is_free_trans(&self, v: Value) -> bool {
         self.free_trans.contains(&v)
     }
+}
+
+/// Whether an `[m, n]` accumulator in the rows-first layout over `threads` threads is the
+/// accumulator of `wgmma.m64nNk16` run by whole warpgroups: one 16-row atom per warp (so warp
+/// `w` of a warpgroup holds rows `16 w ..` of its 64), rows in whole warpgroups, and `n` within
+/// the instruction's 256.
+pub fn fits_warpgroups(m: u32, n: u32, threads: u32) -> bool {
+    let warps = threads / 32;
+    warps % 4 == 0 && m % 64 == 0 && m / ATOM_M <= warps && n % 8 == 0 && n <= 256
 }
 
 /// Any valid `n` for [`MmaLayout::rows_first`] when only the rows matter.

@@ -4,6 +4,9 @@
 //! `mma.sync.m16n8k16` over its atoms, one 16-deep slice of `k` at a time. Otherwise an FMA
 //! loop: each thread walks `k` once per accumulator register it holds.
 //!
+//! On sm_90a, a tensor-core dot whose accumulator is the `wgmma` layout and whose operands are
+//! both in shared memory runs as `wgmma` instead (see `wgmma`).
+//!
 //! Both paths follow the shared-memory protocol of `shared`: write, barrier, read, barrier.
 
 use super::layout::{Layout, TidTerm};
@@ -11,7 +14,7 @@ use super::lower::{Lowerer, Regs, Res};
 use super::mma::{
     ldmatrix_lane_terms, Major, MmaLayout, Operand, SharedTile, ATOM_K, ATOM_M, ATOM_N,
 };
-use super::shared::align16;
+use super::shared::{align16, align_tile};
 use crate::ir::{Op, Value};
 use crate::types::DType;
 use inkwell::types::BasicTypeEnum;
@@ -20,13 +23,13 @@ use inkwell::values::{BasicValue, BasicValueEnum, IntValue, PointerValue};
 type V<'ctx> = BasicValueEnum<'ctx>;
 
 /// An operand in shared memory: `tile`, whose `base` counts from `buffer`.
-struct Staged<'ctx> {
-    op: Operand,
-    major: Major,
-    tile: SharedTile,
-    buffer: PointerValue<'ctx>,
+pub(super) struct Staged<'ctx> {
+    pub op: Operand,
+    pub major: Major,
+    pub tile: SharedTile,
+    pub buffer: PointerValue<'ctx>,
     /// Copied there by the loop pipeline rather than staged by this dot.
-    piped: bool,
+    pub piped: bool,
 }
 
 impl<'ctx> Lowerer<'_, 'ctx> {
@@ -52,7 +55,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let b_base = sa
             .as_ref()
             .filter(|s| !s.piped)
-            .map_or(0, |s| align16(s.tile.bytes()));
+            .map_or(0, |s| align_tile(s.tile.bytes()));
         let sb = self.stage(b, Operand::B, b_base)?;
         // Pipelined operands are already in shared memory (see `pipeline`): only what was
         // written here needs the barriers.
@@ -62,9 +65,23 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .filter(|s| !s.piped)
             .map(|s| s.tile.base + s.tile.bytes())
             .max();
+        let warpgroups = match &sa {
+            Some(sa) if self.wgmma_fits(l, sa, &sb) => Some(sa),
+            _ => None,
+        };
         if let Some(end) = written {
             self.claim_shared(end);
+            if warpgroups.is_some() {
+                self.fence_async_proxy()?;
+            }
             self.barrier()?;
+        }
+        if let Some(sa) = warpgroups {
+            let acc = self.wgmma(d, sa, &sb, l, depth, acc)?;
+            if written.is_some() {
+                self.barrier()?;
+            }
+            return Ok(acc);
         }
         let lane = self.b.build_and(self.tid, self.i32(31), "lane")?;
         let lane16 = self.b.build_and(self.tid, self.i32(15), "")?;
@@ -189,12 +206,14 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             let reg = (g * w) as u32;
             let step = l.reg_offset(reg) - l.reg_offset(0);
             let p = if step % (SharedTile::PHASE_ROWS * tile.cols) == 0 {
+                // The same column, whole phase blocks of rows further down its panel.
+                let bytes = 2 * step / tile.cols * tile.panel_cols();
                 // SAFETY: an element of the tile, within the claimed buffer.
                 unsafe {
                     self.b.build_in_bounds_gep(
                         self.ctx.i8_type(),
                         first,
-                        &[self.i32(2 * step as u64)],
+                        &[self.i32(bytes as u64)],
                         "",
                     )?
                 }
@@ -260,9 +279,22 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 mul: SharedTile::CHUNK,
             },
         )?;
-        let col = self.b.build_xor(col, phase, "")?;
-        let start = self.b.build_int_mul(row, self.i32(tile.cols as u64), "")?;
-        let index = self.b.build_int_add(start, col, "")?;
+        let p = tile.panel_cols();
+        let mut index = self.b.build_int_mul(row, self.i32(p as u64), "")?;
+        let within = if tile.cols > p {
+            let panel =
+                self.b
+                    .build_right_shift(col, self.i32(p.trailing_zeros() as u64), false, "")?;
+            let panel_start =
+                self.b
+                    .build_int_mul(panel, self.i32(tile.panel_pitch() as u64), "")?;
+            index = self.b.build_int_add(index, panel_start, "")?;
+            self.b.build_and(col, self.i32(p as u64 - 1), "")?
+        } else {
+            col
+        };
+        let within = self.b.build_xor(within, phase, "")?;
+        let index = self.b.build_int_add(index, within, "")?;
         let bytes = self.b.build_int_mul(index, self.i32(2), "")?;
         let off = self
             .b
@@ -301,7 +333,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         // lane alone, and blocks that differ only in their row differ by a constant address.
         let r = self.b.build_and(lane, self.i32(7), "")?;
         let p = self.tile_address(s.buffer, &s.tile, row, col, r)?;
-        let bytes = self.i32(2 * (row_const * s.tile.cols) as u64);
+        let bytes = self.i32(2 * (row_const * s.tile.panel_cols()) as u64);
         // SAFETY: an element of the tile, within the claimed buffer.
         let p = unsafe {
             self.b

@@ -58,7 +58,11 @@ pub fn build_module<'ctx>(
     let module = ctx.create_module(&k.name);
     let mut l = Lowerer::new(ctx, module, k, opts).map_err(|e| error(k, e.0))?;
     l.kernel_body().map_err(|e| error(k, e.0))?;
-    let scratch = l.shared_bytes.get().div_ceil(16) * 16;
+    // The rings start where a tensor-core operand tile may.
+    let scratch = match l.pipe_bytes.get() {
+        0 => super::shared::align16(l.shared_bytes.get()),
+        _ => super::shared::align_tile(l.shared_bytes.get()),
+    };
     let shared_bytes = scratch + l.pipe_bytes.get();
     let limit = opts.arch.max_shared_bytes();
     if shared_bytes > limit {
@@ -105,6 +109,8 @@ pub(super) struct Lowerer<'a, 'ctx> {
     pub piped: HashMap<Value, (PointerValue<'ctx>, super::mma::SharedTile)>,
     /// [`PtxOptions::num_stages`].
     pub num_stages: u32,
+    /// The target has `wgmma` (see `wgmma`).
+    pub wgmma: bool,
     /// Which values are in which layout.
     pub assign: Assignment,
     vals: HashMap<Value, Regs<'ctx>>,
@@ -164,7 +170,8 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             pipe_bytes: Cell::new(0),
             piped: HashMap::new(),
             num_stages: opts.num_stages,
-            assign: Assignment::run(k, threads),
+            assign: Assignment::run(k, threads, opts.arch.has_wgmma()),
+            wgmma: opts.arch.has_wgmma(),
             vals: HashMap::new(),
             zeros: zero_constants(&k.body),
             defs: definitions(&k.body),
@@ -623,7 +630,7 @@ fn dynamic_shared_buffer<'ctx>(
     let ty = ctx.i8_type().array_type(0);
     let g = module.add_global(ty, Some(AddressSpace::from(3)), name);
     g.set_linkage(Linkage::External);
-    g.set_alignment(16);
+    g.set_alignment(super::mma::SharedTile::ALIGN);
     g.as_pointer_value()
 }
 

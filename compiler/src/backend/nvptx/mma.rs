@@ -266,8 +266,12 @@ impl Operand {
     }
 }
 
-/// A 2-D tile of 16-bit elements in shared memory: `rows x cols`, row-major, starting at byte
-/// `base`, with each row's 16-byte chunks XOR-swizzled.
+/// A 2-D tile of 16-bit elements in shared memory: `rows x cols` starting at byte `base`, stored
+/// as panels of [`SharedTile::PANEL`] columns side by side (a narrower tile is one panel), each
+/// panel row-major with its rows' 16-byte chunks XOR-swizzled. Rows of at most 128 bytes with
+/// this swizzle are the canonical 128-, 64- and 32-byte swizzled layouts `wgmma` reads through
+/// matrix descriptors (given a base aligned to [`SharedTile::ALIGN`]); `ldmatrix` reads them
+/// without bank conflicts too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SharedTile {
     pub rows: u32,
@@ -280,29 +284,45 @@ impl SharedTile {
     pub const CHUNK: u32 = 8;
     /// The swizzle repeats every 8 rows: rows `r` and `r + 8` have the same phase.
     pub const PHASE_ROWS: u32 = 8;
+    /// Columns per panel: 128 bytes.
+    pub const PANEL: u32 = 64;
+    /// Byte alignment of a tile's base: the swizzle `wgmma` applies is one of address bits, so
+    /// the tile must start where the pattern does.
+    pub const ALIGN: u32 = 1024;
 
     pub fn bytes(&self) -> u32 {
         self.rows * self.cols * 2
     }
 
-    /// The swizzle: chunk `c` of row `r` is stored at chunk `c ^ phase(r)` of that row, with
-    /// `phase(r) = (r >> phase_shift) & phase_mask`. A 128-byte line of banks holds
-    /// `8 / chunks_per_row` rows (or part of one); consecutive lines get distinct phases, so any
-    /// eight consecutive rows' copies of one chunk land in eight distinct 16-byte bank groups.
+    /// Columns of one panel.
+    pub fn panel_cols(&self) -> u32 {
+        self.cols.min(Self::PANEL)
+    }
+
+    /// Elements from the start of one panel to the next.
+    pub fn panel_pitch(&self) -> u32 {
+        self.rows * self.panel_cols()
+    }
+
+    /// The swizzle: chunk `c` of a panel row `r` is stored at chunk `c ^ phase(r)` of that row,
+    /// with `phase(r) = (r >> phase_shift) & phase_mask`. A 128-byte line of banks holds
+    /// `8 / chunks_per_row` rows; consecutive lines get distinct phases, so any eight
+    /// consecutive rows' copies of one chunk land in eight distinct 16-byte bank groups.
     pub fn phase_shift(&self) -> u32 {
-        let chunks = self.cols / Self::CHUNK;
+        let chunks = self.panel_cols() / Self::CHUNK;
         (8 / chunks.min(8)).trailing_zeros()
     }
 
     /// See [`SharedTile::phase_shift`].
     pub fn phase_mask(&self) -> u32 {
-        (self.cols / Self::CHUNK).min(8) - 1
+        (self.panel_cols() / Self::CHUNK).min(8) - 1
     }
 
     /// The element offset (from `base`) of `(row, col)`.
     pub fn offset(&self, row: u32, col: u32) -> u32 {
+        let p = self.panel_cols();
         let phase = row >> self.phase_shift() & self.phase_mask();
-        row * self.cols + (col ^ (phase * Self::CHUNK))
+        col / p * self.panel_pitch() + row * p + (col % p ^ (phase * Self::CHUNK))
     }
 }
 

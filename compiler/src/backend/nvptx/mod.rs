@@ -42,6 +42,7 @@ pub mod reduce;
 mod remat;
 mod shared;
 mod target;
+mod wgmma;
 
 use super::BackendError;
 use crate::ir::{Kernel, Param, ParamKind};
@@ -52,22 +53,40 @@ use inkwell::context::Context;
 pub enum Arch {
     Sm80,
     Sm90,
+    /// sm_90 with its architecture-specific instructions (`wgmma`): PTX for it runs on
+    /// compute capability 9.0 only.
+    Sm90a,
 }
 
 impl Arch {
-    /// From a compute capability (8.0 -> sm_80, 9.0 -> sm_90); newer chips get the newest target.
+    /// From a compute capability (8.x -> sm_80, 9.0 -> sm_90a); newer chips get the newest
+    /// portable target, sm_90.
     pub fn from_compute_capability(major: u32, minor: u32) -> Option<Arch> {
         match (major, minor) {
             (8, _) => Some(Arch::Sm80),
+            (9, 0) => Some(Arch::Sm90a),
             (9.., _) => Some(Arch::Sm90),
             _ => None,
         }
+    }
+
+    /// From a target name as [`Arch::name`] gives it.
+    pub fn from_name(name: &str) -> Option<Arch> {
+        [Arch::Sm80, Arch::Sm90, Arch::Sm90a]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
+
+    /// Whether the warpgroup matrix instructions (`wgmma`) exist.
+    pub fn has_wgmma(self) -> bool {
+        self == Arch::Sm90a
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Arch::Sm80 => "sm_80",
             Arch::Sm90 => "sm_90",
+            Arch::Sm90a => "sm_90a",
         }
     }
 
@@ -76,7 +95,7 @@ impl Arch {
     pub fn max_shared_bytes(self) -> u32 {
         match self {
             Arch::Sm80 => 163 * 1024,
-            Arch::Sm90 => 227 * 1024,
+            Arch::Sm90 | Arch::Sm90a => 227 * 1024,
         }
     }
 }

@@ -27,7 +27,7 @@
 use super::layout::Layout;
 use super::lower::{Lowerer, Res};
 use super::mma::SharedTile;
-use super::shared::align16;
+use super::shared::align_tile;
 use crate::ir::{Block, Op, Value};
 use inkwell::values::{BasicValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
@@ -107,7 +107,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 cols: shape[1],
                 base: offset,
             };
-            offset = align16(offset + tile.bytes());
+            offset = align_tile(offset + tile.bytes());
             loads.push(PipedLoad {
                 value: x,
                 ptr: *ptr,

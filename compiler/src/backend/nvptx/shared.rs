@@ -11,6 +11,7 @@
 
 use super::layout::Layout;
 use super::lower::{memory_type, Lowerer, Regs, Res};
+use super::mma::SharedTile;
 use crate::ir::Value;
 use crate::types::DType;
 use inkwell::values::{BasicValueEnum, IntValue, PointerValue};
@@ -21,6 +22,11 @@ pub const REDUCE_BYTES: u32 = 32 * 8 + 32 * 4;
 /// `x` rounded up to a multiple of 16.
 pub fn align16(x: u32) -> u32 {
     x.div_ceil(16) * 16
+}
+
+/// `x` rounded up to where a tensor-core operand tile may start ([`SharedTile::ALIGN`]).
+pub fn align_tile(x: u32) -> u32 {
+    x.div_ceil(SharedTile::ALIGN) * SharedTile::ALIGN
 }
 
 impl<'ctx> Lowerer<'_, 'ctx> {
