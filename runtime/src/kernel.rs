@@ -63,23 +63,6 @@ impl Kernel {
         &self.device
     }
 
-    /// How many programs of this kernel the device runs at the same time: on a GPU, the blocks
-    /// one multiprocessor holds given the kernel's registers and shared memory, times the
-    /// multiprocessors; on the CPU, the worker threads. A persistent kernel (one that loops
-    /// over its work with `num_programs`) is launched on this many programs.
-    pub fn resident_programs(&self) -> Result<u32> {
-        match (&self.code, self.device.inner()) {
-            (Code::Cpu(_), _) => Ok(rayon::current_num_threads() as u32),
-            #[cfg(feature = "cuda")]
-            (Code::Cuda(code), Inner::Cuda(cuda)) => code.resident_programs(&self.name, cuda),
-            #[cfg(feature = "cuda")]
-            _ => Err(Error::Unsupported(format!(
-                "kernel `{}` code/device mismatch",
-                self.name
-            ))),
-        }
-    }
-
     /// Runs one program per point of `grid` (`[x, y, z]` program counts) with `args`, after
     /// checking them against [`Kernel::params`]. On the CPU this returns when every program has
     /// run; on a GPU it queues the launch on the device's stream.

@@ -15,8 +15,7 @@ const SHAPES: &[(usize, usize, usize, f64)] = &[(8192, 896, 4864, 579.0), (8192,
 
 /// `(kernel, BM, BN, BK, warps, stages)`; the first is the kernel's default (no loop
 /// pipeline). On sm_90a, tiles with 16 rows per warp in whole warpgroups run on `wgmma`
-/// (`BM = 16 x warps`), the others on `mma.sync`. `gemm_persistent` runs on as many programs as
-/// the GPU holds at once.
+/// (`BM = 16 x warps`), the others on `mma.sync`.
 const CONFIGS: &[(&str, i64, i64, i64, u32, u32)] = &[
     ("gemm", 128, 128, 32, 4, 1),
     ("gemm", 128, 128, 32, 4, 4),
@@ -29,8 +28,6 @@ const CONFIGS: &[(&str, i64, i64, i64, u32, u32)] = &[
     ("gemm", 128, 256, 32, 8, 6),
     ("gemm", 64, 256, 64, 4, 4),
     ("gemm", 64, 128, 64, 4, 4),
-    ("gemm_persistent", 128, 256, 64, 8, 4),
-    ("gemm_persistent", 128, 128, 64, 8, 4),
 ];
 
 /// Elements of `c` compared with the reference per configuration.
@@ -70,12 +67,11 @@ pub fn run(runs: usize) -> Result<String, String> {
                     continue;
                 }
             };
-            let tiles = (m.div_ceil(bm as usize) * n.div_ceil(bn as usize)) as u32;
-            let programs = match name {
-                "gemm_persistent" => tiles.min(kernel.resident_programs().map_err(err)?),
-                _ => tiles,
-            };
-            let grid = [programs, 1, 1];
+            let grid = [
+                (m.div_ceil(bm as usize) * n.div_ceil(bn as usize)) as u32,
+                1,
+                1,
+            ];
             kernel.launch(grid, &args).map_err(err)?;
             dev.synchronize().map_err(err)?;
             if let Err(e) = check.verify(&c) {

@@ -63,7 +63,12 @@ fn every_kernel_assembles_without_spills() {
     let mut report = vec![];
     for (file, text) in KERNELS {
         for k in kernels(file, text) {
-            for (arch, mask) in [(Arch::Sm80, 0), (Arch::Sm90, 0), (Arch::Sm90, u64::MAX)] {
+            for (arch, mask) in [
+                (Arch::Sm80, 0),
+                (Arch::Sm90, 0),
+                (Arch::Sm90, u64::MAX),
+                (Arch::Sm90a, u64::MAX),
+            ] {
                 let start = std::time::Instant::now();
                 let p = compile(&k, arch, mask);
                 let ms = start.elapsed().as_secs_f64() * 1e3;
@@ -170,6 +175,47 @@ fn pipelined_loops_assemble() {
         }
     }
 }
+
+/// On sm_90a, dots whose accumulator is one 16-row atom per warp in whole warpgroups run as
+/// `wgmma` (with the pipeline's copies fenced for the asynchronous proxy); other tiles, and
+/// other targets, keep `mma.sync`.
+#[test]
+fn wgmma_runs_the_dots_that_fill_warpgroups() {
+    let gemm = |bm: i64, warps: u32, arch: Arch| {
+        let src = Source::new("gemm.kiln", GEMM);
+        let defines: Defines = [("BM".to_string(), kiln_compiler::ConstValue::Int(bm))].into();
+        let k = compile_to_ir(&src, &defines).unwrap().remove(0);
+        let opts = PtxOptions {
+            num_stages: 3,
+            divisible_by_16: u64::MAX,
+            ..PtxOptions::new(arch, warps)
+        };
+        compile_ptx(&k, &opts).unwrap().ptx
+    };
+    let ptxas = nvptx_ptxas::require();
+    for (bm, warps, arch, wgmma) in [
+        (128, 8, Arch::Sm90a, true),
+        (64, 4, Arch::Sm90a, true),
+        (128, 4, Arch::Sm90a, false),
+        (128, 8, Arch::Sm90, false),
+        (128, 8, Arch::Sm80, false),
+    ] {
+        let ptx = gemm(bm, warps, arch);
+        let what = format!("BM={bm} w{warps} {}", arch.name());
+        assert!(ptx.contains(&format!(".target {}", arch.name())), "{what}");
+        assert_eq!(ptx.contains("wgmma.mma_async"), wgmma, "{what}");
+        assert_eq!(ptx.contains("mma.sync"), !wgmma, "{what}");
+        assert_eq!(ptx.contains("fence.proxy.async"), wgmma, "{what}");
+        if let Some(ptxas) = &ptxas {
+            let name = format!("gemm_{bm}_w{warps}_{}", arch.name());
+            let s = nvptx_ptxas::assemble(ptxas, &ptx, arch.name(), &name);
+            assert_eq!((s.spill_store_bytes, s.spill_load_bytes), (0, 0), "{what}");
+        }
+    }
+}
+
+/// The shipped GEMM (`ops/kernels/gemm.kiln`).
+const GEMM: &str = include_str!("../../../ops/kernels/gemm.kiln");
 
 /// Loads whose addresses depend on a loop-carried value, or that are also used outside a
 /// dot, stay ordinary loads; the ring is sized by the tiles of one iteration times the stages.

@@ -242,6 +242,45 @@ fn the_swizzle_repeats_every_eight_rows() {
     }
 }
 
+/// A shared tile is the canonical swizzled layout `wgmma` reads through a matrix descriptor
+/// (PTX ISA, "Shared Memory Matrix Layout"): panels of at most 64 columns `leading` bytes
+/// apart, rows of a panel one after another, and the 16-byte chunks of each row permuted by the
+/// 128-, 64- or 32-byte swizzle, a function of the address bits alone: bits 4.. take the XOR
+/// of bits 7.. (three, two or one of them).
+#[test]
+fn shared_tiles_are_the_canonical_wgmma_layouts() {
+    for (rows, cols) in [
+        (64, 64),
+        (64, 32),
+        (64, 16),
+        (128, 64),
+        (32, 128),
+        (64, 256),
+        (16, 128),
+    ] {
+        let t = SharedTile {
+            rows,
+            cols,
+            base: 0,
+        };
+        let p = t.panel_cols();
+        let row_bytes = 2 * p;
+        let bits = (row_bytes / 16).trailing_zeros();
+        let swizzle = |a: u32| a ^ ((a >> 7) & ((1 << bits) - 1)) << 4;
+        let leading = 2 * t.panel_pitch();
+        for r in 0..rows {
+            for c in 0..cols {
+                let plain = c / p * leading + r * row_bytes + c % p * 2;
+                assert_eq!(
+                    2 * t.offset(r, c),
+                    swizzle(plain),
+                    "{rows}x{cols} ({r}, {c})"
+                );
+            }
+        }
+    }
+}
+
 /// Staging writes from the blocked layout: each thread's runs of (up to) eight elements stay
 /// contiguous in shared memory, and the eight threads of each phase of a 16-byte store hit
 /// distinct bank groups.

@@ -154,24 +154,6 @@ impl CudaCode {
         }
     }
 
-    /// Blocks of this kernel the whole GPU holds at once.
-    pub(crate) fn resident_programs(&self, kernel: &str, device: &CudaDevice) -> Result<u32> {
-        use cudarc::driver::sys::CUdevice_attribute as Attr;
-        let per_sm = self
-            .function
-            .occupancy_max_active_blocks_per_multiprocessor(
-                self.threads_per_block,
-                self.shared_bytes as usize,
-                None,
-            )
-            .map_err(|e| Error::cuda(format!("querying the occupancy of kernel `{kernel}`"), e))?;
-        let sms = device
-            .context()
-            .attribute(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| Error::cuda("querying the multiprocessor count", e))?;
-        Ok(per_sm.max(1) * sms.max(1) as u32)
-    }
-
     /// Queues a launch of `grid` blocks on the device's stream.
     ///
     /// # Safety

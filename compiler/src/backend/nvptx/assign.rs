@@ -32,6 +32,8 @@ pub struct Assignment {
     /// dot as `a` (flash attention's softmax and `p @ v`). Then row vectors (the results of
     /// those reductions and whatever is broadcast back into the tiles) live in the tiles' rows.
     rows_first: bool,
+    /// Every tensor-core accumulator is a `wgmma` accumulator (see [`fits_warpgroups`]).
+    warpgroups: bool,
     free_trans: HashSet<Value>,
 }
 
@@ -66,6 +68,7 @@ impl Assignment {
             && !dots.is_empty()
             && dots.iter().all(|s| fits_warpgroups(s[0], s[1], threads));
         let rows_first = rows_first || warpgroup_tiles;
+        let warpgroups = warpgroup_tiles;
         let mut rows = HashSet::new();
         if rows_first {
             loop {
@@ -101,6 +104,7 @@ impl Assignment {
             mma,
             rows,
             rows_first,
+            warpgroups,
             free_trans,
         }
     }
@@ -127,6 +131,12 @@ impl Assignment {
             }
         }
         Layout::Blocked(Blocked::new(ty.numel() as u32, self.threads))
+    }
+
+    /// Whether the tensor-core dots may run as `wgmma` (the target has it and every
+    /// accumulator fits whole warpgroups).
+    pub fn warpgroups(&self) -> bool {
+        self.warpgroups
     }
 
     /// A `trans` result that is not materialised (only tensor-core dots read it).

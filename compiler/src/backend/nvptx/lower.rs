@@ -109,7 +109,7 @@ pub(super) struct Lowerer<'a, 'ctx> {
     pub piped: HashMap<Value, (PointerValue<'ctx>, super::mma::SharedTile)>,
     /// [`PtxOptions::num_stages`].
     pub num_stages: u32,
-    /// The target has `wgmma` (see `wgmma`).
+    /// Tensor-core dots may run as `wgmma` (see `wgmma`, [`Assignment::warpgroups`]).
     pub wgmma: bool,
     /// Which values are in which layout.
     pub assign: Assignment,
@@ -156,6 +156,8 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             return Err(LowerError("tid.x has no value".into()));
         };
         let tid = tid.into_int_value();
+        let assign = Assignment::run(k, threads, opts.arch.has_wgmma());
+        let wgmma = assign.warpgroups();
         Ok(Lowerer {
             ctx,
             b,
@@ -170,8 +172,8 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             pipe_bytes: Cell::new(0),
             piped: HashMap::new(),
             num_stages: opts.num_stages,
-            assign: Assignment::run(k, threads, opts.arch.has_wgmma()),
-            wgmma: opts.arch.has_wgmma(),
+            assign,
+            wgmma,
             vals: HashMap::new(),
             zeros: zero_constants(&k.body),
             defs: definitions(&k.body),

@@ -322,7 +322,7 @@ impl SharedTile {
     pub fn offset(&self, row: u32, col: u32) -> u32 {
         let p = self.panel_cols();
         let phase = row >> self.phase_shift() & self.phase_mask();
-        col / p * self.panel_pitch() + row * p + (col % p ^ (phase * Self::CHUNK))
+        col / p * self.panel_pitch() + row * p + ((col % p) ^ (phase * Self::CHUNK))
     }
 }
 

@@ -319,6 +319,10 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let s = plan.stages;
         let pending = self.i32(s as u64 - 2);
         self.call_void("llvm.nvvm.cp.async.wait.group", &[pending.into()])?;
+        if self.wgmma {
+            // The copies were made by the generic proxy; `wgmma` reads through the async one.
+            self.fence_async_proxy()?;
+        }
         self.barrier()?;
         let ahead = self.b.build_int_mul(step, self.i32(s as u64 - 1), "")?;
         let next = self.b.build_int_add(iv, ahead, "")?;
