@@ -177,8 +177,9 @@ fn pipelined_loops_assemble() {
 }
 
 /// On sm_90a, dots whose accumulator is one 16-row atom per warp in whole warpgroups run as
-/// `wgmma` (with the pipeline's copies fenced for the asynchronous proxy); other tiles, and
-/// other targets, keep `mma.sync`.
+/// `wgmma` (with the pipeline's copies fenced for the asynchronous proxy, and the GEMM's
+/// accumulation left in flight across iterations); other tiles, and other targets, keep
+/// `mma.sync`.
 #[test]
 fn wgmma_runs_the_dots_that_fill_warpgroups() {
     let gemm = |bm: i64, warps: u32, arch: Arch| {
@@ -206,6 +207,13 @@ fn wgmma_runs_the_dots_that_fill_warpgroups() {
         assert_eq!(ptx.contains("wgmma.mma_async"), wgmma, "{what}");
         assert_eq!(ptx.contains("mma.sync"), !wgmma, "{what}");
         assert_eq!(ptx.contains("fence.proxy.async"), wgmma, "{what}");
+        // The accumulation stays in flight across iterations; with 3 stages the copies then
+        // run one iteration ahead (none pending at the top of an iteration).
+        let in_flight = ptx.contains("wgmma.wait_group.sync.aligned 1;");
+        assert_eq!(in_flight, wgmma, "{what}");
+        let copy_wait = if wgmma { 0 } else { 1 };
+        let wait = format!("cp.async.wait_group {copy_wait};");
+        assert!(ptx.contains(&wait), "{what}");
         if let Some(ptxas) = &ptxas {
             let name = format!("gemm_{bm}_w{warps}_{}", arch.name());
             let s = nvptx_ptxas::assemble(ptxas, &ptx, arch.name(), &name);

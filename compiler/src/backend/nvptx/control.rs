@@ -97,11 +97,20 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             }
         }
         self.b.position_at_end(exit);
+        // The last `wgmma`s left in flight finish before the ring is released.
+        let in_flight = plan.as_ref().and_then(|p| p.in_flight).map(|(_, i)| i);
+        let mut exits = vec![];
+        for (i, p) in phis.iter().enumerate() {
+            let mut regs = self.unpack(p.iter().map(|p| p.as_basic_value()).collect())?;
+            if in_flight == Some(i) {
+                regs = self.wgmma_wait(regs, 0)?;
+            }
+            exits.push(regs);
+        }
         if let Some(p) = &plan {
             self.pipeline_epilogue(p)?;
         }
-        for (r, p) in results.iter().zip(&phis) {
-            let regs = self.unpack(p.iter().map(|p| p.as_basic_value()).collect())?;
+        for (r, regs) in results.iter().zip(exits) {
             self.define(*r, regs);
         }
         Ok(())

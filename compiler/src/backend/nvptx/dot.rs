@@ -36,12 +36,19 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     /// The registers of `r = dot(a, b, acc)`.
     pub fn dot(&mut self, a: Value, b: Value, acc: Value, r: Value) -> Res<Regs<'ctx>> {
         match self.layout(r) {
-            Layout::Mma(l) => self.dot_mma(a, b, acc, &l),
+            Layout::Mma(l) => self.dot_mma(a, b, acc, r, &l),
             l => self.dot_fma(a, b, acc, &l),
         }
     }
 
-    fn dot_mma(&mut self, a: Value, b: Value, acc: Value, l: &MmaLayout) -> Res<Regs<'ctx>> {
+    fn dot_mma(
+        &mut self,
+        a: Value,
+        b: Value,
+        acc: Value,
+        r: Value,
+        l: &MmaLayout,
+    ) -> Res<Regs<'ctx>> {
         let d = self.dtype(a)?;
         let depth = self.k.ty(a).shape[1];
         let mut acc = self.regs_as(acc, &Layout::Mma(*l))?;
@@ -77,7 +84,8 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             self.barrier()?;
         }
         if let Some(sa) = warpgroups {
-            let acc = self.wgmma(d, sa, &sb, l, depth, acc)?;
+            let pending = u32::from(self.in_flight.contains(&r));
+            let acc = self.wgmma(d, sa, &sb, l, depth, acc, pending)?;
             if written.is_some() {
                 self.barrier()?;
             }

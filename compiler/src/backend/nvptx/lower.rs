@@ -109,6 +109,9 @@ pub(super) struct Lowerer<'a, 'ctx> {
     pub piped: HashMap<Value, (PointerValue<'ctx>, super::mma::SharedTile)>,
     /// [`PtxOptions::num_stages`].
     pub num_stages: u32,
+    /// Dots whose `wgmma`s stay in flight at the end of their loop's iteration (see
+    /// `pipeline`).
+    pub in_flight: HashSet<Value>,
     /// Tensor-core dots may run as `wgmma` (see `wgmma`, [`Assignment::warpgroups`]).
     pub wgmma: bool,
     /// Which values are in which layout.
@@ -172,6 +175,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             pipe_bytes: Cell::new(0),
             piped: HashMap::new(),
             num_stages: opts.num_stages,
+            in_flight: HashSet::new(),
             assign,
             wgmma,
             vals: HashMap::new(),

@@ -19,7 +19,13 @@
 //! is about to overwrite. Copies for iterations past the last are issued with size 0 (zero fill,
 //! nothing read), so every thread commits the same groups and the wait counts stay uniform.
 //!
-//! The addresses and masks of iteration `i+S-1` come from the body itself: the instructions they
+//! A `wgmma` accumulation `acc = dot(x, y, acc)` on pipelined tiles is left running at the end
+//! of an iteration and waited for at the end of the next (`wgmma.wait_group 1`; after the loop,
+//! 0), so the tensor cores never wait for the loop's bookkeeping. Its tiles of iteration `i - 1`
+//! may then still be read during iteration `i`, so such a loop copies only `S - 2` iterations
+//! ahead, into stage `(i-2) mod S`.
+//!
+//! The addresses and masks of the iterations ahead come from the body itself: the instructions they
 //! depend on (the load's *cone*) are pure functions of the induction variable and of values
 //! defined before the loop, and are lowered once more with the induction variable advanced.
 //! Loads whose cone reads anything else (a loop-carried value, another load) stay as they are.
@@ -36,6 +42,12 @@ use std::collections::{HashMap, HashSet};
 /// How one loop is pipelined.
 pub struct LoopPlan {
     pub stages: u32,
+    /// Iterations the copies run ahead: `stages - 1`, or `stages - 2` when a `wgmma`
+    /// accumulation stays in flight into the next iteration (see [`LoopPlan::in_flight`]).
+    ahead: u32,
+    /// The dot whose `wgmma`s are left running at the end of an iteration (waited for at the
+    /// end of the next one), and the index of the carried value it accumulates into.
+    pub in_flight: Option<(Value, usize)>,
     /// The body instructions (by index) the copies' addresses and masks are computed by, in
     /// program order.
     cone: Vec<usize>,
@@ -121,11 +133,66 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         }
         let mut cone: Vec<usize> = cone.into_iter().collect();
         cone.sort_unstable();
+        let in_flight = match stages {
+            3.. => self.accumulation_in_flight(body, &loads, &uses),
+            _ => None,
+        };
         Some(LoopPlan {
             stages,
+            ahead: stages - 1 - u32::from(in_flight.is_some()),
+            in_flight,
             cone,
             loads,
             stage_bytes: offset,
+        })
+    }
+
+    /// The dot of `body` that may keep its `wgmma`s running across the iteration's end: it
+    /// accumulates into a carried value that nothing else reads or writes (`acc = dot(x, y,
+    /// acc)`, the value yielded straight back), both operands are pipelined loads, and it runs
+    /// as `wgmma`. The next iteration's own `wgmma`s queue behind it on the same registers; the
+    /// ring then keeps one more stage for the tiles it is still reading.
+    fn accumulation_in_flight(
+        &self,
+        body: &Block,
+        loads: &[PipedLoad],
+        uses: &HashMap<Value, usize>,
+    ) -> Option<(Value, usize)> {
+        if !self.wgmma {
+            return None;
+        }
+        let Some(Op::Yield(yielded)) = body.insts.last().map(|i| &i.op) else {
+            return None;
+        };
+        let piped = |v: Value| {
+            let src = match self.def(v) {
+                Some(Op::Trans(x)) => *x,
+                _ => v,
+            };
+            loads
+                .iter()
+                .find(|l| l.value == src)
+                .map(|l| matches!(l.tile.panel_cols(), 16 | 32 | 64))
+        };
+        body.insts.iter().find_map(|inst| {
+            let Op::Dot { a, b, acc } = &inst.op else {
+                return None;
+            };
+            let r = inst.results[0];
+            let carried = body.args[1..].iter().position(|x| x == acc)?;
+            let Layout::Mma(l) = self.layout(r) else {
+                return None;
+            };
+            let fits = yielded.get(carried) == Some(&r)
+                && uses.get(&r) == Some(&1)
+                && uses.get(acc) == Some(&1)
+                && piped(*a) == Some(true)
+                && piped(*b) == Some(true)
+                && l.warps_n == 1
+                && l.atoms_m() == 1
+                && l.warps_m % 4 == 0
+                && l.n <= 256;
+            fits.then_some((r, carried))
         })
     }
 
@@ -288,7 +355,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         })
     }
 
-    /// Before the loop: the copies of the first `S - 1` iterations.
+    /// Before the loop: the copies of the first iterations, as far ahead as the loop runs.
     pub fn pipeline_prologue(
         &mut self,
         body: &Block,
@@ -296,7 +363,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         region: u32,
         (lo, hi, step): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
     ) -> Res<()> {
-        for s in 0..plan.stages - 1 {
+        for s in 0..plan.ahead {
             let ahead = self.b.build_int_mul(step, self.i32(s as u64), "")?;
             let iv = self.b.build_int_add(lo, ahead, "")?;
             let valid = self.b.build_int_compare(IntPredicate::SLT, iv, hi, "")?;
@@ -306,8 +373,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     }
 
     /// At the top of an iteration: waits for its stage, then copies the tiles of the iteration
-    /// `S - 1` ahead into the stage the previous iteration read. The body's loads then read
-    /// stage `read_stage`.
+    /// `ahead` iterations on into the stage `ahead` on from this one (the one the previous
+    /// iteration read, or the one before that while a `wgmma` of the previous iteration may
+    /// still read its own). The body's loads then read stage `read_stage`.
     pub fn pipeline_iteration(
         &mut self,
         body: &Block,
@@ -316,24 +384,28 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         (iv, hi, step): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
         read_stage: IntValue<'ctx>,
     ) -> Res<()> {
-        let s = plan.stages;
-        let pending = self.i32(s as u64 - 2);
+        let (s, ahead) = (plan.stages, plan.ahead);
+        let pending = self.i32(ahead as u64 - 1);
         self.call_void("llvm.nvvm.cp.async.wait.group", &[pending.into()])?;
         if self.wgmma {
             // The copies were made by the generic proxy; `wgmma` reads through the async one.
             self.fence_async_proxy()?;
         }
         self.barrier()?;
-        let ahead = self.b.build_int_mul(step, self.i32(s as u64 - 1), "")?;
-        let next = self.b.build_int_add(iv, ahead, "")?;
+        let distance = self.b.build_int_mul(step, self.i32(ahead as u64), "")?;
+        let next = self.b.build_int_add(iv, distance, "")?;
         let valid = self.b.build_int_compare(IntPredicate::SLT, next, hi, "")?;
-        let first = self
+        // (read_stage + ahead) mod S.
+        let on = self
             .b
-            .build_int_compare(IntPredicate::EQ, read_stage, self.i32(0), "")?;
-        let before = self.b.build_int_sub(read_stage, self.i32(1), "")?;
+            .build_int_add(read_stage, self.i32(ahead as u64), "")?;
+        let wraps = self
+            .b
+            .build_int_compare(IntPredicate::UGE, on, self.i32(s as u64), "")?;
+        let wrapped = self.b.build_int_sub(on, self.i32(s as u64), "")?;
         let write = self
             .b
-            .build_select(first, self.i32(s as u64 - 1), before, "")?
+            .build_select(wraps, wrapped, on, "")?
             .into_int_value();
         self.issue_copies(body, plan, region, next, valid, write)?;
         self.define(body.args[0], vec![iv.as_basic_value_enum()]);
@@ -344,6 +416,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 ..load.tile
             };
             self.piped.insert(load.value, (buffer, tile));
+        }
+        if let Some((dot, _)) = plan.in_flight {
+            self.in_flight.insert(dot);
         }
         Ok(())
     }
@@ -368,6 +443,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     pub fn pipeline_epilogue(&mut self, plan: &LoopPlan) -> Res<()> {
         for load in &plan.loads {
             self.piped.remove(&load.value);
+        }
+        if let Some((dot, _)) = plan.in_flight {
+            self.in_flight.remove(&dot);
         }
         self.call_void("llvm.nvvm.cp.async.wait.all", &[])?;
         self.barrier()

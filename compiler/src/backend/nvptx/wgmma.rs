@@ -51,7 +51,9 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.asm_void("fence.proxy.async.shared::cta;")
     }
 
-    /// `acc + a @ b` for the whole depth, one `wgmma` per 16-deep step.
+    /// `acc + a @ b` for the whole depth, one `wgmma` per 16-deep step; on return at most
+    /// `pending` groups of this warpgroup's `wgmma`s (this one included) are still running.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn wgmma(
         &self,
         d: DType,
@@ -60,6 +62,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         l: &MmaLayout,
         depth: u32,
         acc: Regs<'ctx>,
+        pending: u32,
     ) -> Res<Regs<'ctx>> {
         let ty = match d {
             DType::Bf16 => "bf16",
@@ -98,7 +101,12 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             acc = self.asm_with_acc(&text, acc, &extra, "l,l,r")?;
         }
         let acc = self.tied_asm("wgmma.commit_group.sync.aligned;", acc)?;
-        self.tied_asm("wgmma.wait_group.sync.aligned 0;", acc)
+        self.wgmma_wait(acc, pending)
+    }
+
+    /// `wgmma.wait_group pending` on the registers of an accumulator.
+    pub(super) fn wgmma_wait(&self, acc: Regs<'ctx>, pending: u32) -> Res<Regs<'ctx>> {
+        self.tied_asm(&format!("wgmma.wait_group.sync.aligned {pending};"), acc)
     }
 
     /// The 64-bit matrix descriptor of the 16-deep step at `k0` of operand `s`; for `a`, of
