@@ -15,6 +15,7 @@ use super::mma::{
     ldmatrix_lane_terms, Major, MmaLayout, Operand, SharedTile, ATOM_K, ATOM_M, ATOM_N,
 };
 use super::shared::{align16, align_tile};
+use super::wgmma::WgmmaA;
 use crate::ir::{Op, Value};
 use crate::types::DType;
 use inkwell::types::BasicTypeEnum;
@@ -72,20 +73,27 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .filter(|s| !s.piped)
             .map(|s| s.tile.base + s.tile.bytes())
             .max();
-        let warpgroups = match &sa {
-            Some(sa) if self.wgmma_fits(l, sa, &sb) => Some(sa),
-            _ => None,
-        };
+        let warpgroups = self.wgmma_fits(l, sa.as_ref(), &sb);
         if let Some(end) = written {
             self.claim_shared(end);
-            if warpgroups.is_some() {
+            if warpgroups {
                 self.fence_async_proxy()?;
             }
             self.barrier()?;
         }
-        if let Some(sa) = warpgroups {
+        if warpgroups {
+            let a = match (&sa, &a_regs) {
+                (Some(sa), _) => WgmmaA::Shared(sa),
+                (None, Some((la, regs))) => WgmmaA::Registers(
+                    (0..depth)
+                        .step_by(ATOM_K as usize)
+                        .map(|k0| self.a_fragment(la, regs, 0, k0))
+                        .collect::<Res<_>>()?,
+                ),
+                (None, None) => unreachable!("a is staged when not in registers"),
+            };
             let pending = u32::from(self.in_flight.contains(&r));
-            let acc = self.wgmma(d, sa, &sb, l, depth, acc, pending)?;
+            let acc = self.wgmma(d, &a, &sb, l, depth, acc, pending)?;
             if written.is_some() {
                 self.barrier()?;
             }
@@ -99,17 +107,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             let mut a_frags = vec![];
             for i in 0..l.atoms_m() {
                 a_frags.push(match (&a_regs, &sa) {
-                    (Some((la, regs)), _) => {
-                        // Register j of the fragment: row g + 8 (j % 2), columns
-                        // k0 + 8 (j / 2) + 2t and the next, which are elements 2 (j % 2) and
-                        // the next of accumulator atom (i, k0 / 8 + j / 2).
-                        let mut f = vec![];
-                        for j in 0..4 {
-                            let r = la.atom_reg(i, k0 / ATOM_N + j / 2) + 2 * (j % 2);
-                            f.push(self.pack_pair(regs[r as usize], regs[r as usize + 1])?);
-                        }
-                        f
-                    }
+                    (Some((la, regs)), _) => self.a_fragment(la, regs, i, k0)?,
                     (None, Some(sa)) => self.ldmatrix(sa, 4, lane, (row0, i * ATOM_M), k0)?,
                     (None, None) => unreachable!("a is staged when not in registers"),
                 });
@@ -156,6 +154,19 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             return Ok(None);
         }
         Ok(Some((la, self.regs(a)?)))
+    }
+
+    /// The `a` fragment of rows `16 i ..` and depth `k0 ..` of a warp from the registers of
+    /// an accumulator `regs` in layout `la`. Register `j` of the fragment: row `g + 8 (j % 2)`,
+    /// columns `k0 + 8 (j / 2) + 2t` and the next, which are elements `2 (j % 2)` and the next
+    /// of accumulator atom `(i, k0 / 8 + j / 2)`.
+    fn a_fragment(&self, la: &MmaLayout, regs: &Regs<'ctx>, i: u32, k0: u32) -> Res<Vec<V<'ctx>>> {
+        (0..4)
+            .map(|j| {
+                let r = (la.atom_reg(i, k0 / ATOM_N + j / 2) + 2 * (j % 2)) as usize;
+                self.pack_pair(regs[r], regs[r + 1])
+            })
+            .collect()
     }
 
     /// Two 16-bit values as one 32-bit register, `lo` in the low half.

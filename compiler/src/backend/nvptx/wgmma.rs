@@ -15,6 +15,10 @@
 //! (`imm-trans` set): panels of outer indices a panel apart (the leading offset), 8-row groups
 //! along k as before, one step 16 rows further down.
 //!
+//! `a` may also come from registers: the accumulator of an earlier tensor-core dot whose warps
+//! hold the same rows, its atoms repacked as `mma.m16n8k16` `a` fragments (flash attention's
+//! `p @ v`).
+//!
 //! The instruction is asynchronous: the accumulator registers pass through
 //! `wgmma.fence`, the `wgmma`s, `wgmma.commit_group` and `wgmma.wait_group 0` as tied operands
 //! of each inline-asm statement, so nothing reads them before the wait. Shared memory written
@@ -28,20 +32,34 @@ use crate::types::DType;
 use inkwell::types::BasicTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, IntValue};
 
+/// Where `wgmma` reads `a`.
+pub(super) enum WgmmaA<'a, 'ctx> {
+    /// Shared memory, through a descriptor.
+    Shared(&'a Staged<'ctx>),
+    /// Registers: for each 16-deep step, the warp's four 32-bit `a` fragment registers (the
+    /// fragments of `mma.m16n8k16` for its 16 rows).
+    Registers(Vec<Vec<BasicValueEnum<'ctx>>>),
+}
+
 /// Rows of `a` one warpgroup multiplies.
 const GROUP_ROWS: u32 = 64;
 
 impl<'ctx> Lowerer<'_, 'ctx> {
-    /// Whether a dot with accumulator layout `l` and operands staged as `a` and `b` runs as
-    /// `wgmma`.
-    pub(super) fn wgmma_fits(&self, l: &MmaLayout, a: &Staged<'ctx>, b: &Staged<'ctx>) -> bool {
+    /// Whether a dot with accumulator layout `l`, `a` staged as `a` (or in registers when
+    /// None) and `b` staged as `b` runs as `wgmma`.
+    pub(super) fn wgmma_fits(
+        &self,
+        l: &MmaLayout,
+        a: Option<&Staged<'ctx>>,
+        b: &Staged<'ctx>,
+    ) -> bool {
         let swizzled = |s: &Staged| matches!(s.tile.panel_cols(), 16 | 32 | 64);
         self.wgmma
             && l.warps_n == 1
             && l.atoms_m() == 1
             && l.warps_m % 4 == 0
             && l.n <= 256
-            && swizzled(a)
+            && a.is_none_or(swizzled)
             && swizzled(b)
     }
 
@@ -57,7 +75,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     pub(super) fn wgmma(
         &self,
         d: DType,
-        a: &Staged<'ctx>,
+        a: &WgmmaA<'_, 'ctx>,
         b: &Staged<'ctx>,
         l: &MmaLayout,
         depth: u32,
@@ -81,24 +99,46 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         )?;
         let n = l.n;
         let mut acc = self.tied_asm("wgmma.fence.sync.aligned;", acc)?;
-        for k0 in (0..depth).step_by(ATOM_K as usize) {
-            let da = self.descriptor(a, Some(group), k0)?;
+        for (step, k0) in (0..depth).step_by(ATOM_K as usize).enumerate() {
             let db = self.descriptor(b, None, k0)?;
             let outs: Vec<String> = (0..acc.len()).map(|i| format!("${i}")).collect();
-            // Operands: the outputs, the tied inputs, then the descriptors and scale-d.
+            // Operands: the outputs, the tied inputs, then `a`, `b` and scale-d.
             let m = 2 * acc.len();
+            let trans_b = u32::from(b.major == Major::Outer);
+            let (a_text, b_at, imm, mut extra, cons) = match a {
+                WgmmaA::Shared(a) => {
+                    let da = self.descriptor(a, Some(group), k0)?;
+                    let trans_a = u32::from(a.major == Major::Outer);
+                    let extra: Vec<BasicValueEnum> = vec![da.into()];
+                    (
+                        format!("${m}"),
+                        m + 1,
+                        format!("{trans_a}, {trans_b}"),
+                        extra,
+                        "l,l,r",
+                    )
+                }
+                WgmmaA::Registers(frags) => {
+                    let regs: Vec<String> = (m..m + 4).map(|i| format!("${i}")).collect();
+                    (
+                        format!("{{{}}}", regs.join(", ")),
+                        m + 4,
+                        format!("{trans_b}"),
+                        frags[step].clone(),
+                        "r,r,r,r,l,r",
+                    )
+                }
+            };
             let text = format!(
                 "{{\n.reg .pred p;\nsetp.ne.b32 p, ${}, 0;\n\
-                 wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{}}}, ${m}, ${}, p, \
-                 1, 1, {}, {};\n}}",
-                m + 2,
+                 wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ty}.{ty} {{{}}}, {a_text}, \
+                 ${b_at}, p, 1, 1, {imm};\n}}",
+                b_at + 1,
                 outs.join(", "),
-                m + 1,
-                u32::from(a.major == Major::Outer),
-                u32::from(b.major == Major::Outer),
             );
-            let extra: [BasicValueEnum; 3] = [da.into(), db.into(), self.i32(1).into()];
-            acc = self.asm_with_acc(&text, acc, &extra, "l,l,r")?;
+            extra.push(db.into());
+            extra.push(self.i32(1).into());
+            acc = self.asm_with_acc(&text, acc, &extra, cons)?;
         }
         let acc = self.tied_asm("wgmma.commit_group.sync.aligned;", acc)?;
         self.wgmma_wait(acc, pending)
