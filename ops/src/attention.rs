@@ -85,10 +85,12 @@ struct Tile {
 }
 
 impl Tile {
-    /// The (forward, dq, dk/dv) tiles for a head dimension. Each assembles with 0 spills
-    /// (`kiln compile --emit ptx` + ptxas); tiles that reduce scores along rows keep whole rows
-    /// per warp (16 rows each). On the H200 a 128 x 64 forward on 8 warps was slower than
-    /// 64 x 64 on 4 (0.152 vs 0.136 ms at 8 x 1024, dim 64: `bench/RESULTS.md`).
+    /// The (forward, dq, dk/dv) tiles for a head dimension. Tiles that reduce scores along
+    /// rows keep whole rows per warp (16 rows each). On sm_90a the 64-row tiles on 4 warps are
+    /// one warpgroup, so every product runs on `wgmma`; dk/dv on 4 warps (a few bytes of
+    /// spill) took fwd+bwd from 0.642 to 0.444 ms at 8 x 1024, dim 64, because on 8 warps the
+    /// second warpgroup only repeats the first's 64 rows. A 128-column forward or dq tile gave
+    /// nothing measurable (`bench/RESULTS.md`).
     fn for_head_dim(head_dim: usize) -> [Tile; 3] {
         const R: usize = PackedBlocks::ROWS;
         // Key/value (or query/dO) tiles are copied one iteration ahead: on the H200 two stages
@@ -100,7 +102,7 @@ impl Tile {
             stages: 2,
         };
         if head_dim <= 64 {
-            [tile(R, 64, 4), tile(R, 64, 4), tile(64, R, 8)]
+            [tile(R, 64, 4), tile(R, 64, 4), tile(64, R, 4)]
         } else {
             [tile(R, 64, 4), tile(R, 64, 8), tile(32, R, 8)]
         }
