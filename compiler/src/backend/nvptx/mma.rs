@@ -24,8 +24,9 @@
 //! the threads of a blocked layout write, fall in distinct banks.
 //!
 //! The accumulator layout ([`MmaLayout`]) tiles `[M, N]` over `warps_m x warps_n` warps, each
-//! owning a contiguous `[M / warps_m, N / warps_n]` block made of 16x8 atoms. Later layouts
-//! (`wgmma`'s warpgroup fragments) would be further variants of [`super::layout::Layout`].
+//! owning a contiguous `[M / warps_m, N / warps_n]` block made of 16x8 atoms. With one atom row
+//! per warp and the warps only along `M` ([`MmaLayout::rows_first`]) it is also the accumulator
+//! of `wgmma` run by whole warpgroups (see `wgmma`).
 
 use super::layout::TidTerm;
 

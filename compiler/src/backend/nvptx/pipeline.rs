@@ -4,7 +4,8 @@
 //! A load at the top level of a `for` body whose only uses are as operands of tensor-core dots
 //! in that body (directly or through a `trans` the dot absorbs) never passes through registers:
 //! it is copied from global to shared memory with `cp.async`, into a ring of `S = num_stages`
-//! buffers, `S - 1` iterations ahead of the dot that reads it with `ldmatrix`:
+//! buffers, `S - 1` iterations ahead of the dot that reads it (with `ldmatrix`, or `wgmma`
+//! through a descriptor):
 //!
 //! ```text
 //! prologue:     for s in 0..S-1 { copy the tiles of iteration s into stage s; commit }
@@ -25,10 +26,11 @@
 //! may then still be read during iteration `i`, so such a loop copies only `S - 2` iterations
 //! ahead, into stage `(i-2) mod S`.
 //!
-//! The addresses and masks of the iterations ahead come from the body itself: the instructions they
-//! depend on (the load's *cone*) are pure functions of the induction variable and of values
-//! defined before the loop, and are lowered once more with the induction variable advanced.
-//! Loads whose cone reads anything else (a loop-carried value, another load) stay as they are.
+//! The addresses and masks of the iterations ahead come from the body itself: the instructions
+//! they depend on (the load's *cone*) are pure functions of the induction variable and of
+//! values defined before the loop, and are lowered once more with the induction variable
+//! advanced. Loads whose cone reads anything else (a loop-carried value, another load) stay as
+//! they are.
 
 use super::layout::Layout;
 use super::lower::{Lowerer, Res};
