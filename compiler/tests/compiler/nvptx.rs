@@ -183,7 +183,7 @@ fn pipelined_loops_assemble() {
 #[test]
 fn wgmma_runs_the_dots_that_fill_warpgroups() {
     let gemm = |bm: i64, warps: u32, arch: Arch| {
-        let src = Source::new("gemm.kiln", GEMM);
+        let src = Source::new("gemm.kiln", crate::nvptx_dot::GEMM);
         let defines: Defines = [("BM".to_string(), kiln_compiler::ConstValue::Int(bm))].into();
         let k = compile_to_ir(&src, &defines).unwrap().remove(0);
         let opts = PtxOptions {
@@ -221,9 +221,6 @@ fn wgmma_runs_the_dots_that_fill_warpgroups() {
         }
     }
 }
-
-/// The shipped GEMM (`ops/kernels/gemm.kiln`).
-const GEMM: &str = include_str!("../../../ops/kernels/gemm.kiln");
 
 /// Loads whose addresses depend on a loop-carried value, or that are also used outside a
 /// dot, stay ordinary loads; the ring is sized by the tiles of one iteration times the stages.

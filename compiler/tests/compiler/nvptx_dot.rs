@@ -8,23 +8,11 @@ use kiln_compiler::backend::nvptx::{compile_ptx, Arch, PtxKernel, PtxOptions};
 use kiln_compiler::{compile_to_ir, ConstValue, Defines, Source};
 
 const DOT: &str = include_str!("nvptx_kernels/dot.kiln");
-const GEMM: &str = include_str!("../../../ops/kernels/gemm.kiln");
+/// The shipped GEMM (`ops/kernels/gemm.kiln`).
+pub const GEMM: &str = include_str!("../../../ops/kernels/gemm.kiln");
 const MMA_BF16: &str = "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
 
-/// Tile shapes `(M, N, K)` of `dot_tile`: single atoms, one or several atoms per warp, warps
-/// along either dimension, and tiles too small for all warps (copies).
-pub const DOT_SHAPES: &[(i64, i64, i64)] = &[
-    (16, 8, 16),
-    (16, 16, 16),
-    (32, 8, 32),
-    (16, 32, 16),
-    (32, 32, 16),
-    (64, 32, 32),
-    (32, 64, 64),
-    (128, 64, 32),
-    (64, 128, 16),
-    (128, 64, 64),
-];
+include!("nvptx_kernels/dot_shapes.rs");
 
 fn compile(
     src: &str,
@@ -32,6 +20,7 @@ fn compile(
     defines: &[(&str, ConstValue)],
     arch: Arch,
     num_warps: u32,
+    num_stages: u32,
 ) -> PtxKernel {
     let defines: Defines = defines.iter().map(|(n, v)| (n.to_string(), *v)).collect();
     let k = compile_to_ir(&Source::new(format!("{name}.kiln"), src), &defines)
@@ -43,7 +32,7 @@ fn compile(
         arch,
         num_warps,
         divisible_by_16: u64::MAX,
-        num_stages: 1,
+        num_stages,
     };
     compile_ptx(&k, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -56,6 +45,7 @@ fn int(v: i64) -> ConstValue {
 fn every_tile_shape_and_orientation_uses_tensor_cores() {
     let ptxas = nvptx_ptxas::require();
     for &(m, n, k) in DOT_SHAPES {
+        let (m, n, k) = (m as i64, n as i64, k as i64);
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let defines = [
                 ("M", int(m)),
@@ -66,7 +56,7 @@ fn every_tile_shape_and_orientation_uses_tensor_cores() {
             ];
             for (arch, warps) in [(Arch::Sm80, 4), (Arch::Sm90, 4), (Arch::Sm90, 8)] {
                 let what = format!("{m}x{n}x{k} ta={ta} tb={tb} {} w{warps}", arch.name());
-                let p = compile(DOT, "dot_tile", &defines, arch, warps);
+                let p = compile(DOT, "dot_tile", &defines, arch, warps, 1);
                 assert!(p.ptx.contains(MMA_BF16), "{what}");
                 assert!(!p.ptx.contains(".extern .func"), "{what}");
                 // `a` is read plainly unless transposed; `b` transposed unless it was given so.
@@ -88,14 +78,14 @@ fn every_tile_shape_and_orientation_uses_tensor_cores() {
 #[test]
 fn other_dtypes_and_loops() {
     let ptxas = nvptx_ptxas::require();
-    let f16 = compile(DOT, "dot_f16", &[], Arch::Sm80, 4);
+    let f16 = compile(DOT, "dot_f16", &[], Arch::Sm80, 4, 1);
     assert!(f16
         .ptx
         .contains("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32"));
-    let f32 = compile(DOT, "dot_f32", &[], Arch::Sm80, 4);
+    let f32 = compile(DOT, "dot_f32", &[], Arch::Sm80, 4, 1);
     assert!(!f32.ptx.contains("mma.sync"), "f32 runs as an FMA loop");
     assert!(f32.ptx.contains("fma.rn.f32"));
-    let looped = compile(DOT, "dot_loop", &[], Arch::Sm90, 4);
+    let looped = compile(DOT, "dot_loop", &[], Arch::Sm90, 4, 1);
     assert!(looped.ptx.contains(MMA_BF16));
     if let Some(ptxas) = &ptxas {
         for (p, name) in [(&f16, "dot_f16"), (&f32, "dot_f32"), (&looped, "dot_loop")] {
@@ -105,15 +95,22 @@ fn other_dtypes_and_loops() {
     }
 }
 
-/// The (BM, BN, BK, warps) configurations `kiln bench gemm` sweeps, the first the default.
-pub const GEMM_CONFIGS: &[(i64, i64, i64, u32)] = &[
-    (128, 128, 32, 4),
-    (128, 128, 32, 8),
-    (128, 128, 64, 8),
-    (128, 256, 32, 8),
-    (256, 128, 32, 8),
-    (128, 64, 32, 4),
-    (64, 128, 32, 4),
+/// The `(BM, BN, BK, warps, stages)` configurations `kiln bench gemm` sweeps
+/// (`src/bench/gemm.rs`), the first the default.
+pub const GEMM_CONFIGS: &[(i64, i64, i64, u32, u32)] = &[
+    (128, 128, 32, 4, 1),
+    (128, 128, 32, 4, 4),
+    (128, 256, 64, 8, 3),
+    (128, 128, 64, 8, 3),
+    (128, 128, 64, 8, 4),
+    (128, 128, 32, 8, 4),
+    (128, 256, 64, 8, 4),
+    (128, 256, 32, 8, 4),
+    (128, 256, 32, 8, 6),
+    (128, 128, 64, 8, 5),
+    (128, 128, 64, 8, 6),
+    (64, 256, 64, 4, 4),
+    (64, 128, 64, 4, 4),
 ];
 
 #[test]
@@ -122,17 +119,25 @@ fn gemm_fits_in_registers() {
         return;
     };
     let mut report = vec![];
-    for &(bm, bn, bk, warps) in GEMM_CONFIGS {
+    for (i, &(bm, bn, bk, warps, stages)) in GEMM_CONFIGS.iter().enumerate() {
         let defines = [("BM", int(bm)), ("BN", int(bn)), ("BK", int(bk))];
-        for arch in [Arch::Sm80, Arch::Sm90] {
-            let p = compile(GEMM, "gemm", &defines, arch, warps);
-            assert!(p.ptx.contains(MMA_BF16));
-            assert!(p.ptx.contains("ldmatrix"));
+        // The H200 runs sm_90a (`wgmma` where the tile fills warpgroups); sm_90 keeps
+        // `mma.sync` everywhere; sm_80 (less shared memory) is checked at the default.
+        let archs: &[Arch] = match i {
+            0 => &[Arch::Sm80, Arch::Sm90, Arch::Sm90a],
+            _ => &[Arch::Sm90, Arch::Sm90a],
+        };
+        for &arch in archs {
+            let p = compile(GEMM, "gemm", &defines, arch, warps, stages);
+            let wgmma = arch.has_wgmma() && bm == 16 * warps as i64;
+            assert_eq!(p.ptx.contains("wgmma.mma_async"), wgmma);
+            assert_eq!(p.ptx.contains(MMA_BF16), !wgmma);
+            assert_eq!(p.ptx.contains("ldmatrix"), !wgmma);
             assert!(!p.ptx.contains(".extern .func"));
-            let name = format!("gemm_{bm}x{bn}x{bk}_w{warps}");
+            let name = format!("gemm_{bm}x{bn}x{bk}_w{warps}_s{stages}");
             let s = nvptx_ptxas::assemble(&ptxas, &p.ptx, arch.name(), &name);
             report.push(format!(
-                "gemm {bm}x{bn}x{bk} w{warps} {}: {} registers, spills {}/{}, smem {}",
+                "gemm {bm}x{bn}x{bk} w{warps} s{stages} {}: {} registers, spills {}/{}, smem {}",
                 arch.name(),
                 s.registers,
                 s.spill_store_bytes,

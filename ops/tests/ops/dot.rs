@@ -20,25 +20,13 @@ fn source() -> Source {
     Source::new("dot.kiln", DOT)
 }
 
-/// `(M, N, K)` of the single-tile tests.
-const SHAPES: &[(usize, usize, usize)] = &[
-    (16, 8, 16),
-    (16, 16, 16),
-    (32, 8, 32),
-    (16, 32, 16),
-    (32, 32, 16),
-    (64, 32, 32),
-    (32, 64, 64),
-    (128, 64, 32),
-    (64, 128, 16),
-    (128, 64, 64),
-];
+include!("../../../compiler/tests/compiler/nvptx_kernels/dot_shapes.rs");
 
 #[test]
 fn dot_tile_every_shape_and_orientation() {
     for_each_device(|h: &Harness| {
         let warps: &[u32] = if h.device.is_gpu() { &[1, 4, 8] } else { &[4] };
-        for &(m, n, k) in SHAPES {
+        for &(m, n, k) in DOT_SHAPES {
             let a = h.rand_bf16(m * k, 1.0);
             let b = h.rand_bf16(k * n, 1.0);
             let bias = h.rand_f32(m * n, 1.0);

@@ -36,6 +36,7 @@ use super::layout::Layout;
 use super::lower::{Lowerer, Res};
 use super::mma::SharedTile;
 use super::shared::align_tile;
+use super::wgmma::{has_descriptor, is_warpgroup_accumulator};
 use crate::ir::{Block, Op, Value};
 use inkwell::values::{BasicValue, IntValue, PointerValue};
 use inkwell::IntPredicate;
@@ -174,7 +175,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             loads
                 .iter()
                 .find(|l| l.value == src)
-                .map(|l| matches!(l.tile.panel_cols(), 16 | 32 | 64))
+                .map(|l| has_descriptor(&l.tile))
         };
         body.insts.iter().find_map(|inst| {
             let Op::Dot { a, b, acc } = &inst.op else {
@@ -190,10 +191,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 && uses.get(acc) == Some(&1)
                 && piped(*a) == Some(true)
                 && piped(*b) == Some(true)
-                && l.warps_n == 1
-                && l.atoms_m() == 1
-                && l.warps_m % 4 == 0
-                && l.n <= 256;
+                && is_warpgroup_accumulator(&l);
             fits.then_some((r, carried))
         })
     }

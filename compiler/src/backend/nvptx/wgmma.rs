@@ -8,7 +8,7 @@
 //! registers of `mma.m16n8k16` atoms laid along N (PTX ISA, "Register Fragments and Shared
 //! Memory Matrix Layouts" of `wgmma`).
 //!
-//! Operands: a [`super::mma::SharedTile`] with panels of at most 64 columns whose rows are 128, 64 or 32
+//! Operands: a [`SharedTile`] with panels of at most 64 columns whose rows are 128, 64 or 32
 //! bytes is the canonical 128-, 64- or 32-byte swizzled layout. Stored `[outer][k]` it is
 //! K-major: 8-row core groups `8 * row bytes` apart (the descriptor's stride offset), one
 //! 16-deep step 32 bytes further along the row. Stored `[k][outer]` it is MN-major
@@ -27,10 +27,22 @@
 
 use super::dot::Staged;
 use super::lower::{Lowerer, Regs, Res};
-use super::mma::{Major, MmaLayout, ATOM_K};
+use super::mma::{Major, MmaLayout, SharedTile, ATOM_K};
 use crate::types::DType;
 use inkwell::types::BasicTypeEnum;
 use inkwell::values::{BasicMetadataValueEnum, BasicValueEnum, IntValue};
+
+/// Whether accumulator layout `l` is the accumulator of `wgmma.m64nNk16` run by whole
+/// warpgroups: one 16-row atom per warp, warps only along the rows, `n` within 256.
+pub(super) fn is_warpgroup_accumulator(l: &MmaLayout) -> bool {
+    l.warps_n == 1 && l.atoms_m() == 1 && l.warps_m % 4 == 0 && l.n <= 256
+}
+
+/// Whether `wgmma` can read `tile` through a matrix descriptor: its panel rows are one of the
+/// swizzled widths (128, 64 or 32 bytes).
+pub(super) fn has_descriptor(tile: &SharedTile) -> bool {
+    matches!(tile.panel_cols(), 16 | 32 | 64)
+}
 
 /// Where `wgmma` reads `a`.
 pub(super) enum WgmmaA<'a, 'ctx> {
@@ -53,14 +65,10 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         a: Option<&Staged<'ctx>>,
         b: &Staged<'ctx>,
     ) -> bool {
-        let swizzled = |s: &Staged| matches!(s.tile.panel_cols(), 16 | 32 | 64);
         self.wgmma
-            && l.warps_n == 1
-            && l.atoms_m() == 1
-            && l.warps_m % 4 == 0
-            && l.n <= 256
-            && a.is_none_or(swizzled)
-            && swizzled(b)
+            && is_warpgroup_accumulator(l)
+            && a.is_none_or(|a| has_descriptor(&a.tile))
+            && has_descriptor(&b.tile)
     }
 
     /// `fence.proxy.async.shared::cta`: this thread's shared-memory writes become visible to
