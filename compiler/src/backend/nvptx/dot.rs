@@ -4,8 +4,8 @@
 //! `mma.sync.m16n8k16` over its atoms, one 16-deep slice of `k` at a time. Otherwise an FMA
 //! loop: each thread walks `k` once per accumulator register it holds.
 //!
-//! On sm_90a, a tensor-core dot whose accumulator is the `wgmma` layout and whose operands are
-//! both in shared memory runs as `wgmma` instead (see `wgmma`).
+//! On sm_90a, a tensor-core dot whose accumulator is the `wgmma` layout runs as `wgmma` instead,
+//! reading `b` (and `a`, unless it is in registers) from shared memory (see `wgmma`).
 //!
 //! Both paths follow the shared-memory protocol of `shared`: write, barrier, read, barrier.
 
@@ -217,28 +217,8 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         // the swizzle keeps together.
         let w = l.vec().min(SharedTile::CHUNK).min(tile.cols) as usize;
         let half = super::lower::scalar_type(self.ctx, d).into_float_type();
-        // Registers whose flat index is the first's plus whole blocks of 8 rows share its
-        // swizzle phase (see `SharedTile::offset`), so their address is the first's plus a
-        // constant.
-        let first = self.element_address(buffer, &tile, &l, 0)?;
-        for (g, run) in regs.chunks(w).enumerate() {
-            let reg = (g * w) as u32;
-            let step = l.reg_offset(reg) - l.reg_offset(0);
-            let p = if step % (SharedTile::PHASE_ROWS * tile.cols) == 0 {
-                // The same column, whole phase blocks of rows further down its panel.
-                let bytes = 2 * step / tile.cols * tile.panel_cols();
-                // SAFETY: an element of the tile, within the claimed buffer.
-                unsafe {
-                    self.b.build_in_bounds_gep(
-                        self.ctx.i8_type(),
-                        first,
-                        &[self.i32(bytes as u64)],
-                        "",
-                    )?
-                }
-            } else {
-                self.element_address(buffer, &tile, &l, reg)?
-            };
+        let addresses = self.run_addresses(buffer, &tile, &l, w as u32)?;
+        for (run, p) in regs.chunks(w).zip(addresses) {
             let value: V = if w == 1 {
                 run[0]
             } else {
@@ -263,9 +243,44 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         })
     }
 
+    /// The shared address of the first element of each run of `w` registers (`w` dividing
+    /// the layout's vector and at most a 16-byte chunk) of a tile laid out as `l`, in `tile`
+    /// (at `buffer`). Registers whose flat index is the first's plus whole blocks of 8 rows
+    /// share its swizzle phase (see `SharedTile::offset`), so their address is the first's
+    /// plus a constant.
+    pub(super) fn run_addresses(
+        &self,
+        buffer: PointerValue<'ctx>,
+        tile: &SharedTile,
+        l: &Layout,
+        w: u32,
+    ) -> Res<Vec<PointerValue<'ctx>>> {
+        let first = self.element_address(buffer, tile, l, 0)?;
+        (0..l.regs())
+            .step_by(w as usize)
+            .map(|reg| {
+                let step = l.reg_offset(reg) - l.reg_offset(0);
+                if step % (SharedTile::PHASE_ROWS * tile.cols) != 0 {
+                    return self.element_address(buffer, tile, l, reg);
+                }
+                // The same column, whole phase blocks of rows further down its panel.
+                let bytes = 2 * step / tile.cols * tile.panel_cols();
+                // SAFETY: an element of the tile, within the claimed buffer.
+                Ok(unsafe {
+                    self.b.build_in_bounds_gep(
+                        self.ctx.i8_type(),
+                        first,
+                        &[self.i32(bytes as u64)],
+                        "",
+                    )?
+                })
+            })
+            .collect()
+    }
+
     /// The shared address of the element register `reg` of a tile laid out as `l` holds, in
     /// `tile` (at `buffer`).
-    pub fn element_address(
+    fn element_address(
         &self,
         buffer: PointerValue<'ctx>,
         tile: &SharedTile,

@@ -282,16 +282,14 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let copy = self.cp_async(bytes);
         let full = self.i32(bytes as u64);
         let none = self.i32(0);
-        for g in (0..l.regs()).step_by(w as usize) {
-            let dst = self.element_address(buffer, &tile, &l, g)?;
+        let addresses = self.run_addresses(buffer, &tile, &l, w)?;
+        for (g, dst) in (0..l.regs() as usize).step_by(w as usize).zip(addresses) {
             let ok = match &masks {
-                Some(m) => self
-                    .b
-                    .build_and(m[g as usize].into_int_value(), valid, "")?,
+                Some(m) => self.b.build_and(m[g].into_int_value(), valid, "")?,
                 None => valid,
             };
             let size = self.b.build_select(ok, full, none, "")?;
-            let src = ptrs[g as usize];
+            let src = ptrs[g];
             self.b.build_indirect_call(
                 copy.0,
                 copy.1,
