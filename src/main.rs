@@ -204,7 +204,7 @@ fn backend_text(
 ) -> Result<String, String> {
     let err = |e: compiler::backend::BackendError| format!("error: {e}");
     if let Emit::Clif = emit {
-        return compiler::backend::cranelift::emit_clif(k).map_err(err);
+        return compiler::backend::cranelift::emit_clif(k, Default::default()).map_err(err);
     }
     #[cfg(feature = "cuda")]
     {

@@ -40,6 +40,23 @@ pub enum Error {
     #[error("launch of kernel `{kernel}`: {message}")]
     Launch { kernel: String, message: String },
 
+    /// A launch's kernel tried to access memory outside the buffer (or view) one of its pointer
+    /// arguments came from. The access was skipped; the kernel's outputs may be partly written.
+    #[error(
+        "kernel `{kernel}`, program {program:?}: {access} through `{param}` at element \
+         {offset} is outside its buffer of {len} elements"
+    )]
+    OutOfBounds {
+        kernel: String,
+        program: [u32; 3],
+        /// `a load`, `a store` or `an atomic add`.
+        access: &'static str,
+        param: String,
+        /// Elements from the start of the argument's buffer or view (negative before it).
+        offset: i64,
+        len: u64,
+    },
+
     /// A buffer was read or written as an element type other than its own.
     #[error("buffer holds {actual} elements, not {requested}")]
     DTypeMismatch { actual: DType, requested: DType },

@@ -3,17 +3,18 @@
 use kiln_compiler::backend::cranelift::CpuKernel;
 use kiln_compiler::ir::Param;
 
+use crate::cache::Specialization;
 use crate::device::{Device, Inner};
-use crate::launch::{self, Arg};
-#[cfg(feature = "cuda")]
-use crate::Error;
-use crate::Result;
+use crate::launch::{self, Args, Bound};
+use crate::{Error, Result};
 
 /// A compiled kernel loaded on one device. Obtained from a [`crate::KernelCache`].
 pub struct Kernel {
     name: String,
     params: Vec<Param>,
     device: Device,
+    /// What the code assumes of its arguments; every launch is checked against it.
+    specialization: Specialization,
     code: Code,
 }
 
@@ -29,6 +30,7 @@ impl Kernel {
             name: code.name().to_string(),
             params: code.params().to_vec(),
             device: device.clone(),
+            specialization: Specialization::NONE,
             code: Code::Cpu(Box::new(code)),
         }
     }
@@ -44,6 +46,9 @@ impl Kernel {
             name: artifact.kernel.clone(),
             params: artifact.params.clone(),
             device: device.clone(),
+            specialization: Specialization {
+                divisible_by_16: artifact.divisible_by_16,
+            },
             code: Code::Cuda(launch::cuda::CudaCode::load(cuda, artifact)?),
         })
     }
@@ -63,30 +68,61 @@ impl Kernel {
         &self.device
     }
 
-    /// Runs one program per point of `grid` (`[x, y, z]` program counts) with `args`, after
-    /// checking them against [`Kernel::params`]. On the CPU this returns when every program has
-    /// run; on a GPU it queues the launch on the device's stream.
+    /// What the code assumes of its arguments (16-byte alignment, divisibility by 16).
+    pub fn specialization(&self) -> Specialization {
+        self.specialization
+    }
+
+    /// Runs one program per point of `grid` (`[x, y, z]` program counts) with `args`, bound to
+    /// [`Kernel::params`] by name and checked first (see [`Args`]); arguments that break the
+    /// kernel's [`Kernel::specialization`] are refused. On the CPU this returns when every
+    /// program has run; on a GPU it queues the launch on the device's stream.
     ///
-    /// Indexing inside buffers is the kernel's business: as on a GPU, a kernel that reads or
-    /// writes past the end of a buffer (for example because a size argument is wrong) is not
-    /// caught.
-    pub fn launch(&self, grid: [u32; 3], args: &[Arg<'_>]) -> Result<()> {
-        launch::check_args(&self.name, &self.params, &self.device, args)?;
+    /// On the CPU every access is checked against the buffer (or view) its pointer came from:
+    /// a load, store or atomic outside it is skipped and the launch returns
+    /// [`Error::OutOfBounds`] naming the program, the parameter and the offset (the kernel's
+    /// outputs may then be partly written). On a GPU the default launch trusts the kernel's
+    /// masks, as CUDA does; kernels compiled with bounds checks
+    /// ([`crate::KernelSpec::with_bounds_checks`], or a cache made
+    /// [`crate::KernelCache::with_gpu_bounds_checks`]) report the same error, after waiting for
+    /// the kernel to finish.
+    pub fn launch(&self, grid: [u32; 3], args: &Args<'_>) -> Result<()> {
+        let bound = args.bind(&self.name, &self.params, &self.device)?;
+        if !bound.satisfies(&self.params, &self.specialization) {
+            return Err(Error::launch(
+                &self.name,
+                format!(
+                    "the kernel was compiled for arguments specialised as {:#x} (16-byte \
+                     aligned pointers, integers divisible by 16), which these arguments are not",
+                    self.specialization.divisible_by_16
+                ),
+            ));
+        }
         if grid.contains(&0) {
             return Ok(());
         }
-        let packed = launch::pack(args);
-        match (&self.code, self.device.inner()) {
-            // SAFETY: `args` were checked against the parameters and packed; they borrow the
-            // buffers, which therefore outlive the synchronous CPU run.
-            (Code::Cpu(code), Inner::Cpu { .. }) => unsafe {
-                launch::cpu::run(code.as_ref(), grid, &packed)
-            },
+        let fault = match (&self.code, self.device.inner()) {
+            // SAFETY: `bound` was checked against the parameters; it comes from `args`, which
+            // borrow the buffers, so they outlive the synchronous CPU run; and the kernel is
+            // compiled with bounds checks (the runtime never compiles it otherwise), so no
+            // access leaves the bound buffers.
+            (Code::Cpu(code), Inner::Cpu { .. }) => {
+                unsafe { launch::cpu::run(code.as_ref(), grid, &bound.words, &bound.bounds)? }.map(
+                    |f| {
+                        (
+                            f.program,
+                            f.fault.param,
+                            f.fault.byte_offset,
+                            f.fault.kind.describe(),
+                        )
+                    },
+                )
+            }
             #[cfg(feature = "cuda")]
             (Code::Cuda(code), Inner::Cuda(cuda)) => {
                 // SAFETY: as above. A buffer dropped before the kernel finishes is freed in
                 // stream order (`cuMemFreeAsync` on the same stream), after the kernel.
-                unsafe { code.launch(&self.name, cuda, grid, &packed)? }
+                unsafe { code.launch(&self.name, cuda, grid, &bound)? }
             }
             #[cfg(feature = "cuda")]
             _ => {
@@ -95,8 +131,36 @@ impl Kernel {
                     self.name
                 )))
             }
+        };
+        match fault {
+            None => Ok(()),
+            Some((program, param, byte_offset, access)) => {
+                Err(self.out_of_bounds(&bound, program, param, byte_offset, access))
+            }
         }
-        Ok(())
+    }
+
+    fn out_of_bounds(
+        &self,
+        bound: &Bound,
+        program: [u32; 3],
+        param: usize,
+        byte_offset: i64,
+        access: &'static str,
+    ) -> Error {
+        let p = &self.params[param];
+        let size = match p.kind {
+            kiln_compiler::ir::ParamKind::Ptr { pointee, .. } => pointee.size_bytes() as i64,
+            kiln_compiler::ir::ParamKind::Scalar(_) => 1,
+        };
+        Error::OutOfBounds {
+            kernel: self.name.clone(),
+            program,
+            access,
+            param: p.name.clone(),
+            offset: byte_offset.div_euclid(size),
+            len: bound.bounds[param] / size as u64,
+        }
     }
 }
 

@@ -48,7 +48,7 @@ mod gemm;
 mod kernel;
 pub mod launch;
 
-pub use buffer::{Buffer, BufferView};
+pub use buffer::{Buffer, BufferView, BufferViewMut};
 pub use cache::{
     CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact, Specialization,
 };
@@ -58,4 +58,4 @@ pub use error::{Error, Result};
 pub use event::Event;
 pub use gemm::Gemm;
 pub use kernel::Kernel;
-pub use launch::Arg;
+pub use launch::Args;

@@ -24,11 +24,13 @@
 mod builder;
 mod parser;
 mod printer;
+mod provenance;
 mod verify;
 
 pub use builder::Builder;
 pub use parser::{parse_kernel, IrParseError};
 pub use printer::print_kernel;
+pub use provenance::{ParamSet, Provenance};
 pub use verify::{verify, VerifyError};
 
 use crate::types::DType;
@@ -167,6 +169,42 @@ pub enum ConstValue {
     Int(i64),
     Float(f64),
     Bool(bool),
+}
+
+impl From<i32> for ConstValue {
+    fn from(v: i32) -> ConstValue {
+        ConstValue::Int(v.into())
+    }
+}
+
+impl From<i64> for ConstValue {
+    fn from(v: i64) -> ConstValue {
+        ConstValue::Int(v)
+    }
+}
+
+impl From<u32> for ConstValue {
+    fn from(v: u32) -> ConstValue {
+        ConstValue::Int(v.into())
+    }
+}
+
+impl From<f32> for ConstValue {
+    fn from(v: f32) -> ConstValue {
+        ConstValue::Float(v.into())
+    }
+}
+
+impl From<f64> for ConstValue {
+    fn from(v: f64) -> ConstValue {
+        ConstValue::Float(v)
+    }
+}
+
+impl From<bool> for ConstValue {
+    fn from(v: bool) -> ConstValue {
+        ConstValue::Bool(v)
+    }
 }
 
 impl fmt::Display for ConstValue {

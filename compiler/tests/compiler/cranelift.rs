@@ -1,7 +1,7 @@
 //! The Cranelift backend against plain-Rust references on random inputs.
 
 use half::{bf16, f16};
-use kiln_compiler::backend::cranelift::{compile, CpuKernel};
+use kiln_compiler::backend::cranelift::{compile_with, CpuKernel, CpuOptions};
 use kiln_compiler::{compile_to_ir, Defines, Source};
 
 fn kernel(src: &str, name: &str) -> CpuKernel {
@@ -11,12 +11,23 @@ fn kernel(src: &str, name: &str) -> CpuKernel {
         .iter()
         .find(|k| k.name.starts_with(name))
         .unwrap_or_else(|| panic!("{:?}", ks.iter().map(|k| &k.name).collect::<Vec<_>>()));
-    compile(k).unwrap_or_else(|e| panic!("{e}"))
+    // These tests hand the kernels raw host pointers: the bounds checks have their own tests
+    // (runtime and below), so the numerics here are those of the unchecked code.
+    compile_with(k, UNCHECKED).unwrap_or_else(|e| panic!("{e}"))
 }
 
+const UNCHECKED: CpuOptions = CpuOptions {
+    bounds_checks: false,
+};
+
 fn run(k: &CpuKernel, args: &[u64], grid: u32) {
+    let bounds = vec![0; args.len()];
     for p in 0..grid {
-        unsafe { k.run_program(args, [p, 0, 0], [grid, 1, 1]).unwrap() };
+        let fault = unsafe {
+            k.run_program(args, &bounds, [p, 0, 0], [grid, 1, 1])
+                .unwrap()
+        };
+        assert_eq!(fault, None);
     }
 }
 
@@ -65,7 +76,7 @@ fn map_kernel(from: &str, to: &str, f: &str, path: Path) -> CpuKernel {
     );
     let ks = compile_to_ir(&Source::new("t.kiln", &src), &Defines::new())
         .unwrap_or_else(|e| panic!("{e}"));
-    let clif = kiln_compiler::backend::cranelift::emit_clif(&ks[0]).unwrap();
+    let clif = kiln_compiler::backend::cranelift::emit_clif(&ks[0], UNCHECKED).unwrap();
     assert_eq!(
         clif.contains("f32x4") || clif.contains("i32x4"),
         matches!(path, Path::Lanes),
@@ -402,7 +413,8 @@ fn clif_of_small_kernels() {
         ("rowsum", "kernel rowsum(x: *f32, out: *mut f32) { let t = load(x + range(4)[:, None] * 8 + range(8)[None, :]); store(out + range(4), sum(t * t, axis: 1)); }"),
     ] {
         let ks = compile_to_ir(&Source::new("t.kiln", src), &Defines::new()).unwrap();
-        let clif = kiln_compiler::backend::cranelift::emit_clif(&ks[0]).unwrap();
+        let clif = kiln_compiler::backend::cranelift::emit_clif(&ks[0], CpuOptions::default())
+            .unwrap();
         insta::assert_snapshot!(format!("clif_{name}"), clif);
     }
 }

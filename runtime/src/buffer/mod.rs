@@ -15,7 +15,7 @@ use crate::{Error, Result};
 
 use host::HostMem;
 pub(crate) use host::HOST_ALIGN;
-pub use view::BufferView;
+pub use view::{BufferView, BufferViewMut};
 
 /// `len` elements of one [`DType`] on one [`Device`].
 ///

@@ -1,6 +1,10 @@
 //! Views: a contiguous range of a buffer's elements, used in place of the whole buffer.
+//! [`BufferView`] is shared (what a kernel reads), [`BufferViewMut`] exclusive (what a kernel
+//! writes): the borrow checker then rules out a launch racing a download, or an output aliasing
+//! an input.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 
 use kiln_compiler::DType;
@@ -13,8 +17,8 @@ use crate::{Error, Result};
 /// a packed activation. Made by [`Buffer::view`] (all of it) or [`Buffer::slice`] (a range,
 /// bounds-checked); copying a view copies no data.
 ///
-/// Operations that take views ([`Device::gemm`]) may write the view they are given as output,
-/// as kernels write buffers passed by shared reference (see [`Buffer`]).
+/// Nothing writes through a `BufferView`: kernels and [`Device::gemm`] write only
+/// [`BufferViewMut`]s.
 #[derive(Clone, Copy)]
 pub struct BufferView<'a> {
     buffer: &'a Buffer,
@@ -109,6 +113,187 @@ impl<'a> BufferView<'a> {
 impl<'a> From<&'a Buffer> for BufferView<'a> {
     fn from(buffer: &'a Buffer) -> BufferView<'a> {
         buffer.view()
+    }
+}
+
+impl<'a> From<&'a mut Buffer> for BufferView<'a> {
+    fn from(buffer: &'a mut Buffer) -> BufferView<'a> {
+        buffer.view()
+    }
+}
+
+impl<'a> From<&'a BufferViewMut<'_>> for BufferView<'a> {
+    fn from(view: &'a BufferViewMut<'_>) -> BufferView<'a> {
+        view.as_view()
+    }
+}
+
+/// A contiguous range of the elements of a [`Buffer`], borrowed exclusively: what a kernel may
+/// write. Made by [`Buffer::view_mut`], [`Buffer::slice_mut`] or by splitting another one
+/// ([`BufferViewMut::split_at`]), so that one arena can lend an input and an output of the
+/// same launch at once:
+///
+/// ```
+/// # fn main() -> kiln_runtime::Result<()> {
+/// let device = kiln_runtime::Device::cpu();
+/// let mut arena = device.upload(&[1.0f32; 8])?;
+/// let (x, mut y) = arena.view_mut().split_at(4)?;
+/// let x = x.into_view(); // read: shared from here on
+/// # let _ = (x, y.reborrow());
+/// # Ok(()) }
+/// ```
+///
+/// Views of one buffer made this way never overlap, and while any of them lives the buffer
+/// cannot be read, written or dropped through another path:
+///
+/// ```compile_fail
+/// # let device = kiln_runtime::Device::cpu();
+/// let mut arena = device.upload(&[1.0f32; 8]).unwrap();
+/// let a = arena.view_mut();
+/// let b = arena.view_mut(); // a second exclusive view while the first lives
+/// drop((a, b));
+/// ```
+pub struct BufferViewMut<'a> {
+    // Shared internally: disjoint mutable views of one buffer hold the same `&Buffer`. The
+    // exclusive borrow they came from lives as long as `'a` (the marker).
+    buffer: &'a Buffer,
+    offset: usize,
+    len: usize,
+    _exclusive: PhantomData<&'a mut Buffer>,
+}
+
+impl Buffer {
+    /// An exclusive view of all of the buffer.
+    pub fn view_mut(&mut self) -> BufferViewMut<'_> {
+        let len = self.len;
+        BufferViewMut {
+            buffer: self,
+            offset: 0,
+            len,
+            _exclusive: PhantomData,
+        }
+    }
+
+    /// An exclusive view of the elements in `range`, or [`Error::OutOfRange`] if it does not
+    /// fit.
+    pub fn slice_mut(&mut self, range: impl RangeBounds<usize>) -> Result<BufferViewMut<'_>> {
+        self.view_mut().into_slice(range)
+    }
+}
+
+impl<'a> BufferViewMut<'a> {
+    /// The elements in `range` of this view (indices relative to the view), borrowing it.
+    pub fn slice_mut(&mut self, range: impl RangeBounds<usize>) -> Result<BufferViewMut<'_>> {
+        self.reborrow().into_slice(range)
+    }
+
+    /// The elements in `range`, consuming the view (so the result lives as long as it did).
+    pub fn into_slice(self, range: impl RangeBounds<usize>) -> Result<BufferViewMut<'a>> {
+        let (start, end) = resolve(&range, self.len)?;
+        Ok(BufferViewMut {
+            offset: self.offset + start,
+            len: end - start,
+            ..self
+        })
+    }
+
+    /// The first `mid` elements and the rest, as two views that can be used at once.
+    pub fn split_at(self, mid: usize) -> Result<(BufferViewMut<'a>, BufferViewMut<'a>)> {
+        if mid > self.len {
+            return Err(Error::OutOfRange {
+                start: mid,
+                end: self.len,
+                len: self.len,
+            });
+        }
+        let head = BufferViewMut {
+            buffer: self.buffer,
+            offset: self.offset,
+            len: mid,
+            _exclusive: PhantomData,
+        };
+        let tail = BufferViewMut {
+            offset: self.offset + mid,
+            len: self.len - mid,
+            ..self
+        };
+        Ok((head, tail))
+    }
+
+    /// A shorter-lived exclusive view of the same elements, leaving this one usable afterwards.
+    pub fn reborrow(&mut self) -> BufferViewMut<'_> {
+        BufferViewMut {
+            buffer: self.buffer,
+            offset: self.offset,
+            len: self.len,
+            _exclusive: PhantomData,
+        }
+    }
+
+    /// A shared view of the same elements, for as long as this one is borrowed.
+    pub fn as_view(&self) -> BufferView<'_> {
+        BufferView {
+            buffer: self.buffer,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+
+    /// Gives up exclusive access: a shared view of the same elements for the rest of `'a`.
+    pub fn into_view(self) -> BufferView<'a> {
+        BufferView {
+            buffer: self.buffer,
+            offset: self.offset,
+            len: self.len,
+        }
+    }
+
+    /// Its length in elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The element type of the buffer.
+    pub fn dtype(&self) -> DType {
+        self.buffer.dtype()
+    }
+
+    /// The device of the buffer.
+    pub fn device(&self) -> &'a Device {
+        self.buffer.device()
+    }
+
+    /// The index in the buffer of the view's first element.
+    pub fn offset(&self) -> usize {
+        self.offset
+    }
+
+    /// The address of the view's first element (host or device address).
+    pub fn address(&self) -> u64 {
+        self.as_view().address()
+    }
+}
+
+impl<'a> From<&'a mut Buffer> for BufferViewMut<'a> {
+    fn from(buffer: &'a mut Buffer) -> BufferViewMut<'a> {
+        buffer.view_mut()
+    }
+}
+
+impl<'a, 'b> From<&'a mut BufferViewMut<'b>> for BufferViewMut<'a> {
+    fn from(view: &'a mut BufferViewMut<'b>) -> BufferViewMut<'a> {
+        view.reborrow()
+    }
+}
+
+impl fmt::Debug for BufferViewMut<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BufferViewMut({:?})", self.as_view())
     }
 }
 

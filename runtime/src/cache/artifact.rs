@@ -19,6 +19,12 @@ pub struct PtxArtifact {
     pub threads_per_block: u32,
     /// Dynamic shared memory each launch gives the kernel, in bytes.
     pub shared_bytes: u32,
+    /// The specialisation it was compiled for: bit `i` set, parameter `i` is assumed 16-byte
+    /// aligned (a pointer) or divisible by 16 (an integer). Launches are checked against it.
+    pub divisible_by_16: u64,
+    /// Whether it was compiled with bounds checks (two more parameters, see
+    /// `kiln_compiler::backend::nvptx::PtxOptions::bounds_checks`).
+    pub bounds_checks: bool,
     /// The PTX assembled for the GPU it was compiled on (empty if not yet): what a warm start
     /// loads, so it does not depend on the driver's own JIT cache.
     pub cubin: Vec<u8>,
@@ -42,6 +48,8 @@ impl PtxArtifact {
         put_str(&mut w, &self.entry);
         put_u32(&mut w, self.threads_per_block);
         put_u32(&mut w, self.shared_bytes);
+        w.extend_from_slice(&self.divisible_by_16.to_le_bytes());
+        w.push(u8::from(self.bounds_checks));
         put_str(&mut w, &self.ptx);
         put_bytes(&mut w, &self.cubin);
         w
@@ -73,6 +81,12 @@ impl PtxArtifact {
             entry: r.str()?,
             threads_per_block: r.u32()?,
             shared_bytes: r.u32()?,
+            divisible_by_16: r.u64()?,
+            bounds_checks: match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            },
             ptx: r.str()?,
             cubin: r.bytes()?.to_vec(),
         };
@@ -107,6 +121,10 @@ impl<'a> Reader<'a> {
 
     fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
 
     fn u32(&mut self) -> Option<u32> {

@@ -7,7 +7,12 @@ use crate::{Error, Result};
 
 /// The kernel `spec` names, checked, specialised and optimised.
 pub(crate) fn kernel_ir(spec: &KernelSpec<'_>) -> Result<ir::Kernel> {
-    let kernels = kiln_compiler::compile_to_ir(spec.source, spec.defines)?;
+    let kernels = kiln_compiler::compile_to_ir(spec.source, &spec.defines)?;
+    find(kernels, spec)
+}
+
+/// The kernel of `kernels` that `spec` names.
+fn find(kernels: Vec<ir::Kernel>, spec: &KernelSpec<'_>) -> Result<ir::Kernel> {
     let available = kernels
         .iter()
         .map(|k| format!("`{}`", k.name))
@@ -24,6 +29,12 @@ pub(crate) fn kernel_ir(spec: &KernelSpec<'_>) -> Result<ir::Kernel> {
                 available.join(", ")
             },
         })
+}
+
+/// The run-time parameters of the kernel `spec` names (checked, not compiled).
+pub(crate) fn params(spec: &KernelSpec<'_>) -> Result<Vec<ir::Param>> {
+    let kernels = kiln_compiler::check(spec.source, &spec.defines)?;
+    find(kernels, spec).map(|k| k.params)
 }
 
 /// Native code for this machine.
@@ -48,6 +59,7 @@ pub(crate) fn ptx(
         num_warps: spec.num_warps,
         divisible_by_16: specialization.divisible_by_16,
         num_stages: spec.num_stages,
+        bounds_checks: spec.bounds_checks,
     };
     let compiled = nvptx::compile_ptx(&ir, &options)?;
     Ok(super::PtxArtifact {
@@ -57,6 +69,8 @@ pub(crate) fn ptx(
         entry: compiled.entry,
         threads_per_block: compiled.threads_per_block,
         shared_bytes: compiled.shared_bytes,
+        divisible_by_16: specialization.divisible_by_16,
+        bounds_checks: spec.bounds_checks,
         cubin: vec![],
     })
 }

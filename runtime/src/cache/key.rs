@@ -1,14 +1,12 @@
 //! Cache keys: a canonical text naming everything a compiled artefact depends on, and its
 //! SHA-256 digest.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
 use kiln_compiler::{ConstValue, Defines, Source};
 use sha2::{Digest, Sha256};
-
-use crate::launch::Arg;
 
 /// The code generator an artefact comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -30,12 +28,19 @@ impl Backend {
 }
 
 /// Which kernel of which source, specialised how: what a caller asks the cache for.
-#[derive(Clone, Copy, Debug)]
+///
+/// ```
+/// # use kiln_runtime::KernelSpec;
+/// # let source = kiln_compiler::Source::new("scale.kiln", "");
+/// let spec = KernelSpec::new(&source, "scale").define("BLOCK", 256).with_num_warps(8);
+/// ```
+#[derive(Clone, Debug)]
 pub struct KernelSpec<'a> {
     /// The source file holding the kernel.
     pub source: &'a Source,
-    /// Values of its compile-time constants.
-    pub defines: &'a Defines,
+    /// Values of its compile-time constants (borrowed, or owned once [`KernelSpec::define`]
+    /// added one).
+    pub defines: Cow<'a, Defines>,
     /// The kernel's name in the source.
     pub kernel: &'a str,
     /// Warps per program on a GPU (ignored on the CPU).
@@ -43,9 +48,10 @@ pub struct KernelSpec<'a> {
     /// Stages of the GPU software pipeline of loops that load tiles for tensor-core dots; 1
     /// turns it off (ignored on the CPU).
     pub num_stages: u32,
+    /// On a GPU, compile bounds checks in and check for faults after each launch (slow: for
+    /// tests). The CPU always checks.
+    pub bounds_checks: bool,
 }
-
-static NO_DEFINES: Defines = BTreeMap::new();
 
 impl<'a> KernelSpec<'a> {
     /// The default number of warps per program on a GPU.
@@ -55,16 +61,35 @@ impl<'a> KernelSpec<'a> {
     pub fn new(source: &'a Source, kernel: &'a str) -> KernelSpec<'a> {
         KernelSpec {
             source,
-            defines: &NO_DEFINES,
+            defines: Cow::Owned(Defines::new()),
             kernel,
             num_warps: Self::DEFAULT_NUM_WARPS,
             num_stages: 1,
+            bounds_checks: false,
         }
     }
 
-    /// The same kernel with these compile-time constants.
+    /// The same kernel with these compile-time constants (replacing any set before).
     pub fn with_defines(self, defines: &'a Defines) -> KernelSpec<'a> {
-        KernelSpec { defines, ..self }
+        KernelSpec {
+            defines: Cow::Borrowed(defines),
+            ..self
+        }
+    }
+
+    /// The same kernel with compile-time constant `name` set to `value` (an integer, float or
+    /// bool: `.define("BLOCK", 1024)`).
+    pub fn define(mut self, name: &str, value: impl Into<ConstValue>) -> KernelSpec<'a> {
+        self.defines.to_mut().insert(name.to_string(), value.into());
+        self
+    }
+
+    /// The same kernel, compiled with bounds checks on a GPU (see [`KernelSpec::bounds_checks`]).
+    pub fn with_bounds_checks(self, bounds_checks: bool) -> KernelSpec<'a> {
+        KernelSpec {
+            bounds_checks,
+            ..self
+        }
     }
 
     /// The same kernel with `num_warps` warps per program on a GPU.
@@ -93,21 +118,10 @@ impl Specialization {
     /// No assumptions: valid for every launch.
     pub const NONE: Specialization = Specialization { divisible_by_16: 0 };
 
-    /// What `args` allow: computed from the values themselves, so each launch gets a kernel
-    /// that is valid for it.
-    pub fn for_args(args: &[Arg<'_>]) -> Specialization {
-        let divisible_by_16 = args
-            .iter()
-            .take(64)
-            .enumerate()
-            .filter(|(_, arg)| match arg {
-                Arg::Buffer(b) => b.address() % 16 == 0,
-                Arg::I32(v) => v % 16 == 0,
-                Arg::I64(v) => v % 16 == 0,
-                Arg::F32(_) => false,
-            })
-            .fold(0u64, |mask, (i, _)| mask | 1 << i);
-        Specialization { divisible_by_16 }
+    /// What `args` allow a kernel with `params`: computed from the values themselves, so each
+    /// launch gets a kernel that is valid for it (see [`crate::Args::specialization`]).
+    pub fn for_args(args: &crate::Args<'_>, params: &[kiln_compiler::ir::Param]) -> Specialization {
+        args.specialization(params)
     }
 }
 
@@ -136,12 +150,13 @@ impl std::hash::Hash for CacheKey {
 
 impl CacheKey {
     /// Version of the key and entry formats; bump when either changes meaning.
-    pub const FORMAT: u32 = 3;
+    pub const FORMAT: u32 = 4;
 
     /// The key of `spec` compiled by `backend` for `target` (`"sm_90"`, `"x86_64"`, ...).
     ///
     /// It covers the compiler version, the source text (by its SHA-256), every define, the
-    /// kernel name, backend, target, numbers of warps and pipeline stages, and the specialisation. The source's file
+    /// kernel name, backend, target, numbers of warps and pipeline stages, bounds checks, and the
+    /// specialisation. The source's file
     /// name is left out: it only appears in error messages, and errors are never cached.
     pub fn new(
         spec: &KernelSpec<'_>,
@@ -170,12 +185,13 @@ impl CacheKey {
         let _ = writeln!(text, "kernel {:?}", spec.kernel);
         let _ = writeln!(text, "num_warps {}", spec.num_warps);
         let _ = writeln!(text, "num_stages {}", spec.num_stages);
+        let _ = writeln!(text, "bounds_checks {}", spec.bounds_checks);
         let _ = writeln!(
             text,
             "divisible_by_16 {:#018x}",
             specialization.divisible_by_16
         );
-        for (name, value) in spec.defines {
+        for (name, value) in spec.defines.iter() {
             let value = match value {
                 ConstValue::Int(v) => format!("int {v}"),
                 ConstValue::Float(v) => format!("float {:#018x}", v.to_bits()),

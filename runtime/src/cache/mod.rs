@@ -22,9 +22,11 @@ pub use artifact::PtxArtifact;
 pub use disk::{DiskCache, Lookup};
 pub use key::{Backend, CacheKey, KernelSpec, Specialization};
 
+use kiln_compiler::ir::Param;
+
 use crate::device::{Device, DeviceKind};
 use crate::kernel::Kernel;
-use crate::launch::Arg;
+use crate::launch::Args;
 use crate::Result;
 use source_digest::SourceDigests;
 
@@ -62,6 +64,10 @@ type Loaded = HashMap<Option<usize>, HashMap<String, Arc<Kernel>>>;
 /// Compiled kernels by key, for any number of devices. Share one per process (it is `Sync`).
 pub struct KernelCache {
     disk: Option<DiskCache>,
+    /// Whether GPU kernels are compiled with bounds checks whatever their spec says.
+    gpu_bounds_checks: bool,
+    /// Kernel signatures by the text of their key without target or tuning.
+    params: Mutex<HashMap<String, Arc<[Param]>>>,
     ptx: Mutex<HashMap<[u8; 32], Arc<PtxArtifact>>>,
     loaded: Mutex<Loaded>,
     source_digests: SourceDigests,
@@ -96,6 +102,8 @@ impl KernelCache {
     fn build(disk: Option<DiskCache>) -> KernelCache {
         KernelCache {
             disk,
+            gpu_bounds_checks: std::env::var_os("KILN_GPU_BOUNDS_CHECKS").is_some_and(|v| v == "1"),
+            params: Mutex::default(),
             ptx: Mutex::default(),
             loaded: Mutex::default(),
             source_digests: SourceDigests::default(),
@@ -110,6 +118,24 @@ impl KernelCache {
             Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
             _ => dirs::cache_dir().map(|d| d.join("kiln")),
         }
+    }
+
+    /// The same cache, compiling every GPU kernel with bounds checks (as if each spec asked
+    /// for [`KernelSpec::with_bounds_checks`]): what test suites use, so that an
+    /// out-of-bounds access on a GPU is an error rather than corrupted memory. Slow. The
+    /// environment variable `KILN_GPU_BOUNDS_CHECKS=1` turns it on for caches made by
+    /// [`KernelCache::new`], [`KernelCache::with_dir`] and [`KernelCache::in_memory`]. The default
+    /// GPU launch trusts the kernel's masks; the CPU always checks.
+    pub fn with_gpu_bounds_checks(self, on: bool) -> KernelCache {
+        KernelCache {
+            gpu_bounds_checks: on,
+            ..self
+        }
+    }
+
+    /// Whether GPU kernels are always compiled with bounds checks.
+    pub fn gpu_bounds_checks(&self) -> bool {
+        self.gpu_bounds_checks
     }
 
     /// The disk layer, if any.
@@ -145,7 +171,8 @@ impl KernelCache {
                 let spec = KernelSpec {
                     num_warps: 0,
                     num_stages: 1,
-                    ..*spec
+                    bounds_checks: false,
+                    ..spec.clone()
                 };
                 let target = std::env::consts::ARCH;
                 let none = Specialization::NONE;
@@ -153,9 +180,36 @@ impl KernelCache {
             }
             DeviceKind::Cuda => {
                 let target = ptx_target(device)?;
-                CacheKey::with_source_digest(spec, &source, Backend::Nvptx, target, specialization)
+                let spec = self.gpu_spec(spec);
+                CacheKey::with_source_digest(&spec, &source, Backend::Nvptx, target, specialization)
             }
         })
+    }
+
+    /// `spec` as compiled for a GPU by this cache.
+    fn gpu_spec<'a>(&self, spec: &KernelSpec<'a>) -> KernelSpec<'a> {
+        KernelSpec {
+            bounds_checks: spec.bounds_checks || self.gpu_bounds_checks,
+            ..spec.clone()
+        }
+    }
+
+    /// The run-time parameters of the kernel `spec` names, in order: what its arguments are
+    /// bound to. Checks the source once per spec (no code is generated).
+    pub fn params(&self, spec: &KernelSpec<'_>) -> Result<Arc<[Param]>> {
+        let source = self.source_digests.get(&spec.source.text);
+        let key = format!(
+            "{}\n{:?}\n{:?}",
+            key::hex(&source),
+            spec.defines,
+            spec.kernel
+        );
+        if let Some(params) = lock(&self.params).get(&key) {
+            return Ok(params.clone());
+        }
+        let params: Arc<[Param]> = compile::params(spec)?.into();
+        lock(&self.params).insert(key, params.clone());
+        Ok(params)
     }
 
     /// The kernel `spec` names, loaded on `device`, compiled if no layer has it.
@@ -176,7 +230,9 @@ impl KernelCache {
                 bump(&self.counters.misses);
                 Kernel::from_cpu(device, compile::cranelift(spec)?)
             }
-            DeviceKind::Cuda => self.load_ptx(device, spec, specialization, &key)?,
+            DeviceKind::Cuda => {
+                self.load_ptx(device, &self.gpu_spec(spec), specialization, &key)?
+            }
         };
         // Another thread may have loaded it meanwhile; keep the first so all callers share one.
         Ok(lock(&self.loaded)
@@ -236,16 +292,17 @@ impl KernelCache {
             .collect()
     }
 
-    /// Compiles (or finds) the kernel for `args` on `device`, checks `args` against its
-    /// parameters and launches a grid of `grid` programs.
+    /// Compiles (or finds) the kernel for `args` on `device`, binds `args` to its parameters
+    /// by name and launches a grid of `grid` programs (see [`Kernel::launch`]).
     pub fn launch(
         &self,
         device: &Device,
         spec: &KernelSpec<'_>,
         grid: [u32; 3],
-        args: &[Arg<'_>],
+        args: &Args<'_>,
     ) -> Result<()> {
-        let kernel = self.kernel(device, spec, &Specialization::for_args(args))?;
+        let specialization = args.specialization(&self.params(spec)?);
+        let kernel = self.kernel(device, spec, &specialization)?;
         kernel.launch(grid, args)
     }
 

@@ -8,18 +8,18 @@
 //! ```no_run
 //! # use kiln_runtime::{Device, Gemm};
 //! # fn f(device: &Device, x: &kiln_runtime::Buffer, w: &kiln_runtime::Buffer,
-//! #      y: &kiln_runtime::Buffer, dy: &kiln_runtime::Buffer, dx: &kiln_runtime::Buffer,
-//! #      dw: &kiln_runtime::Buffer) -> kiln_runtime::Result<()> {
+//! #      y: &mut kiln_runtime::Buffer, dy: &kiln_runtime::Buffer, dx: &mut kiln_runtime::Buffer,
+//! #      dw: &mut kiln_runtime::Buffer) -> kiln_runtime::Result<()> {
 //! let (t, h, o) = (8, 896, 4864);
 //! // forward: y[T, O] = x[T, H] @ W[O, H]ᵀ
-//! device.gemm(&Gemm::new(t, o, h).transpose_b(), x, w, y, None)?;
+//! device.gemm(&Gemm::new(t, o, h).transpose_b(), x, w, &mut *y, None)?;
 //! // input gradient: dx[T, H] = dy[T, O] @ W[O, H]
 //! device.gemm(&Gemm::new(t, h, o), dy, w, dx, None)?;
 //! // weight gradient, accumulated: dW[O, H] += dy[T, O]ᵀ @ x[T, H]
 //! device.gemm(&Gemm::new(o, h, t).transpose_a().with_beta(1.0), dy, x, dw, None)?;
 //! // a chunk of rows of W: logits[T, 1024] = x[T, H] @ W[1024..2048, :]ᵀ
 //! # let logits = y;
-//! device.gemm(&Gemm::new(t, 1024, h).transpose_b(), x, w.slice(1024 * h..2048 * h)?, logits, None)?;
+//! device.gemm(&Gemm::new(t, 1024, h).transpose_b(), x, w.slice(1024 * h..2048 * h)?, &mut *logits, None)?;
 //! # Ok(()) }
 //! ```
 
@@ -31,7 +31,7 @@ use std::fmt;
 
 use kiln_compiler::DType;
 
-use crate::buffer::BufferView;
+use crate::buffer::{BufferView, BufferViewMut};
 use crate::device::{Device, Inner};
 use crate::{Error, Result};
 
@@ -150,23 +150,37 @@ impl Device {
     /// Computes `c = spec.alpha * op(a) @ op(b) + spec.beta * c (+ bias)` (see [`Gemm`]).
     ///
     /// Operands are views: `&buffer` or [`crate::Buffer::view`] for a whole buffer,
-    /// [`crate::Buffer::slice`] for part of one. Their lengths must be exactly those of their
-    /// shapes. Element
+    /// [`crate::Buffer::slice`] for part of one; `c`, which is written, is an exclusive view
+    /// (`&mut buffer`, [`crate::Buffer::slice_mut`]). Their lengths must be exactly those of
+    /// their shapes. Element
     /// types: `a` and `b` both bf16 with `c` bf16 or f32, or all three f32; `bias` bf16 or f32
     /// (on a GPU, `c`'s type: cuBLASLt has no algorithm for the others).
     /// Every operand must be on this device, and `c` must not overlap another operand.
     /// Violations are [`Error::Gemm`] naming the operand; nothing runs.
     ///
     /// On a GPU the product is queued on the device's stream, after all work queued before it.
+    ///
+    /// An output that overlaps an input cannot even be written down:
+    ///
+    /// ```compile_fail
+    /// # use kiln_runtime::{Device, Gemm};
+    /// # let device = Device::cpu();
+    /// let mut c = device.alloc(kiln_compiler::DType::F32, 4).unwrap();
+    /// device.gemm(&Gemm::new(2, 2, 2), &c, &c, &mut c, None).unwrap(); // c read and written
+    /// ```
     pub fn gemm<'a, 'b, 'c>(
         &self,
         spec: &Gemm,
         a: impl Into<BufferView<'a>>,
         b: impl Into<BufferView<'b>>,
-        c: impl Into<BufferView<'c>>,
+        c: impl Into<BufferViewMut<'c>>,
         bias: Option<BufferView<'_>>,
     ) -> Result<()> {
-        let (a, b, c) = (a.into(), b.into(), c.into());
+        let c = c.into();
+        // From here `c` is read through a shared view; the exclusive borrow held by `c_mut`
+        // guarantees no one else reads or writes it meanwhile.
+        let (a, b, c_mut) = (a.into(), b.into(), c);
+        let c = c_mut.as_view();
         check(self, spec, &a, &b, &c, bias.as_ref())?;
         if spec.m == 0 || spec.n == 0 {
             return Ok(());

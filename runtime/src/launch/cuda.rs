@@ -2,12 +2,18 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaModule, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, DevicePtr, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::Ptx;
+use kiln_compiler::backend::nvptx::FAULT_WORDS;
 
+use super::Bound;
 use crate::cache::PtxArtifact;
 use crate::device::cuda::CudaDevice;
 use crate::{Error, Result};
+
+/// An out-of-bounds access a checked kernel recorded: program, parameter index, byte offset,
+/// and the access (`a load`).
+pub(crate) type CudaFault = ([u32; 3], usize, i64, &'static str);
 
 /// The most threads a block may have on every supported GPU.
 const MAX_THREADS_PER_BLOCK: u32 = 1024;
@@ -24,6 +30,7 @@ pub(crate) struct CudaCode {
     function: CudaFunction,
     threads_per_block: u32,
     shared_bytes: u32,
+    bounds_checks: bool,
     // Keeps the module loaded as long as the function may be launched.
     _module: Arc<CudaModule>,
 }
@@ -80,6 +87,7 @@ impl CudaCode {
             function,
             threads_per_block: artifact.threads_per_block,
             shared_bytes: artifact.shared_bytes,
+            bounds_checks: artifact.bounds_checks,
             _module: module,
         })
     }
@@ -154,18 +162,19 @@ impl CudaCode {
         }
     }
 
-    /// Queues a launch of `grid` blocks on the device's stream.
+    /// Queues a launch of `grid` blocks on the device's stream. A kernel compiled with bounds
+    /// checks is also waited for, and returns the fault it recorded, if any.
     ///
     /// # Safety
-    /// `args` must have been checked against the kernel's parameters and packed by
-    /// [`super::pack`]; the buffers they point into must outlive the kernel's execution.
+    /// `args` must have been bound to the kernel's parameters ([`super::Args::bind`]); the
+    /// buffers they point into must outlive the kernel's execution.
     pub(crate) unsafe fn launch(
         &self,
         kernel: &str,
         device: &CudaDevice,
         grid: [u32; 3],
-        args: &[u64],
-    ) -> Result<()> {
+        args: &Bound,
+    ) -> Result<Option<CudaFault>> {
         if let Some(axis) = (0..3).find(|&a| grid[a] > MAX_GRID[a]) {
             return Err(Error::launch(
                 kernel,
@@ -180,15 +189,65 @@ impl CudaCode {
             block_dim: (self.threads_per_block, 1, 1),
             shared_mem_bytes: self.shared_bytes,
         };
-        let mut builder = device.stream().launch_builder(&self.function);
-        for bits in args {
+        let stream = device.stream();
+        let failed = |what: &str, e| Error::cuda(format!("{what} kernel `{kernel}`"), e);
+        // Checked kernels take the byte lengths of their buffers and a zeroed fault record.
+        let record = if self.bounds_checks {
+            let mut words = args.bounds.clone();
+            words.extend([0; FAULT_WORDS]);
+            Some(
+                stream
+                    .clone_htod(&words)
+                    .map_err(|e| failed("preparing the checks of", e))?,
+            )
+        } else {
+            None
+        };
+        let extra: Vec<u64> = match &record {
+            Some(record) => {
+                let (base, _guard) = record.device_ptr(stream);
+                vec![base, base + 8 * args.bounds.len() as u64]
+            }
+            None => vec![],
+        };
+        let mut builder = stream.launch_builder(&self.function);
+        for bits in args.words.iter().chain(&extra) {
             // The driver reads each parameter's own size from the address: all of a pointer
             // or an i64, the low 4 bytes of an i32 or f32 (little-endian, asserted above).
             builder.arg(bits);
         }
         // SAFETY: the caller's contract: the arguments match the kernel's parameters.
         unsafe { builder.launch(config) }
-            .map(|_| ())
-            .map_err(|e| Error::cuda(format!("launching kernel `{kernel}` on grid {grid:?}"), e))
+            .map_err(|e| Error::cuda(format!("launching kernel `{kernel}` on grid {grid:?}"), e))?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        // The copy to pageable memory may return before it is done: wait for it.
+        let words = stream
+            .clone_dtoh(&record)
+            .and_then(|words| stream.synchronize().map(|()| words))
+            .map_err(|e| failed("reading the fault record of", e))?;
+        let fault = &words[args.bounds.len()..];
+        if fault[0] == 0 {
+            return Ok(None);
+        }
+        let access = match fault[2] {
+            1 => "a load",
+            2 => "a store",
+            _ => "an atomic add",
+        };
+        let linear = fault[3];
+        let program = [
+            linear % u64::from(grid[0]),
+            linear / u64::from(grid[0]) % u64::from(grid[1]),
+            linear / (u64::from(grid[0]) * u64::from(grid[1])),
+        ]
+        .map(|c| c as u32);
+        Ok(Some((
+            program,
+            fault[0] as usize - 1,
+            fault[1] as i64,
+            access,
+        )))
     }
 }

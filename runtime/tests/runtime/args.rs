@@ -1,9 +1,8 @@
-//! Argument checking, on hand-written parameter lists.
+//! Binding arguments by name, checked against hand-written parameter lists.
 
 use kiln_compiler::ir::{Param, ParamKind};
 use kiln_compiler::DType;
-use kiln_runtime::launch::check_args;
-use kiln_runtime::{Arg, Device, Error};
+use kiln_runtime::{Args, Device, Error};
 
 use crate::cuda_or_skip;
 
@@ -33,6 +32,8 @@ fn params() -> Vec<Param> {
     ]
 }
 
+const PARAMS: &str = "`x: *bf16`, `y: *mut f32`, `n: i32`, `eps: f32`, `total: i64`";
+
 /// The launch error's message; panics if `result` is not a launch error of `rmsnorm`.
 fn launch_error(result: kiln_runtime::Result<()>) -> String {
     match result {
@@ -49,35 +50,92 @@ fn launch_error(result: kiln_runtime::Result<()>) -> String {
 }
 
 #[test]
-fn matching_arguments_pass() {
+fn matching_arguments_pass_in_any_order() {
     let cpu = Device::cpu();
     let x = cpu.alloc(DType::Bf16, 4).unwrap();
-    let y = cpu.alloc(DType::F32, 4).unwrap();
-    let args = [
-        Arg::Buffer(&x),
-        Arg::Buffer(&y),
-        Arg::I32(4),
-        Arg::F32(1e-6),
-        Arg::I64(4),
-    ];
-    check_args("rmsnorm", &params(), &cpu, &args).unwrap();
-    // Any buffer of the right type may be passed for a read-only pointer, also one written elsewhere.
-    let args = [
-        Arg::Buffer(&x),
-        Arg::Buffer(&y),
-        Arg::I32(0),
-        Arg::F32(0.0),
-        Arg::I64(0),
-    ];
-    check_args("rmsnorm", &params(), &cpu, &args).unwrap();
+    let mut y = cpu.alloc(DType::F32, 4).unwrap();
+    let args = Args::new()
+        .input("x", &x)
+        .output("y", &mut y)
+        .i32("n", 4)
+        .f32("eps", 1e-6)
+        .i64("total", 4);
+    args.check("rmsnorm", &params(), &cpu).unwrap();
+    drop(args);
+    let args = Args::new()
+        .i64("total", 0)
+        .f32("eps", 0.0)
+        .in_out("y", y.slice_mut(1..3).unwrap())
+        .i32("n", 0)
+        .input("x", x.slice(..2).unwrap());
+    args.check("rmsnorm", &params(), &cpu).unwrap();
 }
 
 #[test]
-fn wrong_count_lists_the_parameters() {
+fn an_unknown_name_lists_the_parameters() {
     let cpu = Device::cpu();
-    let message = launch_error(check_args("rmsnorm", &params(), &cpu, &[Arg::I32(1)]));
+    let message = launch_error(Args::new().i32("m", 1).check("rmsnorm", &params(), &cpu));
     assert!(
-        message.contains("expects 5 argument(s) (`x: *bf16`, `y: *mut f32`, `n: i32`, `eps: f32`, `total: i64`), got 1"),
+        message.contains(&format!(
+            "no parameter named `m`; the parameters are {PARAMS}"
+        )),
+        "{message}"
+    );
+}
+
+#[test]
+fn every_parameter_is_given_exactly_once() {
+    let cpu = Device::cpu();
+    let x = cpu.alloc(DType::Bf16, 4).unwrap();
+    let mut y = cpu.alloc(DType::F32, 4).unwrap();
+    let message = launch_error(
+        Args::new()
+            .input("x", &x)
+            .output("y", &mut y)
+            .f32("eps", 1e-6)
+            .i64("total", 4)
+            .check("rmsnorm", &params(), &cpu),
+    );
+    assert!(
+        message.contains(&format!(
+            "parameter `n: i32` is not given; the parameters are {PARAMS}"
+        )),
+        "{message}"
+    );
+    let message = launch_error(Args::new().input("x", &x).input("x", &x).check(
+        "rmsnorm",
+        &params(),
+        &cpu,
+    ));
+    assert!(
+        message.contains("parameter `x` is given twice"),
+        "{message}"
+    );
+}
+
+#[test]
+fn inputs_and_outputs_are_not_interchangeable() {
+    let cpu = Device::cpu();
+    let mut x = cpu.alloc(DType::Bf16, 4).unwrap();
+    let y = cpu.alloc(DType::F32, 4).unwrap();
+    let message = launch_error(
+        Args::new()
+            .output("x", &mut x)
+            .check("rmsnorm", &params(), &cpu),
+    );
+    assert!(
+        message.contains(
+            "parameter `x: *bf16`: the kernel only reads it: pass it with `input`, not `output`"
+        ),
+        "{message}"
+    );
+    let message = launch_error(Args::new().input("x", &x).input("y", &y).check(
+        "rmsnorm",
+        &params(),
+        &cpu,
+    ));
+    assert!(
+        message.contains("parameter `y: *mut f32`: the kernel writes it: pass it with `output`"),
         "{message}"
     );
 }
@@ -86,19 +144,16 @@ fn wrong_count_lists_the_parameters() {
 fn wrong_buffer_dtype_names_the_parameter() {
     let cpu = Device::cpu();
     let x = cpu.alloc(DType::F32, 4).unwrap();
-    let y = cpu.alloc(DType::F32, 4).unwrap();
-    let args = [
-        Arg::Buffer(&x),
-        Arg::Buffer(&y),
-        Arg::I32(4),
-        Arg::F32(1e-6),
-        Arg::I64(4),
-    ];
-    let message = launch_error(check_args("rmsnorm", &params(), &cpu, &args));
+    let mut y = cpu.alloc(DType::F32, 4).unwrap();
+    let args = Args::new()
+        .input("x", &x)
+        .output("y", &mut y)
+        .i32("n", 4)
+        .f32("eps", 1e-6)
+        .i64("total", 4);
+    let message = launch_error(args.check("rmsnorm", &params(), &cpu));
     assert!(
-        message.contains(
-            "argument 0 for parameter `x: *bf16`: expected a buffer of bf16, got a buffer of f32"
-        ),
+        message.contains("parameter `x: *bf16`: expected a buffer of bf16, got a buffer of f32"),
         "{message}"
     );
 }
@@ -107,30 +162,25 @@ fn wrong_buffer_dtype_names_the_parameter() {
 fn scalars_must_have_the_exact_type() {
     let cpu = Device::cpu();
     let x = cpu.alloc(DType::Bf16, 4).unwrap();
-    let y = cpu.alloc(DType::F32, 4).unwrap();
-    let cases: [(Arg, Arg, Arg, &str); 3] = [
+    let mut y = cpu.alloc(DType::F32, 4).unwrap();
+    type Setter = for<'a> fn(Args<'a>) -> Args<'a>;
+    let cases: [(Setter, &str); 3] = [
         (
-            Arg::I64(4),
-            Arg::F32(1e-6),
-            Arg::I64(4),
-            "argument 2 for parameter `n: i32`: expected an i32, got an i64",
+            |a| a.i64("n", 4).f32("eps", 1e-6).i64("total", 4),
+            "parameter `n: i32`: expected an i32, got an i64",
         ),
         (
-            Arg::I32(4),
-            Arg::I32(1),
-            Arg::I64(4),
-            "argument 3 for parameter `eps: f32`: expected an f32, got an i32",
+            |a| a.i32("n", 4).i32("eps", 1).i64("total", 4),
+            "parameter `eps: f32`: expected an f32, got an i32",
         ),
         (
-            Arg::I32(4),
-            Arg::F32(1e-6),
-            Arg::I32(4),
-            "argument 4 for parameter `total: i64`: expected an i64, got an i32",
+            |a| a.i32("n", 4).f32("eps", 1e-6).i32("total", 4),
+            "parameter `total: i64`: expected an i64, got an i32",
         ),
     ];
-    for (n, eps, total, expected) in cases {
-        let args = [Arg::Buffer(&x), Arg::Buffer(&y), n, eps, total];
-        let message = launch_error(check_args("rmsnorm", &params(), &cpu, &args));
+    for (scalars, expected) in cases {
+        let args = scalars(Args::new().input("x", &x).output("y", &mut y));
+        let message = launch_error(args.check("rmsnorm", &params(), &cpu));
         assert!(message.contains(expected), "{message}");
     }
 }
@@ -139,29 +189,28 @@ fn scalars_must_have_the_exact_type() {
 fn buffers_and_scalars_are_not_interchangeable() {
     let cpu = Device::cpu();
     let x = cpu.alloc(DType::Bf16, 4).unwrap();
-    let y = cpu.alloc(DType::F32, 4).unwrap();
-    let args = [
-        Arg::Buffer(&x),
-        Arg::I64(0),
-        Arg::I32(4),
-        Arg::F32(1e-6),
-        Arg::I64(4),
-    ];
-    let message = launch_error(check_args("rmsnorm", &params(), &cpu, &args));
+    let mut y = cpu.alloc(DType::F32, 4).unwrap();
+    let args = Args::new()
+        .input("x", &x)
+        .i64("y", 0)
+        .i32("n", 4)
+        .f32("eps", 1e-6)
+        .i64("total", 4);
+    let message = launch_error(args.check("rmsnorm", &params(), &cpu));
     assert!(
         message.contains("parameter `y: *mut f32`: expected a buffer of f32, got an i64"),
         "{message}"
     );
-    let args = [
-        Arg::Buffer(&x),
-        Arg::Buffer(&y),
-        Arg::Buffer(&y),
-        Arg::F32(1e-6),
-        Arg::I64(4),
-    ];
-    let message = launch_error(check_args("rmsnorm", &params(), &cpu, &args));
+    let args = Args::new()
+        .input("x", &x)
+        .output("n", &mut y)
+        .check("rmsnorm", &params(), &cpu);
+    let message = launch_error(args);
     assert!(
-        message.contains("parameter `n: i32`: expected an i32, got a buffer of f32 on cpu"),
+        message.contains("parameter `y: *mut f32` is not given")
+            || message.contains(
+                "parameter `n: i32`: expected an i32, got an output buffer of f32 on cpu"
+            ),
         "{message}"
     );
 }
@@ -173,7 +222,7 @@ fn scalar_types_without_a_launch_form_are_refused() {
         name: "flag".into(),
         kind: ParamKind::Scalar(DType::Bool),
     }];
-    let message = launch_error(check_args("rmsnorm", &params, &cpu, &[Arg::I32(1)]));
+    let message = launch_error(Args::new().i32("flag", 1).check("rmsnorm", &params, &cpu));
     assert!(
         message.contains("bool scalar parameters cannot be passed at launch"),
         "{message}"
@@ -187,15 +236,14 @@ fn buffers_must_be_on_the_kernel_device() {
     };
     let cpu = Device::cpu();
     let x = cpu.alloc(DType::Bf16, 4).unwrap();
-    let y = gpu.alloc(DType::F32, 4).unwrap();
-    let args = [
-        Arg::Buffer(&x),
-        Arg::Buffer(&y),
-        Arg::I32(4),
-        Arg::F32(1e-6),
-        Arg::I64(4),
-    ];
-    let message = launch_error(check_args("rmsnorm", &params(), &gpu, &args));
+    let mut y = gpu.alloc(DType::F32, 4).unwrap();
+    let args = Args::new()
+        .input("x", &x)
+        .output("y", &mut y)
+        .i32("n", 4)
+        .f32("eps", 1e-6)
+        .i64("total", 4);
+    let message = launch_error(args.check("rmsnorm", &params(), &gpu));
     assert!(
         message.contains("parameter `x: *bf16`: the buffer is on cpu, the kernel on cuda:0"),
         "{message}"

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use kiln_compiler::{ConstValue, Defines, Source};
 use kiln_runtime::cache::Backend;
-use kiln_runtime::{Arg, CacheKey, Device, KernelCache, KernelSpec, Specialization};
+use kiln_runtime::{Args, CacheKey, Device, KernelCache, KernelSpec, Specialization};
 
 fn defines(pairs: &[(&str, ConstValue)]) -> Defines {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -35,18 +35,75 @@ fn key_changes_with_every_input() {
         CacheKey::new(&base, Backend::Nvptx, "sm_90", &none),
         CacheKey::new(&KernelSpec::new(&src2, "k"), Backend::Nvptx, "sm_90", &none),
         CacheKey::new(&KernelSpec::new(&src, "k2"), Backend::Nvptx, "sm_90", &none),
-        CacheKey::new(&base.with_defines(&d1), Backend::Nvptx, "sm_90", &none),
-        CacheKey::new(&base.with_defines(&d2), Backend::Nvptx, "sm_90", &none),
-        CacheKey::new(&base.with_defines(&d3), Backend::Nvptx, "sm_90", &none),
-        CacheKey::new(&base.with_defines(&d4), Backend::Nvptx, "sm_90", &none),
-        CacheKey::new(&base.with_defines(&d5), Backend::Nvptx, "sm_90", &none),
-        CacheKey::new(&base.with_defines(&d6), Backend::Nvptx, "sm_90", &none),
-        CacheKey::new(&base.with_defines(&d7), Backend::Nvptx, "sm_90", &none),
+        CacheKey::new(
+            &base.clone().with_defines(&d1),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().with_defines(&d2),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().with_defines(&d3),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().with_defines(&d4),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().with_defines(&d5),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().with_defines(&d6),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().with_defines(&d7),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
         CacheKey::new(&base, Backend::Cranelift, "sm_90", &none),
         CacheKey::new(&base, Backend::Nvptx, "sm_80", &none),
         CacheKey::new(&base, Backend::Nvptx, "sm_90", &aligned),
-        CacheKey::new(&base.with_num_warps(8), Backend::Nvptx, "sm_90", &none),
-        CacheKey::new(&base.with_num_stages(3), Backend::Nvptx, "sm_90", &none),
+        CacheKey::new(
+            &base.clone().with_num_warps(8),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().with_num_stages(3),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().with_bounds_checks(true),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().define("BLOCK", 64),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
     ];
     let digests: HashSet<_> = keys.iter().map(|k| *k.digest()).collect();
     assert_eq!(
@@ -56,13 +113,18 @@ fn key_changes_with_every_input() {
     );
     // Same inputs, same key; defines are compared as a set, not by insertion order.
     assert_eq!(
-        CacheKey::new(&base.with_defines(&d0), Backend::Nvptx, "sm_90", &none),
+        CacheKey::new(
+            &base.clone().with_defines(&d0),
+            Backend::Nvptx,
+            "sm_90",
+            &none
+        ),
         keys[0]
     );
     let reordered: Defines = d4.iter().rev().map(|(k, v)| (k.clone(), *v)).collect();
     assert_eq!(
         CacheKey::new(
-            &base.with_defines(&reordered),
+            &base.clone().with_defines(&reordered),
             Backend::Nvptx,
             "sm_90",
             &none
@@ -112,14 +174,25 @@ fn key_text_is_readable_and_digest_is_its_sha256() {
 fn specialization_follows_the_actual_arguments() {
     let device = Device::cpu();
     let x = device.upload(&[1.0f32; 8]).unwrap();
-    let spec = Specialization::for_args(&[
-        Arg::Buffer(&x),
-        Arg::I32(32),
-        Arg::I32(33),
-        Arg::F32(16.0),
-        Arg::I64(-48),
-    ]);
+    let src = Source::new(
+        "s.kiln",
+        "kernel s(x: *f32, a: i32, b: i32, c: f32, d: i64) {}",
+    );
+    let params = KernelCache::in_memory()
+        .params(&KernelSpec::new(&src, "s"))
+        .unwrap();
+    // By name, whatever the order of the arguments.
+    let args = Args::new()
+        .i64("d", -48)
+        .f32("c", 16.0)
+        .i32("b", 33)
+        .i32("a", 32)
+        .input("x", &x);
+    let spec = Specialization::for_args(&args, &params);
     assert_eq!(spec.divisible_by_16, 0b10011);
+    // A view one element in is no longer 16-byte aligned.
+    let args = Args::new().input("x", x.slice(1..).unwrap());
+    assert_eq!(args.specialization(&params).divisible_by_16, 0);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use kiln_compiler::ir::{Param, ParamKind};
 use kiln_compiler::DType;
-use kiln_runtime::{Arg, CacheKey, Error, Kernel, KernelCache, PtxArtifact};
+use kiln_runtime::{Args, CacheKey, Error, Kernel, KernelCache, PtxArtifact};
 
 use crate::cuda_or_skip;
 
@@ -49,6 +49,17 @@ DONE:
 }
 "#;
 
+/// The arguments of `axpb` with `a = 2`, `k = 2^20`, `b = 0.5`.
+fn axpb_args<'a>(x: &'a kiln_runtime::Buffer, y: &'a mut kiln_runtime::Buffer, n: i32) -> Args<'a> {
+    Args::new()
+        .input("x", x)
+        .output("y", y)
+        .i32("n", n)
+        .f32("a", 2.0)
+        .i64("k", 1 << 20)
+        .f32("b", 0.5)
+}
+
 fn axpb() -> PtxArtifact {
     let p = |name: &str, kind| Param {
         name: name.into(),
@@ -80,6 +91,8 @@ fn axpb() -> PtxArtifact {
         entry: "axpb".into(),
         threads_per_block: 128,
         shared_bytes: 0,
+        divisible_by_16: 0,
+        bounds_checks: false,
         cubin: vec![],
     }
 }
@@ -102,15 +115,9 @@ fn hand_written_ptx_runs_with_checked_packed_arguments() {
     let mut yb = gpu.alloc(DType::F32, 1024).unwrap();
     yb.poison().unwrap();
     let start = gpu.record_event().unwrap();
-    let args = [
-        Arg::Buffer(&xb),
-        Arg::Buffer(&yb),
-        Arg::I32(n as i32),
-        Arg::F32(2.0),
-        Arg::I64(1 << 20),
-        Arg::F32(0.5),
-    ];
-    kernel.launch([8, 1, 1], &args).unwrap();
+    kernel
+        .launch([8, 1, 1], &axpb_args(&xb, &mut yb, n as i32))
+        .unwrap();
     let end = gpu.record_event().unwrap();
     let y = yb.download::<f32>().unwrap();
     for i in 0..n {
@@ -128,6 +135,7 @@ fn hand_written_ptx_runs_with_checked_packed_arguments() {
         })
         .unwrap();
     assert_eq!(warm.stats().disk_hits, 1);
+    let args = axpb_args(&xb, &mut yb, n as i32);
     Kernel::from_ptx(&gpu, &again)
         .unwrap()
         .launch([8, 1, 1], &args)
@@ -136,10 +144,14 @@ fn hand_written_ptx_runs_with_checked_packed_arguments() {
 
     // An empty grid runs nothing, but its arguments are still checked.
     kernel.launch([0, 1, 1], &args).unwrap();
-    assert!(kernel.launch([0, 1, 1], &args[..1]).is_err());
+    assert!(kernel
+        .launch([0, 1, 1], &Args::new().input("x", &xb))
+        .is_err());
 
     // Mismatched arguments are refused before anything is queued.
-    let err = kernel.launch([8, 1, 1], &args[..5]).unwrap_err();
+    let err = kernel
+        .launch([8, 1, 1], &Args::new().input("x", &xb).f32("b", 0.5))
+        .unwrap_err();
     assert!(err.to_string().contains("kernel `axpb`"), "{err}");
     let grid_err = kernel.launch([1, 70000, 1], &args).unwrap_err();
     assert!(matches!(grid_err, Error::Launch { .. }), "{grid_err:?}");

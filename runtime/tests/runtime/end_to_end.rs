@@ -1,7 +1,7 @@
 //! Source to result through the real backends: Cranelift on the CPU, NVPTX on a GPU.
 
 use kiln_compiler::{DType, Source};
-use kiln_runtime::{Arg, Device, Error, KernelCache, KernelSpec};
+use kiln_runtime::{Args, Device, Error, KernelCache, KernelSpec};
 
 use crate::cuda_or_skip;
 
@@ -24,13 +24,13 @@ fn scale_twice(device: &Device, cache: &KernelCache) {
     let mut yb = device.alloc(DType::F32, 1024).unwrap();
     for _ in 0..2 {
         yb.poison().unwrap();
-        let args = [
-            Arg::Buffer(&xb),
-            Arg::Buffer(&yb),
-            Arg::I32(n),
-            Arg::F32(3.0),
-        ];
+        let args = Args::new()
+            .input("x", &xb)
+            .output("y", &mut yb)
+            .i32("n", n)
+            .f32("a", 3.0);
         cache.launch(device, &spec, [4, 1, 1], &args).unwrap();
+        drop(args);
         let y = yb.download::<f32>().unwrap();
         let n = n as usize;
         assert!(
@@ -48,12 +48,11 @@ fn scale_twice(device: &Device, cache: &KernelCache) {
             device,
             &spec,
             [4, 1, 1],
-            &[
-                Arg::Buffer(&xb),
-                Arg::Buffer(&yb),
-                Arg::F32(1.0),
-                Arg::F32(3.0),
-            ],
+            &Args::new()
+                .input("x", &xb)
+                .output("y", &mut yb)
+                .f32("n", 1.0)
+                .f32("a", 3.0),
         )
         .unwrap_err();
     assert!(matches!(err, Error::Launch { .. }), "{err:?}");
@@ -80,16 +79,16 @@ fn end_to_end_gpu_and_warm_start_from_disk() {
 fn warm_start(device: &Device, cache: &KernelCache) {
     let src = Source::new("scale.kiln", SCALE);
     let x = device.upload(&[1.0f32; 1024]).unwrap();
-    let y = device.alloc(DType::F32, 1024).unwrap();
-    let args = [
-        Arg::Buffer(&x),
-        Arg::Buffer(&y),
-        Arg::I32(1000),
-        Arg::F32(3.0),
-    ];
+    let mut y = device.alloc(DType::F32, 1024).unwrap();
+    let args = Args::new()
+        .input("x", &x)
+        .output("y", &mut y)
+        .i32("n", 1000)
+        .f32("a", 3.0);
     cache
         .launch(device, &KernelSpec::new(&src, "scale"), [4, 1, 1], &args)
         .unwrap();
+    drop(args);
     let out = y.download::<f32>().unwrap();
     assert!(out[..1000].iter().all(|&v| v == 3.0) && out[1000..].iter().all(|&v| v == 0.0));
     let stats = cache.stats();

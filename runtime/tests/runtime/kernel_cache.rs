@@ -37,6 +37,8 @@ fn artifact(tag: &str) -> PtxArtifact {
         entry: "scale".into(),
         threads_per_block: 128,
         shared_bytes: 4096,
+        divisible_by_16: 0,
+        bounds_checks: false,
         cubin: format!("cubin {tag}").into_bytes(),
     }
 }

@@ -10,6 +10,7 @@ mod disk;
 mod end_to_end;
 mod gemm;
 mod kernel_cache;
+mod safety;
 
 use kiln_runtime::Device;
 

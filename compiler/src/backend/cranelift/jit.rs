@@ -39,10 +39,11 @@ pub(super) fn declare_math(module: &mut JITModule) -> Result<HashMap<MathFn, Fun
     Ok(ids)
 }
 
-/// `fn(args: *const u64, program_id: *const u32, num_programs: *const u32)`.
+/// `fn(args: *const u64, bounds: *const u64, program_id: *const u32, num_programs: *const u32,
+/// fault: *mut u64)`.
 pub(super) fn kernel_signature(module: &JITModule) -> Signature {
     let mut sig = module.make_signature();
     let ptr = module.target_config().pointer_type();
-    sig.params.extend([AbiParam::new(ptr); 3]);
+    sig.params.extend([AbiParam::new(ptr); 5]);
     sig
 }

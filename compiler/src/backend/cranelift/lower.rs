@@ -2,10 +2,11 @@
 //! `if`. Element computations are in `elem`, op semantics in `scalar`, memory in `memory`,
 //! reductions and `dot` in `reduce`.
 
+use super::bounds::Bounds;
 use super::lanes::LANES;
 use super::math::MathFn;
 use super::plan::Plan;
-use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, ParamKind, Value};
+use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, ParamKind, Provenance, Value};
 use crate::types::DType;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{
@@ -39,7 +40,17 @@ pub(super) struct Lowerer<'a, 'f> {
     pub(super) frame_bytes: u64,
     pid_ptr: ClValue,
     nprog_ptr: ClValue,
+    /// Which parameters each pointer may point into (for bounds checks).
+    pub(super) provenance: Provenance,
+    /// Address and byte length of every pointer parameter's buffer (`None` for scalars).
+    pub(super) bounds: Vec<Option<Bounds>>,
+    /// The fault record, when the kernel is compiled with bounds checks.
+    pub(super) fault_ptr: Option<ClValue>,
 }
+
+/// The most bytes of tile arrays one program's frame may hold. Cranelift addresses stack slots
+/// with 32-bit offsets; a runner must also give each thread a stack this large.
+pub const MAX_FRAME_BYTES: u64 = 1 << 30;
 
 /// The Cranelift type that carries an element: bool as i8 (0 or 1), 16-bit floats as their bits.
 pub(super) fn cl_type(e: Elem) -> ClType {
@@ -73,6 +84,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         mut b: FunctionBuilder<'f>,
         module: &'a mut JITModule,
         math_ids: &'a HashMap<MathFn, FuncId>,
+        bounds_checks: bool,
     ) -> Res<u64> {
         let entry = b.create_block();
         b.append_block_params_for_function_params(entry);
@@ -92,10 +104,13 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             slots: HashMap::new(),
             scratch: None,
             frame_bytes: 0,
-            pid_ptr: p[1],
-            nprog_ptr: p[2],
+            pid_ptr: p[2],
+            nprog_ptr: p[3],
+            provenance: Provenance::of(k)?,
+            bounds: vec![],
+            fault_ptr: bounds_checks.then_some(p[4]),
         };
-        l.params(p[0])?;
+        l.params(p[0], p[1])?;
         if l.block(&k.body)?.is_some() {
             return Err("yield at the kernel's top level".into());
         }
@@ -107,12 +122,25 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         Ok(frame)
     }
 
-    fn params(&mut self, args: ClValue) -> Res<()> {
+    fn params(&mut self, args: ClValue, bounds: ClValue) -> Res<()> {
         for (i, (param, &v)) in self.k.params.iter().zip(&self.k.body.args).enumerate() {
             let raw = self
                 .b
                 .ins()
                 .load(types::I64, MemFlagsData::trusted(), args, (8 * i) as i32);
+            let is_ptr = matches!(param.kind, ParamKind::Ptr { .. });
+            self.bounds.push(match (is_ptr, self.fault_ptr) {
+                (true, Some(_)) => Some(Bounds {
+                    base: raw,
+                    len: self.b.ins().load(
+                        types::I64,
+                        MemFlagsData::trusted(),
+                        bounds,
+                        (8 * i) as i32,
+                    ),
+                }),
+                _ => None,
+            });
             let val = match param.kind {
                 ParamKind::Ptr { .. } | ParamKind::Scalar(DType::I64) => raw,
                 ParamKind::Scalar(DType::I32) => self.b.ins().ireduce(types::I32, raw),
@@ -133,6 +161,13 @@ impl<'a, 'f> Lowerer<'a, 'f> {
     /// A new stack array for `numel` elements of `ty`.
     pub(super) fn new_slot(&mut self, ty: ClType, numel: u64) -> Res<StackSlot> {
         let bytes = numel * ty.bytes() as u64;
+        if self.frame_bytes + bytes > MAX_FRAME_BYTES {
+            return Err(format!(
+                "the program's tiles need more than {} MiB of memory (the CPU backend's limit); \
+                 use smaller tiles",
+                MAX_FRAME_BYTES >> 20
+            ));
+        }
         let size = u32::try_from(bytes).map_err(|_| format!("tile of {bytes} bytes"))?;
         self.frame_bytes += bytes;
         Ok(self

@@ -1,6 +1,9 @@
 //! Loads, stores and atomics. Masks are branchless: a masked-off lane's address is redirected
-//! to a scratch slot in the frame, so no user memory is touched where the mask is false.
+//! to a scratch slot in the frame, so no user memory is touched where the mask is false. With
+//! bounds checks, a lane whose address is outside its buffer is redirected the same way (and
+//! its fault recorded, see `bounds`).
 
+use super::bounds::AccessKind;
 use super::lower::{cl_type, Lowerer, Res};
 use crate::ir::{Elem, Value};
 use crate::types::DType;
@@ -10,21 +13,46 @@ use cranelift_codegen::ir::{
 };
 
 impl Lowerer<'_, '_> {
+    /// Sixteen bytes (a whole vector group) that masked-off or out-of-bounds accesses use
+    /// instead of user memory.
     pub(super) fn scratch_addr(&mut self) -> ClValue {
         let slot = *self.scratch.get_or_insert_with(|| {
             self.b
-                .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 8, 3))
+                .create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, 16, 4))
         });
         self.b.ins().stack_addr(types::I64, slot, 0)
     }
 
-    /// The address for lane `i`: the pointer where the mask holds, the scratch slot elsewhere.
-    fn lane_addr(&mut self, ptr: Value, mask: Option<Value>, i: ClValue) -> Res<ClValue> {
+    /// The address for lane `i`: the pointer where the mask holds (and the address is inside
+    /// its buffer, when checked), the scratch slot elsewhere.
+    fn lane_addr(
+        &mut self,
+        ptr: Value,
+        mask: Option<Value>,
+        i: ClValue,
+        kind: AccessKind,
+    ) -> Res<ClValue> {
         let p = self.elem(ptr, i)?;
-        let Some(m) = mask else { return Ok(p) };
-        let m = self.elem(m, i)?;
+        let m = mask.map(|m| self.elem(m, i)).transpose()?;
+        let span = self.pointee_bytes(ptr)?;
+        let on = match (m, self.check_access(ptr, p, span, m, kind)?) {
+            (None, None) => return Ok(p),
+            (Some(m), Some(ok)) => self.b.ins().band(m, ok),
+            (Some(on), None) | (None, Some(on)) => on,
+        };
         let scratch = self.scratch_addr();
-        Ok(self.b.ins().select(m, p, scratch))
+        Ok(self.b.ins().select(on, p, scratch))
+    }
+
+    /// The size of the element `ptr` points to.
+    pub(super) fn pointee_bytes(&self, ptr: Value) -> Res<u32> {
+        let d = self
+            .k
+            .ty(ptr)
+            .elem
+            .pointee()
+            .ok_or("access through a non-pointer")?;
+        Ok(d.size_bytes() as u32)
     }
 
     /// Element `i` of `load(ptr, mask, other)`, whose result is `r`.
@@ -38,7 +66,7 @@ impl Lowerer<'_, '_> {
     ) -> Res<ClValue> {
         let elem = self.k.ty(r).elem;
         let ty = cl_type(elem);
-        let addr = self.lane_addr(ptr, mask, i)?;
+        let addr = self.lane_addr(ptr, mask, i, AccessKind::Load)?;
         let raw = self.b.ins().load(ty, MemFlagsData::new(), addr, 0);
         // Memory holds any byte for a bool; only zero is false.
         let x = if elem == Elem::Scalar(DType::Bool) {
@@ -61,7 +89,7 @@ impl Lowerer<'_, '_> {
             return self.group_loop(n, |l, i| l.store_group(ptr, value, mask, i));
         }
         self.counted_loop(n, |l, i| {
-            let addr = l.lane_addr(ptr, mask, i)?;
+            let addr = l.lane_addr(ptr, mask, i, AccessKind::Store)?;
             let x = l.elem(value, i)?;
             l.b.ins().store(MemFlagsData::new(), x, addr, 0);
             Ok(())
@@ -76,7 +104,7 @@ impl Lowerer<'_, '_> {
         }
         let n = self.k.ty(ptr).numel();
         self.counted_loop(n, |l, i| {
-            let addr = l.lane_addr(ptr, mask, i)?;
+            let addr = l.lane_addr(ptr, mask, i, AccessKind::AtomicAdd)?;
             let x = l.elem(value, i)?;
             if d == DType::I32 {
                 l.b.ins()

@@ -1,9 +1,13 @@
 //! The CPU backend: tile IR to native code through Cranelift.
 //!
 //! ABI of a compiled kernel: one native function
-//! `extern "C" fn(args: *const u64, program_id: *const u32, num_programs: *const u32)` run once
-//! per program. `args[i]` holds parameter `i`: a pointer's address, or a scalar's bits
-//! zero-extended (i32, f32 as its IEEE bits, i64).
+//! `extern "C" fn(args: *const u64, bounds: *const u64, program_id: *const u32,
+//! num_programs: *const u32, fault: *mut u64)` run once per program. `args[i]` holds parameter
+//! `i`: a pointer's address, or a scalar's bits zero-extended (i32, f32 as its IEEE bits, i64).
+//! `bounds[i]` is the byte length of pointer parameter `i`'s buffer. A kernel compiled with
+//! bounds checks (the default, see [`CpuOptions`]) never touches memory outside those buffers:
+//! such an access is skipped, and the program's first one is written to `fault`
+//! ([`AccessFault`]).
 //!
 //! Scalars live in SSA registers; tiles are loops over their elements. Chains of elementwise ops
 //! are fused into the loop of the op that consumes them (see `plan`), so only tiles that are
@@ -15,6 +19,7 @@
 //! Loops whose values all have a four-lane form run four elements per iteration in vector
 //! registers (`lanes` decides, `vector` and `vmemory` lower); the rest stay scalar.
 
+mod bounds;
 mod consts;
 mod elem;
 mod expf;
@@ -38,7 +43,35 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITModule;
 use cranelift_module::{Linkage, Module};
 
-type KernelFn = unsafe extern "C" fn(*const u64, *const u32, *const u32);
+pub use bounds::AccessKind;
+pub use lower::MAX_FRAME_BYTES;
+
+type KernelFn = unsafe extern "C" fn(*const u64, *const u64, *const u32, *const u32, *mut u64);
+
+/// How to compile a kernel for the CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CpuOptions {
+    /// Check every access against the bounds of its buffer (see the module docs).
+    pub bounds_checks: bool,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions {
+            bounds_checks: true,
+        }
+    }
+}
+
+/// The first out-of-bounds access a program of a checked kernel attempted (and skipped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AccessFault {
+    /// The index of the pointer parameter it went through.
+    pub param: usize,
+    /// Its offset from that parameter's address, in bytes (negative below it).
+    pub byte_offset: i64,
+    pub kind: AccessKind,
+}
 
 /// A kernel compiled to native code; runs one program per call.
 pub struct CpuKernel {
@@ -46,6 +79,7 @@ pub struct CpuKernel {
     params: Vec<Param>,
     entry: KernelFn,
     frame_bytes: u64,
+    options: CpuOptions,
     /// Owns the code `entry` points to; freed on drop.
     module: Option<JITModule>,
 }
@@ -66,37 +100,67 @@ impl CpuKernel {
     }
 
     /// Bytes of tile arrays in the function's stack frame: a thread running programs needs at
-    /// least this much stack (plus a little).
+    /// least this much stack (plus a little). At most [`MAX_FRAME_BYTES`].
     pub fn frame_bytes(&self) -> u64 {
         self.frame_bytes
     }
 
-    /// Runs program `program_id` of a grid of `num_programs`. Fails, without running, when
-    /// `args` does not have one entry per parameter.
+    /// The options it was compiled with.
+    pub fn options(&self) -> CpuOptions {
+        self.options
+    }
+
+    /// Runs program `program_id` of a grid of `num_programs` and returns its first
+    /// out-of-bounds access, if any (always `None` without bounds checks). Fails, without
+    /// running, when `args` or `bounds` does not have one entry per parameter.
     ///
     /// # Safety
-    /// `args` must match [`CpuKernel::params`] one to one, and every pointer must be valid for
-    /// every element the program touches.
+    /// `args` must match [`CpuKernel::params`] one to one. With bounds checks, `bounds[i]` must
+    /// be a number of bytes valid at pointer `args[i]`; without, every pointer must be valid for
+    /// every element the program touches. The thread needs [`CpuKernel::frame_bytes`] of stack
+    /// to spare (stack probes turn too little into a stack-overflow abort, never into access
+    /// past the stack).
     pub unsafe fn run_program(
         &self,
         args: &[u64],
+        bounds: &[u64],
         program_id: [u32; 3],
         num_programs: [u32; 3],
-    ) -> Result<(), BackendError> {
-        if args.len() != self.params.len() {
+    ) -> Result<Option<AccessFault>, BackendError> {
+        if args.len() != self.params.len() || bounds.len() != self.params.len() {
             return Err(error(
                 &self.name,
                 format!(
-                    "{} arguments for {} parameters",
+                    "{} arguments and {} bounds for {} parameters",
                     args.len(),
+                    bounds.len(),
                     self.params.len()
                 ),
             ));
         }
-        // SAFETY: the caller vouches for the arguments; the function reads `args` (checked
-        // above), three u32s from each grid array, and what the kernel's pointers address.
-        unsafe { (self.entry)(args.as_ptr(), program_id.as_ptr(), num_programs.as_ptr()) };
-        Ok(())
+        let mut fault = [0u64; bounds::FAULT_WORDS];
+        // SAFETY: the caller vouches for the arguments; the function reads `args` and `bounds`
+        // (lengths checked above), three u32s from each grid array, what the kernel's pointers
+        // address, and writes `fault`.
+        unsafe {
+            (self.entry)(
+                args.as_ptr(),
+                bounds.as_ptr(),
+                program_id.as_ptr(),
+                num_programs.as_ptr(),
+                fault.as_mut_ptr(),
+            )
+        };
+        Ok(match fault {
+            [0, ..] => None,
+            [param, offset, kind] => Some(AccessFault {
+                param: param as usize - 1,
+                byte_offset: offset as i64,
+                kind: AccessKind::from_code(kind).ok_or_else(|| {
+                    error(&self.name, format!("fault record of unknown kind {kind}"))
+                })?,
+            }),
+        })
     }
 }
 
@@ -118,7 +182,11 @@ fn error(kernel: &str, message: impl Into<String>) -> BackendError {
 }
 
 /// Translates `k` into a function in `module`; returns its context and the frame's tile bytes.
-fn translate(k: &Kernel, module: &mut JITModule) -> Result<(Context, u64), BackendError> {
+fn translate(
+    k: &Kernel,
+    module: &mut JITModule,
+    options: CpuOptions,
+) -> Result<(Context, u64), BackendError> {
     let err = |m: String| error(&k.name, m);
     crate::ir::verify(k).map_err(|e| err(e.to_string()))?;
     let math_ids = jit::declare_math(module).map_err(err)?;
@@ -127,15 +195,21 @@ fn translate(k: &Kernel, module: &mut JITModule) -> Result<(Context, u64), Backe
     ctx.func.name = UserFuncName::testcase(&k.name);
     let mut fctx = FunctionBuilderContext::new();
     let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-    let frame = lower::Lowerer::lower_kernel(k, builder, module, &math_ids).map_err(err)?;
+    let frame = lower::Lowerer::lower_kernel(k, builder, module, &math_ids, options.bounds_checks)
+        .map_err(err)?;
     Ok((ctx, frame))
 }
 
-/// Compiles a kernel to native code for this machine.
+/// Compiles a kernel to native code for this machine, with bounds checks.
 pub fn compile(k: &Kernel) -> Result<CpuKernel, BackendError> {
+    compile_with(k, CpuOptions::default())
+}
+
+/// Compiles a kernel to native code for this machine.
+pub fn compile_with(k: &Kernel, options: CpuOptions) -> Result<CpuKernel, BackendError> {
     let err = |m: String| error(&k.name, m);
     let mut module = jit::new_module().map_err(err)?;
-    let (mut ctx, frame_bytes) = translate(k, &mut module)?;
+    let (mut ctx, frame_bytes) = translate(k, &mut module, options)?;
     let id = module
         .declare_function(&k.name, Linkage::Local, &ctx.func.signature)
         .map_err(|e| err(e.to_string()))?;
@@ -153,14 +227,15 @@ pub fn compile(k: &Kernel) -> Result<CpuKernel, BackendError> {
         params: k.params.clone(),
         entry,
         frame_bytes,
+        options,
         module: Some(module),
     })
 }
 
 /// The Cranelift IR of a kernel as translated, before Cranelift's optimisations, as text
 /// (`kiln compile --emit clif`).
-pub fn emit_clif(k: &Kernel) -> Result<String, BackendError> {
+pub fn emit_clif(k: &Kernel, options: CpuOptions) -> Result<String, BackendError> {
     let mut module = jit::new_module().map_err(|m| error(&k.name, m))?;
-    let (ctx, _) = translate(k, &mut module)?;
+    let (ctx, _) = translate(k, &mut module, options)?;
     Ok(ctx.func.display().to_string())
 }

@@ -1,7 +1,10 @@
 //! Four-lane loads and stores through contiguous pointers. A masked access whose four lanes are
 //! all enabled is one vector access; otherwise the group falls back to one scalar access per
-//! lane, with masked-off lanes redirected to the scratch slot as in `memory`.
+//! lane, with masked-off lanes redirected to the scratch slot as in `memory`. With bounds
+//! checks, a group whose four lanes are not all inside the buffer goes to the scratch slot
+//! whole, and the fault is recorded.
 
+use super::bounds::AccessKind;
 use super::lanes::lane_type;
 use super::lower::{cl_type, Lowerer, Res};
 use super::vector::{lane_cast, Group};
@@ -63,7 +66,8 @@ impl Lowerer<'_, '_> {
             return Err("load through a non-contiguous pointer".into());
         };
         let Some(m) = mask else {
-            return Ok(Group::Lanes(self.load_lanes(p0, e, MemFlagsData::new())));
+            let addr = self.checked_group_addr(ptr, p0, AccessKind::Load)?;
+            return Ok(Group::Lanes(self.load_lanes(addr, e, MemFlagsData::new())));
         };
         let lt = lane_type(e).ok_or("no lanes for this element type")?;
         let mask = self.group(m, i)?;
@@ -71,7 +75,8 @@ impl Lowerer<'_, '_> {
         self.b.append_block_param(split.join, lt);
 
         self.b.switch_to_block(split.all);
-        let x = self.load_lanes(p0, e, MemFlagsData::new());
+        let addr = self.checked_group_addr(ptr, p0, AccessKind::Load)?;
+        let x = self.load_lanes(addr, e, MemFlagsData::new());
         self.b.ins().jump(split.join, &[BlockArg::from(x)]);
 
         self.b.switch_to_block(split.none);
@@ -83,7 +88,7 @@ impl Lowerer<'_, '_> {
             let fallback = self.load_fallback(other, e, i)?;
             let mut x = fallback;
             for k in 0..4u8 {
-                let addr = self.lane_or_scratch(mv, p0, e, k);
+                let addr = self.lane_or_scratch(ptr, mv, p0, e, k, AccessKind::Load)?;
                 let y = self.b.ins().load(cl_type(e), MemFlagsData::new(), addr, 0);
                 let y = if cl_type(e) == types::I16 {
                     self.b.ins().uextend(types::I32, y)
@@ -125,14 +130,16 @@ impl Lowerer<'_, '_> {
         };
         let x = self.lanes(value, i)?;
         let Some(m) = mask else {
-            self.store_lanes(p0, x, e, MemFlagsData::new());
+            let addr = self.checked_group_addr(ptr, p0, AccessKind::Store)?;
+            self.store_lanes(addr, x, e, MemFlagsData::new());
             return Ok(());
         };
         let mask = self.group(m, i)?;
         let split = self.split_on_mask(mask)?;
 
         self.b.switch_to_block(split.all);
-        self.store_lanes(p0, x, e, MemFlagsData::new());
+        let addr = self.checked_group_addr(ptr, p0, AccessKind::Store)?;
+        self.store_lanes(addr, x, e, MemFlagsData::new());
         self.b.ins().jump(split.join, &[]);
 
         self.b.switch_to_block(split.none);
@@ -141,7 +148,7 @@ impl Lowerer<'_, '_> {
         if let Some((some, mv)) = split.some {
             self.b.switch_to_block(some);
             for k in 0..4u8 {
-                let addr = self.lane_or_scratch(mv, p0, e, k);
+                let addr = self.lane_or_scratch(ptr, mv, p0, e, k, AccessKind::Store)?;
                 let y = self.b.ins().extractlane(x, k);
                 let y = if cl_type(e) == types::I16 {
                     self.b.ins().ireduce(types::I16, y)
@@ -187,15 +194,42 @@ impl Lowerer<'_, '_> {
         })
     }
 
-    /// The address of lane `k` from lane 0's `p0`, or the scratch slot if `mask`'s lane is off.
-    fn lane_or_scratch(&mut self, mask: ClValue, p0: ClValue, e: Elem, k: u8) -> ClValue {
+    /// The address of the four lanes from `p0` through `ptr`, or the scratch slot if they are
+    /// not all inside its buffer (checked kernels only).
+    fn checked_group_addr(&mut self, ptr: Value, p0: ClValue, kind: AccessKind) -> Res<ClValue> {
+        let span = 4 * self.pointee_bytes(ptr)?;
+        Ok(match self.check_access(ptr, p0, span, None, kind)? {
+            Some(ok) => {
+                let scratch = self.scratch_addr();
+                self.b.ins().select(ok, p0, scratch)
+            }
+            None => p0,
+        })
+    }
+
+    /// The address of lane `k` from lane 0's `p0`, or the scratch slot if `mask`'s lane is off
+    /// (or, checked, the address is outside `ptr`'s buffer).
+    fn lane_or_scratch(
+        &mut self,
+        ptr: Value,
+        mask: ClValue,
+        p0: ClValue,
+        e: Elem,
+        k: u8,
+        kind: AccessKind,
+    ) -> Res<ClValue> {
         let on = self.b.ins().extractlane(mask, k);
         let on = self.b.ins().icmp_imm_s(IntCC::NotEqual, on, 0);
         let p = self
             .b
             .ins()
             .iadd_imm_s(p0, i64::from(k) * i64::from(cl_type(e).bytes()));
+        let span = self.pointee_bytes(ptr)?;
+        let on = match self.check_access(ptr, p, span, Some(on), kind)? {
+            Some(ok) => self.b.ins().band(on, ok),
+            None => on,
+        };
         let scratch = self.scratch_addr();
-        self.b.ins().select(on, p, scratch)
+        Ok(self.b.ins().select(on, p, scratch))
     }
 }
