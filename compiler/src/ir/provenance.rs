@@ -185,16 +185,16 @@ mod tests {
     }
 
     #[test]
-    fn select_and_loop_carried_pointers_take_the_union() {
-        let src = "kernel k(y: *mut f32, z: *mut f32, c: bool, n: i32) {
+    fn branch_and_loop_carried_pointers_take_the_union() {
+        let src = "kernel k(y: *mut f32, z: *mut f32, c: i32, n: i32) {
             let mut p = y;
             for i in 0..n step 1 {
                 p = p + 1;
             }
             store(p + range(4), 1.0);
             let mut q = y;
-            for i in 0..n step 1 {
-                q = where(c, z, q);
+            if c > 0 {
+                q = z;
             }
             store(q + range(4), 1.0);
         }";

@@ -1,7 +1,7 @@
 //! Calls: builtins (`load`, `sum`, `dot`, ...) and inlined helper functions.
 
 use super::checker::{shape_text, Checker, R};
-use super::rules::{broadcasts_to, is_pow2, MAX_TILE_ELEMS};
+use super::rules::{broadcasts_to, is_pow2, too_many_elems, MAX_TILE_ELEMS};
 use super::value::{Const, Val};
 use crate::diag::Diagnostic;
 use crate::ir::{BinaryOp, ConstValue, Elem, Op, ReduceOp, Type, UnaryOp, Value};
@@ -738,6 +738,9 @@ impl Checker<'_> {
             ));
         }
         let out = [xs[0], ys[1]];
+        if let Some(message) = too_many_elems(&out) {
+            return Err(Diagnostic::new(a.span, format!("the result of `dot`: {message}")));
+        }
         let acc = match a.positional.get(2) {
             Some((acc, s)) => {
                 if self.dtype_of(acc) != Some(DType::F32) || self.shape_of(acc) != out {

@@ -1,7 +1,7 @@
 //! The checker's state: the IR builder, lexical scopes, and the conversions every rule uses
 //! (materialising constants, broadcasting, casting operands to a common type).
 
-use super::rules::{broadcast_shapes, broadcasts_to};
+use super::rules::{broadcast_shapes, broadcasts_to, too_many_elems};
 use super::value::{describe, Const, Val};
 use crate::diag::Diagnostic;
 use crate::ir::{Builder, ConstValue, Elem, Op, Type, Value};
@@ -197,6 +197,11 @@ impl<'m> Checker<'m> {
                 )
                 .with_note("shapes broadcast when, aligned at the right, each pair of dimensions is equal or one of them is 1")
             })?;
+            // Broadcasting multiplies sizes: every shape it makes is held to the tile limit.
+            if let Some(message) = too_many_elems(&shape) {
+                return Err(Diagnostic::new(*span, message)
+                    .with_label(format!("broadcast to {}", shape_text(&shape))));
+            }
         }
         Ok(shape)
     }

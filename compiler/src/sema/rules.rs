@@ -27,6 +27,14 @@ pub fn broadcast_shapes(a: &[u32], b: &[u32]) -> Option<Vec<u32>> {
         .collect()
 }
 
+/// An error message if a tile of `shape` holds more than [`MAX_TILE_ELEMS`] elements.
+pub fn too_many_elems(shape: &[u32]) -> Option<String> {
+    let numel: u64 = shape.iter().map(|&d| u64::from(d)).product();
+    (numel > MAX_TILE_ELEMS).then(|| {
+        format!("a tile may hold at most {MAX_TILE_ELEMS} elements, this one would hold {numel}")
+    })
+}
+
 /// Can a tile of shape `from` be broadcast to exactly `to`?
 pub fn broadcasts_to(from: &[u32], to: &[u32]) -> bool {
     broadcast_shapes(from, to).as_deref() == Some(to)
