@@ -418,3 +418,60 @@ fn clif_of_small_kernels() {
         insta::assert_snapshot!(format!("clif_{name}"), clif);
     }
 }
+
+/// Compiles and runs `y = f(x)` over 16 elements, where `body` computes `a` from `let mut a`,
+/// and checks it took under `seconds`.
+fn run_within(body: &str, seconds: f64) -> Vec<f32> {
+    let src = format!(
+        "kernel c(x: *f32, y: *mut f32) {{ let o = range(16); let mut a = load(x + o);\n{body}\nstore(y + o, a); }}"
+    );
+    let start = std::time::Instant::now();
+    let k = kernel(&src, "c");
+    let clif_start = std::time::Instant::now();
+    let ks = compile_to_ir(&Source::new("t.kiln", &src), &Defines::new()).unwrap();
+    kiln_compiler::backend::cranelift::emit_clif(&ks[0], CpuOptions::default()).unwrap();
+    let elapsed = start.elapsed().as_secs_f64();
+    assert!(
+        elapsed < seconds,
+        "{elapsed:.2} s to compile (clif alone {:.2} s)",
+        clif_start.elapsed().as_secs_f64()
+    );
+    let x: Vec<f32> = (0..16).map(|i| i as f32 / 16.0 - 0.5).collect();
+    let mut y = vec![f32::NAN; 16];
+    run(&k, &[x.as_ptr() as u64, y.as_mut_ptr() as u64], 1);
+    y
+}
+
+#[test]
+fn lowering_is_linear_in_chains_and_repeated_operands() {
+    // Found by an adversarial run: each of these took exponential time (9 steps of the first
+    // took over 30 s). Now every one takes well under a second.
+    let x: Vec<f32> = (0..16).map(|i| i as f32 / 16.0 - 0.5).collect();
+    let steps = "a = a * 1.5 + 1.0;\n".repeat(40);
+    let y = run_within(&steps, 10.0);
+    let want: Vec<f32> = x
+        .iter()
+        .map(|&v| (0..40).fold(v, |a, _| a * 1.5 + 1.0))
+        .collect();
+    assert_eq!(y, want);
+
+    // Every value used twice by the next: the expansion doubles per step.
+    let doubling = "a = a + a;\n".repeat(30);
+    let y = run_within(&doubling, 10.0);
+    let want: Vec<f32> = x.iter().map(|&v| v * (1u64 << 30) as f32).collect();
+    assert_eq!(y, want);
+
+    // One long sum with the same operand: `a + a + a + ...`.
+    let terms = vec!["a"; 40].join(" + ");
+    let y = run_within(&format!("a = {terms};"), 10.0);
+    let want: Vec<f32> = x.iter().map(|&v| (0..39).fold(v, |s, _| s + v)).collect();
+    assert_eq!(y, want);
+
+    // Deep nesting of calls: exp(exp(...exp(a * 0.25)... * 0.25) * 0.25).
+    let nested = (0..25).fold("a".to_string(), |inner, _| format!("exp({inner} * 0.25)"));
+    let y = run_within(&format!("a = {nested};"), 10.0);
+    for (&y, &v) in y.iter().zip(&x) {
+        let want = (0..25).fold(v, |a, _| (a * 0.25).exp());
+        assert!((y - want).abs() <= 1e-5 * want.abs(), "{y} vs {want}");
+    }
+}

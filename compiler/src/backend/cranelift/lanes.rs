@@ -83,7 +83,15 @@ impl Lowerer<'_, '_> {
         if !self.plan.is_virtual(v) {
             return None;
         }
-        self.op_form(self.defs.get(&v)?, v)
+        // A virtual value's form follows from its operands', which are all defined before it is
+        // asked for; remembering it keeps deep expressions linear (each level asks several
+        // times).
+        if let Some(&form) = self.forms.borrow().get(&v) {
+            return form;
+        }
+        let form = self.op_form(self.defs.get(&v)?, v);
+        self.forms.borrow_mut().insert(v, form);
+        form
     }
 
     /// True when a slot of `v`'s elements can be read and written four lanes at a time.

@@ -46,6 +46,8 @@ pub(super) struct Lowerer<'a, 'f> {
     pub(super) bounds: Vec<Option<Bounds>>,
     /// The fault record, when the kernel is compiled with bounds checks.
     pub(super) fault_ptr: Option<ClValue>,
+    /// The four-lane form of each virtual value, once asked for (see `lanes`).
+    pub(super) forms: std::cell::RefCell<HashMap<Value, Option<super::lanes::Form>>>,
 }
 
 /// The most bytes of tile arrays one program's frame may hold. Cranelift addresses stack slots
@@ -109,6 +111,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             provenance: Provenance::of(k)?,
             bounds: vec![],
             fault_ptr: bounds_checks.then_some(p[4]),
+            forms: Default::default(),
         };
         l.params(p[0], p[1])?;
         if l.block(&k.body)?.is_some() {

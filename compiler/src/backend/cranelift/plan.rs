@@ -12,6 +12,10 @@
 //!   memory write between it and the op that finally evaluates its chain.
 //!
 //! Everything else (results of reductions, `dot`, `for`, `if`, loop arguments) lives in a slot.
+//!
+//! A virtual tile is recomputed at each of its uses, so a tile whose fully expanded expression
+//! would exceed [`MAX_EXPANSION`] operations is stored instead: `let b = a + a;` repeated
+//! doubles the expansion at every step, and lowering must stay linear in the program's size.
 
 use crate::ir::{Block, Kernel, Op, UnaryOp, Value};
 use std::collections::{HashMap, HashSet};
@@ -40,9 +44,14 @@ struct Use {
     result: Option<Value>,
 }
 
+/// The most operations one element of a virtual tile may expand to.
+const MAX_EXPANSION: u64 = 64;
+
 #[derive(Default)]
 struct Facts<'a> {
     defs: HashMap<Value, (Site, &'a Op)>,
+    /// Defined values in program order (operands before the values that use them).
+    order: Vec<Value>,
     uses: HashMap<Value, Vec<Use>>,
     /// Per block, for each instruction: does it write memory?
     effects: Vec<Vec<bool>>,
@@ -78,6 +87,7 @@ impl<'a> Facts<'a> {
             }
             for &r in &inst.results {
                 self.defs.insert(r, (at, &inst.op));
+                self.order.push(r);
             }
             for nested in inst.op.blocks() {
                 self.block(nested);
@@ -140,6 +150,27 @@ pub(super) fn plan(k: &Kernel) -> Plan {
         let uses = facts.uses.get(&v).map(Vec::as_slice).unwrap_or(&[]);
         if elementwise && uses.len() == 1 && uses[0].fusing && uses[0].at.block == site.block {
             virtual_.insert(v);
+        }
+    }
+
+    // Bound what each virtual tile expands to: operands come first in program order, and a
+    // stored operand counts as one read.
+    let mut expansion: HashMap<Value, u64> = HashMap::new();
+    for &v in &facts.order {
+        if !virtual_.contains(&v) {
+            continue;
+        }
+        let size = facts.defs[&v]
+            .1
+            .operands()
+            .iter()
+            .map(|o| expansion.get(o).copied().unwrap_or(1))
+            .fold(1u64, u64::saturating_add);
+        if size > MAX_EXPANSION {
+            virtual_.remove(&v);
+            cheap.remove(&v);
+        } else {
+            expansion.insert(v, size);
         }
     }
 
