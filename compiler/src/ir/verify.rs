@@ -18,6 +18,7 @@ pub fn verify(k: &Kernel) -> Result<(), VerifyError> {
     let mut v = Verifier {
         k,
         defined: HashSet::new(),
+        visible: HashSet::new(),
         scopes: vec![],
     };
     v.block(&k.body, None).map_err(|message| VerifyError {
@@ -29,6 +30,9 @@ pub fn verify(k: &Kernel) -> Result<(), VerifyError> {
 struct Verifier<'a> {
     k: &'a Kernel,
     defined: HashSet<Value>,
+    /// Values defined in the open blocks: what an instruction may use.
+    visible: HashSet<Value>,
+    /// The values each open block defined, innermost last (removed from `visible` at its end).
     scopes: Vec<Vec<Value>>,
 }
 
@@ -48,11 +52,12 @@ impl Verifier<'_> {
             return Err(format!("value v{} defined twice", v.0));
         }
         self.scopes.last_mut().unwrap().push(v);
+        self.visible.insert(v);
         Ok(())
     }
 
     fn use_(&self, v: Value) -> Check {
-        if self.scopes.iter().any(|s| s.contains(&v)) {
+        if self.visible.contains(&v) {
             Ok(())
         } else {
             Err(format!("value v{} used where it is not defined", v.0))
@@ -89,7 +94,9 @@ impl Verifier<'_> {
         if yields.is_some() && !matches!(b.insts.last().map(|i| &i.op), Some(Op::Yield(_))) {
             return Err("nested block does not end with yield".into());
         }
-        self.scopes.pop();
+        for v in self.scopes.pop().unwrap_or_default() {
+            self.visible.remove(&v);
+        }
         Ok(())
     }
 

@@ -281,3 +281,53 @@ fn offsets_are_widened_to_i64() {
         }
     }
 }
+
+/// Seconds to check (and lower to IR) `src`.
+fn seconds_to_check(src: &str) -> f64 {
+    let start = std::time::Instant::now();
+    kiln_compiler::compile_to_ir(&kiln_compiler::Source::new("t.kiln", src), &Defines::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    start.elapsed().as_secs_f64()
+}
+
+#[test]
+fn checking_is_linear_in_the_inlined_size() {
+    // Found by an adversarial run: the IR verifier searched every open scope's list of values
+    // for each use, so 40,000 flat lets took over a second (in a release build).
+    let lets = |n: usize| {
+        let mut src = String::from(
+            "kernel k(x: *f32, y: *mut f32) { let o = range(16); let a0 = load(x + o);\n",
+        );
+        for i in 1..=n {
+            src.push_str(&format!("let a{i} = a{} + 1.0;\n", i - 1));
+        }
+        src + &format!("store(y + o, a{n}); }}")
+    };
+    // Helpers that each call the one before twice: the inlined size doubles per level.
+    let helpers = |levels: usize| {
+        let mut src = String::from("fn h0(x) { x * 1.5 + 1.0 }\n");
+        for i in 1..=levels {
+            src.push_str(&format!(
+                "fn h{i}(x) {{ h{}(x) + h{}(x * 0.5) }}\n",
+                i - 1,
+                i - 1
+            ));
+        }
+        src + &format!(
+            "kernel k(x: *f32, y: *mut f32) {{ let o = range(16); store(y + o, h{levels}(load(x + o))); }}"
+        )
+    };
+    // Twice the program, about twice the time (4x would be quadratic); the smaller size is run
+    // twice and the faster run kept, to keep a noisy machine from flattering the ratio.
+    for (name, small, large) in [
+        ("flat lets", lets(10_000), lets(20_000)),
+        ("doubling helpers", helpers(11), helpers(12)),
+    ] {
+        let small_s = seconds_to_check(&small).min(seconds_to_check(&small));
+        let large_s = seconds_to_check(&large);
+        assert!(
+            large_s < 3.0 * small_s + 0.05,
+            "{name}: {small_s:.3} s, then {large_s:.3} s for twice the size"
+        );
+    }
+}
