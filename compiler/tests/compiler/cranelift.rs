@@ -475,3 +475,33 @@ fn lowering_is_linear_in_chains_and_repeated_operands() {
         assert!((y - want).abs() <= 1e-5 * want.abs(), "{y} vs {want}");
     }
 }
+
+#[test]
+fn a_frame_past_the_limit_is_an_error_not_a_panic() {
+    // Found by an adversarial run: helpers inlining 257 loads of the largest tile made Cranelift
+    // panic ("Offset in Slot is greater than 2GB"). The frame is now bounded first.
+    let src = format!(
+        "fn get(x, i) {{ load(x + range(1048576) + i) }}
+         kernel k(x: *f32, y: *mut f32) {{
+             {}
+             store(y + range(1048576), {});
+         }}",
+        (0..257)
+            .map(|i| format!("let t{i} = get(x, {i});"))
+            .collect::<String>(),
+        (0..257)
+            .map(|i| format!("t{i} * t{}", 256 - i))
+            .collect::<Vec<_>>()
+            .chunks(8)
+            .map(|c| format!("({})", c.join(" + ")))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    );
+    let ks = compile_to_ir(&Source::new("t.kiln", &src), &Defines::new())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = match compile_with(&ks[0], CpuOptions::default()) {
+        Ok(_) => panic!("a 1 GiB frame compiled"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("more than 1024 MiB"), "{err}");
+}
