@@ -5,21 +5,28 @@
 //! crate is written once and runs on either device.
 //!
 //! ```no_run
-//! use kiln_runtime::{Arg, Device, KernelCache, KernelSpec};
+//! use kiln_runtime::{Args, Device, KernelCache, KernelSpec};
 //! # fn main() -> kiln_runtime::Result<()> {
 //! let device = Device::cpu();
 //! let cache = KernelCache::new();
 //! let source = kiln_compiler::Source::new("scale.kiln", "...");
 //! let x = device.upload(&[1.0f32, 2.0, 3.0])?;
-//! let y = device.alloc(kiln_compiler::DType::F32, 3)?;
-//! cache.launch(&device, &KernelSpec::new(&source, "scale"), [3, 1, 1], &[
-//!     Arg::Buffer(&x),
-//!     Arg::Buffer(&y),
-//!     Arg::I32(3),
-//! ])?;
+//! let mut y = device.alloc(kiln_compiler::DType::F32, 3)?;
+//! let spec = KernelSpec::new(&source, "scale").define("BLOCK", 4);
+//! let args = Args::new().input("x", &x).output("y", &mut y).i32("n", 3);
+//! cache.launch(&device, &spec, [1, 1, 1], &args)?;
+//! drop(args); // the launch's borrow of `y` ends here
 //! let out: Vec<f32> = y.download()?;
 //! # Ok(()) }
 //! ```
+//!
+//! Arguments are bound to the kernel's parameters by name ([`Args`]): a read-only `*T`
+//! parameter takes a shared borrow of a buffer or a [`BufferView`] of one, a `*mut T` parameter
+//! an exclusive one ([`BufferViewMut`]), so safe code can neither race a kernel nor pass one
+//! buffer as both an input and an output. On the CPU every access a kernel makes is checked
+//! against the buffer (or view) its pointer came from, and one outside it is an
+//! [`Error::OutOfBounds`]; on a GPU the default launch trusts the kernel's masks, and
+//! [`KernelCache::with_gpu_bounds_checks`] compiles the same checks in (for test suites).
 //!
 //! Without the `cuda` feature (on by default) only the CPU device exists, and
 //! [`Device::cuda`] says so. The CUDA driver is loaded at run time: a binary built with the

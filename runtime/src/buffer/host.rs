@@ -10,8 +10,8 @@ pub(crate) const HOST_ALIGN: usize = 64;
 
 /// An owned, 64-byte aligned byte allocation.
 ///
-/// Kernels write through the raw pointer while the runtime holds only `&HostMem`, as a GPU
-/// writes device memory; so the bytes are never exposed as a long-lived Rust reference.
+/// Kernels and GEMMs write through the raw pointer while the runtime holds only `&HostMem`, as
+/// a GPU writes device memory; so the bytes are never exposed as a long-lived Rust reference.
 pub(crate) struct HostMem {
     ptr: NonNull<u8>,
     bytes: usize,
@@ -19,7 +19,8 @@ pub(crate) struct HostMem {
 
 // SAFETY: `HostMem` owns its allocation like a `Box<[u8]>`; access is through raw pointers.
 unsafe impl Send for HostMem {}
-// SAFETY: shared access only reads (or hands the pointer to kernels, see the type's docs).
+// SAFETY: through `&HostMem` memory is only read, except by a kernel or GEMM writing an output,
+// which the launch API only accepts as a `BufferViewMut`: an exclusive borrow of the buffer.
 unsafe impl Sync for HostMem {}
 
 impl HostMem {

@@ -19,9 +19,11 @@ pub use view::{BufferView, BufferViewMut};
 
 /// `len` elements of one [`DType`] on one [`Device`].
 ///
-/// Kernels may write a buffer passed to them by shared reference, as on a GPU; the runtime does
-/// not track aliasing between launches. On the CPU launches are synchronous; on a GPU all work
-/// of a device is ordered on its one stream.
+/// A kernel reads a buffer borrowed shared ([`Buffer::view`], `&buffer`) and writes one borrowed
+/// exclusively ([`Buffer::view_mut`], `&mut buffer`), so while a launch's arguments live no other
+/// code can read or write what it writes. On the CPU launches are synchronous; on a GPU all work
+/// of a device is ordered on its one stream, so a download or write after a launch sees it
+/// finished.
 pub struct Buffer {
     device: Device,
     dtype: DType,
