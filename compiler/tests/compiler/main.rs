@@ -8,6 +8,8 @@ mod kernels;
 #[cfg(feature = "nvptx")]
 mod nvptx;
 #[cfg(feature = "nvptx")]
+mod nvptx_checked;
+#[cfg(feature = "nvptx")]
 mod nvptx_dot;
 #[cfg(feature = "nvptx")]
 mod nvptx_layout;

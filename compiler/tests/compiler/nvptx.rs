@@ -31,7 +31,7 @@ const KERNELS: &[(&str, &str)] = &[
     ("rows", include_str!("nvptx_kernels/rows.kiln")),
 ];
 
-fn kernels(name: &str, text: &str) -> Vec<ir::Kernel> {
+pub(crate) fn kernels(name: &str, text: &str) -> Vec<ir::Kernel> {
     let src = Source::new(format!("{name}.kiln"), text);
     compile_to_ir(&src, &Defines::new()).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -42,11 +42,12 @@ fn compile(k: &ir::Kernel, arch: Arch, divisible_by_16: u64) -> PtxKernel {
         num_warps: 4,
         divisible_by_16,
         num_stages: 1,
+        bounds_checks: false,
     };
     compile_ptx(k, &opts).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn check_ptx(k: &ir::Kernel, p: &PtxKernel) {
+pub(crate) fn check_ptx(k: &ir::Kernel, p: &PtxKernel) {
     assert!(p.ptx.contains(&format!(".entry {}(", k.name)), "{}", p.ptx);
     assert!(
         !p.ptx.contains(".extern .func"),
@@ -128,6 +129,7 @@ fn every_kernel_assembles_with_1_and_8_warps() {
                     num_warps,
                     divisible_by_16: u64::MAX,
                     num_stages: 1,
+                    bounds_checks: false,
                 };
                 let p = compile_ptx(&k, &opts).unwrap_or_else(|e| panic!("{e}"));
                 assert!(!p.ptx.contains(".extern .func"), "{}", p.ptx);

@@ -33,6 +33,7 @@ fn compile(
         num_warps,
         divisible_by_16: u64::MAX,
         num_stages,
+        bounds_checks: false,
     };
     compile_ptx(&k, &opts).unwrap_or_else(|e| panic!("{e}"))
 }

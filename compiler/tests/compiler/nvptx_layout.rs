@@ -57,6 +57,7 @@ fn alignment_facts_of_a_masked_row() {
             num_warps: 4,
             divisible_by_16: mask,
             num_stages: 1,
+            bounds_checks: false,
         };
         let a = AxisAnalysis::run(k, &opts);
         let load = k

@@ -3,6 +3,7 @@
 
 use super::assign::Assignment;
 use super::axis::AxisAnalysis;
+use super::bounds::Checks;
 use super::layout::{Blocked, Layout, TidTerm};
 use super::{error, intrinsics, PtxOptions};
 use crate::backend::BackendError;
@@ -112,6 +113,8 @@ pub(super) struct Lowerer<'a, 'ctx> {
     /// Dots whose `wgmma`s stay in flight at the end of their loop's iteration (see
     /// `pipeline`).
     pub in_flight: HashSet<Value>,
+    /// The bounds checks of a checked kernel ([`PtxOptions::bounds_checks`]).
+    pub checks: Option<Checks<'ctx>>,
     /// Tensor-core dots may run as `wgmma` (see `wgmma`, [`Assignment::warpgroups`]).
     pub wgmma: bool,
     /// Which values are in which layout.
@@ -130,7 +133,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         k: &'a Kernel,
         opts: &PtxOptions,
     ) -> Res<Self> {
-        let params: Vec<_> = k
+        let mut params: Vec<_> = k
             .params
             .iter()
             .map(|p| match p.kind {
@@ -138,6 +141,9 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 ParamKind::Scalar(d) => scalar_type(ctx, d).into(),
             })
             .collect();
+        if opts.bounds_checks {
+            params.extend(super::bounds::extra_params(ctx));
+        }
         let func = module.add_function(&k.name, ctx.void_type().fn_type(&params, false), None);
         func.set_call_conventions(71); // ptx_kernel
         let threads = 32 * opts.num_warps;
@@ -159,6 +165,10 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             return Err(LowerError("tid.x has no value".into()));
         };
         let tid = tid.into_int_value();
+        let checks = match opts.bounds_checks {
+            true => Some(Checks::new(ctx, &b, func, k)?),
+            false => None,
+        };
         let assign = Assignment::run(k, threads, opts.arch.has_wgmma());
         let wgmma = assign.warpgroups();
         Ok(Lowerer {
@@ -176,6 +186,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             piped: HashMap::new(),
             num_stages: opts.num_stages,
             in_flight: HashSet::new(),
+            checks,
             assign,
             wgmma,
             vals: HashMap::new(),
@@ -551,7 +562,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         &self.defs
     }
 
-    fn sreg(&self, name: &str, axis: u8) -> Res<BasicValueEnum<'ctx>> {
+    pub(super) fn sreg(&self, name: &str, axis: u8) -> Res<BasicValueEnum<'ctx>> {
         let a = ["x", "y", "z"]
             .get(axis as usize)
             .ok_or_else(|| LowerError(format!("grid axis {axis}")))?;

@@ -1,6 +1,7 @@
 //! Loads, stores and atomics through tiles of pointers, vectorised where [`super::axis`] proves
 //! the addresses contiguous and aligned and the mask constant over each vector.
 
+use super::bounds::AccessKind;
 use super::layout::Layout;
 use super::lower::{memory_type, Lowerer, Res};
 use crate::ir::Value;
@@ -31,7 +32,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     }
 
     /// Emits `if cond { body }`; returns the body's value merged with `default` by a phi.
-    fn guarded(
+    pub(super) fn guarded(
         &self,
         cond: Option<IntValue<'ctx>>,
         default: Option<V<'ctx>>,
@@ -57,7 +58,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         })
     }
 
-    fn and_opt(
+    pub(super) fn and_opt(
         &self,
         a: Option<IntValue<'ctx>>,
         b: Option<IntValue<'ctx>>,
@@ -96,6 +97,8 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             let cond = masks.as_ref().map(|m| m[g].into_int_value());
             let p = ptrs[g].into_pointer_value();
             let align = w * d.size_bytes() as u32;
+            let inside = self.check_access(ptr, p, align, cond, AccessKind::Load)?;
+            let cond = self.and_opt(cond, inside)?;
             let loaded: Vec<V> = if w == 1 {
                 let v = self
                     .guarded(cond, Some(zero), |s| {
@@ -133,7 +136,12 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 let i = g + j;
                 out.push(match (&masks, &others) {
                     (Some(m), Some(o)) => {
-                        self.b.build_select(m[i].into_int_value(), v, o[i], "")?
+                        // A lane out of bounds yields `other`, as if masked off.
+                        let keep = match inside {
+                            Some(inside) => self.b.build_and(m[i].into_int_value(), inside, "")?,
+                            None => m[i].into_int_value(),
+                        };
+                        self.b.build_select(keep, v, o[i], "")?
                     }
                     _ => v,
                 });
@@ -174,6 +182,12 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         for g in (0..l.regs() as usize).step_by(w as usize) {
             let cond = self.and_opt(owner, masks.as_ref().map(|m| m[g].into_int_value()))?;
             let p = ptrs[g].into_pointer_value();
+            let kind = match atomic {
+                true => AccessKind::AtomicAdd,
+                false => AccessKind::Store,
+            };
+            let inside = self.check_access(ptr, p, w * d.size_bytes() as u32, cond, kind)?;
+            let cond = self.and_opt(cond, inside)?;
             self.guarded(cond, None, |s| {
                 if atomic {
                     s.atomic_add(p, vals[g], d)?;

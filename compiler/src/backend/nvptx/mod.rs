@@ -13,7 +13,8 @@
 //! layout conversions that go through shared memory, `remat` those that need none (index
 //! grids, masks and pointer tiles are recomputed in the layout that needs them), `pipeline`
 //! the software pipeline that copies a loop's dot operands into a ring of shared buffers ahead
-//! of their use (`cp.async`, [`PtxOptions::num_stages`]).
+//! of their use (`cp.async`, [`PtxOptions::num_stages`]), `bounds` the checks of every global
+//! access in checked kernels ([`PtxOptions::bounds_checks`]).
 //!
 //! Shared memory is one dynamic buffer per block: the scratch space of the conversions first,
 //! then the pipeline rings; [`PtxKernel::shared_bytes`] is what a launch must provide.
@@ -30,6 +31,7 @@
 mod arith;
 pub mod assign;
 pub mod axis;
+mod bounds;
 mod control;
 mod dot;
 mod intrinsics;
@@ -114,7 +116,19 @@ pub struct PtxOptions {
     /// `pipeline`): such a loop copies its tiles `num_stages - 1` iterations ahead, straight
     /// to shared memory. 1 turns pipelining off.
     pub num_stages: u32,
+    /// Compile bounds checks in (the checked launches of the test suite): the kernel takes two
+    /// more `u64` parameters after its own, `bounds` (the byte length of each parameter's
+    /// buffer, one `u64` per parameter, 0 for scalars) and `fault` (a record of
+    /// [`FAULT_WORDS`] `u64`s, zeroed before the launch). A lane whose address is outside the
+    /// buffers its pointer may point into is skipped, and the first such access of the launch
+    /// is recorded: `fault[0]` = parameter index + 1, `fault[1]` = byte offset from that
+    /// parameter's address, `fault[2]` = access kind (1 load, 2 store, 3 atomic add),
+    /// `fault[3]` = the linear program id.
+    pub bounds_checks: bool,
 }
+
+/// Words of the fault record of a kernel compiled with [`PtxOptions::bounds_checks`].
+pub const FAULT_WORDS: usize = 4;
 
 impl PtxOptions {
     /// Options with no alignment specialisation and no loop pipelining.
@@ -124,6 +138,7 @@ impl PtxOptions {
             num_warps,
             divisible_by_16: 0,
             num_stages: 1,
+            bounds_checks: false,
         }
     }
 

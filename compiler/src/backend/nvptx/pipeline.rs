@@ -31,7 +31,11 @@
 //! values defined before the loop, and are lowered once more with the induction variable
 //! advanced. Loads whose cone reads anything else (a loop-carried value, another load) stay as
 //! they are.
+//!
+//! In bounds-checked kernels (see `bounds`) each copy is checked like the load it stands for;
+//! one out of bounds is issued with size 0.
 
+use super::bounds::AccessKind;
 use super::layout::Layout;
 use super::lower::{Lowerer, Res};
 use super::mma::SharedTile;
@@ -288,8 +292,20 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 Some(m) => self.b.build_and(m[g].into_int_value(), valid, "")?,
                 None => valid,
             };
-            let size = self.b.build_select(ok, full, none, "")?;
             let src = ptrs[g];
+            // A copy out of bounds reads nothing (size 0), as if masked off.
+            let inside = self.check_access(
+                load.ptr,
+                src.into_pointer_value(),
+                bytes,
+                Some(ok),
+                AccessKind::Load,
+            )?;
+            let ok = match inside {
+                Some(inside) => self.b.build_and(ok, inside, "")?,
+                None => ok,
+            };
+            let size = self.b.build_select(ok, full, none, "")?;
             self.b.build_indirect_call(
                 copy.0,
                 copy.1,
