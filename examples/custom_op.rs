@@ -5,7 +5,7 @@
 //! Run: `cargo run --example custom_op`
 
 use kiln::compiler::{DType, Source};
-use kiln::runtime::{Arg, Device, KernelCache, KernelSpec};
+use kiln::runtime::{Args, Device, KernelCache, KernelSpec};
 
 const SOURCE: &str = r#"
 // y[r, c] = gelu(x[r, c] + bias[c]); one program per row, columns in tiles of BLOCK.
@@ -41,13 +41,12 @@ fn run(device: &Device) -> Result<(), Box<dyn std::error::Error>> {
     let src = Source::new("bias_gelu.kiln", SOURCE);
     let cache = KernelCache::in_memory();
     let (xb, bb) = (device.upload(&x)?, device.upload(&bias)?);
-    let yb = device.alloc(DType::F32, rows * n)?;
-    let args = [
-        Arg::Buffer(&xb),
-        Arg::Buffer(&bb),
-        Arg::Buffer(&yb),
-        Arg::I32(n as i32),
-    ];
+    let mut yb = device.alloc(DType::F32, rows * n)?;
+    let args = Args::new()
+        .input("x", &xb)
+        .input("bias", &bb)
+        .output("y", &mut yb)
+        .i32("n", n as i32);
     cache.launch(
         device,
         &KernelSpec::new(&src, "bias_gelu"),

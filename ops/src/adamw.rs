@@ -7,7 +7,7 @@
 //! group's learning rate.
 
 use kiln_compiler::DType;
-use kiln_runtime::{Arg, Buffer};
+use kiln_runtime::{Args, Buffer, BufferView, BufferViewMut};
 
 use crate::context::{expect, KernelConfig, Ops};
 use crate::Result;
@@ -16,6 +16,8 @@ const FILE: &str = "adamw.kiln";
 /// One 16-byte vector of each f32 stream per thread: the fastest measured on the H200.
 const BLOCK: usize = 1024;
 const WARPS: u32 = 8;
+/// Gradient elements per program of the sum of squares.
+const SQ_SUM_BLOCK: usize = 4096;
 
 /// AdamW hyper-parameters shared by every group (the learning rate is per update).
 #[derive(Clone, Copy, Debug)]
@@ -38,35 +40,40 @@ impl Default for AdamW {
 }
 
 /// One parameter tensor's state: f32 master weights, gradient, both moments, and the bf16 copy
-/// the model computes with (all of `param.len()` elements).
+/// the model computes with (all of `param.len()` elements). The update reads the gradient and
+/// updates the weights and moments in place, so those are exclusive views; the bf16 copy is
+/// written. Views can be of whole buffers (`buffer.view_mut()`) or of parts of one arena.
 pub struct ParamState<'a> {
-    pub param: &'a Buffer,
-    pub grad: &'a Buffer,
-    pub exp_avg: &'a Buffer,
-    pub exp_avg_sq: &'a Buffer,
-    pub param_bf16: &'a Buffer,
+    pub param: BufferViewMut<'a>,
+    pub grad: BufferView<'a>,
+    pub exp_avg: BufferViewMut<'a>,
+    pub exp_avg_sq: BufferViewMut<'a>,
+    pub param_bf16: BufferViewMut<'a>,
 }
 
 impl AdamW {
     /// Updates one tensor at step `step` (1-based) with learning rate `lr`, its gradient
-    /// multiplied by `grad_scale[0]` (the factor from [`GradNorm::finish`]).
-    pub fn update(
+    /// multiplied by `grad_scale[0]` (the factor from [`GradNorm::finish`]). `param`,
+    /// `exp_avg` and `exp_avg_sq` are updated in place (passed to the kernel with `in_out`);
+    /// `param_bf16` is overwritten with the new weights.
+    pub fn update<'a>(
         &self,
         ops: &Ops,
-        state: &ParamState<'_>,
-        grad_scale: &Buffer,
+        state: &mut ParamState<'_>,
+        grad_scale: impl Into<BufferView<'a>>,
         lr: f32,
         step: u32,
     ) -> Result<()> {
         const OP: &str = "adamw";
+        let grad_scale = grad_scale.into();
         let n = state.param.len();
-        expect(OP, "param", state.param, DType::F32, n)?;
-        expect(OP, "grad", state.grad, DType::F32, n)?;
-        expect(OP, "exp_avg", state.exp_avg, DType::F32, n)?;
-        expect(OP, "exp_avg_sq", state.exp_avg_sq, DType::F32, n)?;
-        expect(OP, "param_bf16", state.param_bf16, DType::Bf16, n)?;
+        expect(OP, "param", &state.param, DType::F32, n)?;
+        expect(OP, "grad", &state.grad, DType::F32, n)?;
+        expect(OP, "exp_avg", &state.exp_avg, DType::F32, n)?;
+        expect(OP, "exp_avg_sq", &state.exp_avg_sq, DType::F32, n)?;
+        expect(OP, "param_bf16", &state.param_bf16, DType::Bf16, n)?;
         if grad_scale.dtype() != DType::F32 || grad_scale.is_empty() {
-            expect(OP, "grad_scale", grad_scale, DType::F32, 1)?;
+            expect(OP, "grad_scale", &grad_scale, DType::F32, 1)?;
         }
         let step = step.max(1) as i32;
         let bias1 = 1.0 - (self.beta1 as f64).powi(step);
@@ -74,23 +81,22 @@ impl AdamW {
         let config = KernelConfig::new(FILE, "adamw")
             .int("BLOCK", BLOCK)
             .warps(WARPS);
-        let args = [
-            Arg::Buffer(state.param),
-            Arg::Buffer(state.grad),
-            Arg::Buffer(state.exp_avg),
-            Arg::Buffer(state.exp_avg_sq),
-            Arg::Buffer(state.param_bf16),
-            Arg::Buffer(grad_scale),
-            Arg::I64(n as i64),
-            Arg::F32(lr),
-            Arg::F32(self.beta1),
-            Arg::F32(self.beta2),
-            Arg::F32(self.eps),
-            Arg::F32(self.weight_decay),
-            Arg::F32(bias1 as f32),
-            Arg::F32(bias2 as f32),
-        ];
-        ops.launch(&config, [n.div_ceil(BLOCK), 1, 1], &args)
+        let args = Args::new()
+            .in_out("param", &mut state.param)
+            .input("grad", state.grad)
+            .in_out("exp_avg", &mut state.exp_avg)
+            .in_out("exp_avg_sq", &mut state.exp_avg_sq)
+            .output("param_bf16", &mut state.param_bf16)
+            .input("grad_scale", grad_scale)
+            .i64("n", n as i64)
+            .f32("lr", lr)
+            .f32("beta1", self.beta1)
+            .f32("beta2", self.beta2)
+            .f32("eps", self.eps)
+            .f32("weight_decay", self.weight_decay)
+            .f32("bias1", bias1 as f32)
+            .f32("bias2", bias2 as f32);
+        ops.launch(&config, [config.programs("BLOCK", n), 1, 1], &args)
     }
 }
 
@@ -110,29 +116,28 @@ impl GradNorm {
         })
     }
 
-    /// Adds `grad`'s sum of squares (f32 gradient).
-    pub fn add(&self, ops: &Ops, grad: &Buffer) -> Result<()> {
-        expect("grad norm", "grad", grad, DType::F32, grad.len())?;
+    /// Adds `grad`'s sum of squares (f32 gradient) to the accumulator, in place.
+    pub fn add<'a>(&mut self, ops: &Ops, grad: impl Into<BufferView<'a>>) -> Result<()> {
+        let grad = grad.into();
+        expect("grad norm", "grad", &grad, DType::F32, grad.len())?;
         let config = KernelConfig::new(FILE, "grad_sq_sum")
-            .int("BLOCK", 4096)
+            .int("BLOCK", SQ_SUM_BLOCK)
             .warps(8);
-        let args = [
-            Arg::Buffer(grad),
-            Arg::Buffer(&self.sum_sq),
-            Arg::I64(grad.len() as i64),
-        ];
-        ops.launch(&config, [grad.len().div_ceil(4096), 1, 1], &args)
+        let args = Args::new()
+            .input("grad", grad)
+            .in_out("acc", &mut self.sum_sq)
+            .i64("n", grad.len() as i64);
+        ops.launch(&config, [config.programs("BLOCK", grad.len()), 1, 1], &args)
     }
 
     /// Computes the clipping factor `min(1, max_norm / norm)` (1 when `max_norm` is `None`)
     /// and returns the buffer `[factor, norm]` to pass to [`AdamW::update`] as `grad_scale`.
-    pub fn finish(&self, ops: &Ops, max_norm: Option<f32>) -> Result<&Buffer> {
+    pub fn finish(&mut self, ops: &Ops, max_norm: Option<f32>) -> Result<&Buffer> {
         let config = KernelConfig::new(FILE, "clip_scale").warps(1);
-        let args = [
-            Arg::Buffer(&self.sum_sq),
-            Arg::Buffer(&self.scale),
-            Arg::F32(max_norm.unwrap_or(f32::INFINITY)),
-        ];
+        let args = Args::new()
+            .input("acc", &self.sum_sq)
+            .output("scale", &mut self.scale)
+            .f32("max_norm", max_norm.unwrap_or(f32::INFINITY));
         ops.launch(&config, [1, 1, 1], &args)?;
         Ok(&self.scale)
     }

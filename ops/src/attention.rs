@@ -7,9 +7,9 @@
 //! `[tokens, kv_heads, head_dim]`; `lse` `[tokens, q_heads]` f32; all activations bf16.
 
 use kiln_compiler::DType;
-use kiln_runtime::{Arg, Buffer};
+use kiln_runtime::{Args, Buffer, BufferView, BufferViewMut};
 
-use crate::context::{expect, KernelConfig, Ops};
+use crate::context::{expect, KernelConfig, Operand, Ops};
 use crate::{Error, Result};
 
 const FILE: &str = "attention.kiln";
@@ -33,8 +33,12 @@ pub struct PackedBlocks {
 
 impl PackedBlocks {
     /// Rows per block: the rows each program owns (query rows in the forward and dq, key rows
-    /// in dk/dv).
+    /// in dk/dv). The kernels' tile of owned rows (`BM` or `BN`) is set from it.
     pub const ROWS: usize = 64;
+
+    /// `i32`s per block in the table, `[first row, sequence start, sequence end]`, as the
+    /// kernels read it (`blocks + 3 * program_id(0)`).
+    const FIELDS: usize = 3;
 
     /// The blocks of the sequences `cu_seqlens` delimits (`[0, len0, len0 + len1, ...]`, the
     /// last entry being the number of tokens).
@@ -53,12 +57,13 @@ impl PackedBlocks {
         let mut table = vec![];
         for w in cu_seqlens.windows(2) {
             for row in (w[0]..w[1]).step_by(Self::ROWS) {
-                table.extend([row as i32, w[0] as i32, w[1] as i32]);
+                let block: [i32; Self::FIELDS] = [row as i32, w[0] as i32, w[1] as i32];
+                table.extend(block);
             }
         }
-        let count = table.len() / 3;
+        let count = table.len() / Self::FIELDS;
         if table.is_empty() {
-            table.extend([0, 0, 0]);
+            table.resize(Self::FIELDS, 0);
         }
         Ok(PackedBlocks {
             tokens,
@@ -73,15 +78,24 @@ impl PackedBlocks {
     }
 }
 
-/// One kernel's tiles: query rows, key rows, warps, loop-pipeline stages. The dimension a
-/// kernel's programs own (query rows for the forward and dq, key rows for dk/dv) is
-/// [`PackedBlocks::ROWS`].
+/// One kernel's tiles: rows of the operand its loop steps through (key rows for the forward
+/// and dq, query rows for dk/dv), warps, loop-pipeline stages. The dimension a kernel's programs
+/// own (query rows for the forward and dq, key rows for dk/dv) is always
+/// [`PackedBlocks::ROWS`], the rows of one block of the table: [`Attention::config`] sets it.
 #[derive(Clone, Copy, Debug)]
 struct Tile {
-    bm: usize,
-    bn: usize,
+    step: usize,
     warps: u32,
     stages: u32,
+}
+
+/// Which rows a kernel's programs own, one block of [`PackedBlocks`] each.
+#[derive(Clone, Copy, Debug)]
+enum Owned {
+    /// Query rows (`BM`): the forward and dq.
+    Queries,
+    /// Key rows (`BN`): dk/dv.
+    Keys,
 }
 
 impl Tile {
@@ -92,19 +106,17 @@ impl Tile {
     /// second warpgroup only repeats the first's 64 rows. A 128-column forward or dq tile gave
     /// nothing measurable (`bench/RESULTS.md`).
     fn for_head_dim(head_dim: usize) -> [Tile; 3] {
-        const R: usize = PackedBlocks::ROWS;
         // Key/value (or query/dO) tiles are copied one iteration ahead: on the H200 two stages
         // took fwd+bwd from 0.692 to 0.627 ms at 8 x 1024, dim 64; three gave no more.
-        let tile = |bm, bn, warps| Tile {
-            bm,
-            bn,
+        let tile = |step, warps| Tile {
+            step,
             warps,
             stages: 2,
         };
         if head_dim <= 64 {
-            [tile(R, 64, 4), tile(R, 64, 4), tile(64, R, 4)]
+            [tile(64, 4), tile(64, 4), tile(64, 4)]
         } else {
-            [tile(R, 64, 4), tile(R, 64, 8), tile(32, R, 8)]
+            [tile(64, 4), tile(64, 8), tile(32, 8)]
         }
     }
 }
@@ -128,119 +140,141 @@ impl Attention {
         &self,
         op: &'static str,
         t: usize,
-        q_like: &[(&str, &Buffer)],
-        kv_like: &[(&str, &Buffer)],
+        q_like: &[(&str, &dyn Operand)],
+        kv_like: &[(&str, &dyn Operand)],
     ) -> Result<()> {
-        for (what, b) in q_like {
+        for &(what, b) in q_like {
             expect(op, what, b, DType::Bf16, t * self.q_heads * self.head_dim)?;
         }
-        for (what, b) in kv_like {
+        for &(what, b) in kv_like {
             expect(op, what, b, DType::Bf16, t * self.kv_heads * self.head_dim)?;
         }
         Ok(())
     }
 
-    fn config(&self, kernel: &'static str, tile: Tile) -> KernelConfig {
+    /// The configuration of `kernel`, whose programs own the `owned` rows of one block of
+    /// [`PackedBlocks`] each.
+    fn config(&self, kernel: &'static str, owned: Owned, tile: Tile) -> KernelConfig {
+        const ROWS: usize = PackedBlocks::ROWS;
+        let (bm, bn) = match owned {
+            Owned::Queries => (ROWS, tile.step),
+            Owned::Keys => (tile.step, ROWS),
+        };
         KernelConfig::new(FILE, kernel)
-            .int("BM", tile.bm)
-            .int("BN", tile.bn)
+            .int("BM", bm)
+            .int("BN", bn)
             .int("D", self.head_dim)
             .warps(tile.warps)
             .stages(tile.stages)
     }
 
-    fn scalars(&self) -> [Arg<'static>; 3] {
-        [
-            Arg::I32(self.q_heads as i32),
-            Arg::I32(self.kv_heads as i32),
-            Arg::F32(1.0 / (self.head_dim as f32).sqrt()),
-        ]
+    /// The arguments of the forward and both backward kernels but their tensors: the block
+    /// table and the scalars.
+    fn args<'a>(&self, blocks: &'a PackedBlocks) -> Args<'a> {
+        Args::new()
+            .input("blocks", &blocks.table)
+            .i32("q_heads", self.q_heads as i32)
+            .i32("kv_heads", self.kv_heads as i32)
+            .f32("scale", 1.0 / (self.head_dim as f32).sqrt())
     }
 
     /// `o = softmax(q kᵀ / sqrt(d), causal, within each sequence) v` and `lse` (f32).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    pub fn forward<'a>(
         &self,
         ops: &Ops,
         blocks: &PackedBlocks,
-        q: &Buffer,
-        k: &Buffer,
-        v: &Buffer,
-        o: &Buffer,
-        lse: &Buffer,
+        q: impl Into<BufferView<'a>>,
+        k: impl Into<BufferView<'a>>,
+        v: impl Into<BufferView<'a>>,
+        o: impl Into<BufferViewMut<'a>>,
+        lse: impl Into<BufferViewMut<'a>>,
     ) -> Result<()> {
         const OP: &str = "attention forward";
+        let (q, k, v) = (q.into(), k.into(), v.into());
+        let (o, lse) = (o.into(), lse.into());
         self.check(OP)?;
         let t = blocks.tokens;
-        self.shapes(OP, t, &[("q", q), ("o", o)], &[("k", k), ("v", v)])?;
-        expect(OP, "lse", lse, DType::F32, t * self.q_heads)?;
+        self.shapes(OP, t, &[("q", &q), ("o", &o)], &[("k", &k), ("v", &v)])?;
+        expect(OP, "lse", &lse, DType::F32, t * self.q_heads)?;
         let [forward, ..] = Tile::for_head_dim(self.head_dim);
-        let mut args = vec![
-            Arg::Buffer(q),
-            Arg::Buffer(k),
-            Arg::Buffer(v),
-            Arg::Buffer(o),
-            Arg::Buffer(lse),
-            Arg::Buffer(&blocks.table),
-        ];
-        args.extend(self.scalars());
-        let config = self.config("attn_fwd", forward);
+        let args = self
+            .args(blocks)
+            .input("q", q)
+            .input("k", k)
+            .input("v", v)
+            .output("o", o)
+            .output("lse", lse);
+        let config = self.config("attn_fwd", Owned::Queries, forward);
         ops.launch(&config, [blocks.count, self.q_heads, 1], &args)
     }
 
     /// `dq`, `dk`, `dv` from the forward's inputs, its output `o`, `lse`, and `d_o`. `dk` and
     /// `dv` are summed over the query heads that share each key/value head.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
+    pub fn backward<'a>(
         &self,
         ops: &Ops,
         blocks: &PackedBlocks,
-        (q, k, v): (&Buffer, &Buffer, &Buffer),
-        o: &Buffer,
-        lse: &Buffer,
-        d_o: &Buffer,
-        (dq, dk, dv): (&Buffer, &Buffer, &Buffer),
+        (q, k, v): (
+            impl Into<BufferView<'a>>,
+            impl Into<BufferView<'a>>,
+            impl Into<BufferView<'a>>,
+        ),
+        o: impl Into<BufferView<'a>>,
+        lse: impl Into<BufferView<'a>>,
+        d_o: impl Into<BufferView<'a>>,
+        (dq, dk, dv): (
+            impl Into<BufferViewMut<'a>>,
+            impl Into<BufferViewMut<'a>>,
+            impl Into<BufferViewMut<'a>>,
+        ),
     ) -> Result<()> {
         const OP: &str = "attention backward";
+        let (q, k, v) = (q.into(), k.into(), v.into());
+        let (o, lse, d_o) = (o.into(), lse.into(), d_o.into());
+        let (dq, dk, dv) = (dq.into(), dk.into(), dv.into());
         self.check(OP)?;
         let t = blocks.tokens;
-        let q_like = [("q", q), ("o", o), ("d_o", d_o), ("dq", dq)];
+        let q_like: [(&str, &dyn Operand); 4] = [("q", &q), ("o", &o), ("d_o", &d_o), ("dq", &dq)];
         self.shapes(
             OP,
             t,
             &q_like,
-            &[("k", k), ("v", v), ("dk", dk), ("dv", dv)],
+            &[("k", &k), ("v", &v), ("dk", &dk), ("dv", &dv)],
         )?;
-        expect(OP, "lse", lse, DType::F32, t * self.q_heads)?;
+        expect(OP, "lse", &lse, DType::F32, t * self.q_heads)?;
 
-        const DELTA_ROWS: usize = 64;
-        let delta = ops.scratch(DType::F32, t * self.q_heads)?;
+        let mut delta = ops.scratch(DType::F32, t * self.q_heads)?;
         let config = KernelConfig::new(FILE, "attn_bwd_delta")
-            .int("BM", DELTA_ROWS)
+            .int("BM", 64)
             .int("D", self.head_dim)
             .warps(4);
-        let args = [
-            Arg::Buffer(o),
-            Arg::Buffer(d_o),
-            Arg::Buffer(&delta),
-            Arg::I32(t as i32),
-            Arg::I32(self.q_heads as i32),
-        ];
-        ops.launch(&config, [t.div_ceil(DELTA_ROWS), self.q_heads, 1], &args)?;
+        let args = Args::new()
+            .input("o", o)
+            .input("d_o", d_o)
+            .output("delta", &mut delta)
+            .i32("tokens", t as i32)
+            .i32("q_heads", self.q_heads as i32);
+        ops.launch(&config, [config.programs("BM", t), self.q_heads, 1], &args)?;
 
         // dk/dv programs own blocks of key rows, dq programs blocks of query rows.
-        let inputs = [q, k, v, d_o, lse, &delta].map(Arg::Buffer);
+        let inputs = || {
+            self.args(blocks)
+                .input("q", q)
+                .input("k", k)
+                .input("v", v)
+                .input("d_o", d_o)
+                .input("lse", lse)
+                .input("delta", &delta)
+        };
         let [_, dq_tile, dkdv_tile] = Tile::for_head_dim(self.head_dim);
-        let mut args = inputs.to_vec();
-        args.extend([Arg::Buffer(dk), Arg::Buffer(dv), Arg::Buffer(&blocks.table)]);
-        args.extend(self.scalars());
-        let config = self.config("attn_bwd_dkdv", dkdv_tile);
+        let args = inputs().output("dk", dk).output("dv", dv);
+        let config = self.config("attn_bwd_dkdv", Owned::Keys, dkdv_tile);
         ops.launch(&config, [blocks.count, self.kv_heads, 1], &args)?;
 
-        let mut args = inputs.to_vec();
-        args.extend([Arg::Buffer(dq), Arg::Buffer(&blocks.table)]);
-        args.extend(self.scalars());
-        let config = self.config("attn_bwd_dq", dq_tile);
+        let args = inputs().output("dq", dq);
+        let config = self.config("attn_bwd_dq", Owned::Queries, dq_tile);
         ops.launch(&config, [blocks.count, self.q_heads, 1], &args)
     }
 }

@@ -3,8 +3,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
-use kiln_compiler::{ConstValue, DType, Defines, Source};
-use kiln_runtime::{Arg, Buffer, Device, Kernel, KernelCache, KernelSpec, Specialization};
+use kiln_compiler::ir::Param;
+use kiln_compiler::{ConstValue, DType, Source};
+use kiln_runtime::{
+    Args, Buffer, BufferView, BufferViewMut, Device, Kernel, KernelCache, KernelSpec,
+    Specialization,
+};
 
 use crate::{kernels, Error, Result};
 
@@ -36,14 +40,41 @@ impl KernelConfig {
         }
     }
 
-    pub fn int(mut self, name: &'static str, value: usize) -> KernelConfig {
-        self.defines.push((name, Const::Int(value as i64)));
+    /// Sets integer constant `name` (replacing any value set before).
+    pub fn int(self, name: &'static str, value: usize) -> KernelConfig {
+        self.set(name, Const::Int(value as i64))
+    }
+
+    /// Sets bool constant `name` (replacing any value set before).
+    pub fn flag(self, name: &'static str, value: bool) -> KernelConfig {
+        self.set(name, Const::Bool(value))
+    }
+
+    fn set(mut self, name: &'static str, value: Const) -> KernelConfig {
+        self.defines.retain(|(n, _)| *n != name);
+        self.defines.push((name, value));
         self
     }
 
-    pub fn flag(mut self, name: &'static str, value: bool) -> KernelConfig {
-        self.defines.push((name, Const::Bool(value)));
-        self
+    /// The value of integer constant `name` as the kernel is compiled with it. Whatever Rust
+    /// derives from a constant (a grid, the size of a buffer of per-program results) reads it
+    /// back from here, so the launch and the kernel cannot disagree.
+    ///
+    /// Panics if the configuration sets no such constant: a bug in the wrapper, which its
+    /// tests catch.
+    pub fn value(&self, name: &str) -> usize {
+        match self.defines.iter().find(|(n, _)| *n == name) {
+            Some(&(_, Const::Int(v))) => v as usize,
+            _ => panic!(
+                "kernel config {}::{} sets no integer constant `{name}`",
+                self.file, self.kernel
+            ),
+        }
+    }
+
+    /// The programs that cover `len` items, constant `name` items per program.
+    pub fn programs(&self, name: &str, len: usize) -> usize {
+        len.div_ceil(self.value(name))
     }
 
     pub fn warps(mut self, num_warps: u32) -> KernelConfig {
@@ -63,7 +94,14 @@ impl KernelConfig {
 pub struct Ops {
     device: Device,
     cache: Arc<KernelCache>,
-    loaded: Mutex<HashMap<(KernelConfig, Specialization), Arc<Kernel>>>,
+    loaded: Mutex<HashMap<KernelConfig, Loaded>>,
+}
+
+/// What is known of one configuration: its parameters (what arguments bind to, and what the
+/// specialisation of a launch is computed over), and its kernels by specialisation.
+struct Loaded {
+    params: Arc<[Param]>,
+    kernels: HashMap<Specialization, Arc<Kernel>>,
 }
 
 impl Ops {
@@ -91,41 +129,39 @@ impl Ops {
         &self.cache
     }
 
-    /// Launches `config` over `grid` with `args`, compiling it first if needed.
+    /// Launches `config` over `grid` with `args` (bound to the kernel's parameters by name),
+    /// compiling it first if needed.
     pub(crate) fn launch(
         &self,
         config: &KernelConfig,
         grid: [usize; 3],
-        args: &[Arg<'_>],
+        args: &Args<'_>,
     ) -> Result<()> {
         let grid = grid.map(|g| u32::try_from(g).unwrap_or(u32::MAX));
         self.kernel(config, args)?.launch(grid, args)?;
         Ok(())
     }
 
-    fn kernel(&self, config: &KernelConfig, args: &[Arg<'_>]) -> Result<Arc<Kernel>> {
-        let key = (config.clone(), Specialization::for_args(args));
+    /// The kernel of `config` for the specialisation `args` allow.
+    fn kernel(&self, config: &KernelConfig, args: &Args<'_>) -> Result<Arc<Kernel>> {
         let mut loaded = self.loaded.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(kernel) = loaded.get(&key) {
+        if !loaded.contains_key(config) {
+            let params = self.cache.params(&spec(config)?)?;
+            let entry = Loaded {
+                params,
+                kernels: HashMap::new(),
+            };
+            loaded.insert(config.clone(), entry);
+        }
+        let entry = loaded.get_mut(config).expect("inserted above");
+        let specialization = args.specialization(&entry.params);
+        if let Some(kernel) = entry.kernels.get(&specialization) {
             return Ok(kernel.clone());
         }
-        let defines: Defines = config
-            .defines
-            .iter()
-            .map(|&(name, value)| {
-                let value = match value {
-                    Const::Int(i) => ConstValue::Int(i),
-                    Const::Bool(b) => ConstValue::Bool(b),
-                };
-                (name.to_string(), value)
-            })
-            .collect();
-        let spec = KernelSpec::new(source(config.file)?, config.kernel)
-            .with_defines(&defines)
-            .with_num_warps(config.num_warps)
-            .with_num_stages(config.num_stages);
-        let kernel = self.cache.kernel(&self.device, &spec, &key.1)?;
-        loaded.insert(key, kernel.clone());
+        let kernel = self
+            .cache
+            .kernel(&self.device, &spec(config)?, &specialization)?;
+        entry.kernels.insert(specialization, kernel.clone());
         Ok(kernel)
     }
 
@@ -133,6 +169,20 @@ impl Ops {
     pub(crate) fn scratch(&self, dtype: DType, len: usize) -> Result<Buffer> {
         Ok(self.device.alloc(dtype, len.max(1))?)
     }
+}
+
+/// The kernel spec of `config`.
+fn spec(config: &KernelConfig) -> Result<KernelSpec<'static>> {
+    let spec = config.defines.iter().fold(
+        KernelSpec::new(source(config.file)?, config.kernel),
+        |spec, &(name, value)| match value {
+            Const::Int(i) => spec.define(name, ConstValue::Int(i)),
+            Const::Bool(b) => spec.define(name, ConstValue::Bool(b)),
+        },
+    );
+    Ok(spec
+        .with_num_warps(config.num_warps)
+        .with_num_stages(config.num_stages))
 }
 
 /// The parsed-once [`Source`] of a shipped kernel file.
@@ -149,22 +199,44 @@ fn source(file: &'static str) -> Result<&'static Source> {
         .ok_or_else(|| Error::shape("kernels", format!("no shipped kernel file `{file}`")))
 }
 
+/// What the shape checks read of an operation's argument: a [`Buffer`], or a shared or
+/// exclusive view of part of one.
+pub(crate) trait Operand {
+    /// Its length in elements and its element type.
+    fn extent(&self) -> (usize, DType);
+}
+
+impl Operand for Buffer {
+    fn extent(&self) -> (usize, DType) {
+        (self.len(), self.dtype())
+    }
+}
+
+impl Operand for BufferView<'_> {
+    fn extent(&self) -> (usize, DType) {
+        (self.len(), self.dtype())
+    }
+}
+
+impl Operand for BufferViewMut<'_> {
+    fn extent(&self) -> (usize, DType) {
+        (self.len(), self.dtype())
+    }
+}
+
 /// Checks that `buffer` holds exactly `len` elements of `dtype`, for argument `what` of `op`.
 pub(crate) fn expect(
     op: &'static str,
     what: &str,
-    buffer: &Buffer,
+    buffer: &dyn Operand,
     dtype: DType,
     len: usize,
 ) -> Result<()> {
-    if buffer.dtype() != dtype || buffer.len() != len {
+    let (got_len, got_dtype) = buffer.extent();
+    if got_dtype != dtype || got_len != len {
         return Err(Error::shape(
             op,
-            format!(
-                "`{what}` must be {len} x {dtype}, got {} x {}",
-                buffer.len(),
-                buffer.dtype()
-            ),
+            format!("`{what}` must be {len} x {dtype}, got {got_len} x {got_dtype}"),
         ));
     }
     Ok(())

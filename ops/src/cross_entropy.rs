@@ -13,7 +13,7 @@
 //! nothing; the optional z-loss adds `z_loss · lse²` per counted token.
 
 use kiln_compiler::DType;
-use kiln_runtime::{Arg, Buffer, Gemm};
+use kiln_runtime::{Args, Buffer, BufferView, BufferViewMut, Gemm};
 
 use crate::context::{expect, KernelConfig, Ops};
 use crate::{Error, Result};
@@ -88,9 +88,9 @@ impl CutCrossEntropy {
     fn check(
         &self,
         op: &'static str,
-        hidden: &Buffer,
-        weight: &Buffer,
-        labels: &Buffer,
+        hidden: &BufferView<'_>,
+        weight: &BufferView<'_>,
+        labels: &BufferView<'_>,
     ) -> Result<()> {
         let (t, h, v) = (self.tokens, self.hidden, self.vocab);
         if t == 0 || h == 0 || v == 0 || self.chunk == 0 {
@@ -118,18 +118,19 @@ impl CutCrossEntropy {
             .map(|start| (start, self.chunk.min(self.vocab - start)))
     }
 
-    /// `logits[:, start .. start + rows] = hidden · W[start .. start + rows]ᵀ` into `workspace`.
+    /// `logits[:, start .. start + rows] = hidden · W[start .. start + rows]ᵀ` into the first
+    /// `tokens x rows` elements of `workspace`.
     fn chunk_logits(
         &self,
         ops: &Ops,
-        hidden: &Buffer,
-        weight: &Buffer,
-        workspace: &Buffer,
+        hidden: BufferView<'_>,
+        weight: BufferView<'_>,
+        workspace: &mut Buffer,
         (start, rows): (usize, usize),
     ) -> Result<()> {
         let h = self.hidden;
         let w_chunk = weight.slice(start * h..(start + rows) * h)?;
-        let logits = workspace.slice(..self.tokens * rows)?;
+        let logits = workspace.slice_mut(..self.tokens * rows)?;
         let gemm = Gemm::new(self.tokens, rows, h).transpose_b();
         Ok(ops.device().gemm(&gemm, hidden, w_chunk, logits, None)?)
     }
@@ -142,74 +143,77 @@ impl CutCrossEntropy {
     /// The loss, as [`CrossEntropyState`] totals on the device (read them with
     /// [`CrossEntropyState::loss`]), from `hidden` bf16 `[T, H]`, `weight` bf16 `[V, H]` and
     /// `labels` i32 `[T]`.
-    pub fn forward(
+    pub fn forward<'a>(
         &self,
         ops: &Ops,
-        hidden: &Buffer,
-        weight: &Buffer,
-        labels: &Buffer,
+        hidden: impl Into<BufferView<'a>>,
+        weight: impl Into<BufferView<'a>>,
+        labels: impl Into<BufferView<'a>>,
     ) -> Result<CrossEntropyState> {
         const OP: &str = "cut cross-entropy forward";
-        self.check(OP, hidden, weight, labels)?;
+        let (hidden, weight, labels) = (hidden.into(), weight.into(), labels.into());
+        self.check(OP, &hidden, &weight, &labels)?;
         let t = self.tokens;
-        let workspace = ops.scratch(DType::Bf16, t * self.chunk.min(self.vocab))?;
-        let (m_run, l_run) = (ops.scratch(DType::F32, t)?, ops.scratch(DType::F32, t)?);
-        let target = ops.scratch(DType::F32, t)?;
-        let state = CrossEntropyState {
+        let mut workspace = ops.scratch(DType::Bf16, t * self.chunk.min(self.vocab))?;
+        // Each token's running max and sum of exponentials, and its target logit: updated in
+        // place chunk after chunk.
+        let (mut m_run, mut l_run) = (ops.scratch(DType::F32, t)?, ops.scratch(DType::F32, t)?);
+        let mut target = ops.scratch(DType::F32, t)?;
+        let mut state = CrossEntropyState {
             lse: ops.scratch(DType::F32, t)?,
             totals: ops.scratch(DType::F32, 3)?,
         };
         for (i, (start, rows)) in self.chunks().enumerate() {
-            self.chunk_logits(ops, hidden, weight, &workspace, (start, rows))?;
+            self.chunk_logits(ops, hidden, weight, &mut workspace, (start, rows))?;
             let config = self.row_config("ce_chunk_fwd").flag("FIRST", i == 0);
-            let args = [
-                Arg::Buffer(&workspace),
-                Arg::Buffer(labels),
-                Arg::Buffer(&m_run),
-                Arg::Buffer(&l_run),
-                Arg::Buffer(&target),
-                Arg::I32(rows as i32),
-                Arg::I32(start as i32),
-            ];
+            let args = Args::new()
+                .input("logits", workspace.slice(..t * rows)?)
+                .input("labels", labels)
+                .in_out("m_run", &mut m_run)
+                .in_out("l_run", &mut l_run)
+                .in_out("target", &mut target)
+                .i32("chunk", rows as i32)
+                .i32("start", start as i32);
             ops.launch(&config, [t, 1, 1], &args)?;
         }
-        const FINISH_BLOCK: usize = 1024;
         let finish = KernelConfig::new(FILE, "ce_finish")
-            .int("BLOCK", FINISH_BLOCK)
+            .int("BLOCK", 1024)
             .warps(4);
-        let args = [
-            Arg::Buffer(&m_run),
-            Arg::Buffer(&l_run),
-            Arg::Buffer(&target),
-            Arg::Buffer(labels),
-            Arg::Buffer(&state.lse),
-            Arg::Buffer(&state.totals),
-            Arg::I32(t as i32),
-            Arg::I32(self.ignore_index),
-            Arg::F32(self.z_loss),
-        ];
-        ops.launch(&finish, [t.div_ceil(FINISH_BLOCK), 1, 1], &args)?;
+        // The totals are added to with atomics (from zero).
+        let args = Args::new()
+            .input("m_run", &m_run)
+            .input("l_run", &l_run)
+            .input("target", &target)
+            .input("labels", labels)
+            .output("lse", &mut state.lse)
+            .in_out("totals", &mut state.totals)
+            .i32("rows", t as i32)
+            .i32("ignore_index", self.ignore_index)
+            .f32("z_loss", self.z_loss);
+        ops.launch(&finish, [finish.programs("BLOCK", t), 1, 1], &args)?;
         Ok(state)
     }
 
     /// The gradients of `dloss x` the mean loss: `dhidden` `[T, H]` (f32, or bf16 through an
-    /// f32 accumulator) is overwritten; `dweight` `[V, H]` (f32 or bf16) is overwritten, or added
-    /// to when `accumulate_dweight` (tied embeddings, gradient accumulation).
+    /// f32 accumulator) is overwritten; `dweight` `[V, H]` (f32 or bf16) is overwritten, or
+    /// added to in place when `accumulate_dweight` (tied embeddings, gradient accumulation).
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
+    pub fn backward<'a>(
         &self,
         ops: &Ops,
-        hidden: &Buffer,
-        weight: &Buffer,
-        labels: &Buffer,
+        hidden: impl Into<BufferView<'a>>,
+        weight: impl Into<BufferView<'a>>,
+        labels: impl Into<BufferView<'a>>,
         state: &CrossEntropyState,
         dloss: f32,
-        dhidden: &Buffer,
-        dweight: &Buffer,
+        dhidden: impl Into<BufferViewMut<'a>>,
+        dweight: impl Into<BufferViewMut<'a>>,
         accumulate_dweight: bool,
     ) -> Result<()> {
         const OP: &str = "cut cross-entropy backward";
-        self.check(OP, hidden, weight, labels)?;
+        let (hidden, weight, labels) = (hidden.into(), weight.into(), labels.into());
+        let (mut dhidden, mut dweight) = (dhidden.into(), dweight.into());
+        self.check(OP, &hidden, &weight, &labels)?;
         let (t, h) = (self.tokens, self.hidden);
         let dhidden_bf16 = dhidden.dtype() == DType::Bf16;
         let want = if dhidden_bf16 {
@@ -217,57 +221,58 @@ impl CutCrossEntropy {
         } else {
             DType::F32
         };
-        expect(OP, "dhidden", dhidden, want, t * h)?;
+        expect(OP, "dhidden", &dhidden, want, t * h)?;
         if dweight.dtype() != DType::F32 {
-            expect(OP, "dweight", dweight, DType::Bf16, self.vocab * h)?;
+            expect(OP, "dweight", &dweight, DType::Bf16, self.vocab * h)?;
         }
-        expect(OP, "dweight", dweight, dweight.dtype(), self.vocab * h)?;
+        expect(OP, "dweight", &dweight, dweight.dtype(), self.vocab * h)?;
         expect(OP, "lse", &state.lse, DType::F32, t)?;
 
-        let workspace = ops.scratch(DType::Bf16, t * self.chunk.min(self.vocab))?;
-        let accumulator = if dhidden_bf16 {
+        let mut workspace = ops.scratch(DType::Bf16, t * self.chunk.min(self.vocab))?;
+        let mut accumulator = if dhidden_bf16 {
             Some(ops.scratch(DType::F32, t * h)?)
         } else {
             None
         };
-        let dh = accumulator.as_ref().unwrap_or(dhidden);
         for (i, (start, rows)) in self.chunks().enumerate() {
-            self.chunk_logits(ops, hidden, weight, &workspace, (start, rows))?;
-            let args = [
-                Arg::Buffer(&workspace),
-                Arg::Buffer(labels),
-                Arg::Buffer(&state.lse),
-                Arg::Buffer(&state.totals),
-                Arg::I32(rows as i32),
-                Arg::I32(start as i32),
-                Arg::I32(self.ignore_index),
-                Arg::F32(self.z_loss),
-                Arg::F32(dloss),
-            ];
+            self.chunk_logits(ops, hidden, weight, &mut workspace, (start, rows))?;
+            // The logits become dlogits in place.
+            let args = Args::new()
+                .in_out("logits", workspace.slice_mut(..t * rows)?)
+                .input("labels", labels)
+                .input("lse", &state.lse)
+                .input("totals", &state.totals)
+                .i32("chunk", rows as i32)
+                .i32("start", start as i32)
+                .i32("ignore_index", self.ignore_index)
+                .f32("z_loss", self.z_loss)
+                .f32("dloss", dloss);
             ops.launch(&self.row_config("ce_chunk_bwd"), [t, 1, 1], &args)?;
             let dlogits = workspace.slice(..t * rows)?;
             let w_chunk = weight.slice(start * h..(start + rows) * h)?;
             // dhidden (+)= dlogits[T, rows] · W_chunk[rows, H]
             let beta = if i == 0 { 0.0 } else { 1.0 };
             let gemm = Gemm::new(t, h, rows).with_beta(beta);
+            let dh = match &mut accumulator {
+                Some(acc) => acc.view_mut(),
+                None => dhidden.reborrow(),
+            };
             ops.device().gemm(&gemm, dlogits, w_chunk, dh, None)?;
             // dW_chunk[rows, H] (+)= dlogitsᵀ[rows, T] · hidden[T, H]
             let beta = if accumulate_dweight { 1.0 } else { 0.0 };
             let gemm = Gemm::new(rows, h, t).transpose_a().with_beta(beta);
-            let dw_chunk = dweight.slice(start * h..(start + rows) * h)?;
+            let dw_chunk = dweight.slice_mut(start * h..(start + rows) * h)?;
             ops.device().gemm(&gemm, dlogits, hidden, dw_chunk, None)?;
         }
         if let Some(acc) = &accumulator {
-            const BLOCK: usize = 2048;
             let config = KernelConfig::new("add.kiln", "to_bf16")
-                .int("BLOCK", BLOCK)
+                .int("BLOCK", 2048)
                 .warps(8);
-            let args = [
-                Arg::Buffer(acc),
-                Arg::Buffer(dhidden),
-                Arg::I64((t * h) as i64),
-            ];
-            ops.launch(&config, [(t * h).div_ceil(BLOCK), 1, 1], &args)?;
+            let args = Args::new()
+                .input("x", acc)
+                .output("out", dhidden)
+                .i64("n", (t * h) as i64);
+            ops.launch(&config, [config.programs("BLOCK", t * h), 1, 1], &args)?;
         }
         Ok(())
     }

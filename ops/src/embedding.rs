@@ -2,7 +2,7 @@
 //! scatter-add into `dweight` that is correct when ids repeat.
 
 use kiln_compiler::DType;
-use kiln_runtime::{Arg, Buffer};
+use kiln_runtime::{Args, BufferView, BufferViewMut};
 
 use crate::context::{expect, row_block, warps_for, KernelConfig, Ops};
 use crate::{Error, Result};
@@ -24,7 +24,7 @@ impl Embedding {
             .warps(warps_for(block))
     }
 
-    fn check(&self, op: &'static str, ids: &Buffer) -> Result<usize> {
+    fn check(&self, op: &'static str, ids: &BufferView<'_>) -> Result<usize> {
         if self.vocab > i32::MAX as usize || self.vocab * self.hidden > i64::MAX as usize {
             return Err(Error::shape(op, format!("vocab {} too large", self.vocab)));
         }
@@ -37,36 +37,55 @@ impl Embedding {
         Ok(ids.len())
     }
 
+    /// The arguments both kernels take: the ids and the table's shape.
+    fn args<'a>(&self, ids: BufferView<'a>) -> Args<'a> {
+        Args::new()
+            .input("ids", ids)
+            .i32("hidden", self.hidden as i32)
+            .i32("vocab", self.vocab as i32)
+    }
+
     /// `out[t] = weight[ids[t]]`; an id outside the vocabulary gives a row of zeros.
-    pub fn forward(&self, ops: &Ops, ids: &Buffer, weight: &Buffer, out: &Buffer) -> Result<()> {
+    pub fn forward<'a>(
+        &self,
+        ops: &Ops,
+        ids: impl Into<BufferView<'a>>,
+        weight: impl Into<BufferView<'a>>,
+        out: impl Into<BufferViewMut<'a>>,
+    ) -> Result<()> {
         const OP: &str = "embedding forward";
-        let tokens = self.check(OP, ids)?;
-        expect(OP, "weight", weight, DType::Bf16, self.vocab * self.hidden)?;
-        expect(OP, "out", out, DType::Bf16, tokens * self.hidden)?;
-        let args = [
-            Arg::Buffer(ids),
-            Arg::Buffer(weight),
-            Arg::Buffer(out),
-            Arg::I32(self.hidden as i32),
-            Arg::I32(self.vocab as i32),
-        ];
+        let (ids, weight, out) = (ids.into(), weight.into(), out.into());
+        let tokens = self.check(OP, &ids)?;
+        expect(OP, "weight", &weight, DType::Bf16, self.vocab * self.hidden)?;
+        expect(OP, "out", &out, DType::Bf16, tokens * self.hidden)?;
+        let args = self.args(ids).input("weight", weight).output("out", out);
         ops.launch(&self.config("embedding_fwd"), [tokens, 1, 1], &args)
     }
 
-    /// `dweight[ids[t]] += dout[t]` (f32 `dweight`, accumulated into: zero it first for a
-    /// fresh gradient).
-    pub fn backward(&self, ops: &Ops, ids: &Buffer, dout: &Buffer, dweight: &Buffer) -> Result<()> {
+    /// `dweight[ids[t]] += dout[t]` (f32 `dweight`, accumulated into in place: zero it first
+    /// for a fresh gradient; passed to the kernel with `in_out`).
+    pub fn backward<'a>(
+        &self,
+        ops: &Ops,
+        ids: impl Into<BufferView<'a>>,
+        dout: impl Into<BufferView<'a>>,
+        dweight: impl Into<BufferViewMut<'a>>,
+    ) -> Result<()> {
         const OP: &str = "embedding backward";
-        let tokens = self.check(OP, ids)?;
-        expect(OP, "dout", dout, DType::Bf16, tokens * self.hidden)?;
-        expect(OP, "dweight", dweight, DType::F32, self.vocab * self.hidden)?;
-        let args = [
-            Arg::Buffer(ids),
-            Arg::Buffer(dout),
-            Arg::Buffer(dweight),
-            Arg::I32(self.hidden as i32),
-            Arg::I32(self.vocab as i32),
-        ];
+        let (ids, dout, dweight) = (ids.into(), dout.into(), dweight.into());
+        let tokens = self.check(OP, &ids)?;
+        expect(OP, "dout", &dout, DType::Bf16, tokens * self.hidden)?;
+        expect(
+            OP,
+            "dweight",
+            &dweight,
+            DType::F32,
+            self.vocab * self.hidden,
+        )?;
+        let args = self
+            .args(ids)
+            .input("dout", dout)
+            .in_out("dweight", dweight);
         ops.launch(&self.config("embedding_bwd"), [tokens, 1, 1], &args)
     }
 }

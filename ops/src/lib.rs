@@ -5,8 +5,11 @@
 //! on either device: RMSNorm (and the fused residual add + RMSNorm), SwiGLU, QK-RoPE, token
 //! embedding, cut cross-entropy over vocabulary chunks, AdamW with on-device gradient clipping.
 //!
-//! Every operation takes an [`Ops`] (a device and its kernels) and [`kiln_runtime::Buffer`]s
-//! with the shapes its doc comment gives; a buffer of the wrong length or type is an
+//! Every operation takes an [`Ops`] (a device and its kernels) and tensors with the shapes its
+//! doc comment gives. What it only reads is a shared borrow (`&buffer`, or a
+//! [`kiln_runtime::BufferView`] of part of one); what it writes, or updates in place, an
+//! exclusive one (`&mut buffer`, or a [`kiln_runtime::BufferViewMut`] such as a slice of an
+//! arena), so no output can alias an input. A tensor of the wrong length or type is an
 //! [`Error::Shape`] naming the operation and the argument, before anything runs.
 
 pub mod adamw;

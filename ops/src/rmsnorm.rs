@@ -3,9 +3,9 @@
 //! the backward turns the per-program partial sums of `dw` into `dw` on the device.
 
 use kiln_compiler::DType;
-use kiln_runtime::{Arg, Buffer};
+use kiln_runtime::{Args, BufferView, BufferViewMut};
 
-use crate::context::{expect, row_block, warps_for, KernelConfig, Ops};
+use crate::context::{expect, row_block, warps_for, KernelConfig, Operand, Ops};
 use crate::{Error, Result};
 
 const FILE: &str = "rmsnorm.kiln";
@@ -26,6 +26,15 @@ fn rows_per_program(rows: usize, n: usize) -> usize {
     (rows / programs).next_power_of_two().clamp(1, 64)
 }
 
+/// Warps for a backward program over rows of `block` elements (measured on the H200).
+fn bwd_warps(block: usize) -> u32 {
+    if block <= 1024 {
+        4
+    } else {
+        8
+    }
+}
+
 impl RmsNorm {
     fn check(&self, op: &'static str) -> Result<()> {
         if self.n == 0 || self.n > 1 << 16 || self.rows > i32::MAX as usize {
@@ -40,44 +49,56 @@ impl RmsNorm {
         Ok(())
     }
 
-    fn activation(&self, op: &'static str, what: &str, b: &Buffer) -> Result<()> {
+    fn activation(&self, op: &'static str, what: &str, b: &dyn Operand) -> Result<()> {
         expect(op, what, b, DType::Bf16, self.rows * self.n)
     }
 
-    fn fwd_config(&self, kernel: &'static str) -> KernelConfig {
+    /// A kernel that handles each row whole: `BLOCK` covers a row of `n` (the kernels mask the
+    /// columns past `n` and never loop), with `warps(BLOCK)` warps.
+    fn row_config(&self, kernel: &'static str, warps: fn(usize) -> u32) -> KernelConfig {
         let block = row_block(self.n);
         KernelConfig::new(FILE, kernel)
             .int("BLOCK", block)
-            .warps(warps_for(block))
+            .warps(warps(block))
     }
 
     /// `y = x / rms(x) * w`; `rstd[row] = 1 / rms(x[row])`.
-    pub fn forward(
+    pub fn forward<'a>(
         &self,
         ops: &Ops,
-        x: &Buffer,
-        w: &Buffer,
-        y: &Buffer,
-        rstd: &Buffer,
+        x: impl Into<BufferView<'a>>,
+        w: impl Into<BufferView<'a>>,
+        y: impl Into<BufferViewMut<'a>>,
+        rstd: impl Into<BufferViewMut<'a>>,
     ) -> Result<()> {
-        self.forward_impl(ops, "rmsnorm forward", x, None, w, y, rstd)
+        let op = "rmsnorm forward";
+        self.forward_impl(ops, op, x.into(), None, w.into(), y.into(), rstd.into())
     }
 
     /// The pre-norm of a block: `h = x + residual` (the new residual stream) and
     /// `y = rmsnorm(h) * w`.
     #[allow(clippy::too_many_arguments)]
-    pub fn add_forward(
+    pub fn add_forward<'a>(
         &self,
         ops: &Ops,
-        x: &Buffer,
-        residual: &Buffer,
-        h: &Buffer,
-        w: &Buffer,
-        y: &Buffer,
-        rstd: &Buffer,
+        x: impl Into<BufferView<'a>>,
+        residual: impl Into<BufferView<'a>>,
+        h: impl Into<BufferViewMut<'a>>,
+        w: impl Into<BufferView<'a>>,
+        y: impl Into<BufferViewMut<'a>>,
+        rstd: impl Into<BufferViewMut<'a>>,
     ) -> Result<()> {
         let op = "add + rmsnorm forward";
-        self.forward_impl(ops, op, x, Some((residual, h)), w, y, rstd)
+        let residual_and_h = Some((residual.into(), h.into()));
+        self.forward_impl(
+            ops,
+            op,
+            x.into(),
+            residual_and_h,
+            w.into(),
+            y.into(),
+            rstd.into(),
+        )
     }
 
     /// Both forwards: with `residual_and_h`, the input is `x + residual`, stored into `h`.
@@ -86,132 +107,126 @@ impl RmsNorm {
         &self,
         ops: &Ops,
         op: &'static str,
-        x: &Buffer,
-        residual_and_h: Option<(&Buffer, &Buffer)>,
-        w: &Buffer,
-        y: &Buffer,
-        rstd: &Buffer,
+        x: BufferView<'_>,
+        residual_and_h: Option<(BufferView<'_>, BufferViewMut<'_>)>,
+        w: BufferView<'_>,
+        y: BufferViewMut<'_>,
+        rstd: BufferViewMut<'_>,
     ) -> Result<()> {
         self.check(op)?;
-        let mut activations = vec![("x", x), ("y", y)];
-        if let Some((residual, h)) = residual_and_h {
-            activations.extend([("residual", residual), ("h", h)]);
+        self.activation(op, "x", &x)?;
+        self.activation(op, "y", &y)?;
+        if let Some((residual, h)) = &residual_and_h {
+            self.activation(op, "residual", residual)?;
+            self.activation(op, "h", h)?;
         }
-        for (what, b) in activations {
-            self.activation(op, what, b)?;
-        }
-        expect(op, "w", w, DType::Bf16, self.n)?;
-        expect(op, "rstd", rstd, DType::F32, self.rows)?;
-        let mut args = vec![Arg::Buffer(x)];
-        if let Some((residual, h)) = residual_and_h {
-            args.extend([Arg::Buffer(residual), Arg::Buffer(h)]);
-        }
-        args.extend([
-            Arg::Buffer(w),
-            Arg::Buffer(y),
-            Arg::Buffer(rstd),
-            Arg::I32(self.n as i32),
-            Arg::F32(self.eps),
-        ]);
+        expect(op, "w", &w, DType::Bf16, self.n)?;
+        expect(op, "rstd", &rstd, DType::F32, self.rows)?;
         let kernel = match residual_and_h {
             Some(_) => "add_rmsnorm_fwd",
             None => "rmsnorm_fwd",
         };
-        ops.launch(&self.fwd_config(kernel), [self.rows, 1, 1], &args)
+        let mut args = Args::new()
+            .input("x", x)
+            .input("w", w)
+            .output("y", y)
+            .output("rstd", rstd)
+            .i32("n", self.n as i32)
+            .f32("eps", self.eps);
+        if let Some((residual, h)) = residual_and_h {
+            args = args.input("residual", residual).output("h", h);
+        }
+        let config = self.row_config(kernel, warps_for);
+        ops.launch(&config, [self.rows, 1, 1], &args)
     }
 
     /// `dx` and `dw` from `x`, `w`, `dy` and the saved `rstd`.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
+    pub fn backward<'a>(
         &self,
         ops: &Ops,
-        x: &Buffer,
-        w: &Buffer,
-        dy: &Buffer,
-        rstd: &Buffer,
-        dx: &Buffer,
-        dw: &Buffer,
+        x: impl Into<BufferView<'a>>,
+        w: impl Into<BufferView<'a>>,
+        dy: impl Into<BufferView<'a>>,
+        rstd: impl Into<BufferView<'a>>,
+        dx: impl Into<BufferViewMut<'a>>,
+        dw: impl Into<BufferViewMut<'a>>,
     ) -> Result<()> {
-        self.backward_impl(ops, "rmsnorm backward", x, None, w, dy, rstd, dx, dw)
+        let grads = (dx.into(), dw.into());
+        let saved = (w.into(), dy.into(), rstd.into());
+        self.backward_impl(ops, "rmsnorm backward", x.into(), None, saved, grads)
     }
 
     /// Backward of [`RmsNorm::add_forward`]: `h` is the saved residual stream, `dh_next` the
     /// gradient reaching `h` through the residual path. `dx` is the gradient of both `x` and
     /// `residual`.
     #[allow(clippy::too_many_arguments)]
-    pub fn add_backward(
+    pub fn add_backward<'a>(
         &self,
         ops: &Ops,
-        h: &Buffer,
-        w: &Buffer,
-        dy: &Buffer,
-        rstd: &Buffer,
-        dh_next: &Buffer,
-        dx: &Buffer,
-        dw: &Buffer,
+        h: impl Into<BufferView<'a>>,
+        w: impl Into<BufferView<'a>>,
+        dy: impl Into<BufferView<'a>>,
+        rstd: impl Into<BufferView<'a>>,
+        dh_next: impl Into<BufferView<'a>>,
+        dx: impl Into<BufferViewMut<'a>>,
+        dw: impl Into<BufferViewMut<'a>>,
     ) -> Result<()> {
         let op = "add + rmsnorm backward";
-        self.backward_impl(ops, op, h, Some(dh_next), w, dy, rstd, dx, dw)
+        let grads = (dx.into(), dw.into());
+        let saved = (w.into(), dy.into(), rstd.into());
+        self.backward_impl(ops, op, h.into(), Some(dh_next.into()), saved, grads)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Both backwards; `x` is `h` for the fused one (with `dh_next`).
     fn backward_impl(
         &self,
         ops: &Ops,
         op: &'static str,
-        x: &Buffer,
-        dh_next: Option<&Buffer>,
-        w: &Buffer,
-        dy: &Buffer,
-        rstd: &Buffer,
-        dx: &Buffer,
-        dw: &Buffer,
+        x: BufferView<'_>,
+        dh_next: Option<BufferView<'_>>,
+        (w, dy, rstd): (BufferView<'_>, BufferView<'_>, BufferView<'_>),
+        (dx, dw): (BufferViewMut<'_>, BufferViewMut<'_>),
     ) -> Result<()> {
         self.check(op)?;
-        for (what, b) in [("x", x), ("dy", dy), ("dx", dx)]
-            .into_iter()
-            .chain(dh_next.map(|d| ("dh_next", d)))
-        {
-            self.activation(op, what, b)?;
+        self.activation(op, "x", &x)?;
+        self.activation(op, "dy", &dy)?;
+        self.activation(op, "dx", &dx)?;
+        if let Some(dh_next) = &dh_next {
+            self.activation(op, "dh_next", dh_next)?;
         }
-        expect(op, "w", w, DType::Bf16, self.n)?;
-        expect(op, "dw", dw, DType::Bf16, self.n)?;
-        expect(op, "rstd", rstd, DType::F32, self.rows)?;
-        let rows_per_program = rows_per_program(self.rows, self.n);
-        let programs = self.rows.div_ceil(rows_per_program);
-        let partial = ops.scratch(DType::F32, programs * self.n)?;
-        let block = row_block(self.n);
-        let kernel = if dh_next.is_some() {
-            "add_rmsnorm_bwd"
-        } else {
-            "rmsnorm_bwd"
+        expect(op, "w", &w, DType::Bf16, self.n)?;
+        expect(op, "dw", &dw, DType::Bf16, self.n)?;
+        expect(op, "rstd", &rstd, DType::F32, self.rows)?;
+        let (kernel, x_name) = match dh_next {
+            Some(_) => ("add_rmsnorm_bwd", "h"),
+            None => ("rmsnorm_bwd", "x"),
         };
-        let config = KernelConfig::new(FILE, kernel)
-            .int("BLOCK", block)
-            .int("ROWS", rows_per_program)
-            .warps(if block <= 1024 { 4 } else { 8 });
-        let mut args = vec![
-            Arg::Buffer(x),
-            Arg::Buffer(w),
-            Arg::Buffer(dy),
-            Arg::Buffer(rstd),
-        ];
-        args.extend(dh_next.map(Arg::Buffer));
-        args.extend([
-            Arg::Buffer(dx),
-            Arg::Buffer(&partial),
-            Arg::I32(self.rows as i32),
-            Arg::I32(self.n as i32),
-        ]);
+        let config = self
+            .row_config(kernel, bwd_warps)
+            .int("ROWS", rows_per_program(self.rows, self.n));
+        // One partial row of dw per program.
+        let programs = config.programs("ROWS", self.rows);
+        let mut partial = ops.scratch(DType::F32, programs * self.n)?;
+        let mut args = Args::new()
+            .input(x_name, x)
+            .input("w", w)
+            .input("dy", dy)
+            .input("rstd", rstd)
+            .output("dx", dx)
+            .output("dw_partial", &mut partial)
+            .i32("n_rows", self.rows as i32)
+            .i32("n", self.n as i32);
+        if let Some(dh_next) = dh_next {
+            args = args.input("dh_next", dh_next);
+        }
         ops.launch(&config, [programs, 1, 1], &args)?;
-        const REDUCE_BLOCK: usize = 64;
-        let reduce = KernelConfig::new(FILE, "rmsnorm_dw_reduce").int("BLOCK", REDUCE_BLOCK);
-        let args = [
-            Arg::Buffer(&partial),
-            Arg::Buffer(dw),
-            Arg::I32(programs as i32),
-            Arg::I32(self.n as i32),
-        ];
-        ops.launch(&reduce, [self.n.div_ceil(REDUCE_BLOCK), 1, 1], &args)
+        let reduce = KernelConfig::new(FILE, "rmsnorm_dw_reduce").int("BLOCK", 64);
+        let args = Args::new()
+            .input("dw_partial", &partial)
+            .output("dw", dw)
+            .i32("n_partial", programs as i32)
+            .i32("n", self.n as i32);
+        ops.launch(&reduce, [reduce.programs("BLOCK", self.n), 1, 1], &args)
     }
 }

@@ -3,7 +3,7 @@
 //! key/value head counts may differ (grouped-query attention).
 
 use kiln_compiler::DType;
-use kiln_runtime::{Arg, Buffer};
+use kiln_runtime::{Args, BufferView, BufferViewMut};
 
 use crate::context::{expect, KernelConfig, Ops};
 use crate::{Error, Result};
@@ -22,23 +22,39 @@ pub struct Rope {
 }
 
 impl Rope {
-    /// Rotates `q` and `k` in place by each token's position.
-    pub fn forward(&self, ops: &Ops, q: &Buffer, k: &Buffer, positions: &Buffer) -> Result<()> {
-        self.launch(ops, "rope forward", q, k, positions, false)
+    /// Rotates `q` and `k` in place by each token's position: both are read and overwritten
+    /// (passed to the kernel with `in_out`).
+    pub fn forward<'a>(
+        &self,
+        ops: &Ops,
+        q: impl Into<BufferViewMut<'a>>,
+        k: impl Into<BufferViewMut<'a>>,
+        positions: impl Into<BufferView<'a>>,
+    ) -> Result<()> {
+        let op = "rope forward";
+        self.launch(ops, op, q.into(), k.into(), positions.into(), false)
     }
 
-    /// The backward: rotates the gradients `dq` and `dk` in place by the opposite angles.
-    pub fn backward(&self, ops: &Ops, dq: &Buffer, dk: &Buffer, positions: &Buffer) -> Result<()> {
-        self.launch(ops, "rope backward", dq, dk, positions, true)
+    /// The backward: rotates the gradients `dq` and `dk` in place (read and overwritten, as in
+    /// the forward) by the opposite angles.
+    pub fn backward<'a>(
+        &self,
+        ops: &Ops,
+        dq: impl Into<BufferViewMut<'a>>,
+        dk: impl Into<BufferViewMut<'a>>,
+        positions: impl Into<BufferView<'a>>,
+    ) -> Result<()> {
+        let op = "rope backward";
+        self.launch(ops, op, dq.into(), dk.into(), positions.into(), true)
     }
 
     fn launch(
         &self,
         ops: &Ops,
         op: &'static str,
-        q: &Buffer,
-        k: &Buffer,
-        positions: &Buffer,
+        q: BufferViewMut<'_>,
+        k: BufferViewMut<'_>,
+        positions: BufferView<'_>,
         backward: bool,
     ) -> Result<()> {
         if self.head_dim % 2 != 0 || self.head_dim == 0 || self.q_heads == 0 || self.kv_heads == 0 {
@@ -50,38 +66,28 @@ impl Rope {
                 ),
             ));
         }
-        expect(
-            op,
-            "q",
-            q,
-            DType::Bf16,
+        let (q_len, k_len) = (
             self.tokens * self.q_heads * self.head_dim,
-        )?;
-        expect(
-            op,
-            "k",
-            k,
-            DType::Bf16,
             self.tokens * self.kv_heads * self.head_dim,
-        )?;
-        expect(op, "positions", positions, DType::I32, self.tokens)?;
+        );
+        expect(op, "q", &q, DType::Bf16, q_len)?;
+        expect(op, "k", &k, DType::Bf16, k_len)?;
+        expect(op, "positions", &positions, DType::I32, self.tokens)?;
         let half = self.head_dim / 2;
-        let q_heads = self.q_heads.next_power_of_two();
         let config = KernelConfig::new(FILE, "rope")
-            .int("QHEADS", q_heads)
+            .int("QHEADS", self.q_heads.next_power_of_two())
             .int("KHEADS", self.kv_heads.next_power_of_two())
             .int("HALF", half.next_power_of_two())
             .flag("BACKWARD", backward)
             .warps(4);
-        let args = [
-            Arg::Buffer(q),
-            Arg::Buffer(k),
-            Arg::Buffer(positions),
-            Arg::I32(self.q_heads as i32),
-            Arg::I32(self.kv_heads as i32),
-            Arg::I32(half as i32),
-            Arg::F32(self.theta),
-        ];
+        let args = Args::new()
+            .in_out("q", q)
+            .in_out("k", k)
+            .input("positions", positions)
+            .i32("n_q_heads", self.q_heads as i32)
+            .i32("n_kv_heads", self.kv_heads as i32)
+            .i32("half_dim", half as i32)
+            .f32("theta", self.theta);
         ops.launch(&config, [self.tokens, 1, 1], &args)
     }
 }

@@ -5,7 +5,7 @@
 //! for the two weight-gradient GEMMs.
 
 use kiln_compiler::DType;
-use kiln_runtime::{Arg, Buffer};
+use kiln_runtime::{Args, BufferView, BufferViewMut};
 
 use crate::context::{expect, KernelConfig, Ops};
 use crate::Result;
@@ -19,54 +19,56 @@ const BWD_BLOCK: usize = 1024;
 const WARPS: u32 = 8;
 
 /// `out = silu(gate) * up` over `len` elements.
-pub fn forward(ops: &Ops, gate: &Buffer, up: &Buffer, out: &Buffer) -> Result<()> {
+pub fn forward<'a>(
+    ops: &Ops,
+    gate: impl Into<BufferView<'a>>,
+    up: impl Into<BufferView<'a>>,
+    out: impl Into<BufferViewMut<'a>>,
+) -> Result<()> {
     const OP: &str = "swiglu forward";
+    let (gate, up, out) = (gate.into(), up.into(), out.into());
     let len = gate.len();
-    for (what, b) in [("gate", gate), ("up", up), ("out", out)] {
-        expect(OP, what, b, DType::Bf16, len)?;
-    }
+    expect(OP, "gate", &gate, DType::Bf16, len)?;
+    expect(OP, "up", &up, DType::Bf16, len)?;
+    expect(OP, "out", &out, DType::Bf16, len)?;
     let config = KernelConfig::new(FILE, "swiglu_fwd")
         .int("BLOCK", FWD_BLOCK)
         .warps(WARPS);
-    let args = [
-        Arg::Buffer(gate),
-        Arg::Buffer(up),
-        Arg::Buffer(out),
-        Arg::I64(len as i64),
-    ];
-    ops.launch(&config, [len.div_ceil(FWD_BLOCK), 1, 1], &args)
+    let args = Args::new()
+        .input("gate", gate)
+        .input("up", up)
+        .output("out", out)
+        .i64("n", len as i64);
+    ops.launch(&config, [config.programs("BLOCK", len), 1, 1], &args)
 }
 
 /// `dgate` and `dup` from `gate`, `up` and `dout`.
-pub fn backward(
+pub fn backward<'a>(
     ops: &Ops,
-    gate: &Buffer,
-    up: &Buffer,
-    dout: &Buffer,
-    dgate: &Buffer,
-    dup: &Buffer,
+    gate: impl Into<BufferView<'a>>,
+    up: impl Into<BufferView<'a>>,
+    dout: impl Into<BufferView<'a>>,
+    dgate: impl Into<BufferViewMut<'a>>,
+    dup: impl Into<BufferViewMut<'a>>,
 ) -> Result<()> {
     const OP: &str = "swiglu backward";
+    let (gate, up, dout) = (gate.into(), up.into(), dout.into());
+    let (dgate, dup) = (dgate.into(), dup.into());
     let len = gate.len();
-    for (what, b) in [
-        ("gate", gate),
-        ("up", up),
-        ("dout", dout),
-        ("dgate", dgate),
-        ("dup", dup),
-    ] {
-        expect(OP, what, b, DType::Bf16, len)?;
-    }
+    expect(OP, "gate", &gate, DType::Bf16, len)?;
+    expect(OP, "up", &up, DType::Bf16, len)?;
+    expect(OP, "dout", &dout, DType::Bf16, len)?;
+    expect(OP, "dgate", &dgate, DType::Bf16, len)?;
+    expect(OP, "dup", &dup, DType::Bf16, len)?;
     let config = KernelConfig::new(FILE, "swiglu_bwd")
         .int("BLOCK", BWD_BLOCK)
         .warps(WARPS);
-    let args = [
-        Arg::Buffer(gate),
-        Arg::Buffer(up),
-        Arg::Buffer(dout),
-        Arg::Buffer(dgate),
-        Arg::Buffer(dup),
-        Arg::I64(len as i64),
-    ];
-    ops.launch(&config, [len.div_ceil(BWD_BLOCK), 1, 1], &args)
+    let args = Args::new()
+        .input("gate", gate)
+        .input("up", up)
+        .input("dout", dout)
+        .output("dgate", dgate)
+        .output("dup", dup)
+        .i64("n", len as i64);
+    ops.launch(&config, [config.programs("BLOCK", len), 1, 1], &args)
 }

@@ -3,8 +3,8 @@
 
 use super::handwritten;
 use half::bf16;
-use kiln::compiler::{ConstValue, Defines, Source};
-use kiln::runtime::{Arg, Device, KernelCache, KernelSpec};
+use kiln::compiler::Source;
+use kiln::runtime::{Args, Device, KernelCache, KernelSpec};
 use std::time::Instant;
 
 fn median_ms<E: ToString>(
@@ -45,22 +45,20 @@ pub fn run(runs: usize) -> Result<String, String> {
     let (rows, n) = (8192usize, 896usize);
     let (x, w) = (data(rows * n, 1), data(n, 2));
     let (xb, wb) = (dev.upload(&x).map_err(e)?, dev.upload(&w).map_err(e)?);
-    let yb = dev
+    let mut yb = dev
         .alloc(kiln::compiler::DType::Bf16, rows * n)
         .map_err(e)?;
-    let rb = dev.alloc(kiln::compiler::DType::F32, rows).map_err(e)?;
+    let mut rb = dev.alloc(kiln::compiler::DType::F32, rows).map_err(e)?;
     let f = kiln::ops::kernels::file("rmsnorm.kiln").ok_or("rmsnorm.kiln missing")?;
     let src = Source::new(f.name, f.source);
-    let defs: Defines = [("BLOCK".to_string(), ConstValue::Int(1024))].into();
-    let spec = KernelSpec::new(&src, "rmsnorm_fwd").with_defines(&defs);
-    let args = [
-        Arg::Buffer(&xb),
-        Arg::Buffer(&wb),
-        Arg::Buffer(&yb),
-        Arg::Buffer(&rb),
-        Arg::I32(n as i32),
-        Arg::F32(1e-6),
-    ];
+    let spec = KernelSpec::new(&src, "rmsnorm_fwd").define("BLOCK", 1024);
+    let args = Args::new()
+        .input("x", &xb)
+        .input("w", &wb)
+        .output("y", &mut yb)
+        .output("rstd", &mut rb)
+        .i32("n", n as i32)
+        .f32("eps", 1e-6);
     let kiln_ms = median_ms(runs, || {
         cache.launch(&dev, &spec, [rows as u32, 1, 1], &args)
     })?;
@@ -78,16 +76,15 @@ pub fn run(runs: usize) -> Result<String, String> {
     let len = 8192usize * 4864;
     let (g, u) = (data(len, 3), data(len, 4));
     let (gb, ub) = (dev.upload(&g).map_err(e)?, dev.upload(&u).map_err(e)?);
-    let ob = dev.alloc(kiln::compiler::DType::Bf16, len).map_err(e)?;
+    let mut ob = dev.alloc(kiln::compiler::DType::Bf16, len).map_err(e)?;
     let f = kiln::ops::kernels::file("swiglu.kiln").ok_or("swiglu.kiln missing")?;
     let src = Source::new(f.name, f.source);
     let spec = KernelSpec::new(&src, "swiglu_fwd");
-    let args = [
-        Arg::Buffer(&gb),
-        Arg::Buffer(&ub),
-        Arg::Buffer(&ob),
-        Arg::I64(len as i64),
-    ];
+    let args = Args::new()
+        .input("gate", &gb)
+        .input("up", &ub)
+        .output("out", &mut ob)
+        .i64("n", len as i64);
     let kiln_ms = median_ms(runs, || {
         cache.launch(&dev, &spec, [len.div_ceil(1024) as u32, 1, 1], &args)
     })?;

@@ -8,7 +8,7 @@
 use super::gpu::{err, median_ms, output, rand_bf16, KernelChoice};
 use half::bf16;
 use kiln::compiler::DType;
-use kiln::runtime::{Arg, Buffer, Device, KernelCache};
+use kiln::runtime::{Args, Buffer, Device, KernelCache};
 
 /// `(m, k, n)` and cuBLAS's TFLOP/s on the H200 for it (measured by the author).
 const SHAPES: &[(usize, usize, usize, f64)] = &[(8192, 896, 4864, 579.0), (8192, 4864, 896, 616.0)];
@@ -45,16 +45,10 @@ pub fn run(runs: usize) -> Result<String, String> {
     for &(m, k, n, cublas) in SHAPES {
         let a = rand_bf16(&dev, m * k, 1, 1.0)?;
         let b = rand_bf16(&dev, k * n, 2, 1.0)?;
-        let c = output(&dev, DType::Bf16, m * n)?;
+        let mut c = output(&dev, DType::Bf16, m * n)?;
         let check = SpotCheck::new(&a, &b, m, k, n)?;
-        let args = [
-            Arg::Buffer(&a),
-            Arg::Buffer(&b),
-            Arg::Buffer(&c),
-            Arg::I32(m as i32),
-            Arg::I32(n as i32),
-            Arg::I32(k as i32),
-        ];
+        // The arguments borrow `c`: built for each use, so that `c` can be checked in between.
+        let shape = (m, k, n);
         let mut best: Option<(String, f64)> = None;
         for &(bm, bn, bk, warps, stages) in CONFIGS {
             let choice = KernelChoice::new("gemm.kiln", "gemm", warps)
@@ -63,7 +57,7 @@ pub fn run(runs: usize) -> Result<String, String> {
                 .int("BK", bk)
                 .stages(stages);
             let config = choice.describe();
-            let kernel = match choice.load(&cache, &dev, &args) {
+            let kernel = match choice.load(&cache, &dev, &gemm_args(&a, &b, &mut c, shape)) {
                 Ok(kernel) => kernel,
                 Err(e) => {
                     log.push(format!("{m}x{k}x{n} [{config}]: not compiled: {e}"));
@@ -75,12 +69,15 @@ pub fn run(runs: usize) -> Result<String, String> {
                 1,
                 1,
             ];
-            kernel.launch(grid, &args).map_err(err)?;
+            kernel
+                .launch(grid, &gemm_args(&a, &b, &mut c, shape))
+                .map_err(err)?;
             dev.synchronize().map_err(err)?;
             if let Err(e) = check.verify(&c) {
                 log.push(format!("{m}x{k}x{n} [{config}]: WRONG RESULT: {e}"));
                 continue;
             }
+            let args = gemm_args(&a, &b, &mut c, shape);
             let ms = median_ms(&dev, runs, |_| kernel.launch(grid, &args).map_err(err))?;
             let tflops = tflops(m, k, n, ms);
             log.push(format!(
@@ -107,6 +104,22 @@ pub fn run(runs: usize) -> Result<String, String> {
         );
     }
     Ok(out)
+}
+
+/// The arguments of `c[m, n] = a[m, k] @ b[k, n]`.
+fn gemm_args<'a>(
+    a: &'a Buffer,
+    b: &'a Buffer,
+    c: &'a mut Buffer,
+    (m, k, n): (usize, usize, usize),
+) -> Args<'a> {
+    Args::new()
+        .input("a", a)
+        .input("b", b)
+        .output("c", c)
+        .i32("m", m as i32)
+        .i32("n", n as i32)
+        .i32("k", k as i32)
 }
 
 fn tflops(m: usize, k: usize, n: usize, ms: f64) -> f64 {

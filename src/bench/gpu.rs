@@ -3,7 +3,7 @@
 
 use half::bf16;
 use kiln::compiler::{ConstValue, DType, Defines, Source};
-use kiln::runtime::{Arg, Buffer, Device, Kernel, KernelCache, KernelSpec, Specialization};
+use kiln::runtime::{Args, Buffer, Device, Kernel, KernelCache, KernelSpec};
 use rayon::prelude::*;
 use std::sync::Arc;
 
@@ -114,12 +114,12 @@ impl KernelChoice {
         parts.join(" ")
     }
 
-    /// Compiles (or finds) the kernel for `args` on `dev`.
+    /// Compiles (or finds) the kernel for `args` (its specialisation for them) on `dev`.
     pub fn load(
         &self,
         cache: &KernelCache,
         dev: &Device,
-        args: &[Arg<'_>],
+        args: &Args<'_>,
     ) -> Result<Arc<Kernel>, String> {
         let file = kiln::ops::kernels::file(self.file)
             .ok_or_else(|| format!("{} is not a shipped kernel file", self.file))?;
@@ -133,9 +133,8 @@ impl KernelChoice {
             .with_defines(&defines)
             .with_num_warps(self.num_warps)
             .with_num_stages(self.num_stages);
-        cache
-            .kernel(dev, &spec, &Specialization::for_args(args))
-            .map_err(err)
+        let specialization = args.specialization(&cache.params(&spec).map_err(err)?);
+        cache.kernel(dev, &spec, &specialization).map_err(err)
     }
 }
 

@@ -8,7 +8,7 @@
 
 use super::gpu::{self, err, median_ms, output, rand_bf16, rand_f32, rotation, KernelChoice};
 use kiln::compiler::DType;
-use kiln::runtime::{Arg, Buffer, Device, Kernel, KernelCache};
+use kiln::runtime::{Args, Buffer, Device, Kernel, KernelCache};
 use std::sync::Arc;
 
 /// One measured op: its fastest configuration and times.
@@ -89,30 +89,39 @@ impl Bench {
         Ok(())
     }
 
-    fn load(&self, choice: &KernelChoice, args: &[Arg<'_>]) -> Result<Arc<Kernel>, String> {
+    fn load(&self, choice: &KernelChoice, args: &Args<'_>) -> Result<Arc<Kernel>, String> {
         choice.load(&self.cache, &self.dev, args)
     }
 
-    fn sets(
+    /// Enough sets of a kernel's buffers (`make(seed)`) to rotate through more than L2.
+    fn sets<const N: usize>(
         &self,
         bytes: usize,
-        make: impl Fn(u64) -> Result<Vec<Buffer>, String>,
-    ) -> Result<Vec<Vec<Buffer>>, String> {
+        make: impl Fn(u64) -> Result<[Buffer; N], String>,
+    ) -> Result<Vec<[Buffer; N]>, String> {
         (0..rotation(bytes)).map(|s| make(s as u64 * 16)).collect()
     }
 
     fn rmsnorm_fwd(&mut self, rows: usize, n: usize) -> Result<(), String> {
         let bytes = 2 * rows * n * 2 + n * 2 + rows * 4;
         let dev = self.dev.clone();
-        let sets = self.sets(bytes, |s| {
-            Ok(vec![
+        let mut sets = self.sets(bytes, |s| {
+            Ok([
                 rand_bf16(&dev, rows * n, s, 2.0)?,
                 rand_bf16(&dev, n, s + 1, 1.0)?,
                 output(&dev, DType::Bf16, rows * n)?,
                 output(&dev, DType::F32, rows)?,
             ])
         })?;
-        let args = arg_list(|s| buffers_then(s, &[Arg::I32(n as i32), Arg::F32(1e-6)]));
+        let args = arg_list(&sets, |[x, w, y, rstd]| {
+            Args::new()
+                .input("x", x)
+                .input("w", w)
+                .output("y", y)
+                .output("rstd", rstd)
+                .i32("n", n as i32)
+                .f32("eps", 1e-6)
+        });
         let block = n.next_power_of_two() as i64;
         let choices: Vec<KernelChoice> = [1, 2, 4, 8, 16]
             .into_iter()
@@ -121,17 +130,18 @@ impl Bench {
             .collect();
         let kernels: Vec<_> = choices
             .iter()
-            .map(|c| self.load(c, &args(&sets[0])))
+            .map(|c| self.load(c, &args(&mut sets[0])))
             .collect::<Result<_, _>>()?;
         let configs: Vec<String> = choices.iter().map(KernelChoice::describe).collect();
         let grid = [rows as u32, 1, 1];
+        let count = sets.len();
         self.sweep(
             "rmsnorm fwd",
             format!("{rows} x {n}"),
             bytes,
             &configs,
-            sets.len(),
-            |c, s| kernels[c].launch(grid, &args(&sets[s])).map_err(err),
+            count,
+            |c, s| kernels[c].launch(grid, &args(&mut sets[s])).map_err(err),
         )
     }
 
@@ -148,8 +158,8 @@ impl Bench {
         }
         let max_partials = rows.div_ceil(8) * n;
         let dev = self.dev.clone();
-        let sets = self.sets(bytes, |s| {
-            Ok(vec![
+        let mut sets = self.sets(bytes, |s| {
+            Ok([
                 rand_bf16(&dev, rows * n, s, 2.0)?,
                 rand_bf16(&dev, n, s + 1, 1.0)?,
                 rand_bf16(&dev, rows * n, s + 2, 1.0)?,
@@ -160,20 +170,29 @@ impl Bench {
             ])
         })?;
         // The last buffer, dw, belongs to the reduction.
-        let bwd_args =
-            arg_list(|s| buffers_then(&s[..6], &[Arg::I32(rows as i32), Arg::I32(n as i32)]));
-        fn reduce_args(s: &[Buffer], partials: usize, n: usize) -> Vec<Arg<'_>> {
-            vec![
-                Arg::Buffer(&s[5]),
-                Arg::Buffer(&s[6]),
-                Arg::I32(partials as i32),
-                Arg::I32(n as i32),
-            ]
+        let bwd_args = arg_list(&sets, |[x, w, dy, rstd, dx, partial, _]| {
+            Args::new()
+                .input("x", x)
+                .input("w", w)
+                .input("dy", dy)
+                .input("rstd", rstd)
+                .output("dx", dx)
+                .output("dw_partial", partial)
+                .i32("n_rows", rows as i32)
+                .i32("n", n as i32)
+        });
+        fn reduce_args(set: &mut [Buffer; 7], partials: usize, n: usize) -> Args<'_> {
+            let [.., partial, dw] = set;
+            Args::new()
+                .input("dw_partial", partial)
+                .output("dw", dw)
+                .i32("n_partial", partials as i32)
+                .i32("n", n as i32)
         }
         let reduce_block = 64i64;
         let reduce = self.load(
             &KernelChoice::new("rmsnorm.kiln", "rmsnorm_dw_reduce", 4).int("BLOCK", reduce_block),
-            &reduce_args(&sets[0], 1, n),
+            &reduce_args(&mut sets[0], 1, n),
         )?;
         let mut kernels = vec![];
         let mut configs = vec![];
@@ -181,60 +200,69 @@ impl Bench {
             let choice = KernelChoice::new("rmsnorm.kiln", "rmsnorm_bwd", w)
                 .int("BLOCK", block)
                 .int("ROWS", rows_per_program as i64);
-            kernels.push(self.load(&choice, &bwd_args(&sets[0]))?);
+            kernels.push(self.load(&choice, &bwd_args(&mut sets[0]))?);
             configs.push(choice.describe());
         }
         let reduce_grid = [n.div_ceil(reduce_block as usize) as u32, 1, 1];
+        let count = sets.len();
         self.sweep(
             "rmsnorm bwd",
             format!("{rows} x {n}"),
             bytes,
             &configs,
-            sets.len(),
+            count,
             |c, s| {
                 let partials = rows.div_ceil(candidates[c].0);
                 kernels[c]
-                    .launch([partials as u32, 1, 1], &bwd_args(&sets[s]))
+                    .launch([partials as u32, 1, 1], &bwd_args(&mut sets[s]))
                     .map_err(err)?;
                 reduce
-                    .launch(reduce_grid, &reduce_args(&sets[s], partials, n))
+                    .launch(reduce_grid, &reduce_args(&mut sets[s], partials, n))
                     .map_err(err)
             },
         )
     }
 
     fn swiglu(&mut self, len: usize, backward: bool) -> Result<(), String> {
-        let (inputs, outputs) = if backward { (3, 2) } else { (2, 1) };
-        let bytes = (inputs + outputs) * len * 2;
         let dev = self.dev.clone();
-        let sets = self.sets(bytes, |s| {
-            let mut set = vec![];
-            for i in 0..inputs {
-                set.push(rand_bf16(&dev, len, s + i as u64, 3.0)?);
-            }
-            for _ in 0..outputs {
-                set.push(output(&dev, DType::Bf16, len)?);
-            }
-            Ok(set)
-        })?;
-        let args = arg_list(|s| buffers_then(s, &[Arg::I64(len as i64)]));
-        let kernel = if backward { "swiglu_bwd" } else { "swiglu_fwd" };
-        self.elementwise(
-            &format!("swiglu {}", if backward { "bwd" } else { "fwd" }),
-            "swiglu.kiln",
-            kernel,
-            len,
-            bytes,
-            &sets,
-            args,
-        )
+        let input = |seed| rand_bf16(&dev, len, seed, 3.0);
+        let out = || output(&dev, DType::Bf16, len);
+        if backward {
+            let bytes = 5 * len * 2;
+            let mut sets = self.sets(bytes, |s| {
+                Ok([input(s)?, input(s + 1)?, input(s + 2)?, out()?, out()?])
+            })?;
+            let args = arg_list(&sets, |[gate, up, dout, dgate, dup]| {
+                Args::new()
+                    .input("gate", gate)
+                    .input("up", up)
+                    .input("dout", dout)
+                    .output("dgate", dgate)
+                    .output("dup", dup)
+                    .i64("n", len as i64)
+            });
+            let (file, kernel) = ("swiglu.kiln", "swiglu_bwd");
+            self.elementwise("swiglu bwd", file, kernel, len, bytes, &mut sets, args)
+        } else {
+            let bytes = 3 * len * 2;
+            let mut sets = self.sets(bytes, |s| Ok([input(s)?, input(s + 1)?, out()?]))?;
+            let args = arg_list(&sets, |[gate, up, out]| {
+                Args::new()
+                    .input("gate", gate)
+                    .input("up", up)
+                    .output("out", out)
+                    .i64("n", len as i64)
+            });
+            let (file, kernel) = ("swiglu.kiln", "swiglu_fwd");
+            self.elementwise("swiglu fwd", file, kernel, len, bytes, &mut sets, args)
+        }
     }
 
     fn adamw(&mut self, len: usize) -> Result<(), String> {
         let bytes = 30 * len + 4;
         let dev = self.dev.clone();
-        let sets = self.sets(bytes, |s| {
-            Ok(vec![
+        let mut sets = self.sets(bytes, |s| {
+            Ok([
                 rand_f32(&dev, len, s, 1.0, false)?,
                 rand_f32(&dev, len, s + 1, 1e-2, false)?,
                 rand_f32(&dev, len, s + 2, 1e-3, false)?,
@@ -243,26 +271,37 @@ impl Bench {
                 dev.upload(&[0.5f32]).map_err(err)?,
             ])
         })?;
-        let args = arg_list(|s| {
-            let hyper = [1e-5f32, 0.9, 0.999, 1e-8, 0.01, 0.1, 0.001].map(Arg::F32);
-            let mut a = buffers_then(s, &[Arg::I64(len as i64)]);
-            a.extend(hyper);
-            a
+        let args = arg_list(&sets, |[param, grad, m, v, param_bf16, scale]| {
+            Args::new()
+                .in_out("param", param)
+                .input("grad", grad)
+                .in_out("exp_avg", m)
+                .in_out("exp_avg_sq", v)
+                .output("param_bf16", param_bf16)
+                .input("grad_scale", scale)
+                .i64("n", len as i64)
+                .f32("lr", 1e-5)
+                .f32("beta1", 0.9)
+                .f32("beta2", 0.999)
+                .f32("eps", 1e-8)
+                .f32("weight_decay", 0.01)
+                .f32("bias1", 0.1)
+                .f32("bias2", 0.001)
         });
-        self.elementwise("adamw", "adamw.kiln", "adamw", len, bytes, &sets, args)
+        self.elementwise("adamw", "adamw.kiln", "adamw", len, bytes, &mut sets, args)
     }
 
     /// A kernel with one program per BLOCK elements, swept over block sizes and warps.
     #[allow(clippy::too_many_arguments)]
-    fn elementwise(
+    fn elementwise<const N: usize>(
         &mut self,
         op: &str,
         file: &'static str,
         kernel: &'static str,
         len: usize,
         bytes: usize,
-        sets: &[Vec<Buffer>],
-        args: impl for<'a> Fn(&'a [Buffer]) -> Vec<Arg<'a>>,
+        sets: &mut [[Buffer; N]],
+        args: impl for<'a> Fn(&'a mut [Buffer; N]) -> Args<'a>,
     ) -> Result<(), String> {
         let mut blocks = vec![];
         let mut kernels = vec![];
@@ -270,20 +309,21 @@ impl Bench {
         for block in [1024i64, 2048, 4096] {
             for w in [4u32, 8] {
                 let choice = KernelChoice::new(file, kernel, w).int("BLOCK", block);
-                kernels.push(self.load(&choice, &args(&sets[0]))?);
+                kernels.push(self.load(&choice, &args(&mut sets[0]))?);
                 configs.push(choice.describe());
                 blocks.push(block as usize);
             }
         }
+        let count = sets.len();
         self.sweep(
             op,
             format!("{len} elements"),
             bytes,
             &configs,
-            sets.len(),
+            count,
             |c, s| {
                 let grid = [len.div_ceil(blocks[c]) as u32, 1, 1];
-                kernels[c].launch(grid, &args(&sets[s])).map_err(err)
+                kernels[c].launch(grid, &args(&mut sets[s])).map_err(err)
             },
         )
     }
@@ -299,18 +339,22 @@ impl Bench {
         let bytes = 2 * tokens * (hq + hk) * d * 2 + tokens * 4;
         let dev = self.dev.clone();
         let positions: Vec<i32> = (0..tokens).map(|t| (t % 1024) as i32).collect();
-        let sets = self.sets(bytes, |s| {
-            Ok(vec![
+        let mut sets = self.sets(bytes, |s| {
+            Ok([
                 rand_bf16(&dev, tokens * hq * d, s, 1.0)?,
                 rand_bf16(&dev, tokens * hk * d, s + 1, 1.0)?,
                 dev.upload(&positions).map_err(err)?,
             ])
         })?;
-        let args = arg_list(|s| {
-            let scalars = [hq, hk, d / 2].map(|v| Arg::I32(v as i32));
-            let mut a = buffers_then(s, &scalars);
-            a.push(Arg::F32(1e6));
-            a
+        let args = arg_list(&sets, |[q, k, positions]| {
+            Args::new()
+                .in_out("q", q)
+                .in_out("k", k)
+                .input("positions", positions)
+                .i32("n_q_heads", hq as i32)
+                .i32("n_kv_heads", hk as i32)
+                .i32("half_dim", (d / 2) as i32)
+                .f32("theta", 1e6)
         });
         let mut kernels = vec![];
         let mut configs = vec![];
@@ -320,17 +364,18 @@ impl Bench {
                 .int("KHEADS", hk.next_power_of_two() as i64)
                 .int("HALF", (d / 2) as i64)
                 .flag("BACKWARD", backward);
-            kernels.push(self.load(&choice, &args(&sets[0]))?);
+            kernels.push(self.load(&choice, &args(&mut sets[0]))?);
             configs.push(choice.describe());
         }
         let grid = [tokens as u32, 1, 1];
+        let count = sets.len();
         self.sweep(
             if backward { "rope bwd" } else { "rope fwd" },
             format!("{tokens} tokens, {hq}/{hk} heads, dim {d}"),
             bytes,
             &configs,
-            sets.len(),
-            |c, s| kernels[c].launch(grid, &args(&sets[s])).map_err(err),
+            count,
+            |c, s| kernels[c].launch(grid, &args(&mut sets[s])).map_err(err),
         )
     }
 
@@ -365,16 +410,12 @@ impl Bench {
     }
 }
 
-/// Every buffer of `set`, in order, then `scalars`: a kernel's arguments.
-fn buffers_then<'a>(set: &'a [Buffer], scalars: &[Arg<'static>]) -> Vec<Arg<'a>> {
-    set.iter()
-        .map(Arg::Buffer)
-        .chain(scalars.iter().copied())
-        .collect()
-}
-
-/// Pins a closure's signature so the arguments borrow from the buffers passed in.
-fn arg_list<F: for<'a> Fn(&'a [Buffer]) -> Vec<Arg<'a>>>(f: F) -> F {
+/// Pins a closure's signature so the arguments borrow from the set of buffers passed in (the
+/// sets fix the number of buffers).
+fn arg_list<const N: usize, F>(_sets: &[[Buffer; N]], f: F) -> F
+where
+    F: for<'a> Fn(&'a mut [Buffer; N]) -> Args<'a>,
+{
     f
 }
 

@@ -134,20 +134,22 @@ fn attention(ops: &Ops, runs: usize, lengths: &[usize]) -> Result<Vec<Row>, Stri
     let k = rand_bf16(dev, kv_len, 16, 1.0)?;
     let v = rand_bf16(dev, kv_len, 17, 1.0)?;
     let d_o = rand_bf16(dev, q_len, 18, 1.0)?;
-    let o = alloc(dev, DType::Bf16, q_len)?;
-    let lse = alloc(dev, DType::F32, t * 14)?;
-    let (dq, dk, dv) = (
+    let mut o = alloc(dev, DType::Bf16, q_len)?;
+    let mut lse = alloc(dev, DType::F32, t * 14)?;
+    let (mut dq, mut dk, mut dv) = (
         alloc(dev, DType::Bf16, q_len)?,
         alloc(dev, DType::Bf16, kv_len)?,
         alloc(dev, DType::Bf16, kv_len)?,
     );
     let fwd = median_ms(dev, runs, |_| {
-        attn.forward(ops, &blocks, &q, &k, &v, &o, &lse).map_err(e)
+        attn.forward(ops, &blocks, &q, &k, &v, &mut o, &mut lse)
+            .map_err(e)
     })?;
     let fwd_bwd = median_ms(dev, runs, |_| {
-        attn.forward(ops, &blocks, &q, &k, &v, &o, &lse)
+        attn.forward(ops, &blocks, &q, &k, &v, &mut o, &mut lse)
             .map_err(e)?;
-        attn.backward(ops, &blocks, (&q, &k, &v), &o, &lse, &d_o, (&dq, &dk, &dv))
+        let grads = (&mut dq, &mut dk, &mut dv);
+        attn.backward(ops, &blocks, (&q, &k, &v), &o, &lse, &d_o, grads)
             .map_err(e)
     })?;
     let shape = if lengths.iter().all(|&l| l == lengths[0]) {
@@ -189,14 +191,14 @@ fn cross_entropy(
         .map(|t| ((t as u64 * 2_654_435_761) % vocab as u64) as i32)
         .collect();
     let labels = dev.upload(&labels).map_err(err)?;
-    let dh = alloc(dev, DType::Bf16, tokens * hidden)?;
-    let dw = alloc(dev, DType::F32, vocab * hidden)?;
+    let mut dh = alloc(dev, DType::Bf16, tokens * hidden)?;
+    let mut dw = alloc(dev, DType::F32, vocab * hidden)?;
     let op = CutCrossEntropy::new(tokens, hidden, vocab);
     let e = |e: kiln::ops::Error| e.to_string();
     let mut loss = 0.0;
     let ms = median_ms(dev, runs, |_| {
         let state = op.forward(ops, &h, &w, &labels).map_err(e)?;
-        op.backward(ops, &h, &w, &labels, &state, 1.0, &dh, &dw, false)
+        op.backward(ops, &h, &w, &labels, &state, 1.0, &mut dh, &mut dw, false)
             .map_err(e)
     })?;
     if let Ok(state) = op.forward(ops, &h, &w, &labels) {
@@ -227,14 +229,17 @@ fn rmsnorm(ops: &Ops, runs: usize, rows: usize, n: usize) -> Result<Vec<Row>, St
     let x = rand_bf16(dev, rows * n, 1, 2.0)?;
     let w = rand_bf16(dev, n, 2, 1.0)?;
     let dy = rand_bf16(dev, rows * n, 3, 1.0)?;
-    let y = alloc(dev, DType::Bf16, rows * n)?;
-    let rstd = alloc(dev, DType::F32, rows)?;
-    let dx = alloc(dev, DType::Bf16, rows * n)?;
-    let dw = alloc(dev, DType::Bf16, n)?;
+    let mut y = alloc(dev, DType::Bf16, rows * n)?;
+    let mut rstd = alloc(dev, DType::F32, rows)?;
+    let mut dx = alloc(dev, DType::Bf16, rows * n)?;
+    let mut dw = alloc(dev, DType::Bf16, n)?;
     let e = |e: kiln::ops::Error| e.to_string();
-    let fwd = median_ms(dev, runs, |_| op.forward(ops, &x, &w, &y, &rstd).map_err(e))?;
+    let fwd = median_ms(dev, runs, |_| {
+        op.forward(ops, &x, &w, &mut y, &mut rstd).map_err(e)
+    })?;
     let bwd = median_ms(dev, runs, |_| {
-        op.backward(ops, &x, &w, &dy, &rstd, &dx, &dw).map_err(e)
+        op.backward(ops, &x, &w, &dy, &rstd, &mut dx, &mut dw)
+            .map_err(e)
     })?;
     // Bytes as the peer script counts them.
     Ok(vec![
@@ -259,15 +264,15 @@ fn swiglu(ops: &Ops, runs: usize, rows: usize, n: usize) -> Result<Vec<Row>, Str
     let gate = rand_bf16(dev, len, 4, 3.0)?;
     let up = rand_bf16(dev, len, 5, 3.0)?;
     let dout = rand_bf16(dev, len, 6, 1.0)?;
-    let out = alloc(dev, DType::Bf16, len)?;
-    let dgate = alloc(dev, DType::Bf16, len)?;
-    let dup = alloc(dev, DType::Bf16, len)?;
+    let mut out = alloc(dev, DType::Bf16, len)?;
+    let mut dgate = alloc(dev, DType::Bf16, len)?;
+    let mut dup = alloc(dev, DType::Bf16, len)?;
     let e = |e: kiln::ops::Error| e.to_string();
     let fwd = median_ms(dev, runs, |_| {
-        swiglu::forward(ops, &gate, &up, &out).map_err(e)
+        swiglu::forward(ops, &gate, &up, &mut out).map_err(e)
     })?;
     let bwd = median_ms(dev, runs, |_| {
-        swiglu::backward(ops, &gate, &up, &dout, &dgate, &dup).map_err(e)
+        swiglu::backward(ops, &gate, &up, &dout, &mut dgate, &mut dup).map_err(e)
     })?;
     Ok(vec![
         Row {
@@ -295,13 +300,17 @@ fn rope(ops: &Ops, runs: usize) -> Result<Vec<Row>, String> {
         head_dim,
         theta: 1e6,
     };
-    let q = rand_bf16(dev, rope.tokens * q_heads * head_dim, 7, 1.0)?;
-    let k = rand_bf16(dev, rope.tokens * kv_heads * head_dim, 8, 1.0)?;
+    let mut q = rand_bf16(dev, rope.tokens * q_heads * head_dim, 7, 1.0)?;
+    let mut k = rand_bf16(dev, rope.tokens * kv_heads * head_dim, 8, 1.0)?;
     let positions: Vec<i32> = (0..rope.tokens).map(|t| (t % seq) as i32).collect();
     let pos = dev.upload(&positions).map_err(err)?;
     let e = |e: kiln::ops::Error| e.to_string();
-    let fwd = median_ms(dev, runs, |_| rope.forward(ops, &q, &k, &pos).map_err(e))?;
-    let bwd = median_ms(dev, runs, |_| rope.backward(ops, &q, &k, &pos).map_err(e))?;
+    let fwd = median_ms(dev, runs, |_| {
+        rope.forward(ops, &mut q, &mut k, &pos).map_err(e)
+    })?;
+    let bwd = median_ms(dev, runs, |_| {
+        rope.backward(ops, &mut q, &mut k, &pos).map_err(e)
+    })?;
     let bytes = 2 * (q.len() + k.len()) * 2;
     let shape = vec![batch, q_heads, kv_heads, seq, head_dim];
     Ok(vec![
@@ -322,18 +331,18 @@ fn rope(ops: &Ops, runs: usize) -> Result<Vec<Row>, String> {
 
 fn adamw(ops: &Ops, runs: usize, n: usize) -> Result<Row, String> {
     let dev = ops.device();
-    let param = rand_f32(dev, n, 9, 1.0, false)?;
+    let mut param = rand_f32(dev, n, 9, 1.0, false)?;
     let grad = rand_f32(dev, n, 10, 1e-2, false)?;
-    let exp_avg = rand_f32(dev, n, 11, 1e-3, false)?;
-    let exp_avg_sq = rand_f32(dev, n, 12, 1e-5, true)?;
-    let param_bf16 = alloc(dev, DType::Bf16, n)?;
+    let mut exp_avg = rand_f32(dev, n, 11, 1e-3, false)?;
+    let mut exp_avg_sq = rand_f32(dev, n, 12, 1e-5, true)?;
+    let mut param_bf16 = alloc(dev, DType::Bf16, n)?;
     let scale = dev.upload(&[1.0f32, 0.0]).map_err(err)?;
-    let state = ParamState {
-        param: &param,
-        grad: &grad,
-        exp_avg: &exp_avg,
-        exp_avg_sq: &exp_avg_sq,
-        param_bf16: &param_bf16,
+    let mut state = ParamState {
+        param: param.view_mut(),
+        grad: grad.view(),
+        exp_avg: exp_avg.view_mut(),
+        exp_avg_sq: exp_avg_sq.view_mut(),
+        param_bf16: param_bf16.view_mut(),
     };
     let adamw = AdamW {
         weight_decay: 0.01,
@@ -341,7 +350,7 @@ fn adamw(ops: &Ops, runs: usize, n: usize) -> Result<Row, String> {
     };
     let ms = median_ms(dev, runs, |i| {
         adamw
-            .update(ops, &state, &scale, 1e-5, i as u32 + 1)
+            .update(ops, &mut state, &scale, 1e-5, i as u32 + 1)
             .map_err(|e| e.to_string())
     })?;
     Ok(Row {

@@ -44,9 +44,10 @@ fn run(h: &Harness, attn: &Attention, cu_seqlens: &[usize], x: &Inputs) -> Outpu
     let t = blocks.tokens();
     let [q, k, v, d_o] = [&x.q, &x.k, &x.v, &x.d_o].map(|data| h.bf16(data));
     let poisoned = |like: &Buffer| h.poisoned_bf16(like.len());
-    let (o, lse) = (poisoned(&q), h.poisoned_f32(t * attn.q_heads));
-    attn.forward(&h.ops, &blocks, &q, &k, &v, &o, &lse).unwrap();
-    let (dq, dk, dv) = (poisoned(&q), poisoned(&k), poisoned(&v));
+    let (mut o, mut lse) = (poisoned(&q), h.poisoned_f32(t * attn.q_heads));
+    attn.forward(&h.ops, &blocks, &q, &k, &v, &mut o, &mut lse)
+        .unwrap();
+    let (mut dq, mut dk, mut dv) = (poisoned(&q), poisoned(&k), poisoned(&v));
     attn.backward(
         &h.ops,
         &blocks,
@@ -54,7 +55,7 @@ fn run(h: &Harness, attn: &Attention, cu_seqlens: &[usize], x: &Inputs) -> Outpu
         &o,
         &lse,
         &d_o,
-        (&dq, &dk, &dv),
+        (&mut dq, &mut dk, &mut dv),
     )
     .unwrap();
     Outputs {
@@ -216,9 +217,10 @@ fn bad_packs_and_head_counts_are_errors() {
         head_dim: 16,
     };
     let b = h.device.alloc(DType::Bf16, 4 * 3 * 16).unwrap();
-    let lse = h.device.alloc(DType::F32, 12).unwrap();
+    let mut o = h.device.alloc(DType::Bf16, 4 * 3 * 16).unwrap();
+    let mut lse = h.device.alloc(DType::F32, 12).unwrap();
     let err = attn
-        .forward(&h.ops, &blocks, &b, &b, &b, &b, &lse)
+        .forward(&h.ops, &blocks, &b, &b, &b, &mut o, &mut lse)
         .unwrap_err();
     assert!(err.to_string().contains("multiple"), "{err}");
 }

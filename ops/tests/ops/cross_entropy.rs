@@ -8,7 +8,7 @@ use crate::harness::{for_each_device, Harness, Tol};
 use crate::reference::LinearCrossEntropy;
 use kiln_compiler::DType;
 use kiln_ops::cross_entropy::CutCrossEntropy;
-use kiln_runtime::{Arg, Gemm};
+use kiln_runtime::{Args, Gemm};
 
 /// Loss tolerance: the logits pass through bf16 (as in every bf16 training step), which moves
 /// each by up to 2^-9 of its size.
@@ -71,15 +71,16 @@ fn run_case(h: &Harness, case: &Case, fd: bool) {
     } else {
         reference.gradients(&hidden, &w, dloss)
     };
+    let dl = dloss as f32;
     for dtype in [DType::F32, DType::Bf16] {
-        let dh = h.device.alloc(dtype, t * hd).unwrap();
-        let dw = h.poisoned_f32(v * hd);
-        op.backward(&h.ops, &hb, &wb, &lb, &state, dloss as f32, &dh, &dw, false)
+        let mut dh = h.device.alloc(dtype, t * hd).unwrap();
+        let mut dw = h.poisoned_f32(v * hd);
+        op.backward(&h.ops, &hb, &wb, &lb, &state, dl, &mut dh, &mut dw, false)
             .unwrap();
         h.assert_close("dhidden", &h.read(&dh), &dh_want, grad_tol(&dh_want));
         h.assert_close("dweight", &h.read(&dw), &dw_want, grad_tol(&dw_want));
         // Accumulating adds a second copy of the gradient.
-        op.backward(&h.ops, &hb, &wb, &lb, &state, dloss as f32, &dh, &dw, true)
+        op.backward(&h.ops, &hb, &wb, &lb, &state, dl, &mut dh, &mut dw, true)
             .unwrap();
         let twice: Vec<f64> = dw_want.iter().map(|x| 2.0 * x).collect();
         h.assert_close(
@@ -157,56 +158,60 @@ fn cut_cross_entropy_at_full_size_matches_materialised_logits() {
         let dev = &h.device;
 
         // The materialised path: all logits, the row-wise kernels, then the two GEMMs.
-        let logits = dev.alloc(DType::Bf16, t * v).unwrap();
-        dev.gemm(&Gemm::new(t, v, hd).transpose_b(), &hb, &wb, &logits, None)
-            .unwrap();
-        let (row_loss, lse) = (h.poisoned_f32(t), h.poisoned_f32(t));
+        let mut logits = dev.alloc(DType::Bf16, t * v).unwrap();
+        dev.gemm(
+            &Gemm::new(t, v, hd).transpose_b(),
+            &hb,
+            &wb,
+            &mut logits,
+            None,
+        )
+        .unwrap();
+        let (mut row_loss, mut lse) = (h.poisoned_f32(t), h.poisoned_f32(t));
         let ce = [("BLOCK", 4096)];
         h.launch(
             "cross_entropy.kiln",
             "cross_entropy_fwd",
             &ce,
             [t as u32, 1, 1],
-            &[
-                Arg::Buffer(&logits),
-                Arg::Buffer(&lb),
-                Arg::Buffer(&row_loss),
-                Arg::Buffer(&lse),
-                Arg::I32(v as i32),
-                Arg::I32(-100),
-            ],
+            &Args::new()
+                .input("logits", &logits)
+                .input("labels", &lb)
+                .output("loss", &mut row_loss)
+                .output("lse", &mut lse)
+                .i32("vocab", v as i32)
+                .i32("ignore_index", -100),
         );
         let counted = (t - 1) as f64;
         let want_loss = h.read(&row_loss).iter().sum::<f64>() / counted;
         let dloss_rows = h.f32_buf(&vec![1.0 / counted; t]);
-        let dlogits = dev.alloc(DType::Bf16, t * v).unwrap();
+        let mut dlogits = dev.alloc(DType::Bf16, t * v).unwrap();
         h.launch(
             "cross_entropy.kiln",
             "cross_entropy_bwd",
             &ce,
             [t as u32, 1, 1],
-            &[
-                Arg::Buffer(&logits),
-                Arg::Buffer(&lb),
-                Arg::Buffer(&lse),
-                Arg::Buffer(&dloss_rows),
-                Arg::Buffer(&dlogits),
-                Arg::I32(v as i32),
-                Arg::I32(-100),
-            ],
+            &Args::new()
+                .input("logits", &logits)
+                .input("labels", &lb)
+                .input("lse", &lse)
+                .input("dloss", &dloss_rows)
+                .output("dlogits", &mut dlogits)
+                .i32("vocab", v as i32)
+                .i32("ignore_index", -100),
         );
         drop(logits);
-        let (dh_ref, dw_ref) = (
+        let (mut dh_ref, mut dw_ref) = (
             dev.alloc(DType::F32, t * hd).unwrap(),
             dev.alloc(DType::F32, v * hd).unwrap(),
         );
-        dev.gemm(&Gemm::new(t, hd, v), &dlogits, &wb, &dh_ref, None)
+        dev.gemm(&Gemm::new(t, hd, v), &dlogits, &wb, &mut dh_ref, None)
             .unwrap();
         dev.gemm(
             &Gemm::new(v, hd, t).transpose_a(),
             &dlogits,
             &hb,
-            &dw_ref,
+            &mut dw_ref,
             None,
         )
         .unwrap();
@@ -224,8 +229,8 @@ fn cut_cross_entropy_at_full_size_matches_materialised_logits() {
                 abs: 0.0,
             },
         );
-        let (dh, dw) = (h.poisoned_f32(t * hd), h.poisoned_f32(v * hd));
-        op.backward(&h.ops, &hb, &wb, &lb, &state, 1.0, &dh, &dw, false)
+        let (mut dh, mut dw) = (h.poisoned_f32(t * hd), h.poisoned_f32(v * hd));
+        op.backward(&h.ops, &hb, &wb, &lb, &state, 1.0, &mut dh, &mut dw, false)
             .unwrap();
         let dh_want = h.read(&dh_ref);
         h.assert_close("dhidden", &h.read(&dh), &dh_want, grad_tol(&dh_want));

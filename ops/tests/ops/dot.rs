@@ -6,6 +6,7 @@
 use crate::harness::{for_each_device, Harness, Tol};
 use crate::reference as r;
 use kiln_compiler::Source;
+use kiln_runtime::Args;
 
 const DOT: &str = include_str!("../../../compiler/tests/compiler/nvptx_kernels/dot.kiln");
 
@@ -49,7 +50,7 @@ fn dot_tile_every_shape_and_orientation() {
                 };
                 let (ab, bb, biasb) = (h.bf16(&a_mem), h.bf16(&b_mem), h.f32_buf(&bias));
                 for &w in warps {
-                    let c = h.poisoned_f32(m * n);
+                    let mut c = h.poisoned_f32(m * n);
                     let defines = [
                         ("M", m as i64),
                         ("N", n as i64),
@@ -63,7 +64,11 @@ fn dot_tile_every_shape_and_orientation() {
                         &defines,
                         (w, 1),
                         [1, 1, 1],
-                        &[h.arg(&ab), h.arg(&bb), h.arg(&biasb), h.arg(&c)],
+                        &Args::new()
+                            .input("a", &ab)
+                            .input("b", &bb)
+                            .input("bias", &biasb)
+                            .output("c", &mut c),
                     );
                     let what = format!("dot {m}x{n}x{k} ta={ta} tb={tb} w{w}");
                     h.assert_close(&what, &h.read(&c), &want, F32_SUMS);
@@ -79,7 +84,7 @@ fn dot_f16_and_f32() {
         let (m, n, k) = (32usize, 32usize, 32usize);
         let a = h.rand_f16(m * k, 1.0);
         let b = h.rand_f16(k * n, 1.0);
-        let c = h.poisoned_f32(m * n);
+        let mut c = h.poisoned_f32(m * n);
         let (ab, bb) = (h.f16(&a), h.f16(&b));
         h.launch_source(
             &source(),
@@ -87,14 +92,17 @@ fn dot_f16_and_f32() {
             &[],
             (4, 1),
             [1, 1, 1],
-            &[h.arg(&ab), h.arg(&bb), h.arg(&c)],
+            &Args::new()
+                .input("a", &ab)
+                .input("b", &bb)
+                .output("c", &mut c),
         );
         let want = r::matmul(&a, &b, m, k, n);
         h.assert_close("dot f16", &h.read(&c), &want, F32_SUMS);
 
         let a = h.rand_f32(m * k, 1.0);
         let b = h.rand_f32(k * n, 1.0);
-        let c = h.poisoned_f32(m * n);
+        let mut c = h.poisoned_f32(m * n);
         let (ab, bb) = (h.f32_buf(&a), h.f32_buf(&b));
         h.launch_source(
             &source(),
@@ -102,7 +110,10 @@ fn dot_f16_and_f32() {
             &[],
             (4, 1),
             [1, 1, 1],
-            &[h.arg(&ab), h.arg(&bb), h.arg(&c)],
+            &Args::new()
+                .input("a", &ab)
+                .input("b", &bb)
+                .output("c", &mut c),
         );
         let want = r::matmul(&a, &b, m, k, n);
         h.assert_close("dot f32", &h.read(&c), &want, F32_SUMS);
@@ -140,7 +151,7 @@ fn dot_loop_case(h: &Harness, (m, k, n): (usize, usize, usize), warps: &[u32], s
     for &w in warps {
         for &s in stages {
             for (bm, bn, bk) in [(32i64, 32i64, 16i64), (16, 64, 32), (64, 16, 64)] {
-                let c = h.poisoned_bf16(m * n);
+                let mut c = h.poisoned_bf16(m * n);
                 let grid = [
                     m.div_ceil(bm as usize) as u32,
                     n.div_ceil(bn as usize) as u32,
@@ -152,15 +163,14 @@ fn dot_loop_case(h: &Harness, (m, k, n): (usize, usize, usize), warps: &[u32], s
                     &[("BM", bm), ("BN", bn), ("BK", bk)],
                     (w, s),
                     grid,
-                    &[
-                        h.arg(&ab),
-                        h.arg(&bb),
-                        h.arg(&c),
-                        h.i32(m as i32),
-                        h.i32(n as i32),
-                        h.i32(k as i32),
-                        h.f32(scale),
-                    ],
+                    &Args::new()
+                        .input("a", &ab)
+                        .input("b", &bb)
+                        .output("c", &mut c)
+                        .i32("m", m as i32)
+                        .i32("n", n as i32)
+                        .i32("k", k as i32)
+                        .f32("scale", scale as f32),
                 );
                 let what = format!("dot_loop {m}x{k}x{n} tiles {bm}x{bn}x{bk} w{w} s{s}");
                 h.assert_close(

@@ -5,7 +5,7 @@ use half::{bf16, f16};
 use kiln_compiler::ast::{Item, TypeExprKind};
 use kiln_compiler::{ConstValue, DType, Defines, Source};
 use kiln_ops::Ops;
-use kiln_runtime::{Arg, Buffer, Device, KernelCache, KernelSpec};
+use kiln_runtime::{Args, Buffer, Device, KernelCache, KernelSpec};
 use std::cell::Cell;
 use std::sync::Arc;
 
@@ -123,22 +123,6 @@ impl Harness {
         self.poisoned(DType::F32, n)
     }
 
-    pub fn arg<'a>(&self, b: &'a Buffer) -> Arg<'a> {
-        Arg::Buffer(b)
-    }
-
-    pub fn i32(&self, v: i32) -> Arg<'static> {
-        Arg::I32(v)
-    }
-
-    pub fn i64(&self, v: i64) -> Arg<'static> {
-        Arg::I64(v)
-    }
-
-    pub fn f32(&self, v: f64) -> Arg<'static> {
-        Arg::F32(v as f32)
-    }
-
     /// Launches kernel `kernel` of the shipped file `file`, then waits for it.
     pub fn launch(
         &self,
@@ -146,7 +130,7 @@ impl Harness {
         kernel: &str,
         defines: &[(&str, i64)],
         grid: [u32; 3],
-        args: &[Arg<'_>],
+        args: &Args<'_>,
     ) {
         let f = kiln_ops::kernels::file(file).unwrap_or_else(|| panic!("no kernel file {file}"));
         let src = Source::new(f.name, f.source);
@@ -169,7 +153,7 @@ impl Harness {
         defines: &[(&str, i64)],
         (num_warps, num_stages): (u32, u32),
         grid: [u32; 3],
-        args: &[Arg<'_>],
+        args: &Args<'_>,
     ) {
         // Values are given as integers; a constant the kernel declares `bool` takes 0 / 1.
         let module = kiln_compiler::parse(src).unwrap_or_else(|e| panic!("{e}"));

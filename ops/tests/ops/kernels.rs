@@ -4,6 +4,7 @@
 
 use crate::harness::{for_each_device, Harness, Tol};
 use crate::reference as r;
+use kiln_runtime::Args;
 
 const BF16: Tol = Tol {
     rel: 1e-2,
@@ -22,21 +23,20 @@ fn rmsnorm_fwd() {
             let w = h.rand_bf16(n, 1.0);
             let (y_ref, rstd_ref) = r::rmsnorm_fwd(&x, &w, n, 1e-6);
             let (xb, wb) = (h.bf16(&x), h.bf16(&w));
-            let y = h.poisoned_bf16(rows * n);
-            let rstd = h.poisoned_f32(rows);
+            let mut y = h.poisoned_bf16(rows * n);
+            let mut rstd = h.poisoned_f32(rows);
             h.launch(
                 "rmsnorm.kiln",
                 "rmsnorm_fwd",
                 &[("BLOCK", block)],
                 [rows as u32, 1, 1],
-                &[
-                    h.arg(&xb),
-                    h.arg(&wb),
-                    h.arg(&y),
-                    h.arg(&rstd),
-                    h.i32(n as i32),
-                    h.f32(1e-6),
-                ],
+                &Args::new()
+                    .input("x", &xb)
+                    .input("w", &wb)
+                    .output("y", &mut y)
+                    .output("rstd", &mut rstd)
+                    .i32("n", n as i32)
+                    .f32("eps", 1e-6),
             );
             h.assert_close("y", &h.read(&y), &y_ref, BF16);
             h.assert_close(
@@ -64,37 +64,35 @@ fn rmsnorm_bwd() {
         let (xb, wb, dyb) = (h.bf16(&x), h.bf16(&w), h.bf16(&dy));
         let rstd = h.f32_buf(&rstd_ref);
         let programs = rows.div_ceil(rows_per_prog);
-        let dx = h.poisoned_bf16(rows * n);
-        let partial = h.poisoned_f32(programs * n);
+        let mut dx = h.poisoned_bf16(rows * n);
+        let mut partial = h.poisoned_f32(programs * n);
         h.launch(
             "rmsnorm.kiln",
             "rmsnorm_bwd",
             &[("BLOCK", 256), ("ROWS", rows_per_prog as i64)],
             [programs as u32, 1, 1],
-            &[
-                h.arg(&xb),
-                h.arg(&wb),
-                h.arg(&dyb),
-                h.arg(&rstd),
-                h.arg(&dx),
-                h.arg(&partial),
-                h.i32(rows as i32),
-                h.i32(n as i32),
-            ],
+            &Args::new()
+                .input("x", &xb)
+                .input("w", &wb)
+                .input("dy", &dyb)
+                .input("rstd", &rstd)
+                .output("dx", &mut dx)
+                .output("dw_partial", &mut partial)
+                .i32("n_rows", rows as i32)
+                .i32("n", n as i32),
         );
         h.assert_close("dx", &h.read(&dx), &dx_ref, BF16);
-        let dw = h.poisoned_bf16(n);
+        let mut dw = h.poisoned_bf16(n);
         h.launch(
             "rmsnorm.kiln",
             "rmsnorm_dw_reduce",
             &[("BLOCK", 64)],
             [n.div_ceil(64) as u32, 1, 1],
-            &[
-                h.arg(&partial),
-                h.arg(&dw),
-                h.i32(programs as i32),
-                h.i32(n as i32),
-            ],
+            &Args::new()
+                .input("dw_partial", &partial)
+                .output("dw", &mut dw)
+                .i32("n_partial", programs as i32)
+                .i32("n", n as i32),
         );
         h.assert_close("dw", &h.read(&dw), &dw_ref, BF16);
     });
@@ -109,29 +107,32 @@ fn swiglu_fwd_bwd() {
         let d = h.rand_bf16(len, 1.0);
         let (gb, ub, db) = (h.bf16(&g), h.bf16(&u), h.bf16(&d));
         let grid = [len.div_ceil(1024) as u32, 1, 1];
-        let out = h.poisoned_bf16(len);
+        let mut out = h.poisoned_bf16(len);
         h.launch(
             "swiglu.kiln",
             "swiglu_fwd",
             &[],
             grid,
-            &[h.arg(&gb), h.arg(&ub), h.arg(&out), h.i64(len as i64)],
+            &Args::new()
+                .input("gate", &gb)
+                .input("up", &ub)
+                .output("out", &mut out)
+                .i64("n", len as i64),
         );
         h.assert_close("out", &h.read(&out), &r::swiglu_fwd(&g, &u), BF16);
-        let (dg, du) = (h.poisoned_bf16(len), h.poisoned_bf16(len));
+        let (mut dg, mut du) = (h.poisoned_bf16(len), h.poisoned_bf16(len));
         h.launch(
             "swiglu.kiln",
             "swiglu_bwd",
             &[],
             grid,
-            &[
-                h.arg(&gb),
-                h.arg(&ub),
-                h.arg(&db),
-                h.arg(&dg),
-                h.arg(&du),
-                h.i64(len as i64),
-            ],
+            &Args::new()
+                .input("gate", &gb)
+                .input("up", &ub)
+                .input("dout", &db)
+                .output("dgate", &mut dg)
+                .output("dup", &mut du)
+                .i64("n", len as i64),
         );
         let (dg_ref, du_ref) = r::swiglu_bwd(&g, &u, &d);
         h.assert_close("dgate", &h.read(&dg), &dg_ref, BF16);
@@ -150,7 +151,7 @@ fn rope_fwd_bwd() {
         let q = h.rand_bf16(tokens * qh * dim, 2.0);
         let k = h.rand_bf16(tokens * kh * dim, 2.0);
         for backward in [false, true] {
-            let (qb, kb) = (h.bf16(&q), h.bf16(&k));
+            let (mut qb, mut kb) = (h.bf16(&q), h.bf16(&k));
             let pos = h.i32_buf(&positions);
             h.launch(
                 "rope.kiln",
@@ -162,15 +163,14 @@ fn rope_fwd_bwd() {
                     ("BACKWARD", backward as i64),
                 ],
                 [tokens as u32, 1, 1],
-                &[
-                    h.arg(&qb),
-                    h.arg(&kb),
-                    h.arg(&pos),
-                    h.i32(qh as i32),
-                    h.i32(kh as i32),
-                    h.i32((dim / 2) as i32),
-                    h.f32(10000.0),
-                ],
+                &Args::new()
+                    .in_out("q", &mut qb)
+                    .in_out("k", &mut kb)
+                    .input("positions", &pos)
+                    .i32("n_q_heads", qh as i32)
+                    .i32("n_kv_heads", kh as i32)
+                    .i32("half_dim", (dim / 2) as i32)
+                    .f32("theta", 10000.0),
             );
             let (mut q_ref, mut k_ref) = (q.clone(), k.clone());
             r::rope(&mut q_ref, &positions, qh, dim, 10000.0, backward);
@@ -193,20 +193,19 @@ fn cross_entropy_fwd_bwd() {
         let (loss_ref, lse_ref) = r::cross_entropy_fwd(&logits, &labels, vocab, -100);
         let lb = h.bf16(&logits);
         let lab = h.i32_buf(&labels);
-        let (loss, lse) = (h.poisoned_f32(rows), h.poisoned_f32(rows));
+        let (mut loss, mut lse) = (h.poisoned_f32(rows), h.poisoned_f32(rows));
         h.launch(
             "cross_entropy.kiln",
             "cross_entropy_fwd",
             &[("BLOCK", block)],
             [rows as u32, 1, 1],
-            &[
-                h.arg(&lb),
-                h.arg(&lab),
-                h.arg(&loss),
-                h.arg(&lse),
-                h.i32(vocab as i32),
-                h.i32(-100),
-            ],
+            &Args::new()
+                .input("logits", &lb)
+                .input("labels", &lab)
+                .output("loss", &mut loss)
+                .output("lse", &mut lse)
+                .i32("vocab", vocab as i32)
+                .i32("ignore_index", -100),
         );
         h.assert_close(
             "lse",
@@ -227,21 +226,20 @@ fn cross_entropy_fwd_bwd() {
             },
         );
         let dl = h.f32_buf(&dloss);
-        let dlogits = h.poisoned_bf16(rows * vocab);
+        let mut dlogits = h.poisoned_bf16(rows * vocab);
         h.launch(
             "cross_entropy.kiln",
             "cross_entropy_bwd",
             &[("BLOCK", block)],
             [rows as u32, 1, 1],
-            &[
-                h.arg(&lb),
-                h.arg(&lab),
-                h.arg(&lse),
-                h.arg(&dl),
-                h.arg(&dlogits),
-                h.i32(vocab as i32),
-                h.i32(-100),
-            ],
+            &Args::new()
+                .input("logits", &lb)
+                .input("labels", &lab)
+                .input("lse", &lse)
+                .input("dloss", &dl)
+                .output("dlogits", &mut dlogits)
+                .i32("vocab", vocab as i32)
+                .i32("ignore_index", -100),
         );
         let d_ref = r::cross_entropy_bwd(&logits, &labels, &dloss, vocab, -100);
         h.assert_close(
@@ -277,13 +275,13 @@ fn adamw_step() {
         let scale = 0.75;
         let (mut p_ref, mut m_ref, mut v_ref) = (p0.clone(), m0.clone(), v0.clone());
         r::adamw(&mut p_ref, &g, &mut m_ref, &mut v_ref, scale, &hp);
-        let (p, gb, m, v) = (
+        let (mut p, gb, mut m, mut v) = (
             h.f32_buf(&p0),
             h.f32_buf(&g),
             h.f32_buf(&m0),
             h.f32_buf(&v0),
         );
-        let pb = h.poisoned_bf16(n);
+        let mut pb = h.poisoned_bf16(n);
         let s = h.f32_buf(&[scale]);
         let b1 = 1.0 - hp.beta1.powi(hp.step);
         let b2 = 1.0 - hp.beta2.powi(hp.step);
@@ -292,22 +290,21 @@ fn adamw_step() {
             "adamw",
             &[],
             [n.div_ceil(1024) as u32, 1, 1],
-            &[
-                h.arg(&p),
-                h.arg(&gb),
-                h.arg(&m),
-                h.arg(&v),
-                h.arg(&pb),
-                h.arg(&s),
-                h.i64(n as i64),
-                h.f32(hp.lr),
-                h.f32(hp.beta1),
-                h.f32(hp.beta2),
-                h.f32(hp.eps),
-                h.f32(hp.weight_decay),
-                h.f32(b1),
-                h.f32(b2),
-            ],
+            &Args::new()
+                .in_out("param", &mut p)
+                .input("grad", &gb)
+                .in_out("exp_avg", &mut m)
+                .in_out("exp_avg_sq", &mut v)
+                .output("param_bf16", &mut pb)
+                .input("grad_scale", &s)
+                .i64("n", n as i64)
+                .f32("lr", hp.lr as f32)
+                .f32("beta1", hp.beta1 as f32)
+                .f32("beta2", hp.beta2 as f32)
+                .f32("eps", hp.eps as f32)
+                .f32("weight_decay", hp.weight_decay as f32)
+                .f32("bias1", b1 as f32)
+                .f32("bias2", b2 as f32),
         );
         h.assert_close("exp_avg", &h.read(&m), &m_ref, F32);
         h.assert_close(
@@ -338,13 +335,17 @@ fn add() {
         let n: usize = 4099;
         let (a, b) = (h.rand_bf16(n, 3.0), h.rand_bf16(n, 3.0));
         let (ab, bb) = (h.bf16(&a), h.bf16(&b));
-        let out = h.poisoned_bf16(n);
+        let mut out = h.poisoned_bf16(n);
         h.launch(
             "add.kiln",
             "add",
             &[],
             [n.div_ceil(1024) as u32, 1, 1],
-            &[h.arg(&ab), h.arg(&bb), h.arg(&out), h.i64(n as i64)],
+            &Args::new()
+                .input("a", &ab)
+                .input("b", &bb)
+                .output("out", &mut out)
+                .i64("n", n as i64),
         );
         let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
         h.assert_close("out", &h.read(&out), &want, BF16);
@@ -381,7 +382,7 @@ fn gemm() {
             let a = h.rand_bf16(m * k, 1.0);
             let b = h.rand_bf16(k * n, 1.0);
             let (ab, bb) = (h.bf16(&a), h.bf16(&b));
-            let c = h.poisoned_bf16(m * n);
+            let mut c = h.poisoned_bf16(m * n);
             let grid = (m.div_ceil(bm as usize) * n.div_ceil(bn as usize)) as u32;
             h.launch_source(
                 &src,
@@ -389,14 +390,13 @@ fn gemm() {
                 &[("BM", bm), ("BN", bn), ("BK", bk)],
                 (warps, stages),
                 [grid, 1, 1],
-                &[
-                    h.arg(&ab),
-                    h.arg(&bb),
-                    h.arg(&c),
-                    h.i32(m as i32),
-                    h.i32(n as i32),
-                    h.i32(k as i32),
-                ],
+                &Args::new()
+                    .input("a", &ab)
+                    .input("b", &bb)
+                    .output("c", &mut c)
+                    .i32("m", m as i32)
+                    .i32("n", n as i32)
+                    .i32("k", k as i32),
             );
             let what = format!("gemm {m}x{k}x{n} tiles {bm}x{bn}x{bk} w{warps} s{stages}");
             h.assert_close(&what, &h.read(&c), &r::matmul(&a, &b, m, k, n), BF16);

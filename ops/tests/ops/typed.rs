@@ -41,13 +41,13 @@ fn rmsnorm_case(h: &Harness, rows: usize, n: usize, fd: bool) {
     let w = h.rand_bf16(n, 1.0);
     let dy = h.rand_bf16(rows * n, 1.0);
     let (xb, wb, dyb) = (h.bf16(&x), h.bf16(&w), h.bf16(&dy));
-    let (y, rstd) = (h.poisoned_bf16(rows * n), h.poisoned_f32(rows));
-    op.forward(&h.ops, &xb, &wb, &y, &rstd).unwrap();
+    let (mut y, mut rstd) = (h.poisoned_bf16(rows * n), h.poisoned_f32(rows));
+    op.forward(&h.ops, &xb, &wb, &mut y, &mut rstd).unwrap();
     let (y_ref, _) = r::rmsnorm_fwd(&x, &w, n, 1e-6);
     h.assert_close("rmsnorm y", &h.read(&y), &y_ref, BF16);
 
-    let (dx, dw) = (h.poisoned_bf16(rows * n), h.poisoned_bf16(n));
-    op.backward(&h.ops, &xb, &wb, &dyb, &rstd, &dx, &dw)
+    let (mut dx, mut dw) = (h.poisoned_bf16(rows * n), h.poisoned_bf16(n));
+    op.backward(&h.ops, &xb, &wb, &dyb, &rstd, &mut dx, &mut dw)
         .unwrap();
     let (dx_want, dw_want) = if fd {
         let loss_x = |x: &[f64]| dot(&r::rmsnorm_fwd(x, &w, n, 1e-6).0, &dy);
@@ -94,12 +94,13 @@ fn add_rmsnorm_forward_and_backward() {
         let dnext = h.rand_bf16(rows * n, 1.0);
         let bufs = [&x, &res, &w, &dy, &dnext].map(|v| h.bf16(v));
         let [xb, rb, wb, dyb, dnb] = &bufs;
-        let (hb, y, rstd) = (
+        let (mut hb, mut y, mut rstd) = (
             h.poisoned_bf16(rows * n),
             h.poisoned_bf16(rows * n),
             h.poisoned_f32(rows),
         );
-        op.add_forward(&h.ops, xb, rb, &hb, wb, &y, &rstd).unwrap();
+        op.add_forward(&h.ops, xb, rb, &mut hb, wb, &mut y, &mut rstd)
+            .unwrap();
         // The stream is stored in bf16 and normalised as stored.
         let sum: Vec<f64> = x.iter().zip(&res).map(|(a, b)| a + b).collect();
         let h_ref = round_bf16(&sum);
@@ -111,8 +112,8 @@ fn add_rmsnorm_forward_and_backward() {
             BF16,
         );
 
-        let (dx, dw) = (h.poisoned_bf16(rows * n), h.poisoned_bf16(n));
-        op.add_backward(&h.ops, &hb, wb, dyb, &rstd, dnb, &dx, &dw)
+        let (mut dx, mut dw) = (h.poisoned_bf16(rows * n), h.poisoned_bf16(n));
+        op.add_backward(&h.ops, &hb, wb, dyb, &rstd, dnb, &mut dx, &mut dw)
             .unwrap();
         // Loss through both outputs: the normalised branch and the residual stream itself.
         let loss = |x: &[f64]| {
@@ -131,11 +132,11 @@ fn swiglu_case(h: &Harness, len: usize, fd: bool) {
     let u = h.rand_bf16(len, 2.0);
     let d = h.rand_bf16(len, 1.0);
     let (gb, ub, db) = (h.bf16(&g), h.bf16(&u), h.bf16(&d));
-    let out = h.poisoned_bf16(len);
-    swiglu::forward(&h.ops, &gb, &ub, &out).unwrap();
+    let mut out = h.poisoned_bf16(len);
+    swiglu::forward(&h.ops, &gb, &ub, &mut out).unwrap();
     h.assert_close("swiglu out", &h.read(&out), &r::swiglu_fwd(&g, &u), BF16);
-    let (dg, du) = (h.poisoned_bf16(len), h.poisoned_bf16(len));
-    swiglu::backward(&h.ops, &gb, &ub, &db, &dg, &du).unwrap();
+    let (mut dg, mut du) = (h.poisoned_bf16(len), h.poisoned_bf16(len));
+    swiglu::backward(&h.ops, &gb, &ub, &db, &mut dg, &mut du).unwrap();
     let (dg_want, du_want) = if fd {
         (
             numeric_grad(&g, |g| dot(&r::swiglu_fwd(g, &u), &d)),
@@ -180,8 +181,8 @@ fn rope_case(h: &Harness, rope: Rope, fd: bool) {
     let pos = h.i32_buf(&positions);
     let q = h.rand_bf16(tokens * q_heads * head_dim, 2.0);
     let k = h.rand_bf16(tokens * kv_heads * head_dim, 2.0);
-    let (qb, kb) = (h.bf16(&q), h.bf16(&k));
-    rope.forward(&h.ops, &qb, &kb, &pos).unwrap();
+    let (mut qb, mut kb) = (h.bf16(&q), h.bf16(&k));
+    rope.forward(&h.ops, &mut qb, &mut kb, &pos).unwrap();
     let rotate = |x: &[f64], heads| {
         let mut x = x.to_vec();
         r::rope(&mut x, &positions, heads, head_dim, theta as f64, false);
@@ -193,8 +194,8 @@ fn rope_case(h: &Harness, rope: Rope, fd: bool) {
     // Backward: the gradient of sum(rope(q) * dq) with respect to q.
     let dq = h.rand_bf16(q.len(), 1.0);
     let dk = h.rand_bf16(k.len(), 1.0);
-    let (dqb, dkb) = (h.bf16(&dq), h.bf16(&dk));
-    rope.backward(&h.ops, &dqb, &dkb, &pos).unwrap();
+    let (mut dqb, mut dkb) = (h.bf16(&dq), h.bf16(&dk));
+    rope.backward(&h.ops, &mut dqb, &mut dkb, &pos).unwrap();
     let (dq_want, dk_want) = if fd {
         (
             numeric_grad(&q, |q| dot(&rotate(q, q_heads), &dq)),
@@ -262,8 +263,8 @@ fn embedding_forward_and_backward_with_repeated_ids() {
         let ids = [3, 7, 3, 0, 10, 3, 7, 12, -1];
         let w = h.rand_bf16(table.vocab * table.hidden, 1.0);
         let (idb, wb) = (h.i32_buf(&ids), h.bf16(&w));
-        let out = h.poisoned_bf16(ids.len() * table.hidden);
-        table.forward(&h.ops, &idb, &wb, &out).unwrap();
+        let mut out = h.poisoned_bf16(ids.len() * table.hidden);
+        table.forward(&h.ops, &idb, &wb, &mut out).unwrap();
         let hidden = table.hidden;
         let row = |id: i32| -> Vec<f64> {
             if (0..table.vocab as i32).contains(&id) {
@@ -283,7 +284,9 @@ fn embedding_forward_and_backward_with_repeated_ids() {
         let dout = h.rand_bf16(ids.len() * hidden, 1.0);
         let mut dw = h.device.alloc(kiln_compiler::DType::F32, w.len()).unwrap();
         dw.zero().unwrap();
-        table.backward(&h.ops, &idb, &h.bf16(&dout), &dw).unwrap();
+        table
+            .backward(&h.ops, &idb, &h.bf16(&dout), &mut dw)
+            .unwrap();
         let mut dw_want = vec![0.0; w.len()];
         for (t, &id) in ids.iter().enumerate() {
             if (0..table.vocab as i32).contains(&id) {
@@ -334,26 +337,26 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
         let factor = max_norm as f64 / (norm + 1e-6);
 
         let mut gn = GradNorm::new(&h.ops).unwrap();
-        let bufs: Vec<Vec<_>> = tensors
+        let mut bufs: Vec<[_; 4]> = tensors
             .iter()
-            .map(|t| t.iter().map(|v| h.f32_buf(v)).collect())
+            .map(|t| t.each_ref().map(|v| h.f32_buf(v)))
             .collect();
-        let copies: Vec<_> = sizes.iter().map(|&n| h.poisoned_bf16(n)).collect();
+        let mut copies: Vec<_> = sizes.iter().map(|&n| h.poisoned_bf16(n)).collect();
         for step in [1u32, 2] {
             gn.reset().unwrap();
             for b in &bufs {
                 gn.add(&h.ops, &b[1]).unwrap();
             }
             let scale = gn.finish(&h.ops, Some(max_norm)).unwrap();
-            for ((b, copy), &lr) in bufs.iter().zip(&copies).zip(&lrs) {
-                let state = ParamState {
-                    param: &b[0],
-                    grad: &b[1],
-                    exp_avg: &b[2],
-                    exp_avg_sq: &b[3],
-                    param_bf16: copy,
+            for (([p, g, m, v], copy), &lr) in bufs.iter_mut().zip(&mut copies).zip(&lrs) {
+                let mut state = ParamState {
+                    param: p.view_mut(),
+                    grad: g.view(),
+                    exp_avg: m.view_mut(),
+                    exp_avg_sq: v.view_mut(),
+                    param_bf16: copy.view_mut(),
                 };
-                adamw.update(&h.ops, &state, scale, lr, step).unwrap();
+                adamw.update(&h.ops, &mut state, scale, lr, step).unwrap();
             }
             let got_norm = h.read(gn.scale());
             h.assert_close(
@@ -409,16 +412,39 @@ fn wrong_shapes_are_errors_naming_the_op_and_argument() {
     };
     let x = h.bf16(&h.rand_bf16(32, 1.0));
     let short = h.bf16(&h.rand_bf16(7, 1.0));
-    let rstd = h.poisoned_f32(4);
-    let err = op.forward(&h.ops, &x, &short, &x, &rstd).unwrap_err();
+    let mut y = h.poisoned_bf16(32);
+    let mut rstd = h.poisoned_f32(4);
+    let err = op
+        .forward(&h.ops, &x, &short, &mut y, &mut rstd)
+        .unwrap_err();
     assert!(matches!(err, Error::Shape { .. }));
     assert_eq!(
         err.to_string(),
         "rmsnorm forward: `w` must be 8 x bf16, got 7 x bf16"
     );
-    let err = swiglu::forward(&h.ops, &x, &short, &x).unwrap_err();
+    let err = swiglu::forward(&h.ops, &x, &short, &mut y).unwrap_err();
     assert_eq!(
         err.to_string(),
         "swiglu forward: `up` must be 32 x bf16, got 7 x bf16"
     );
+}
+
+/// The ops take views: `gate` and `up` as the two halves of one buffer (as one fused GEMM
+/// writes them), the output a slice of another, whose other elements stay untouched.
+#[test]
+fn ops_read_and_write_views_of_one_buffer() {
+    for_each_device(|h| {
+        let len = 1000;
+        let (g, u) = (h.rand_bf16(len, 4.0), h.rand_bf16(len, 2.0));
+        let gate_up = h.bf16(&[g.as_slice(), u.as_slice()].concat());
+        let mut out = h.poisoned_bf16(2 * len);
+        let (gate, up) = (gate_up.slice(..len).unwrap(), gate_up.slice(len..).unwrap());
+        swiglu::forward(&h.ops, gate, up, out.slice_mut(len..).unwrap()).unwrap();
+        let got = h.read(&out);
+        h.assert_close("swiglu out", &got[len..], &r::swiglu_fwd(&g, &u), BF16);
+        assert!(
+            got[..len].iter().all(|x| x.is_nan()),
+            "written outside its view"
+        );
+    });
 }
