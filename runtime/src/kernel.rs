@@ -15,6 +15,8 @@ pub struct Kernel {
     device: Device,
     /// What the code assumes of its arguments; every launch is checked against it.
     specialization: Specialization,
+    /// Whether the code checks its accesses against the bounds of its buffers.
+    checked: bool,
     code: Code,
 }
 
@@ -31,6 +33,7 @@ impl Kernel {
             params: code.params().to_vec(),
             device: device.clone(),
             specialization: Specialization::NONE,
+            checked: code.options().bounds_checks,
             code: Code::Cpu(Box::new(code)),
         }
     }
@@ -49,6 +52,7 @@ impl Kernel {
             specialization: Specialization {
                 divisible_by_16: artifact.divisible_by_16,
             },
+            checked: artifact.bounds_checks,
             code: Code::Cuda(launch::cuda::CudaCode::load(cuda, artifact)?),
         })
     }
@@ -73,6 +77,11 @@ impl Kernel {
         self.specialization
     }
 
+    /// Whether the code checks every access against the bounds of its buffers.
+    pub fn is_checked(&self) -> bool {
+        self.checked
+    }
+
     /// Runs one program per point of `grid` (`[x, y, z]` program counts) with `args`, bound to
     /// [`Kernel::params`] by name and checked first (see [`Args`]); arguments that break the
     /// kernel's [`Kernel::specialization`] are refused. On the CPU this returns when every
@@ -85,8 +94,27 @@ impl Kernel {
     /// masks, as CUDA does; kernels compiled with bounds checks
     /// ([`crate::KernelSpec::with_bounds_checks`], or a cache made
     /// [`crate::KernelCache::with_gpu_bounds_checks`]) report the same error, after waiting for
-    /// the kernel to finish.
+    /// the kernel to finish. A CPU kernel compiled without checks ([`crate::BoundsChecks::Off`])
+    /// is refused: it runs only through [`Kernel::launch_unchecked`].
     pub fn launch(&self, grid: [u32; 3], args: &Args<'_>) -> Result<()> {
+        if !self.checked && !self.device.is_gpu() {
+            return Err(Error::launch(
+                &self.name,
+                "compiled without bounds checks (BoundsChecks::Off): launch it with the unsafe \
+                 `Kernel::launch_unchecked`",
+            ));
+        }
+        // SAFETY: a CPU kernel is checked (above); a GPU launch trusts the kernel's masks, as
+        // documented.
+        unsafe { self.launch_unchecked(grid, args) }
+    }
+
+    /// [`Kernel::launch`] without refusing unchecked CPU kernels.
+    ///
+    /// # Safety
+    /// If the kernel was compiled without bounds checks, every access it makes with these
+    /// arguments and this grid must stay inside the buffer (or view) its pointer came from.
+    pub unsafe fn launch_unchecked(&self, grid: [u32; 3], args: &Args<'_>) -> Result<()> {
         let bound = args.bind(&self.name, &self.params, &self.device)?;
         if !bound.satisfies(&self.params, &self.specialization) {
             return Err(Error::launch(
@@ -103,9 +131,9 @@ impl Kernel {
         }
         let fault = match (&self.code, self.device.inner()) {
             // SAFETY: `bound` was checked against the parameters; it comes from `args`, which
-            // borrow the buffers, so they outlive the synchronous CPU run; and the kernel is
-            // compiled with bounds checks (the runtime never compiles it otherwise), so no
-            // access leaves the bound buffers.
+            // borrow the buffers, so they outlive the synchronous CPU run; and either the kernel
+            // is compiled with bounds checks, so no access leaves the bound buffers, or the
+            // caller vouches that none does.
             (Code::Cpu(code), Inner::Cpu { .. }) => {
                 unsafe { launch::cpu::run(code.as_ref(), grid, &bound.words, &bound.bounds)? }.map(
                     |f| {

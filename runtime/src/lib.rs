@@ -57,7 +57,8 @@ pub mod launch;
 
 pub use buffer::{Buffer, BufferView, BufferViewMut};
 pub use cache::{
-    CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact, Specialization,
+    BoundsChecks, CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact,
+    Specialization,
 };
 pub use device::{Device, DeviceKind};
 pub use element::Element;

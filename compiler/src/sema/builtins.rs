@@ -739,7 +739,10 @@ impl Checker<'_> {
         }
         let out = [xs[0], ys[1]];
         if let Some(message) = too_many_elems(&out) {
-            return Err(Diagnostic::new(a.span, format!("the result of `dot`: {message}")));
+            return Err(Diagnostic::new(
+                a.span,
+                format!("the result of `dot`: {message}"),
+            ));
         }
         let acc = match a.positional.get(2) {
             Some((acc, s)) => {

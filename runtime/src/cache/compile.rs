@@ -41,8 +41,12 @@ pub(crate) fn params(spec: &KernelSpec<'_>) -> Result<Vec<ir::Param>> {
 pub(crate) fn cranelift(
     spec: &KernelSpec<'_>,
 ) -> Result<kiln_compiler::backend::cranelift::CpuKernel> {
+    use kiln_compiler::backend::cranelift::{compile_with, CpuOptions};
     let ir = kernel_ir(spec)?;
-    Ok(kiln_compiler::backend::cranelift::compile(&ir)?)
+    let options = CpuOptions {
+        bounds_checks: spec.bounds_checks.checked(false),
+    };
+    Ok(compile_with(&ir, options)?)
 }
 
 /// PTX for `arch`.
@@ -59,7 +63,7 @@ pub(crate) fn ptx(
         num_warps: spec.num_warps,
         divisible_by_16: specialization.divisible_by_16,
         num_stages: spec.num_stages,
-        bounds_checks: spec.bounds_checks,
+        bounds_checks: spec.bounds_checks.checked(true),
     };
     let compiled = nvptx::compile_ptx(&ir, &options)?;
     Ok(super::PtxArtifact {
@@ -70,7 +74,7 @@ pub(crate) fn ptx(
         threads_per_block: compiled.threads_per_block,
         shared_bytes: compiled.shared_bytes,
         divisible_by_16: specialization.divisible_by_16,
-        bounds_checks: spec.bounds_checks,
+        bounds_checks: spec.bounds_checks.checked(true),
         cubin: vec![],
     })
 }

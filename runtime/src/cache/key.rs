@@ -48,9 +48,35 @@ pub struct KernelSpec<'a> {
     /// Stages of the GPU software pipeline of loops that load tiles for tensor-core dots; 1
     /// turns it off (ignored on the CPU).
     pub num_stages: u32,
-    /// On a GPU, compile bounds checks in and check for faults after each launch (slow: for
-    /// tests). The CPU always checks.
-    pub bounds_checks: bool,
+    /// Whether accesses are checked against the bounds of their buffers.
+    pub bounds_checks: BoundsChecks,
+}
+
+/// Which launches check every memory access against the buffer its pointer came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BoundsChecks {
+    /// On the CPU, checked (an access outside its buffer is an [`crate::Error::OutOfBounds`]);
+    /// on a GPU, the kernel's masks are trusted, as CUDA does.
+    #[default]
+    Default,
+    /// Checked on every device: a GPU kernel gets the checks compiled in and each launch waits
+    /// for it to report (slow; what test suites use).
+    On,
+    /// Checked nowhere. A CPU kernel compiled so is launched only through the `unsafe`
+    /// [`crate::Kernel::launch_unchecked`]: the caller vouches that every access stays inside
+    /// its buffer.
+    Off,
+}
+
+impl BoundsChecks {
+    /// Whether a kernel for `device_is_gpu` is compiled with checks.
+    pub fn checked(self, device_is_gpu: bool) -> bool {
+        match self {
+            BoundsChecks::Default => !device_is_gpu,
+            BoundsChecks::On => true,
+            BoundsChecks::Off => false,
+        }
+    }
 }
 
 impl<'a> KernelSpec<'a> {
@@ -65,7 +91,7 @@ impl<'a> KernelSpec<'a> {
             kernel,
             num_warps: Self::DEFAULT_NUM_WARPS,
             num_stages: 1,
-            bounds_checks: false,
+            bounds_checks: BoundsChecks::Default,
         }
     }
 
@@ -84,8 +110,8 @@ impl<'a> KernelSpec<'a> {
         self
     }
 
-    /// The same kernel, compiled with bounds checks on a GPU (see [`KernelSpec::bounds_checks`]).
-    pub fn with_bounds_checks(self, bounds_checks: bool) -> KernelSpec<'a> {
+    /// The same kernel with these bounds checks (see [`BoundsChecks`]).
+    pub fn with_bounds_checks(self, bounds_checks: BoundsChecks) -> KernelSpec<'a> {
         KernelSpec {
             bounds_checks,
             ..self
@@ -185,7 +211,7 @@ impl CacheKey {
         let _ = writeln!(text, "kernel {:?}", spec.kernel);
         let _ = writeln!(text, "num_warps {}", spec.num_warps);
         let _ = writeln!(text, "num_stages {}", spec.num_stages);
-        let _ = writeln!(text, "bounds_checks {}", spec.bounds_checks);
+        let _ = writeln!(text, "bounds_checks {:?}", spec.bounds_checks);
         let _ = writeln!(
             text,
             "divisible_by_16 {:#018x}",

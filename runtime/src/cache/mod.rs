@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 pub use artifact::PtxArtifact;
 pub use disk::{DiskCache, Lookup};
-pub use key::{Backend, CacheKey, KernelSpec, Specialization};
+pub use key::{Backend, BoundsChecks, CacheKey, KernelSpec, Specialization};
 
 use kiln_compiler::ir::Param;
 
@@ -121,7 +121,7 @@ impl KernelCache {
     }
 
     /// The same cache, compiling every GPU kernel with bounds checks (as if each spec asked
-    /// for [`KernelSpec::with_bounds_checks`]): what test suites use, so that an
+    /// for [`BoundsChecks::On`]): what test suites use, so that an
     /// out-of-bounds access on a GPU is an error rather than corrupted memory. Slow. The
     /// environment variable `KILN_GPU_BOUNDS_CHECKS=1` turns it on for caches made by
     /// [`KernelCache::new`], [`KernelCache::with_dir`] and [`KernelCache::in_memory`]. The default
@@ -168,10 +168,15 @@ impl KernelCache {
         let source = self.source_digests.get(&spec.source.text);
         Ok(match device.kind() {
             DeviceKind::Cpu => {
+                // Whether the code is checked is all the CPU cares about.
+                let bounds_checks = match spec.bounds_checks.checked(false) {
+                    true => BoundsChecks::Default,
+                    false => BoundsChecks::Off,
+                };
                 let spec = KernelSpec {
                     num_warps: 0,
                     num_stages: 1,
-                    bounds_checks: false,
+                    bounds_checks,
                     ..spec.clone()
                 };
                 let target = std::env::consts::ARCH;
@@ -188,8 +193,12 @@ impl KernelCache {
 
     /// `spec` as compiled for a GPU by this cache.
     fn gpu_spec<'a>(&self, spec: &KernelSpec<'a>) -> KernelSpec<'a> {
+        let bounds_checks = match (spec.bounds_checks.checked(true), self.gpu_bounds_checks) {
+            (false, false) => BoundsChecks::Default,
+            _ => BoundsChecks::On,
+        };
         KernelSpec {
-            bounds_checks: spec.bounds_checks || self.gpu_bounds_checks,
+            bounds_checks,
             ..spec.clone()
         }
     }

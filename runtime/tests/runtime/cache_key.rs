@@ -2,7 +2,7 @@ use std::collections::HashSet;
 
 use kiln_compiler::{ConstValue, Defines, Source};
 use kiln_runtime::cache::Backend;
-use kiln_runtime::{Args, CacheKey, Device, KernelCache, KernelSpec, Specialization};
+use kiln_runtime::{Args, BoundsChecks, CacheKey, Device, KernelCache, KernelSpec, Specialization};
 
 fn defines(pairs: &[(&str, ConstValue)]) -> Defines {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
@@ -93,7 +93,13 @@ fn key_changes_with_every_input() {
             &none,
         ),
         CacheKey::new(
-            &base.clone().with_bounds_checks(true),
+            &base.clone().with_bounds_checks(BoundsChecks::On),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().with_bounds_checks(BoundsChecks::Off),
             Backend::Nvptx,
             "sm_90",
             &none,

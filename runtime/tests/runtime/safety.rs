@@ -2,7 +2,7 @@
 //! accepted size run, and arenas lend inputs and outputs of one launch at once.
 
 use kiln_compiler::{DType, Source};
-use kiln_runtime::{Args, Buffer, Device, Error, KernelCache, KernelSpec};
+use kiln_runtime::{Args, BoundsChecks, Buffer, Device, Error, KernelCache, KernelSpec};
 
 use crate::devices;
 
@@ -410,4 +410,36 @@ fn kernels_refuse_arguments_that_break_their_specialisation() {
         .f32("alpha", 1.0);
     let err = kernel.launch([4, 1, 1], &args).unwrap_err();
     assert!(err.to_string().contains("specialised as 0x7"), "{err}");
+}
+
+#[test]
+fn unchecked_cpu_kernels_run_only_through_the_unsafe_launch() {
+    let src = Source::new("scale.kiln", SCALE);
+    let device = Device::cpu();
+    let cache = KernelCache::in_memory();
+    let spec = KernelSpec::new(&src, "scale").with_bounds_checks(BoundsChecks::Off);
+    let kernel = cache.kernel(&device, &spec, &Default::default()).unwrap();
+    assert!(!kernel.is_checked());
+    // A different entry from the checked kernel of the same source.
+    let checked = cache
+        .kernel(
+            &device,
+            &KernelSpec::new(&src, "scale"),
+            &Default::default(),
+        )
+        .unwrap();
+    assert!(checked.is_checked());
+    let x = device.upload(&vec![1.0f32; 1000]).unwrap();
+    let mut y = device.alloc(DType::F32, 1000).unwrap();
+    let args = Args::new()
+        .input("x", &x)
+        .output("y", &mut y)
+        .i32("n", 1000)
+        .f32("alpha", 3.0);
+    let err = kernel.launch([4, 1, 1], &args).unwrap_err();
+    assert!(err.to_string().contains("launch_unchecked"), "{err}");
+    // SAFETY: the masks keep every access below n = 1000, the length of both buffers.
+    unsafe { kernel.launch_unchecked([4, 1, 1], &args) }.unwrap();
+    drop(args);
+    assert_eq!(y.download::<f32>().unwrap(), vec![3.0; 1000]);
 }

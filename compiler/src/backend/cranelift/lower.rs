@@ -131,17 +131,18 @@ impl<'a, 'f> Lowerer<'a, 'f> {
                 .b
                 .ins()
                 .load(types::I64, MemFlagsData::trusted(), args, (8 * i) as i32);
-            let is_ptr = matches!(param.kind, ParamKind::Ptr { .. });
-            self.bounds.push(match (is_ptr, self.fault_ptr) {
-                (true, Some(_)) => Some(Bounds {
-                    base: raw,
-                    len: self.b.ins().load(
+            self.bounds.push(match (param.kind, self.fault_ptr) {
+                (ParamKind::Ptr { pointee, .. }, Some(_)) => {
+                    let len = self.b.ins().load(
                         types::I64,
                         MemFlagsData::trusted(),
                         bounds,
                         (8 * i) as i32,
-                    ),
-                }),
+                    );
+                    // Accesses are one element, or four lanes of them.
+                    let size = pointee.size_bytes() as u32;
+                    Some(Bounds::new(&mut self.b, raw, len, &[size, 4 * size]))
+                }
                 _ => None,
             });
             let val = match param.kind {
