@@ -155,23 +155,17 @@ impl<'a> From<&'a BufferViewMut<'_>> for BufferView<'a> {
 /// ```
 pub struct BufferViewMut<'a> {
     // Shared internally: disjoint mutable views of one buffer hold the same `&Buffer`. The
-    // exclusive borrow they came from lives as long as `'a` (the marker).
-    buffer: &'a Buffer,
-    offset: usize,
-    len: usize,
+    // exclusive borrow they came from lives as long as `'a` (the marker). Never handed out
+    // with lifetime `'a` while `self` lives: that would let a shared and an exclusive view of
+    // the same elements coexist.
+    view: BufferView<'a>,
     _exclusive: PhantomData<&'a mut Buffer>,
 }
 
 impl Buffer {
     /// An exclusive view of all of the buffer.
     pub fn view_mut(&mut self) -> BufferViewMut<'_> {
-        let len = self.len;
-        BufferViewMut {
-            buffer: self,
-            offset: 0,
-            len,
-            _exclusive: PhantomData,
-        }
+        BufferViewMut::new(self.view())
     }
 
     /// An exclusive view of the elements in `range`, or [`Error::OutOfRange`] if it does not
@@ -182,6 +176,15 @@ impl Buffer {
 }
 
 impl<'a> BufferViewMut<'a> {
+    /// Exclusive access to `view`: only for views made from an exclusive borrow, or split from
+    /// one, so that no other view of these elements exists.
+    fn new(view: BufferView<'a>) -> BufferViewMut<'a> {
+        BufferViewMut {
+            view,
+            _exclusive: PhantomData,
+        }
+    }
+
     /// The elements in `range` of this view (indices relative to the view), borrowing it.
     pub fn slice_mut(&mut self, range: impl RangeBounds<usize>) -> Result<BufferViewMut<'_>> {
         self.reborrow().into_slice(range)
@@ -189,93 +192,58 @@ impl<'a> BufferViewMut<'a> {
 
     /// The elements in `range`, consuming the view (so the result lives as long as it did).
     pub fn into_slice(self, range: impl RangeBounds<usize>) -> Result<BufferViewMut<'a>> {
-        let (start, end) = resolve(&range, self.len)?;
-        Ok(BufferViewMut {
-            offset: self.offset + start,
-            len: end - start,
-            ..self
-        })
+        Ok(BufferViewMut::new(self.view.slice(range)?))
     }
 
     /// The first `mid` elements and the rest, as two views that can be used at once.
     pub fn split_at(self, mid: usize) -> Result<(BufferViewMut<'a>, BufferViewMut<'a>)> {
-        if mid > self.len {
-            return Err(Error::OutOfRange {
-                start: mid,
-                end: self.len,
-                len: self.len,
-            });
-        }
-        let head = BufferViewMut {
-            buffer: self.buffer,
-            offset: self.offset,
-            len: mid,
-            _exclusive: PhantomData,
-        };
-        let tail = BufferViewMut {
-            offset: self.offset + mid,
-            len: self.len - mid,
-            ..self
-        };
-        Ok((head, tail))
+        let (head, tail) = (self.view.slice(..mid)?, self.view.slice(mid..)?);
+        Ok((BufferViewMut::new(head), BufferViewMut::new(tail)))
     }
 
     /// A shorter-lived exclusive view of the same elements, leaving this one usable afterwards.
     pub fn reborrow(&mut self) -> BufferViewMut<'_> {
-        BufferViewMut {
-            buffer: self.buffer,
-            offset: self.offset,
-            len: self.len,
-            _exclusive: PhantomData,
-        }
+        BufferViewMut::new(self.view)
     }
 
     /// A shared view of the same elements, for as long as this one is borrowed.
     pub fn as_view(&self) -> BufferView<'_> {
-        BufferView {
-            buffer: self.buffer,
-            offset: self.offset,
-            len: self.len,
-        }
+        self.view
     }
 
     /// Gives up exclusive access: a shared view of the same elements for the rest of `'a`.
     pub fn into_view(self) -> BufferView<'a> {
-        BufferView {
-            buffer: self.buffer,
-            offset: self.offset,
-            len: self.len,
-        }
+        self.view
     }
 
     /// Its length in elements.
     pub fn len(&self) -> usize {
-        self.len
+        self.view.len
     }
 
     /// Whether it has no elements.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.view.is_empty()
     }
 
     /// The element type of the buffer.
     pub fn dtype(&self) -> DType {
-        self.buffer.dtype()
+        self.view.dtype()
     }
 
     /// The device of the buffer.
     pub fn device(&self) -> &'a Device {
-        self.buffer.device()
+        self.view.device()
     }
 
     /// The index in the buffer of the view's first element.
     pub fn offset(&self) -> usize {
-        self.offset
+        self.view.offset
     }
 
     /// The address of the view's first element (host or device address).
     pub fn address(&self) -> u64 {
-        self.as_view().address()
+        self.view.address()
     }
 }
 
