@@ -231,11 +231,8 @@ impl CudaCode {
         if fault[0] == 0 {
             return Ok(None);
         }
-        let access = match fault[2] {
-            1 => "a load",
-            2 => "a store",
-            _ => "an atomic add",
-        };
+        let access = kiln_compiler::backend::AccessKind::from_code(fault[2])
+            .map_or("an access", |kind| kind.describe());
         let linear = fault[3];
         let program = [
             linear % u64::from(grid[0]),

@@ -4,37 +4,10 @@
 //! caller passed (see [`super::AccessFault`]), so a launch can report it as an error.
 
 use super::lower::{Lowerer, Res};
+use crate::backend::AccessKind;
 use crate::ir::Value;
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value as ClValue};
-
-/// What an access does, as recorded in a fault.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AccessKind {
-    Load = 1,
-    Store = 2,
-    AtomicAdd = 3,
-}
-
-impl AccessKind {
-    pub(super) fn from_code(code: u64) -> Option<AccessKind> {
-        match code {
-            1 => Some(AccessKind::Load),
-            2 => Some(AccessKind::Store),
-            3 => Some(AccessKind::AtomicAdd),
-            _ => None,
-        }
-    }
-
-    /// The access as a noun (`a store`).
-    pub fn describe(self) -> &'static str {
-        match self {
-            AccessKind::Load => "a load",
-            AccessKind::Store => "a store",
-            AccessKind::AtomicAdd => "an atomic add",
-        }
-    }
-}
 
 /// Byte offsets of the fault record's fields: the faulting parameter plus one (0: no fault),
 /// the access's byte offset from that parameter's address, and its [`AccessKind`].

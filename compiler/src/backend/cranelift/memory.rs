@@ -3,8 +3,8 @@
 //! bounds checks, a lane whose address is outside its buffer is redirected the same way (and
 //! its fault recorded, see `bounds`).
 
-use super::bounds::AccessKind;
 use super::lower::{cl_type, Lowerer, Res};
+use crate::backend::AccessKind;
 use crate::ir::{Elem, Value};
 use crate::types::DType;
 use cranelift_codegen::ir::condcodes::IntCC;

@@ -43,7 +43,7 @@ use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::JITModule;
 use cranelift_module::{Linkage, Module};
 
-pub use bounds::AccessKind;
+pub use crate::backend::AccessKind;
 pub use lower::MAX_FRAME_BYTES;
 
 type KernelFn = unsafe extern "C" fn(*const u64, *const u64, *const u32, *const u32, *mut u64);

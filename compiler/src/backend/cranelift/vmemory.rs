@@ -4,10 +4,10 @@
 //! checks, a group whose four lanes are not all inside the buffer goes to the scratch slot
 //! whole, and the fault is recorded.
 
-use super::bounds::AccessKind;
 use super::lanes::lane_type;
 use super::lower::{cl_type, Lowerer, Res};
 use super::vector::{lane_cast, Group};
+use crate::backend::AccessKind;
 use crate::ir::{Elem, Value};
 use cranelift_codegen::ir::condcodes::IntCC;
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Value as ClValue};

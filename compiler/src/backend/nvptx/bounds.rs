@@ -21,13 +21,7 @@ use inkwell::types::BasicMetadataTypeEnum;
 use inkwell::values::{BasicValue, FunctionValue, InstructionValue, IntValue, PointerValue};
 use inkwell::{AddressSpace, AtomicOrdering, IntPredicate};
 
-/// What a faulting access did, as recorded in `fault[2]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum AccessKind {
-    Load = 1,
-    Store = 2,
-    AtomicAdd = 3,
-}
+pub(super) use crate::backend::AccessKind;
 
 /// The words of the fault record.
 const FAULT_PARAM: u64 = 0;
