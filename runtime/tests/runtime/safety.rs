@@ -61,10 +61,19 @@ fn an_output_too_small_for_the_masks_is_an_error() {
         let result =
             checked_cache().launch(&device, &KernelSpec::new(&src, "scale"), [4, 1, 1], &args);
         let (program, access, param, offset, len) = out_of_bounds(result);
-        assert_eq!(
-            (program, access, param.as_str(), offset, len),
-            ([0, 0, 0], "a store", "y", 10, 10)
-        );
+        assert_eq!((access, param.as_str(), len), ("a store", "y", 10));
+        if device.is_gpu() {
+            // Every program faults; which one records it first is up to the GPU.
+            assert!(program[0] < 4 && program[1..] == [0, 0], "{program:?}");
+            let block = i64::from(program[0]) * 256;
+            assert!(
+                (block.max(10)..block + 256).contains(&offset),
+                "{program:?} {offset}"
+            );
+        } else {
+            // The lowest faulting program, at the first element past the end.
+            assert_eq!((program, offset), ([0, 0, 0], 10));
+        }
         let message = Error::OutOfBounds {
             kernel: "scale".into(),
             program,
@@ -76,8 +85,10 @@ fn an_output_too_small_for_the_masks_is_an_error() {
         .to_string();
         assert_eq!(
             message,
-            "kernel `scale`, program [0, 0, 0]: a store through `y` at element 10 is outside its \
-             buffer of 10 elements"
+            format!(
+                "kernel `scale`, program {program:?}: a store through `y` at element {offset} is \
+                 outside its buffer of 10 elements"
+            )
         );
         // The programs went on: whole vectors inside the buffer were written (a vector that
         // straddles its end is skipped whole).
