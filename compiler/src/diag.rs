@@ -117,7 +117,10 @@ impl Diagnostic {
 }
 
 /// A failed compilation: the diagnostics, rendered against the source they point into.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+///
+/// Its `Debug` form is the rendered text too (`{:#?}` shows the fields), so that an error
+/// returned with `?` from `main` prints the caret diagnostics, not an escaped struct.
+#[derive(Clone, PartialEq, thiserror::Error)]
 pub struct CompileError {
     pub diagnostics: Vec<Diagnostic>,
     /// The diagnostics rendered with file, line, column, source line and caret.
@@ -135,6 +138,19 @@ impl CompileError {
             diagnostics,
             rendered,
         }
+    }
+}
+
+impl fmt::Debug for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if f.alternate() {
+            return f
+                .debug_struct("CompileError")
+                .field("diagnostics", &self.diagnostics)
+                .field("rendered", &self.rendered)
+                .finish();
+        }
+        f.write_str(self.rendered.trim_end())
     }
 }
 

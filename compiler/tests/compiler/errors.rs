@@ -17,3 +17,14 @@ fn malformed_programs() {
         insta::assert_snapshot!(rendered);
     });
 }
+
+#[test]
+fn an_error_returned_from_main_prints_its_diagnostic() {
+    // `fn main() -> Result<(), CompileError>` prints the error with `{:?}`.
+    let src = Source::new("t.kiln", "kernel k() { let x = ; }");
+    let err = check(&src, &Defines::new()).unwrap_err();
+    let debug = format!("{err:?}");
+    assert_eq!(debug, err.to_string());
+    assert!(debug.starts_with("t.kiln:1:22: error:"), "{debug}");
+    assert!(debug.contains('^') && !debug.contains("\\n"), "{debug}");
+}
