@@ -40,7 +40,9 @@ pub struct Assignment {
 impl Assignment {
     /// Assigns layouts for a block of `threads` threads. With `warpgroups` (the target has
     /// `wgmma`), kernels whose tensor-core dots all have one 16-row atom per warp and whole
-    /// warpgroups of rows get the rows-first layout too: it is the `wgmma` accumulator layout.
+    /// warpgroups of rows, and whose accumulators fit the threads' registers
+    /// ([`warpgroup_accumulators_fit`]), get the rows-first layout too: it is the `wgmma`
+    /// accumulator layout.
     pub fn run(k: &Kernel, threads: u32, warpgroups: bool) -> Assignment {
         let g = Graph::new(k);
         let defs = super::lower::definitions(&k.body);
@@ -66,7 +68,8 @@ impl Assignment {
             .collect();
         let warpgroup_tiles = warpgroups
             && !dots.is_empty()
-            && dots.iter().all(|s| fits_warpgroups(s[0], s[1], threads));
+            && dots.iter().all(|s| fits_warpgroups(s[0], s[1], threads))
+            && warpgroup_accumulators_fit(&dots, threads);
         let rows_first = rows_first || warpgroup_tiles;
         let warpgroups = warpgroup_tiles;
         let mut rows = HashSet::new();
@@ -152,6 +155,37 @@ impl Assignment {
 pub fn fits_warpgroups(m: u32, n: u32, threads: u32) -> bool {
     let warps = threads / 32;
     warps % 4 == 0 && m % 64 == 0 && m / ATOM_M <= warps && n % 8 == 0 && n <= 256
+}
+
+/// Registers of one thread block: the register file of a multiprocessor, 64 K 32-bit
+/// registers, shared out among the block's threads.
+pub const REGISTERS_PER_BLOCK: u32 = 65536;
+/// The most registers one thread may have.
+pub const MAX_REGISTERS_PER_THREAD: u32 = 255;
+
+/// Registers each thread of a block of `threads` threads may have.
+pub fn register_budget(threads: u32) -> u32 {
+    (REGISTERS_PER_BLOCK / threads.max(1)).min(MAX_REGISTERS_PER_THREAD)
+}
+
+/// Registers a `wgmma` kernel needs besides its accumulators (descriptors, addresses, masks,
+/// loop state): `ptxas` asked for 26 more than the accumulators in the kernels measured.
+const WGMMA_OTHER_REGS: u32 = 32;
+
+/// Whether the `wgmma` accumulators of tensor-core dots with these result shapes (in the
+/// rows-first layout over `threads` threads) fit in a thread's registers with room for the
+/// rest. Unlike those of `mma.sync`, they cannot be spilled: an asynchronous `wgmma` owns its
+/// accumulator registers from the fence to the wait, and `ptxas` refuses a kernel whose
+/// accumulators do not fit (C7602 "Insufficient registers"). All the dots' accumulators are
+/// counted, as if live at once (flash attention's are); the other dots fall back to
+/// `mma.sync`, whose layout spreads the tile over every warp.
+pub fn warpgroup_accumulators_fit(dots: &[Vec<u32>], threads: u32) -> bool {
+    let accumulators: u32 = dots
+        .iter()
+        .filter_map(|s| MmaLayout::rows_first(s[0], s[1], threads))
+        .map(|l| l.regs())
+        .sum();
+    accumulators + WGMMA_OTHER_REGS <= register_budget(threads)
 }
 
 /// Any valid `n` for [`MmaLayout::rows_first`] when only the rows matter.

@@ -29,8 +29,8 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .zip(&layouts)
             .map(|(&v, l)| self.pack(self.regs_as(v, l)?))
             .collect::<Res<_>>()?;
-        let plan = self.plan_pipeline(body);
-        let region = plan.as_ref().map(|p| self.claim_ring(p));
+        let plan = self.plan_pipeline(body)?;
+        let region = plan.as_ref().map(|p| self.claim_ring(p)).transpose()?;
         if let (Some(p), Some(r)) = (&plan, region) {
             self.pipeline_prologue(body, p, r, (lo, hi, step))?;
         }

@@ -5,7 +5,7 @@ use super::assign::Assignment;
 use super::axis::AxisAnalysis;
 use super::bounds::Checks;
 use super::layout::{Blocked, Layout, TidTerm};
-use super::{error, intrinsics, PtxOptions};
+use super::{error, intrinsics, Arch, PtxOptions, MAX_STAGES, MAX_TILE_REGS};
 use crate::backend::BackendError;
 use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, ParamKind, Value};
 use crate::types::DType;
@@ -53,36 +53,56 @@ pub fn build_module<'ctx>(
     k: &Kernel,
     opts: &PtxOptions,
 ) -> Result<Built<'ctx>, BackendError> {
-    if !opts.num_warps.is_power_of_two() || opts.num_warps > 32 {
-        return Err(error(k, "num_warps must be a power of two from 1 to 32"));
-    }
+    check_options(opts).map_err(|m| error(k, m))?;
     let module = ctx.create_module(&k.name);
     let mut l = Lowerer::new(ctx, module, k, opts).map_err(|e| error(k, e.0))?;
+    l.check_tile_registers().map_err(|m| error(k, m))?;
     l.kernel_body().map_err(|e| error(k, e.0))?;
     // The rings start where a tensor-core operand tile may.
     let scratch = match l.pipe_bytes.get() {
         0 => super::shared::align16(l.shared_bytes.get()),
         _ => super::shared::align_tile(l.shared_bytes.get()),
     };
-    let shared_bytes = scratch + l.pipe_bytes.get();
     let limit = opts.arch.max_shared_bytes();
-    if shared_bytes > limit {
-        return Err(error(
-            k,
-            format!(
-                "needs {shared_bytes} bytes of shared memory ({scratch} scratch, {} for the \
-                 loop pipeline), more than the {limit} a block may have on {}; use fewer \
-                 stages or smaller tiles",
-                l.pipe_bytes.get(),
-                opts.arch.name()
-            ),
-        ));
-    }
+    let total = u64::from(scratch) + u64::from(l.pipe_bytes.get());
+    let shared_bytes = match u32::try_from(total) {
+        Ok(bytes) if bytes <= limit => bytes,
+        _ => {
+            return Err(error(
+                k,
+                format!(
+                    "needs {total} bytes of shared memory ({scratch} scratch, {} for the \
+                     loop pipeline), more than the {limit} a block may have on {}; use fewer \
+                     stages or smaller tiles",
+                    l.pipe_bytes.get(),
+                    opts.arch.name()
+                ),
+            ))
+        }
+    };
     l.size_shared(scratch);
     Ok(Built {
         module: l.module,
         shared_bytes,
     })
+}
+
+/// Refuses options no kernel can be compiled with.
+fn check_options(opts: &PtxOptions) -> Result<(), String> {
+    if !opts.num_warps.is_power_of_two() || opts.num_warps > 32 {
+        return Err(format!(
+            "num_warps must be a power of two from 1 to 32, not {}",
+            opts.num_warps
+        ));
+    }
+    if opts.num_stages > MAX_STAGES {
+        return Err(format!(
+            "num_stages must be at most {MAX_STAGES}, not {} (each stage keeps one more \
+             iteration's tiles in shared memory)",
+            opts.num_stages
+        ));
+    }
+    Ok(())
 }
 
 pub(super) struct Lowerer<'a, 'ctx> {
@@ -110,6 +130,8 @@ pub(super) struct Lowerer<'a, 'ctx> {
     pub piped: HashMap<Value, (PointerValue<'ctx>, super::mma::SharedTile)>,
     /// [`PtxOptions::num_stages`].
     pub num_stages: u32,
+    /// The target (its shared-memory limit bounds the pipeline rings).
+    pub arch: Arch,
     /// Dots whose `wgmma`s stay in flight at the end of their loop's iteration (see
     /// `pipeline`).
     pub in_flight: HashSet<Value>,
@@ -185,6 +207,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             pipe_bytes: Cell::new(0),
             piped: HashMap::new(),
             num_stages: opts.num_stages,
+            arch: opts.arch,
             in_flight: HashSet::new(),
             checks,
             assign,
@@ -194,6 +217,27 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             defs: definitions(&k.body),
             module,
         })
+    }
+
+    /// Refuses a kernel with a tile that needs more than [`MAX_TILE_REGS`] registers per
+    /// thread in its layout, before anything is unrolled.
+    fn check_tile_registers(&self) -> Result<(), String> {
+        let biggest = (0..self.k.values.len() as u32)
+            .map(Value)
+            .map(|v| (self.layout(v).regs(), v))
+            .max_by_key(|&(regs, v)| (regs, std::cmp::Reverse(v.0)));
+        match biggest {
+            Some((regs, v)) if regs > MAX_TILE_REGS => Err(format!(
+                "the {} tile v{} needs {regs} registers per thread over {} threads, more than \
+                 the {MAX_TILE_REGS} one tile may have (a thread has at most 255: larger tiles \
+                 spill, and their unrolled code takes minutes to compile); use more warps or \
+                 smaller tiles",
+                self.k.ty(v),
+                v.0,
+                self.threads
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn kernel_body(&mut self) -> Res<()> {

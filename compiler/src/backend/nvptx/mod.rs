@@ -114,7 +114,7 @@ pub struct PtxOptions {
     pub divisible_by_16: u64,
     /// Stages of the software pipeline of loops that load tiles for tensor-core dots (see
     /// `pipeline`): such a loop copies its tiles `num_stages - 1` iterations ahead, straight
-    /// to shared memory. 1 turns pipelining off.
+    /// to shared memory. 0 or 1 turns pipelining off; at most [`MAX_STAGES`].
     pub num_stages: u32,
     /// Compile bounds checks in (the checked launches of the test suite): the kernel takes two
     /// more `u64` parameters after its own, `bounds` (the byte length of each parameter's
@@ -126,6 +126,16 @@ pub struct PtxOptions {
     /// `fault[3]` = the linear program id.
     pub bounds_checks: bool,
 }
+
+/// The most [`PtxOptions::num_stages`]: each stage holds one more iteration's tiles in shared
+/// memory, and past a handful the copies are as far ahead as memory latency needs.
+pub const MAX_STAGES: u32 = 8;
+
+/// The most registers one thread may hold for one tile (its elements over the block's threads,
+/// at least one). A thread has at most 255 registers, so a tile past that spills; one much
+/// larger, unrolled into straight-line code, takes LLVM and `ptxas` minutes. Kernels with
+/// larger tiles are refused: they need more warps or smaller tiles.
+pub const MAX_TILE_REGS: u32 = 1024;
 
 /// Words of the fault record of a kernel compiled with [`PtxOptions::bounds_checks`].
 pub const FAULT_WORDS: usize = 4;

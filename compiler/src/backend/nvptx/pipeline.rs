@@ -34,10 +34,13 @@
 //!
 //! In bounds-checked kernels (see `bounds`) each copy is checked like the load it stands for;
 //! one out of bounds is issued with size 0.
+//!
+//! The stages are at most [`super::MAX_STAGES`], and each ring's size is checked (in `u64`)
+//! against the target's shared memory when it is claimed, before any copy is unrolled.
 
 use super::bounds::AccessKind;
 use super::layout::Layout;
-use super::lower::{Lowerer, Res};
+use super::lower::{LowerError, Lowerer, Res};
 use super::mma::SharedTile;
 use super::shared::align_tile;
 use super::wgmma::{has_descriptor, is_warpgroup_accumulator};
@@ -63,13 +66,6 @@ pub struct LoopPlan {
     stage_bytes: u32,
 }
 
-impl LoopPlan {
-    /// Shared memory the ring takes.
-    pub fn bytes(&self) -> u32 {
-        self.stages * self.stage_bytes
-    }
-}
-
 /// A load copied straight to shared memory.
 struct PipedLoad {
     value: Value,
@@ -82,11 +78,12 @@ struct PipedLoad {
 }
 
 impl<'ctx> Lowerer<'_, 'ctx> {
-    /// The pipelining of the loop with body `body`, if any of its loads qualify.
-    pub fn plan_pipeline(&self, body: &Block) -> Option<LoopPlan> {
+    /// The pipelining of the loop with body `body`, if any of its loads qualify; an error if
+    /// one stage of them cannot fit in shared memory.
+    pub fn plan_pipeline(&self, body: &Block) -> Res<Option<LoopPlan>> {
         let stages = self.num_stages;
         if stages < 2 {
-            return None;
+            return Ok(None);
         }
         let uses = use_counts(body);
         let top: HashMap<Value, usize> = body
@@ -126,7 +123,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 cols: shape[1],
                 base: offset,
             };
-            offset = align_tile(offset + tile.bytes());
+            offset = self.stage_end(offset, &tile)?;
             loads.push(PipedLoad {
                 value: x,
                 ptr: *ptr,
@@ -136,7 +133,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             });
         }
         if loads.is_empty() {
-            return None;
+            return Ok(None);
         }
         let mut cone: Vec<usize> = cone.into_iter().collect();
         cone.sort_unstable();
@@ -144,14 +141,29 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             3.. => self.accumulation_in_flight(body, &loads, &uses),
             _ => None,
         };
-        Some(LoopPlan {
+        Ok(Some(LoopPlan {
             stages,
             ahead: stages - 1 - u32::from(in_flight.is_some()),
             in_flight,
             cone,
             loads,
             stage_bytes: offset,
-        })
+        }))
+    }
+
+    /// Where the next tile of a stage may start after `tile`; an error once the stage no
+    /// longer fits in shared memory (so that every offset stays far from overflowing).
+    fn stage_end(&self, offset: u32, tile: &SharedTile) -> Res<u32> {
+        let limit = self.arch.max_shared_bytes();
+        let end = u64::from(offset) + u64::from(tile.rows) * u64::from(tile.cols) * 2;
+        match u32::try_from(end) {
+            Ok(end) if end <= limit => Ok(align_tile(end)),
+            _ => Err(LowerError(format!(
+                "one stage of the loop pipeline needs more than the {limit} bytes of shared \
+                 memory a block may have on {}; use smaller tiles or num_stages = 1",
+                self.arch.name()
+            ))),
+        }
     }
 
     /// The dot of `body` that may keep its `wgmma`s running across the iteration's end: it
@@ -237,11 +249,30 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         (w >= 2).then_some(w)
     }
 
-    /// Claims `plan`'s ring in the pipeline region; returns its offset there.
-    pub fn claim_ring(&self, plan: &LoopPlan) -> u32 {
+    /// Claims `plan`'s ring in the pipeline region; returns its offset there. Refused, before
+    /// any copy is unrolled, when the rings would not fit in shared memory.
+    pub fn claim_ring(&self, plan: &LoopPlan) -> Res<u32> {
         let region = self.pipe_bytes.get();
-        self.pipe_bytes.set(region + plan.bytes());
-        region
+        let limit = self.arch.max_shared_bytes();
+        let ring = u64::from(plan.stages) * u64::from(plan.stage_bytes);
+        let end = u64::from(region) + ring;
+        match u32::try_from(end) {
+            Ok(end) if end <= limit => {
+                self.pipe_bytes.set(end);
+                Ok(region)
+            }
+            _ => Err(LowerError(format!(
+                "the loop pipeline needs {end} bytes of shared memory ({} stages of {} bytes{}), \
+                 more than the {limit} a block may have on {}; use fewer stages or smaller tiles",
+                plan.stages,
+                plan.stage_bytes,
+                match region {
+                    0 => String::new(),
+                    r => format!(" after {r} for other loops"),
+                },
+                self.arch.name()
+            ))),
+        }
     }
 
     /// Copies the tiles of the iteration whose induction variable is `iv` into stage `stage`
@@ -378,7 +409,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         (lo, hi, step): (IntValue<'ctx>, IntValue<'ctx>, IntValue<'ctx>),
     ) -> Res<()> {
         for s in 0..plan.ahead {
-            let ahead = self.b.build_int_mul(step, self.i32(s as u64), "")?;
+            let ahead = self.b.build_int_mul(step, like(step, s), "")?;
             let iv = self.b.build_int_add(lo, ahead, "")?;
             let valid = self.b.build_int_compare(IntPredicate::SLT, iv, hi, "")?;
             self.issue_copies(body, plan, region, iv, valid, self.i32(s as u64))?;
@@ -406,7 +437,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             self.fence_async_proxy()?;
         }
         self.barrier()?;
-        let distance = self.b.build_int_mul(step, self.i32(ahead as u64), "")?;
+        let distance = self.b.build_int_mul(step, like(step, ahead), "")?;
         let next = self.b.build_int_add(iv, distance, "")?;
         let valid = self.b.build_int_compare(IntPredicate::SLT, next, hi, "")?;
         // (read_stage + ahead) mod S.
@@ -464,6 +495,12 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.call_void("llvm.nvvm.cp.async.wait.all", &[])?;
         self.barrier()
     }
+}
+
+/// The constant `c` of the type of `x`: the induction variable's arithmetic stays in its own
+/// type (`i32` or `i64`).
+fn like<'ctx>(x: IntValue<'ctx>, c: u32) -> IntValue<'ctx> {
+    x.get_type().const_int(c as u64, false)
 }
 
 /// How many times each value is read in `b`, nested blocks and yields included.

@@ -1,7 +1,8 @@
 //! Reductions. A reduction to one element (the row reductions of normalisation and softmax
 //! kernels) folds each thread's registers, then the warp with butterfly shuffles, then the warps
 //! through shared memory; every thread ends with the result. Other reductions stage the tile in
-//! shared memory and let each thread fold, sequentially, the elements of the outputs it holds.
+//! shared memory and let each thread fold, sequentially (a loop along the axis), the elements of
+//! the outputs it holds.
 //!
 //! Floating-point sums of `bf16`/`f16` tiles accumulate in `f32` and round once at the end.
 //! `argmax` returns the first index of the largest element; a NaN counts as larger than any
@@ -425,7 +426,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         self.barrier()?;
         let lo = Layout::Blocked(self.blocked(result));
         let ax = axis as usize;
-        let mut out = vec![];
+        let mut bases = vec![];
         for r in 0..lo.regs() {
             let f = self.flat_index(&lo, r)?;
             // The source index of the output element with the reduced coordinate 0.
@@ -438,17 +439,70 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                     .build_left_shift(digit, self.i32(shifts[sd] as u64), "")?;
                 base = self.b.build_or(base, placed, "")?;
             }
-            let mut acc = self.identity(op, d);
-            for kk in 0..shape[ax] {
-                let off = self.i32((kk as u64) << shifts[ax]);
-                let idx = self.b.build_or(base, off, "")?;
-                let v = self.read_shared(0, idx, d)?;
-                acc = self.combine(op, acc, self.lift(v, self.i32(kk as u64), d)?, d)?;
-            }
-            out.push(self.finish(op, acc, d)?);
+            bases.push(base);
         }
+        let accs = self.fold_axis(op, &bases, (shifts[ax], shape[ax]), d)?;
+        let out = accs
+            .into_iter()
+            .map(|acc| self.finish(op, acc, d))
+            .collect::<Res<_>>()?;
         self.barrier()?;
         Ok(out)
+    }
+
+    /// Folds, for each of `bases`, the `extent` elements of the tile in shared memory at
+    /// `base | k << shift`, in order of `k`. A loop over `k` (which LLVM unrolls when short):
+    /// unrolled here, a long axis with a small (replicated) result would make every thread's
+    /// code as long as the axis.
+    fn fold_axis(
+        &self,
+        op: ReduceOp,
+        bases: &[IntValue<'ctx>],
+        (shift, extent): (u32, u32),
+        d: DType,
+    ) -> Res<Vec<Acc<'ctx>>> {
+        let id = self.identity(op, d);
+        let pre = self.current_block()?;
+        let body = self.ctx.append_basic_block(self.func, "reduce.k");
+        let exit = self.ctx.append_basic_block(self.func, "reduce.end");
+        self.b.build_unconditional_branch(body)?;
+        self.b.position_at_end(body);
+        let k = self.b.build_phi(self.ctx.i32_type(), "k")?;
+        let kv = k.as_basic_value().into_int_value();
+        // Every phi first, as LLVM requires.
+        let mut phis = vec![];
+        for _ in bases {
+            let v = self.b.build_phi(id.v.get_type(), "acc")?;
+            let i = match op {
+                ReduceOp::Argmax => Some(self.b.build_phi(self.ctx.i32_type(), "acc.i")?),
+                _ => None,
+            };
+            phis.push((v, i));
+        }
+        let off = self.b.build_left_shift(kv, self.i32(shift as u64), "")?;
+        let mut next = vec![];
+        for (&base, (v, i)) in bases.iter().zip(&phis) {
+            let acc = Acc {
+                v: v.as_basic_value(),
+                i: i.map_or(id.i, |i| i.as_basic_value().into_int_value()),
+            };
+            let x = self.read_shared(0, self.b.build_or(base, off, "")?, d)?;
+            next.push(self.combine(op, acc, self.lift(x, kv, d)?, d)?);
+        }
+        let k_next = self.b.build_int_add(kv, self.i32(1), "")?;
+        let more =
+            self.b
+                .build_int_compare(IntPredicate::ULT, k_next, self.i32(extent as u64), "")?;
+        self.b.build_conditional_branch(more, body, exit)?;
+        k.add_incoming(&[(&self.i32(0), pre), (&k_next, body)]);
+        for ((v, i), n) in phis.iter().zip(&next) {
+            v.add_incoming(&[(&id.v, pre), (&n.v, body)]);
+            if let Some(i) = i {
+                i.add_incoming(&[(&id.i, pre), (&n.i, body)]);
+            }
+        }
+        self.b.position_at_end(exit);
+        Ok(next)
     }
 }
 
