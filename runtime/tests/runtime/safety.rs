@@ -52,7 +52,7 @@ fn an_output_too_small_for_the_masks_is_an_error() {
     for device in devices("an_output_too_small_for_the_masks_is_an_error") {
         let src = Source::new("scale.kiln", SCALE);
         let x = device.upload(&vec![1.0f32; 1000]).unwrap();
-        let mut y = device.upload(&vec![0.0f32; 10]).unwrap();
+        let mut y = device.upload(&[0.0f32; 10]).unwrap();
         let args = Args::new()
             .input("x", &x)
             .output("y", &mut y)
@@ -134,7 +134,7 @@ fn accesses_before_a_view_are_errors() {
             }",
         );
         // The view starts one element into its buffer: element -1 exists, but not for the kernel.
-        let whole = device.upload(&vec![1.0f32; 17]).unwrap();
+        let whole = device.upload(&[1.0f32; 17]).unwrap();
         let mut y = device.alloc(DType::F32, 16).unwrap();
         let args = Args::new()
             .input("x", whole.slice(1..).unwrap())
