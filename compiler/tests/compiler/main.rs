@@ -4,6 +4,7 @@ mod cranelift;
 mod docs;
 mod errors;
 mod fuzz;
+mod fuzz_valid;
 mod kernels;
 #[cfg(feature = "nvptx")]
 mod nvptx;
@@ -17,6 +18,8 @@ mod nvptx_layout;
 mod nvptx_mma;
 #[cfg(feature = "nvptx")]
 mod nvptx_ptxas;
+#[cfg(feature = "nvptx")]
+mod nvptx_robustness;
 #[cfg(feature = "nvptx")]
 mod nvptx_snapshots;
 mod parse;
