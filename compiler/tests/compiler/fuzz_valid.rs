@@ -81,33 +81,12 @@ struct KnownDefect {
 
 #[cfg(feature = "nvptx")]
 const KNOWN_DEFECTS: &[KnownDefect] = &[
-    // wgmma tile choice on sm_90a with 16 or 32 warps: the accumulator tiles it picks exceed
-    // the register budget and ptxas fails with "Insufficient registers". (Reproduces at commit
-    // c7d476c; the uncommitted changes to `nvptx/assign.rs` seen while writing this fix it.)
-    KnownDefect {
-        name: "wgmma-many-warps",
-        matches: |f, o| o.arch == Arch::Sm90a && o.num_warps >= 16 && f.dots > 0,
-    },
-    // A pipelined loop (`for k0 in 0..n step 16` with `n: i64` and a `dot` inside) compiled
-    // with num_stages >= 2 and the aligned specialisation gives invalid LLVM IR (an i32/i64
-    // mismatch). (Reproduces at commit c7d476c; fixed by uncommitted `nvptx/pipeline.rs` work.)
-    KnownDefect {
-        name: "pipeline-i64-loop",
-        matches: |f, o| f.dot_in_i64_loop && o.num_stages >= 2 && o.divisible_by_16 != 0,
-    },
     // Tiles far past what fits in registers take minutes to compile: maximum-size tiles, but
     // already (this fuzzer found) tiles of more than 64 elements per thread, e.g. a 64 x 128
     // `dot` on one warp, take 20 to 40 s between LLVM and ptxas.
     KnownDefect {
         name: "huge-tiles-slow",
         matches: |f, o| f.max_elems > 1 << 16 || elems_per_thread(f, o) > 64,
-    },
-    // Huge num_stages (past the 1 to 3 the CI picks from): at commit c7d476c, 65536 stages
-    // take over 20 s and `u32::MAX` panics (multiply overflow in `pipeline`); the uncommitted
-    // `check_options` refuses more than 8 clearly.
-    KnownDefect {
-        name: "huge-num-stages",
-        matches: |_, o| o.num_stages > 3,
     },
     // Found by this fuzzer: `bounds_checks: true` makes the PTX up to 19 times longer (one
     // 64 x 64 f32 load and store on one warp: 414 lines unchecked, 7714 checked) and LLVM and
