@@ -116,7 +116,7 @@ impl Kernel {
     /// arguments and this grid must stay inside the buffer (or view) its pointer came from.
     pub unsafe fn launch_unchecked(&self, grid: [u32; 3], args: &Args<'_>) -> Result<()> {
         let bound = args.bind(&self.name, &self.params, &self.device)?;
-        if !bound.satisfies(&self.params, &self.specialization) {
+        if !bound.satisfies(&self.specialization) {
             return Err(Error::launch(
                 &self.name,
                 format!(

@@ -179,6 +179,7 @@ impl<'a> Args<'a> {
         let mut bound = Bound {
             words: Vec::with_capacity(params.len()),
             bounds: Vec::with_capacity(params.len()),
+            specialization: self.specialization(params),
         };
         for param in params {
             let value = self.get(&param.name).ok_or_else(|| {
@@ -281,28 +282,18 @@ impl ArgValue<'_> {
 }
 
 /// Arguments bound to a kernel's parameters: one word each in the kernel ABI (an address, or a
-/// scalar's bits zero-extended), and the byte length of each pointer's buffer (0 for scalars).
+/// scalar's bits zero-extended), the byte length of each pointer's buffer (0 for scalars), and
+/// what the values allow a kernel to assume.
 pub(crate) struct Bound {
     pub words: Vec<u64>,
     pub bounds: Vec<u64>,
+    specialization: Specialization,
 }
 
 impl Bound {
     /// Whether these arguments satisfy what a kernel compiled for `assumed` relies on.
-    pub(crate) fn satisfies(&self, params: &[Param], assumed: &Specialization) -> bool {
-        let actual = self
-            .words
-            .iter()
-            .zip(params)
-            .take(64)
-            .enumerate()
-            .filter(|(_, (&w, p))| match p.kind {
-                ParamKind::Ptr { .. } | ParamKind::Scalar(DType::I64) => w % 16 == 0,
-                ParamKind::Scalar(DType::I32) => (w as u32 as i32) % 16 == 0,
-                ParamKind::Scalar(_) => false,
-            })
-            .fold(0u64, |mask, (i, _)| mask | 1 << i);
-        assumed.divisible_by_16 & !actual == 0
+    pub(crate) fn satisfies(&self, assumed: &Specialization) -> bool {
+        assumed.divisible_by_16 & !self.specialization.divisible_by_16 == 0
     }
 }
 
