@@ -1,0 +1,6 @@
+//! The kiln-models integration tests: one binary, one module per part of the crate.
+
+mod config;
+mod gguf;
+mod tokenizer;
+mod weights;
