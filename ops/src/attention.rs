@@ -28,6 +28,8 @@ pub struct Attention {
 pub struct PackedBlocks {
     tokens: usize,
     count: usize,
+    /// Rows per block: [`PackedBlocks::ROWS`], or fewer for the few new rows of a decode step.
+    rows: usize,
     table: Buffer,
 }
 
@@ -61,6 +63,39 @@ impl PackedBlocks {
                 table.extend(block);
             }
         }
+        PackedBlocks::from_table(ops, tokens, Self::ROWS, table)
+    }
+
+    /// The blocks of a decode step with a KV cache: the query rows `past .. past + new` of one
+    /// sequence that starts at row 0 and ends at `past + new`, in buffers of `capacity` rows
+    /// (`q` and `o` hold the new rows at their positions; `k` and `v` hold every row so far).
+    /// Blocks are as small as the step allows, so one new token does not cost a block of 64.
+    /// Only [`Attention::forward`] takes them.
+    pub fn decode(ops: &Ops, past: usize, new: usize, capacity: usize) -> Result<PackedBlocks> {
+        const OP: &str = "attention decode blocks";
+        let end = past + new;
+        if new == 0 || end > capacity || capacity > i32::MAX as usize {
+            return Err(Error::shape(
+                OP,
+                format!("{past} cached + {new} new rows must fit a cache of {capacity} rows"),
+            ));
+        }
+        // The GPU's tensor-core dots need 16 rows; the CPU computes exactly the rows asked for.
+        let min_rows = if ops.device().is_gpu() { 16 } else { 1 };
+        let rows = new.next_power_of_two().clamp(min_rows, Self::ROWS);
+        let mut table = vec![];
+        for row in (past..end).step_by(rows) {
+            table.extend([row as i32, 0, end as i32]);
+        }
+        PackedBlocks::from_table(ops, capacity, rows, table)
+    }
+
+    fn from_table(
+        ops: &Ops,
+        tokens: usize,
+        rows: usize,
+        mut table: Vec<i32>,
+    ) -> Result<PackedBlocks> {
         let count = table.len() / Self::FIELDS;
         if table.is_empty() {
             table.resize(Self::FIELDS, 0);
@@ -68,6 +103,7 @@ impl PackedBlocks {
         Ok(PackedBlocks {
             tokens,
             count,
+            rows,
             table: ops.device().upload(&table)?,
         })
     }
@@ -154,11 +190,10 @@ impl Attention {
 
     /// The configuration of `kernel`, whose programs own the `owned` rows of one block of
     /// [`PackedBlocks`] each.
-    fn config(&self, kernel: &'static str, owned: Owned, tile: Tile) -> KernelConfig {
-        const ROWS: usize = PackedBlocks::ROWS;
+    fn config(&self, kernel: &'static str, owned: Owned, tile: Tile, rows: usize) -> KernelConfig {
         let (bm, bn) = match owned {
-            Owned::Queries => (ROWS, tile.step),
-            Owned::Keys => (tile.step, ROWS),
+            Owned::Queries => (rows, tile.step),
+            Owned::Keys => (tile.step, rows),
         };
         KernelConfig::new(FILE, kernel)
             .int("BM", bm)
@@ -205,7 +240,7 @@ impl Attention {
             .input("v", v)
             .output("o", o)
             .output("lse", lse);
-        let config = self.config("attn_fwd", Owned::Queries, forward);
+        let config = self.config("attn_fwd", Owned::Queries, forward, blocks.rows);
         ops.launch(&config, [blocks.count, self.q_heads, 1], &args)
     }
 
@@ -231,6 +266,9 @@ impl Attention {
         ),
     ) -> Result<()> {
         const OP: &str = "attention backward";
+        if blocks.rows != PackedBlocks::ROWS {
+            return Err(Error::shape(OP, "decode blocks are for the forward only"));
+        }
         let (q, k, v) = (q.into(), k.into(), v.into());
         let (o, lse, d_o) = (o.into(), lse.into(), d_o.into());
         let (dq, dk, dv) = (dq.into(), dk.into(), dv.into());
@@ -270,11 +308,11 @@ impl Attention {
         };
         let [_, dq_tile, dkdv_tile] = Tile::for_head_dim(self.head_dim);
         let args = inputs().output("dk", dk).output("dv", dv);
-        let config = self.config("attn_bwd_dkdv", Owned::Keys, dkdv_tile);
+        let config = self.config("attn_bwd_dkdv", Owned::Keys, dkdv_tile, PackedBlocks::ROWS);
         ops.launch(&config, [blocks.count, self.kv_heads, 1], &args)?;
 
         let args = inputs().output("dq", dq);
-        let config = self.config("attn_bwd_dq", Owned::Queries, dq_tile);
+        let config = self.config("attn_bwd_dq", Owned::Queries, dq_tile, PackedBlocks::ROWS);
         ops.launch(&config, [blocks.count, self.q_heads, 1], &args)
     }
 }

@@ -38,6 +38,9 @@ pub struct CutCrossEntropy {
 pub struct CrossEntropyState {
     /// Log-sum-exp of every token's logits, f32 `[tokens]`.
     pub lse: Buffer,
+    /// Every token's loss (z-loss included; 0 where the label is `ignore_index`), f32
+    /// `[tokens]`.
+    pub losses: Buffer,
     /// `[sum of losses, counted tokens, sum of z-losses]`, f32.
     pub totals: Buffer,
 }
@@ -161,6 +164,7 @@ impl CutCrossEntropy {
         let mut target = ops.scratch(DType::F32, t)?;
         let mut state = CrossEntropyState {
             lse: ops.scratch(DType::F32, t)?,
+            losses: ops.scratch(DType::F32, t)?,
             totals: ops.scratch(DType::F32, 3)?,
         };
         for (i, (start, rows)) in self.chunks().enumerate() {
@@ -186,6 +190,7 @@ impl CutCrossEntropy {
             .input("target", &target)
             .input("labels", labels)
             .output("lse", &mut state.lse)
+            .output("losses", &mut state.losses)
             .in_out("totals", &mut state.totals)
             .i32("rows", t as i32)
             .i32("ignore_index", self.ignore_index)

@@ -16,6 +16,7 @@ pub mod adamw;
 pub mod attention;
 mod context;
 pub mod cross_entropy;
+pub mod elementwise;
 pub mod embedding;
 mod error;
 pub mod kernels;

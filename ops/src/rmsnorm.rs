@@ -1,6 +1,6 @@
 //! RMSNorm over the last dimension of `[rows, n]` bf16 activations, and the fused residual
 //! add and RMSNorm of a pre-norm transformer block. Forward saves `rstd` (f32, one per row);
-//! the backward turns the per-program partial sums of `dw` into `dw` on the device.
+//! the backward adds the per-program partial sums of `dw` to the f32 gradient `dw` on the device.
 
 use kiln_compiler::DType;
 use kiln_runtime::{Args, BufferView, BufferViewMut};
@@ -140,7 +140,8 @@ impl RmsNorm {
         ops.launch(&config, [self.rows, 1, 1], &args)
     }
 
-    /// `dx` and `dw` from `x`, `w`, `dy` and the saved `rstd`.
+    /// `dx` (overwritten) and `dw` (f32, added to: parameter gradients accumulate) from `x`,
+    /// `w`, `dy` and the saved `rstd`.
     #[allow(clippy::too_many_arguments)]
     pub fn backward<'a>(
         &self,
@@ -196,7 +197,7 @@ impl RmsNorm {
             self.activation(op, "dh_next", dh_next)?;
         }
         expect(op, "w", &w, DType::Bf16, self.n)?;
-        expect(op, "dw", &dw, DType::Bf16, self.n)?;
+        expect(op, "dw", &dw, DType::F32, self.n)?;
         expect(op, "rstd", &rstd, DType::F32, self.rows)?;
         let (kernel, x_name) = match dh_next {
             Some(_) => ("add_rmsnorm_bwd", "h"),
@@ -224,7 +225,7 @@ impl RmsNorm {
         let reduce = KernelConfig::new(FILE, "rmsnorm_dw_reduce").int("BLOCK", 64);
         let args = Args::new()
             .input("dw_partial", &partial)
-            .output("dw", dw)
+            .in_out("dw", dw)
             .i32("n_partial", programs as i32)
             .i32("n", self.n as i32);
         ops.launch(&reduce, [reduce.programs("BLOCK", self.n), 1, 1], &args)

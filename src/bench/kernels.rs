@@ -166,7 +166,7 @@ impl Bench {
                 rand_f32(&dev, rows, s + 3, 1.0, true)?,
                 output(&dev, DType::Bf16, rows * n)?,
                 output(&dev, DType::F32, max_partials)?,
-                output(&dev, DType::Bf16, n)?,
+                output(&dev, DType::F32, n)?,
             ])
         })?;
         // The last buffer, dw, belongs to the reduction.
@@ -185,7 +185,7 @@ impl Bench {
             let [.., partial, dw] = set;
             Args::new()
                 .input("dw_partial", partial)
-                .output("dw", dw)
+                .in_out("dw", dw)
                 .i32("n_partial", partials as i32)
                 .i32("n", n as i32)
         }

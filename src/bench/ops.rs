@@ -232,7 +232,7 @@ fn rmsnorm(ops: &Ops, runs: usize, rows: usize, n: usize) -> Result<Vec<Row>, St
     let mut y = alloc(dev, DType::Bf16, rows * n)?;
     let mut rstd = alloc(dev, DType::F32, rows)?;
     let mut dx = alloc(dev, DType::Bf16, rows * n)?;
-    let mut dw = alloc(dev, DType::Bf16, n)?;
+    let mut dw = alloc(dev, DType::F32, n)?;
     let e = |e: kiln::ops::Error| e.to_string();
     let fwd = median_ms(dev, runs, |_| {
         op.forward(ops, &x, &w, &mut y, &mut rstd).map_err(e)

@@ -224,3 +224,50 @@ fn bad_packs_and_head_counts_are_errors() {
         .unwrap_err();
     assert!(err.to_string().contains("multiple"), "{err}");
 }
+
+/// A decode step with a KV cache (`PackedBlocks::decode`: new query rows at their positions,
+/// every key so far) gives the rows the full causal forward gives, whether one row is new or
+/// several; rows outside the step are not written.
+#[test]
+fn decode_steps_match_the_full_forward() {
+    for_each_device(|h: &Harness| {
+        let attn = Attention {
+            q_heads: 4,
+            kv_heads: 2,
+            head_dim: 32,
+        };
+        let (tokens, capacity) = (37usize, 80usize);
+        let x = inputs(h, &attn, capacity);
+        let [q, k, v] = [&x.q, &x.k, &x.v].map(|data| h.bf16(data));
+        let q_row = attn.q_heads * attn.head_dim;
+        let full = PackedBlocks::new(&h.ops, &[0, capacity]).unwrap();
+        let mut o_full = h.poisoned_bf16(q.len());
+        let mut lse_full = h.poisoned_f32(capacity * attn.q_heads);
+        attn.forward(&h.ops, &full, &q, &k, &v, &mut o_full, &mut lse_full)
+            .unwrap();
+        let o_full = h.read(&o_full);
+        for (past, new) in [(0, 5), (5, 1), (6, 17), (23, 14)] {
+            assert!(past + new <= tokens);
+            let blocks = PackedBlocks::decode(&h.ops, past, new, capacity).unwrap();
+            let mut o = h.bf16(&vec![7.0; q.len()]);
+            let mut lse = h.poisoned_f32(capacity * attn.q_heads);
+            attn.forward(&h.ops, &blocks, &q, &k, &v, &mut o, &mut lse)
+                .unwrap();
+            let o = h.read(&o);
+            let rows = past * q_row..(past + new) * q_row;
+            let what = format!("decode rows {past}..{}", past + new);
+            h.assert_close(
+                &what,
+                &o[rows.clone()],
+                &o_full[rows.clone()],
+                tol(&o_full[rows.clone()]),
+            );
+            assert!(o[..rows.start]
+                .iter()
+                .chain(&o[rows.end..])
+                .all(|&x| x == 7.0));
+        }
+        assert!(PackedBlocks::decode(&h.ops, 70, 11, capacity).is_err());
+        assert!(PackedBlocks::decode(&h.ops, 3, 0, capacity).is_err());
+    });
+}

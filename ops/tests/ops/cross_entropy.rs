@@ -61,6 +61,8 @@ fn run_case(h: &Harness, case: &Case, fd: bool) {
     let loss = state.loss().unwrap() as f64;
     h.assert_close("loss", &[loss], &[reference.loss(&hidden, &w)], LOSS);
     assert_eq!(state.counted_tokens().unwrap(), t - 1);
+    let per_token = reference.losses(&hidden, &w);
+    h.assert_close("per-token losses", &h.read(&state.losses), &per_token, LOSS);
 
     let dloss = 0.5;
     let (dh_want, dw_want) = if fd {

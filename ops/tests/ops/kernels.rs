@@ -82,7 +82,9 @@ fn rmsnorm_bwd() {
                 .i32("n", n as i32),
         );
         h.assert_close("dx", &h.read(&dx), &dx_ref, BF16);
-        let mut dw = h.poisoned_bf16(n);
+        // dw accumulates in f32: from a gradient so far to that plus this one.
+        let dw_before = h.rand_f32(n, 1.0);
+        let mut dw = h.f32_buf(&dw_before);
         h.launch(
             "rmsnorm.kiln",
             "rmsnorm_dw_reduce",
@@ -90,11 +92,17 @@ fn rmsnorm_bwd() {
             [n.div_ceil(64) as u32, 1, 1],
             &Args::new()
                 .input("dw_partial", &partial)
-                .output("dw", &mut dw)
+                .in_out("dw", &mut dw)
                 .i32("n_partial", programs as i32)
                 .i32("n", n as i32),
         );
-        h.assert_close("dw", &h.read(&dw), &dw_ref, BF16);
+        let dw_added: Vec<f64> = h
+            .read(&dw)
+            .iter()
+            .zip(&dw_before)
+            .map(|(a, b)| a - b)
+            .collect();
+        h.assert_close("dw", &dw_added, &dw_ref, BF16);
     });
 }
 

@@ -180,14 +180,21 @@ impl LinearCrossEntropy<'_> {
         self.labels.iter().filter(|&&l| l != self.ignore).count()
     }
 
-    /// The mean loss.
-    pub fn loss(&self, hidden: &[f64], w: &[f64]) -> f64 {
+    /// Every token's loss (0 where the label is ignored).
+    pub fn losses(&self, hidden: &[f64], w: &[f64]) -> Vec<f64> {
         let (z, v) = self.logits(hidden, w);
         let (_, lse) = cross_entropy_fwd(&z, self.labels, v, self.ignore);
-        let total: f64 = (0..self.labels.len())
-            .filter(|&r| self.labels[r] != self.ignore)
-            .map(|r| lse[r] - z[r * v + self.labels[r] as usize] + self.z_loss * lse[r] * lse[r])
-            .sum();
+        (0..self.labels.len())
+            .map(|r| match self.labels[r] {
+                l if l == self.ignore => 0.0,
+                l => lse[r] - z[r * v + l as usize] + self.z_loss * lse[r] * lse[r],
+            })
+            .collect()
+    }
+
+    /// The mean loss.
+    pub fn loss(&self, hidden: &[f64], w: &[f64]) -> f64 {
+        let total: f64 = self.losses(hidden, w).iter().sum();
         total / self.counted().max(1) as f64
     }
 

@@ -9,7 +9,7 @@ use kiln_ops::adamw::{AdamW, GradNorm, ParamState};
 use kiln_ops::embedding::Embedding;
 use kiln_ops::rmsnorm::RmsNorm;
 use kiln_ops::rope::Rope;
-use kiln_ops::{swiglu, Error};
+use kiln_ops::{elementwise, swiglu, Error};
 
 const BF16: Tol = Tol {
     rel: 1e-2,
@@ -46,7 +46,9 @@ fn rmsnorm_case(h: &Harness, rows: usize, n: usize, fd: bool) {
     let (y_ref, _) = r::rmsnorm_fwd(&x, &w, n, 1e-6);
     h.assert_close("rmsnorm y", &h.read(&y), &y_ref, BF16);
 
-    let (mut dx, mut dw) = (h.poisoned_bf16(rows * n), h.poisoned_bf16(n));
+    // dw accumulates: it starts from a gradient so far and must end at that plus this one.
+    let dw_before = h.rand_f32(n, 1.0);
+    let (mut dx, mut dw) = (h.poisoned_bf16(rows * n), h.f32_buf(&dw_before));
     op.backward(&h.ops, &xb, &wb, &dyb, &rstd, &mut dx, &mut dw)
         .unwrap();
     let (dx_want, dw_want) = if fd {
@@ -62,9 +64,15 @@ fn rmsnorm_case(h: &Harness, rows: usize, n: usize, fd: bool) {
         &dx_want,
         bf16_grad(max_abs(&dx_want)),
     );
+    let dw_added: Vec<f64> = h
+        .read(&dw)
+        .iter()
+        .zip(&dw_before)
+        .map(|(a, b)| a - b)
+        .collect();
     h.assert_close(
         "rmsnorm dw",
-        &h.read(&dw),
+        &dw_added,
         &dw_want,
         bf16_grad(max_abs(&dw_want)),
     );
@@ -112,7 +120,8 @@ fn add_rmsnorm_forward_and_backward() {
             BF16,
         );
 
-        let (mut dx, mut dw) = (h.poisoned_bf16(rows * n), h.poisoned_bf16(n));
+        let dw_before = h.rand_f32(n, 1.0);
+        let (mut dx, mut dw) = (h.poisoned_bf16(rows * n), h.f32_buf(&dw_before));
         op.add_backward(&h.ops, &hb, wb, dyb, &rstd, dnb, &mut dx, &mut dw)
             .unwrap();
         // Loss through both outputs: the normalised branch and the residual stream itself.
@@ -123,7 +132,13 @@ fn add_rmsnorm_forward_and_backward() {
         let dx_fd = numeric_grad(&x, loss);
         h.assert_close("dx", &h.read(&dx), &dx_fd, bf16_grad(max_abs(&dx_fd)));
         let dw_ref = r::rmsnorm_bwd(&h_ref, &w, &dy, n, 1e-6).1;
-        h.assert_close("dw", &h.read(&dw), &dw_ref, bf16_grad(max_abs(&dw_ref)));
+        let dw_added: Vec<f64> = h
+            .read(&dw)
+            .iter()
+            .zip(&dw_before)
+            .map(|(a, b)| a - b)
+            .collect();
+        h.assert_close("dw", &dw_added, &dw_ref, bf16_grad(max_abs(&dw_ref)));
     });
 }
 
@@ -157,6 +172,22 @@ fn swiglu_forward_and_backward() {
         if h.device.is_gpu() {
             swiglu_case(h, 8192 * 4864, false);
         }
+    });
+}
+
+#[test]
+fn residual_add() {
+    for_each_device(|h| {
+        for len in [1, 2047, 3 * 2048 + 9] {
+            let (a, b) = (h.rand_bf16(len, 3.0), h.rand_bf16(len, 1.0));
+            let mut out = h.poisoned_bf16(len);
+            elementwise::add(&h.ops, &h.bf16(&a), &h.bf16(&b), &mut out).unwrap();
+            let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+            h.assert_close("add", &h.read(&out), &want, BF16);
+        }
+        let short = h.poisoned_bf16(3);
+        let err = elementwise::add(&h.ops, &short, &h.poisoned_bf16(4), &mut h.poisoned_bf16(3));
+        assert!(err.unwrap_err().to_string().contains("`b`"));
     });
 }
 
