@@ -388,6 +388,8 @@ fn exercise(path: &Path) {
         for t in file.tensors() {
             let _ = file.dequantize_info(t);
         }
+        let _ = gguf::GgufModelConfig::from_gguf(&file).map(|c| c.to_hf_json());
+        let _ = gguf::build_tokenizer(&file);
     }
 }
 
@@ -428,4 +430,358 @@ fn random_header_mutations_never_panic() {
         errors > total / 4,
         "only {errors} of {total} mutations failed"
     );
+}
+
+fn read_safetensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            assert_eq!(view.dtype(), safetensors::Dtype::F32, "{name}");
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (name, view.shape().to_vec(), values)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Encodes each fixture string with the imported tokenizer.json and compares with the ids
+/// transformers' GGUF tokenizer gave (no special tokens added).
+fn check_token_ids(tokenizer_json: &Path, expected: &serde_json::Value) {
+    let tok = tokenizers::Tokenizer::from_file(tokenizer_json).unwrap();
+    let cases = expected["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+    for case in cases {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> = case["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap() as u32)
+            .collect();
+        let got = tok.encode(text, false).unwrap();
+        assert_eq!(got.get_ids(), want.as_slice(), "{text:?}");
+        if !text.is_empty() {
+            let decoded = tok.decode(&want, false).unwrap();
+            assert_eq!(decoded, text, "decoding {text:?}");
+        }
+    }
+}
+
+fn import_tiny(arch: &str) -> (tempfile::TempDir, PathBuf, gguf::ImportReport) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("model");
+    let report = gguf::import(fixture(&format!("tiny-{arch}.gguf")), &out).unwrap();
+    (dir, out, report)
+}
+
+#[test]
+fn tiny_llama_and_qwen2_import_to_the_expected_hugging_face_tensors() {
+    for arch in ["llama", "qwen2"] {
+        let (_dir, out, report) = import_tiny(arch);
+        assert_eq!(report.architecture, arch);
+        let got = read_safetensors(&out.join("model.safetensors"));
+        let want = read_safetensors(&fixture(&format!("tiny-{arch}.expected.safetensors")));
+        let names = |v: &[(String, Vec<usize>, Vec<f32>)]| -> Vec<String> {
+            v.iter().map(|t| t.0.clone()).collect()
+        };
+        assert_eq!(names(&got), names(&want), "{arch}: tensor names");
+        assert_eq!(report.tensors, want.len());
+        for ((name, shape, values), (_, want_shape, want_values)) in got.iter().zip(&want) {
+            assert_eq!(shape, want_shape, "{arch}: {name}");
+            assert_bits_eq(&format!("{arch}: {name}"), values, want_values);
+        }
+        // the permutation was really there to undo: the raw GGUF rows differ from HF's
+        let file = GgufFile::open(fixture(&format!("tiny-{arch}.gguf"))).unwrap();
+        let raw = file.dequantize("blk.1.attn_q.weight").unwrap();
+        let hf = &want
+            .iter()
+            .find(|t| t.0 == "model.layers.1.self_attn.q_proj.weight")
+            .unwrap()
+            .2;
+        assert_eq!(arch == "llama", &raw.data != hf, "{arch}: q rows permuted");
+    }
+}
+
+#[test]
+fn tiny_configs_and_tokenizer_files_describe_the_model() {
+    for arch in ["llama", "qwen2"] {
+        let (_dir, out, report) = import_tiny(arch);
+        let c = read_json(&out.join("config.json"));
+        let class = if arch == "llama" {
+            "LlamaForCausalLM"
+        } else {
+            "Qwen2ForCausalLM"
+        };
+        assert_eq!(c["model_type"], arch);
+        assert_eq!(c["architectures"][0], class);
+        assert_eq!(c["hidden_size"], 64);
+        assert_eq!(c["intermediate_size"], 96);
+        assert_eq!(c["num_hidden_layers"], 2);
+        assert_eq!(c["num_attention_heads"], 4);
+        assert_eq!(c["num_key_value_heads"], 2);
+        assert_eq!(c["head_dim"], 16);
+        assert_eq!(c["max_position_embeddings"], 256);
+        assert_eq!(c["vocab_size"], report.tokenizer.1);
+        assert_eq!(c["torch_dtype"], "float32");
+        assert_eq!(c["bos_token_id"], 1);
+        assert_eq!(c["eos_token_id"], 2);
+        let (theta, eps, tied) = if arch == "llama" {
+            (500000.0, 1e-5, false)
+        } else {
+            (1000000.0, 1e-6, true)
+        };
+        assert_eq!(c["rope_theta"].as_f64(), Some(theta));
+        assert_eq!(
+            c["rms_norm_eps"].as_f64(),
+            Some(eps),
+            "the f32's shortest decimal"
+        );
+        assert_eq!(c["tie_word_embeddings"], tied);
+        if arch == "llama" {
+            assert_eq!(c["attention_bias"], false);
+        }
+
+        let tc = read_json(&out.join("tokenizer_config.json"));
+        assert_eq!(tc["bos_token"], "<|im_start|>");
+        assert_eq!(tc["eos_token"], "<|im_end|>");
+        assert_eq!(tc["pad_token"], "<|endoftext|>");
+        assert_eq!(tc["add_bos_token"], false);
+        assert!(tc["chat_template"]
+            .as_str()
+            .unwrap()
+            .contains("<|im_start|>"));
+        let g = read_json(&out.join("generation_config.json"));
+        assert_eq!(
+            (g["bos_token_id"].clone(), g["eos_token_id"].clone()),
+            (1.into(), 2.into())
+        );
+
+        let expected = json(&format!("tiny-{arch}.tokens.json"));
+        check_token_ids(&out.join("tokenizer.json"), &expected);
+        // the special tokens are whole tokens
+        let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+        let ids = tok.encode("<|im_start|>hi<|im_end|>", false).unwrap();
+        assert_eq!(ids.get_ids().first(), Some(&1));
+        assert_eq!(ids.get_ids().last(), Some(&2));
+    }
+}
+
+#[test]
+fn hugging_face_names_and_the_qk_permutation() {
+    let cases = [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+        (
+            "blk.0.attn_q.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+        ),
+        (
+            "blk.11.attn_k.bias",
+            "model.layers.11.self_attn.k_proj.bias",
+        ),
+        (
+            "blk.2.attn_v.weight",
+            "model.layers.2.self_attn.v_proj.weight",
+        ),
+        (
+            "blk.2.attn_output.weight",
+            "model.layers.2.self_attn.o_proj.weight",
+        ),
+        (
+            "blk.3.ffn_gate.weight",
+            "model.layers.3.mlp.gate_proj.weight",
+        ),
+        ("blk.3.ffn_up.weight", "model.layers.3.mlp.up_proj.weight"),
+        (
+            "blk.3.ffn_down.weight",
+            "model.layers.3.mlp.down_proj.weight",
+        ),
+        (
+            "blk.4.attn_norm.weight",
+            "model.layers.4.input_layernorm.weight",
+        ),
+        (
+            "blk.4.ffn_norm.weight",
+            "model.layers.4.post_attention_layernorm.weight",
+        ),
+    ];
+    for (g, hf) in cases {
+        assert_eq!(gguf::hf_name(g).unwrap().name, hf);
+    }
+    for bad in [
+        "blk.x.attn_q.weight",
+        "blk..attn_q.weight",
+        "blk.0.attn_q.scale",
+        "rope_freqs.weight",
+        "blk.0.ffn_gate_exps.weight",
+    ] {
+        assert!(gguf::hf_name(bad).is_none(), "{bad}");
+    }
+    assert_eq!(
+        gguf::hf_name("blk.0.attn_q.weight").unwrap().qk,
+        Some(gguf::QkRole::Query)
+    );
+    assert_eq!(
+        gguf::hf_name("blk.0.attn_k.bias").unwrap().qk,
+        Some(gguf::QkRole::Key)
+    );
+
+    // convert_hf_to_gguf.py's permutation written out: HF row h*d + j*d/2 + i goes to GGUF row
+    // h*d + 2i + j; undoing it restores every row.
+    let (heads, d, cols) = (3, 8, 5);
+    let hf: Vec<f32> = (0..heads * d * cols)
+        .map(|v| v as f32 * 0.5 - 7.0)
+        .collect();
+    let mut permuted = vec![0.0; hf.len()];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..d / 2 {
+                let from = h * d + j * d / 2 + i;
+                let to = h * d + 2 * i + j;
+                permuted[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&hf[from * cols..(from + 1) * cols]);
+            }
+        }
+    }
+    let t = kiln_models::HostTensor::new(vec![heads * d, cols], permuted);
+    let back = gguf::unpermute_qk(&t, heads, "t").unwrap();
+    assert_eq!(back.data, hf);
+    let bias =
+        kiln_models::HostTensor::new(vec![heads * d], (0..heads * d).map(|v| v as f32).collect());
+    assert_eq!(
+        gguf::unpermute_qk(&bias, heads, "b").unwrap().data[..4],
+        [0.0, 2.0, 4.0, 6.0]
+    );
+    assert!(gguf::unpermute_qk(&t, 5, "t")
+        .unwrap_err()
+        .to_string()
+        .contains("heads"));
+}
+
+#[test]
+fn import_replaces_only_earlier_imports_and_leaves_nothing_behind_on_failure() {
+    let (dir, out, _) = import_tiny("llama");
+    // again over the earlier import
+    let report = gguf::import(fixture("tiny-qwen2.gguf"), &out).unwrap();
+    assert!(report.replaced);
+    assert_eq!(read_json(&out.join("config.json"))["model_type"], "qwen2");
+    // a folder with other files is refused and left alone
+    let foreign = dir.path().join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "mine").unwrap();
+    let e = gguf::import(fixture("tiny-llama.gguf"), &foreign)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refusing"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    // an empty folder is fine
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    gguf::import(fixture("tiny-llama.gguf"), &empty).unwrap();
+    // a file that is not a model: an error, and no folder or temporary left
+    let failed = dir.path().join("failed");
+    let e = gguf::import(fixture("quants.gguf"), &failed).unwrap_err();
+    assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("kiln-test"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(!failed.exists());
+}
+
+fn smollm2_path() -> Option<PathBuf> {
+    let path = match std::env::var_os("KILN_SMOLLM2_GGUF") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let dir = match std::env::var_os("KILN_MODELS_DIR") {
+                Some(d) => PathBuf::from(d),
+                None => PathBuf::from(std::env::var_os("HOME")?).join(".cache/kiln-models"),
+            };
+            dir.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
+    };
+    if path.is_file() {
+        Some(path)
+    } else {
+        println!("skipped: SmolLM2 GGUF not present (scripts/fetch-smollm2)");
+        None
+    }
+}
+
+#[test]
+fn smollm2_dequantizes_bit_for_bit_and_imports() {
+    use sha2::Digest;
+    let Some(path) = smollm2_path() else { return };
+    let file = GgufFile::open(&path).unwrap();
+    let digests = json("smollm2_digests.json");
+    let digests = digests["tensors"].as_object().unwrap();
+    assert_eq!(file.tensors().len(), digests.len());
+    for t in file.tensors() {
+        let want = &digests[&t.name];
+        assert_eq!(
+            t.ggml_type.name(),
+            want["type"].as_str().unwrap(),
+            "{}",
+            t.name
+        );
+        let got = file.dequantize_info(t).unwrap();
+        let shape: Vec<usize> = want["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        assert_eq!(got.shape, shape, "{}", t.name);
+        let mut h = sha2::Sha256::new();
+        for v in &got.data {
+            h.update(v.to_le_bytes());
+        }
+        let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, want["sha256"].as_str().unwrap(), "{}", t.name);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("smollm2");
+    let start = std::time::Instant::now();
+    let report = gguf::import(&path, &out).unwrap();
+    println!(
+        "SmolLM2 import: {:.2} s, {} tensors {:?}",
+        start.elapsed().as_secs_f64(),
+        report.tensors,
+        report.tensor_types
+    );
+    let c = read_json(&out.join("config.json"));
+    assert_eq!(c["model_type"], "llama");
+    assert_eq!(c["hidden_size"], 576);
+    assert_eq!(c["num_hidden_layers"], 30);
+    assert_eq!(c["num_attention_heads"], 9);
+    assert_eq!(c["num_key_value_heads"], 3);
+    assert_eq!(c["head_dim"], 64);
+    assert_eq!(c["vocab_size"], 49152);
+    assert_eq!(c["tie_word_embeddings"], true);
+    assert_eq!(c["rms_norm_eps"].as_f64(), Some(1e-5));
+    assert_eq!(c["rope_theta"].as_f64(), Some(100000.0));
+    let weights = read_safetensors(&out.join("model.safetensors"));
+    assert_eq!(weights.len(), 272);
+    assert!(weights.iter().all(|t| t.0 != "lm_head.weight"));
+    check_token_ids(&out.join("tokenizer.json"), &json("smollm2_tokens.json"));
 }
