@@ -5,6 +5,7 @@ use kiln::compiler::{self, Defines, Source};
 use std::process::ExitCode;
 
 mod bench;
+mod commands;
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +51,14 @@ enum Command {
         /// the specialisation that enables 16-byte vector loads and stores.
         #[arg(long, value_name = "INT_PARAMS", num_args = 0..=1, default_missing_value = "")]
         aligned: Option<String>,
+    },
+    /// Import a GGUF model (Llama or Qwen2) as a Hugging Face folder with f32 weights.
+    Import {
+        /// The .gguf file.
+        file: std::path::PathBuf,
+        /// The folder to write (replaced only if empty or an earlier import).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// List the devices Kiln can run kernels on (and why there is no GPU, if there is none).
     Devices,
@@ -111,6 +120,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
         Command::Devices => Ok(devices()),
+        Command::Import { file, out } => commands::import::run(&file, &out),
         Command::Bench {
             suite: BenchSuite::Cpu,
             runs,

@@ -1,0 +1,3 @@
+//! The model commands of the `kiln` CLI, one file each.
+
+pub mod import;
