@@ -27,7 +27,7 @@ enum Command {
         /// Which stage to print.
         #[arg(long, value_enum, default_value_t = Emit::Ir)]
         emit: Emit,
-        /// Set a compile-time constant: `-D BLOCK=1024`.
+        /// Set a compile-time constant or a type parameter: `-D BLOCK=1024`, `-D T=f32`.
         #[arg(short = 'D', value_name = "NAME=VALUE")]
         define: Vec<String>,
         /// Only this kernel of the file.
@@ -320,7 +320,7 @@ fn parse_defines(defs: &[String]) -> Result<Defines, String> {
             .split_once('=')
             .ok_or_else(|| format!("error: `-D {d}`: expected NAME=VALUE"))?;
         let v = compiler::parse_define_value(value.trim()).ok_or_else(|| {
-            format!("error: `-D {d}`: `{value}` is not an integer, a float, `true` or `false`")
+            format!("error: `-D {d}`: `{value}` is not an integer, a float, `true`, `false` or an element type (f32, bf16, f16, i32, i64, bool)")
         })?;
         out.insert(name.trim().to_string(), v);
     }

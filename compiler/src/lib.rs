@@ -51,12 +51,16 @@ pub fn compile_to_ir(src: &Source, defines: &Defines) -> Result<Vec<ir::Kernel>,
     Ok(kernels)
 }
 
-/// Parses a `-D` value: `true`/`false`, an integer, or a float.
+/// Parses a `-D` value: `true`/`false`, an integer, a float, or an element type name (`f32`,
+/// `bf16`, `f16`, `i32`, `i64`, `bool`) for a type parameter.
 pub fn parse_define_value(text: &str) -> Option<ConstValue> {
     match text {
         "true" => return Some(ConstValue::Bool(true)),
         "false" => return Some(ConstValue::Bool(false)),
         _ => {}
+    }
+    if let Some(d) = DType::from_name(text) {
+        return Some(ConstValue::DType(d));
     }
     if let Ok(i) = text.replace('_', "").parse::<i64>() {
         return Some(ConstValue::Int(i));

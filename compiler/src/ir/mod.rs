@@ -169,6 +169,15 @@ pub enum ConstValue {
     Int(i64),
     Float(f64),
     Bool(bool),
+    /// An element type, the value of a type parameter (`<T: type = bf16>`). It specialises a
+    /// kernel but never appears as an operand: the checker substitutes it where `T` is written.
+    DType(DType),
+}
+
+impl From<DType> for ConstValue {
+    fn from(d: DType) -> ConstValue {
+        ConstValue::DType(d)
+    }
 }
 
 impl From<i32> for ConstValue {
@@ -219,6 +228,7 @@ impl fmt::Display for ConstValue {
                 }
             }
             ConstValue::Bool(v) => write!(f, "{v}"),
+            ConstValue::DType(d) => write!(f, "{d}"),
         }
     }
 }

@@ -403,6 +403,7 @@ fn parse_const(s: &str) -> Option<ConstValue> {
     match s.trim() {
         "true" => Some(ConstValue::Bool(true)),
         "false" => Some(ConstValue::Bool(false)),
+        t if DType::from_name(t).is_some() => DType::from_name(t).map(ConstValue::DType),
         t if t.contains(['.', 'e', 'n', 'i', 'N']) => t.parse().ok().map(ConstValue::Float),
         t => t.parse().ok().map(ConstValue::Int),
     }

@@ -2,10 +2,11 @@
 
 use super::checker::{shape_text, Checker, R};
 use super::rules::{broadcasts_to, is_pow2, too_many_elems, MAX_TILE_ELEMS};
+use super::type_params::ResolvedType;
 use super::value::{Const, Val};
 use crate::diag::Diagnostic;
 use crate::ir::{BinaryOp, ConstValue, Elem, Op, ReduceOp, Type, UnaryOp, Value};
-use crate::syntax::ast::{Arg, BinOp, Ident, Span, TypeExprKind};
+use crate::syntax::ast::{Arg, BinOp, Ident, Span};
 use crate::types::DType;
 
 /// The arguments of one call, checked, with their spans.
@@ -810,7 +811,7 @@ impl Checker<'_> {
         for (p, (v, s)) in f.params.iter().zip(args) {
             let v = match &p.ty {
                 Some(t) => {
-                    let TypeExprKind::Scalar(d) = t.kind else {
+                    let ResolvedType::Scalar(d) = self.resolve_type(t)? else {
                         return Err(Diagnostic::new(
                             t.span,
                             "helper parameters may only constrain the element type",

@@ -25,6 +25,8 @@ pub struct Checker<'m> {
     pub scopes: Vec<HashMap<String, Binding>>,
     /// Helpers being inlined, outermost first (to reject recursion).
     pub call_stack: Vec<String>,
+    /// Where a type parameter's name was read as an expression, to explain errors there.
+    pub type_param_uses: Vec<(Span, String)>,
 }
 
 impl<'m> Checker<'m> {
@@ -34,6 +36,7 @@ impl<'m> Checker<'m> {
             b,
             scopes: vec![HashMap::new()],
             call_stack: vec![],
+            type_param_uses: vec![],
         }
     }
 

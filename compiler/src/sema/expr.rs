@@ -3,10 +3,11 @@
 use super::checker::{shape_text, Checker, R};
 use super::fold::{fold_binary, fold_unary, weak_joins};
 use super::rules::promote;
+use super::type_params::ResolvedType;
 use super::value::{Const, Val};
 use crate::diag::Diagnostic;
 use crate::ir::{BinaryOp, CmpPred, Elem, Op, Type, UnaryOp};
-use crate::syntax::ast::{BinOp, Expr, ExprKind, IndexItem, Span, TypeExprKind, UnOp};
+use crate::syntax::ast::{BinOp, Expr, ExprKind, IndexItem, Span, UnOp};
 use crate::types::DType;
 
 impl Checker<'_> {
@@ -32,7 +33,7 @@ impl Checker<'_> {
             }
             ExprKind::Cast { value, ty } => {
                 let v = self.check_expr(value)?;
-                let TypeExprKind::Scalar(d) = ty.kind else {
+                let ResolvedType::Scalar(d) = self.resolve_type(ty)? else {
                     return Err(Diagnostic::new(ty.span, "cannot cast to a pointer type"));
                 };
                 self.cast(v, d, value.span)
@@ -54,7 +55,11 @@ impl Checker<'_> {
 
     fn name(&mut self, n: &str, span: Span) -> R<Val> {
         if let Some(b) = self.lookup(n) {
-            return Ok(b.val.clone());
+            let val = b.val.clone();
+            if matches!(val, Val::DType(_)) {
+                self.type_param_uses.push((span, n.to_string()));
+            }
+            return Ok(val);
         }
         if n == "inf" {
             return Ok(Val::Const(Const::weak_float(f64::INFINITY)));

@@ -139,6 +139,7 @@ pub fn fold_unary(op: UnOp, a: Const) -> Result<Const, String> {
         (UnOp::Not, ConstValue::Int(i)) => ConstValue::Int(!i),
         (UnOp::Neg, ConstValue::Bool(_)) => return Err("cannot negate a `bool`".into()),
         (UnOp::Not, ConstValue::Float(_)) => return Err("`!` does not apply to floats".into()),
+        (_, ConstValue::DType(t)) => return Err(format!("the type `{t}` is not a value")),
     };
     Ok(Const { value, ..a })
 }

@@ -1,6 +1,7 @@
 //! One kernel: its compile-time constants, its parameters, its body.
 
 use super::checker::{Checker, R};
+use super::type_params::{type_param, ResolvedType};
 use super::value::{Const, Val};
 use crate::diag::Diagnostic;
 use crate::ir::{verify, Builder, ConstValue, Kernel, ParamKind};
@@ -32,14 +33,20 @@ pub fn check_kernel(module: &Module, k: &ast::Kernel, defines: &Defines) -> R<Ke
     };
     for cp in &k.consts {
         taken(&cp.name)?;
+        if cp.ty.kind == TypeExprKind::Type {
+            let d = type_param(&mut c, cp, defines, &k.name.name)?;
+            c.b.add_const(&cp.name.name, ConstValue::DType(d));
+            c.bind(&cp.name.name, Val::DType(d), false);
+            continue;
+        }
         let value = const_param(&mut c, cp, defines, &k.name.name)?;
         c.b.add_const(&cp.name.name, value.value);
         c.bind(&cp.name.name, Val::Const(value), false);
     }
     for p in &k.params {
         taken(&p.name)?;
-        let kind = match p.ty.kind {
-            TypeExprKind::Ptr {
+        let kind = match c.resolve_type(&p.ty)? {
+            ResolvedType::Ptr {
                 pointee: DType::Bool,
                 ..
             } => {
@@ -48,11 +55,11 @@ pub fn check_kernel(module: &Module, k: &ast::Kernel, defines: &Defines) -> R<Ke
                     "pointers to `bool` are not supported; use `*i32` or a byte mask",
                 ))
             }
-            TypeExprKind::Ptr { pointee, mutable } => ParamKind::Ptr { pointee, mutable },
-            TypeExprKind::Scalar(d @ (DType::I32 | DType::I64 | DType::F32)) => {
+            ResolvedType::Ptr { pointee, mutable } => ParamKind::Ptr { pointee, mutable },
+            ResolvedType::Scalar(d @ (DType::I32 | DType::I64 | DType::F32)) => {
                 ParamKind::Scalar(d)
             }
-            TypeExprKind::Scalar(d) => {
+            ResolvedType::Scalar(d) => {
                 return Err(Diagnostic::new(
                     p.ty.span,
                     format!("scalar parameters must be `i32`, `i64` or `f32`, found `{d}`"),
@@ -71,7 +78,8 @@ pub fn check_kernel(module: &Module, k: &ast::Kernel, defines: &Defines) -> R<Ke
             false,
         );
     }
-    c.check_block_unit(&k.body)?;
+    c.check_block_unit(&k.body)
+        .map_err(|d| c.explain_type_param_misuse(d))?;
     let kernel = c.b.finish();
     if let Err(e) = verify(&kernel) {
         return Err(Diagnostic::new(
@@ -117,6 +125,13 @@ fn const_param(c: &mut Checker, cp: &ast::ConstParam, defines: &Defines, kernel:
             ))
         }
     };
+    if let ConstValue::DType(t) = given {
+        return Err(Diagnostic::new(
+            cp.name.span,
+            format!("`{name}` is `{d}`, but the value given is the type `{t}`"),
+        )
+        .with_note("only a type parameter, declared `NAME: type`, takes an element type"));
+    }
     let fits = match (given, d) {
         (ConstValue::Int(v), DType::I32) => i32::try_from(v).is_ok(),
         (ConstValue::Int(_), DType::I64 | DType::F32) => true,

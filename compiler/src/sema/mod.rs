@@ -12,6 +12,7 @@ pub mod fold;
 mod kernel;
 pub mod rules;
 mod stmt;
+mod type_params;
 pub mod value;
 
 use crate::diag::Diagnostic;

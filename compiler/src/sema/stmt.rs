@@ -152,7 +152,7 @@ impl Checker<'_> {
         t: &crate::syntax::ast::TypeExpr,
         span: crate::syntax::ast::Span,
     ) -> R<Val> {
-        let crate::syntax::ast::TypeExprKind::Scalar(d) = t.kind else {
+        let super::type_params::ResolvedType::Scalar(d) = self.resolve_type(t)? else {
             return Err(Diagnostic::new(
                 t.span,
                 "a `let` may only annotate an element type",

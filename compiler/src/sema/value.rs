@@ -54,11 +54,7 @@ impl Const {
     }
 
     pub fn as_f64(&self) -> f64 {
-        match self.value {
-            ConstValue::Int(i) => i as f64,
-            ConstValue::Float(f) => f,
-            ConstValue::Bool(b) => b as i64 as f64,
-        }
+        numeric(self.value)
     }
 
     pub fn as_i64(&self) -> Option<i64> {
@@ -71,30 +67,31 @@ impl Const {
     /// The value converted to `dtype` with the language's cast rules; `weak` is cleared.
     pub fn cast(&self, dtype: DType) -> Const {
         let value = match (self.value, dtype) {
-            (v, DType::Bool) => ConstValue::Bool(match v {
-                ConstValue::Bool(b) => b,
-                ConstValue::Int(i) => i != 0,
-                ConstValue::Float(f) => f != 0.0,
-            }),
+            // Type parameters are bound as `Val::DType`, never as constants.
+            (v @ ConstValue::DType(_), _) => v,
+            (v, DType::Bool) => ConstValue::Bool(numeric(v) != 0.0),
             (ConstValue::Float(f), DType::I32) => ConstValue::Int(f as i32 as i64),
             (ConstValue::Float(f), DType::I64) => ConstValue::Int(f as i64),
             (ConstValue::Int(i), DType::I32) => ConstValue::Int(i as i32 as i64),
             (ConstValue::Int(i), DType::I64) => ConstValue::Int(i),
             (ConstValue::Bool(b), d) if d.is_int() => ConstValue::Int(b as i64),
-            (v, d) => ConstValue::Float(round_float(
-                match v {
-                    ConstValue::Int(i) => i as f64,
-                    ConstValue::Float(f) => f,
-                    ConstValue::Bool(b) => b as i64 as f64,
-                },
-                d,
-            )),
+            (v, d) => ConstValue::Float(round_float(numeric(v), d)),
         };
         Const {
             value,
             dtype,
             weak: false,
         }
+    }
+}
+
+/// A numeric constant as an f64 (a type, which has no number, reads as NaN).
+fn numeric(v: ConstValue) -> f64 {
+    match v {
+        ConstValue::Int(i) => i as f64,
+        ConstValue::Float(f) => f,
+        ConstValue::Bool(b) => b as i64 as f64,
+        ConstValue::DType(_) => f64::NAN,
     }
 }
 

@@ -58,7 +58,8 @@ pub struct Kernel {
     pub span: Span,
 }
 
-/// A compile-time parameter: `BLOCK: i32 = 1024`. The default is optional.
+/// A compile-time parameter: `BLOCK: i32 = 1024`, or a type parameter `T: type = bf16` (its
+/// `ty` is [`TypeExprKind::Type`]). The default is optional.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConstParam {
     pub name: Ident,
@@ -92,17 +93,28 @@ pub struct FnParam {
     pub span: Span,
 }
 
-/// A type written in the source: `f32`, `*bf16`, `*mut f32`.
+/// A type written in the source: `f32`, `*bf16`, `*mut f32`, `*T`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TypeExpr {
     pub kind: TypeExprKind,
     pub span: Span,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum TypeExprKind {
     Scalar(DType),
-    Ptr { pointee: DType, mutable: bool },
+    Ptr {
+        pointee: DType,
+        mutable: bool,
+    },
+    /// A type parameter of the enclosing kernel: `T`, or with `ptr` a pointer to it, `*T`
+    /// (`Some(false)`) or `*mut T` (`Some(true)`). The checker substitutes the element type.
+    Param {
+        name: String,
+        ptr: Option<bool>,
+    },
+    /// `type`, the kind of a type parameter: `<T: type = bf16>`. Only in a constant's header.
+    Type,
 }
 
 /// `{ stmt; stmt; tail }`. The optional tail expression is the block's value (used by helpers).

@@ -14,18 +14,41 @@ use crate::diag::{Diagnostic, Source};
 use crate::types::DType;
 use nom::bytes::complete::{take_while, take_while1};
 use nom::{Input, Parser};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 /// How deeply expressions and blocks may nest before the parser refuses (the stack is finite).
 const MAX_DEPTH: u32 = 200;
 
 thread_local! {
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// The type parameters of the kernel being parsed: names that may stand where a type does.
+    static TYPE_PARAMS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Makes `names` usable as types until the guard drops (the end of the kernel's body).
+struct TypeParamScope;
+
+impl TypeParamScope {
+    fn enter(names: Vec<String>) -> TypeParamScope {
+        TYPE_PARAMS.with(|t| *t.borrow_mut() = names);
+        TypeParamScope
+    }
+}
+
+impl Drop for TypeParamScope {
+    fn drop(&mut self) {
+        TYPE_PARAMS.with(|t| t.borrow_mut().clear());
+    }
+}
+
+fn is_type_param(name: &str) -> bool {
+    TYPE_PARAMS.with(|t| t.borrow().iter().any(|n| n == name))
 }
 
 /// Parses a whole source file.
 pub fn parse_module(text: &str) -> Result<Module, Diagnostic> {
     DEPTH.with(|d| d.set(0));
+    let _no_type_params = TypeParamScope::enter(vec![]);
     let input = In::new(text);
     match module(input) {
         Ok((_, m)) => Ok(m),
@@ -185,6 +208,12 @@ fn kernel_rest(i: In, start: usize) -> PResult<Item> {
         }
         Err(_) => (i, vec![]),
     };
+    let type_params = consts
+        .iter()
+        .filter(|c: &&ConstParam| c.ty.kind == TypeExprKind::Type)
+        .map(|c| c.name.name.clone())
+        .collect();
+    let _scope = TypeParamScope::enter(type_params);
     let (i, _) = sym("(")(i)?;
     let (i, params) = comma_list(i, param, ")")?;
     let (i, body) = block(i)?;
@@ -255,7 +284,10 @@ fn add_expected(e: nom::Err<PError>, what: Expected) -> nom::Err<PError> {
 fn const_param(i: In) -> PResult<ConstParam> {
     let (i, (ns, name)) = named(i, "a constant name")?;
     let (i, _) = sym(":")(i)?;
-    let (i, ty) = type_expr(i)?;
+    let (i, ty) = match kw_type(i) {
+        Ok(r) => r,
+        Err(_) => type_expr(i)?,
+    };
     let (i, default) = match sym("=")(i) {
         Ok((i, _)) => {
             let (i, e) = const_default(i)?;
@@ -282,6 +314,22 @@ fn const_param(i: In) -> PResult<ConstParam> {
             name: id(ns, name),
             ty,
             default,
+            span,
+        },
+    ))
+}
+
+/// `type`, the kind of a type parameter. Not a keyword: only a constant's header reads it.
+fn kw_type(i: In) -> PResult<TypeExpr> {
+    let (i, (start, w)) = word(i)?;
+    if w != "type" {
+        return backtrack(start, Expected::What("a type"));
+    }
+    let span = span_from(start, &i);
+    Ok((
+        i,
+        TypeExpr {
+            kind: TypeExprKind::Type,
             span,
         },
     ))
@@ -401,6 +449,14 @@ fn type_expr(i: In) -> PResult<TypeExpr> {
         })
     })?;
     let Some(d) = DType::from_name(w) else {
+        if is_type_param(w) {
+            let kind = TypeExprKind::Param {
+                name: w.to_string(),
+                ptr,
+            };
+            let span = span_from(start, &i);
+            return Ok((i, TypeExpr { kind, span }));
+        }
         let names: Vec<&str> = DType::ALL.iter().map(|d| d.name()).collect();
         return fatal(PError::message(
             ws_start,

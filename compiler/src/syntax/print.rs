@@ -40,16 +40,16 @@ pub fn print_module(m: &Module) -> String {
 }
 
 fn ty(t: &TypeExpr) -> String {
-    match t.kind {
+    let ptr = |mutable: bool| if mutable { "*mut " } else { "*" };
+    match &t.kind {
         TypeExprKind::Scalar(d) => d.to_string(),
-        TypeExprKind::Ptr {
-            pointee,
-            mutable: true,
-        } => format!("*mut {pointee}"),
-        TypeExprKind::Ptr {
-            pointee,
-            mutable: false,
-        } => format!("*{pointee}"),
+        TypeExprKind::Ptr { pointee, mutable } => format!("{}{pointee}", ptr(*mutable)),
+        TypeExprKind::Param { name, ptr: None } => name.clone(),
+        TypeExprKind::Param {
+            name,
+            ptr: Some(mutable),
+        } => format!("{}{name}", ptr(*mutable)),
+        TypeExprKind::Type => "type".into(),
     }
 }
 

@@ -5,6 +5,7 @@ mod docs;
 mod errors;
 mod fuzz;
 mod fuzz_valid;
+mod generic;
 mod kernels;
 #[cfg(feature = "nvptx")]
 mod nvptx;

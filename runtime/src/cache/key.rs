@@ -176,7 +176,7 @@ impl std::hash::Hash for CacheKey {
 
 impl CacheKey {
     /// Version of the key and entry formats; bump when either changes meaning.
-    pub const FORMAT: u32 = 4;
+    pub const FORMAT: u32 = 5;
 
     /// The key of `spec` compiled by `backend` for `target` (`"sm_90"`, `"x86_64"`, ...).
     ///
@@ -222,6 +222,7 @@ impl CacheKey {
                 ConstValue::Int(v) => format!("int {v}"),
                 ConstValue::Float(v) => format!("float {:#018x}", v.to_bits()),
                 ConstValue::Bool(v) => format!("bool {v}"),
+                ConstValue::DType(d) => format!("type {d}"),
             };
             let _ = writeln!(text, "define {name:?} {value}");
         }

@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 
-use kiln_compiler::{ConstValue, Defines, Source};
+use kiln_compiler::{ConstValue, DType, Defines, Source};
 use kiln_runtime::cache::Backend;
 use kiln_runtime::{Args, BoundsChecks, CacheKey, Device, KernelCache, KernelSpec, Specialization};
 
@@ -106,6 +106,25 @@ fn key_changes_with_every_input() {
         ),
         CacheKey::new(
             &base.clone().define("BLOCK", 64),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        // Type parameters: each element type, and a type against a number of the same name.
+        CacheKey::new(
+            &base.clone().define("T", DType::F32),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().define("T", DType::Bf16),
+            Backend::Nvptx,
+            "sm_90",
+            &none,
+        ),
+        CacheKey::new(
+            &base.clone().define("BLOCK", DType::I32),
             Backend::Nvptx,
             "sm_90",
             &none,

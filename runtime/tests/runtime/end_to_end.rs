@@ -64,6 +64,81 @@ fn end_to_end_cpu() {
     scale_twice(&Device::cpu(), &KernelCache::in_memory());
 }
 
+/// One kernel source, generic over its element type, launched as f32 and as bf16: two
+/// specialisations, two cache entries, each reading and writing its own element type.
+#[test]
+fn a_type_parameter_is_defined_per_launch() {
+    const AXPY: &str = "
+kernel axpy<T: type = bf16, BLOCK: i32 = 64>(x: *T, y: *mut T, n: i32, a: f32) {
+    let offs = program_id(0) * BLOCK + range(BLOCK);
+    let m = offs < n;
+    let acc = load(x + offs, mask: m, other: 0.0) as f32 * a + load(y + offs, mask: m, other: 0.0) as f32;
+    store(y + offs, acc as T, mask: m);
+}
+";
+    let device = Device::cpu();
+    let cache = KernelCache::in_memory();
+    let src = Source::new("axpy.kiln", AXPY);
+    let n = 100usize;
+    let x: Vec<f32> = (0..n).map(|i| (i as f32 - 40.0) * 0.37).collect();
+    let y: Vec<f32> = (0..n).map(|i| 1.0 + i as f32 * 0.01).collect();
+    let want: Vec<f64> = x
+        .iter()
+        .zip(&y)
+        .map(|(x, y)| f64::from(*x) * 1.5 + f64::from(*y))
+        .collect();
+
+    let spec = KernelSpec::new(&src, "axpy").define("T", DType::F32);
+    let xb = device.upload(&x).unwrap();
+    let mut yb = device.upload(&y).unwrap();
+    let args = Args::new()
+        .input("x", &xb)
+        .output("y", &mut yb)
+        .i32("n", n as i32)
+        .f32("a", 1.5);
+    cache.launch(&device, &spec, [2, 1, 1], &args).unwrap();
+    drop(args);
+    let got = yb.download::<f32>().unwrap();
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (f64::from(*g) - w).abs() <= 1e-6 * w.abs(),
+            "f32: {g} vs {w}"
+        );
+    }
+
+    // The default (bf16) refuses f32 buffers, and runs on bf16 ones.
+    let spec = KernelSpec::new(&src, "axpy");
+    let args = Args::new()
+        .input("x", &xb)
+        .output("y", &mut yb)
+        .i32("n", n as i32)
+        .f32("a", 1.5);
+    assert!(cache.launch(&device, &spec, [2, 1, 1], &args).is_err());
+    drop(args);
+    let to_bf16 = |v: &[f32]| {
+        v.iter()
+            .map(|v| half::bf16::from_f32(*v))
+            .collect::<Vec<_>>()
+    };
+    let (xh, yh) = (to_bf16(&x), to_bf16(&y));
+    let xb = device.upload(&xh).unwrap();
+    let mut yb = device.upload(&yh).unwrap();
+    let args = Args::new()
+        .input("x", &xb)
+        .output("y", &mut yb)
+        .i32("n", n as i32)
+        .f32("a", 1.5);
+    cache.launch(&device, &spec, [2, 1, 1], &args).unwrap();
+    drop(args);
+    let got = yb.download::<half::bf16>().unwrap();
+    for i in 0..n {
+        let w = xh[i].to_f64() * 1.5 + yh[i].to_f64();
+        let g = got[i].to_f64();
+        assert!((g - w).abs() <= 4e-3 * w.abs(), "bf16: {g} vs {w}");
+    }
+    assert_eq!(cache.stats().misses, 2);
+}
+
 #[test]
 fn end_to_end_gpu_and_warm_start_from_disk() {
     let Some(gpu) = cuda_or_skip("end_to_end_gpu_and_warm_start_from_disk") else {

@@ -476,6 +476,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         let d = e.dtype().ok_or("pointer constant")?;
         let ins = self.b.ins();
         Ok(match (d, c) {
+            (_, ConstValue::DType(t)) => return Err(format!("the type `{t}` used as a constant")),
             (DType::Bool, c) => ins.iconst(
                 types::I8,
                 i64::from(
@@ -492,6 +493,9 @@ impl<'a, 'f> Lowerer<'a, 'f> {
                     ConstValue::Int(i) => i as f32,
                     ConstValue::Float(f) => f as f32,
                     ConstValue::Bool(b) => f32::from(u8::from(b)),
+                    ConstValue::DType(t) => {
+                        return Err(format!("the type `{t}` used as a constant"))
+                    }
                 };
                 let f = ins.f32const(f);
                 self.narrow_f32(d, f)
