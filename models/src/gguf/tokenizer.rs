@@ -7,7 +7,8 @@
 //!   llama.cpp applies for that name).
 //! - `llama`: SentencePiece vocabularies (tokens with `▁` for spaces, scores, `<0xNN>` byte
 //!   tokens) as a BPE model with byte fallback, the way Hugging Face's `LlamaTokenizerFast`
-//!   has them; merges come from the file or are derived from the vocabulary and scores.
+//!   has them (a Metaspace pre-tokenizer); merges come from the file or are derived from the
+//!   vocabulary and scores.
 //!
 //! Tokens typed control (3) become special added tokens, user-defined (4) plain added tokens.
 
@@ -284,9 +285,10 @@ fn byte_level(md: &Metadata, tokens: &[&str]) -> Result<Value> {
     }))
 }
 
-/// Merges for a SentencePiece vocabulary without any: every split of every token into two
-/// tokens of the vocabulary, best first by the merged token's score, ties by the ids of the
-/// left then the right part (the order Hugging Face derives them in).
+/// Merges for a SentencePiece vocabulary without any, in the order Hugging Face derives them:
+/// every split of every token into two tokens of the vocabulary (the splits of one token by
+/// the ids of their parts), then best first by the merged token's score, ties by the longer
+/// left part, then the longer right part (a stable sort).
 fn derive_merges(md: &Metadata, tokens: &[&str]) -> Result<Vec<Value>> {
     let key = "tokenizer.ggml.scores";
     let scores = md.get_f64_array(key)?.ok_or_else(|| {
@@ -301,28 +303,30 @@ fn derive_merges(md: &Metadata, tokens: &[&str]) -> Result<Vec<Value>> {
             format!("{} scores for {} tokens", scores.len(), tokens.len()),
         ));
     }
-    let ids: HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .rev()
-        .map(|(i, &t)| (t, i))
-        .collect();
-    let mut found: Vec<(f64, usize, usize, usize)> = vec![];
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for (i, &t) in tokens.iter().enumerate() {
+        ids.entry(t).or_insert(i);
+    }
+    // (score, left chars, right chars, left id, right id)
+    let mut found: Vec<(f64, usize, usize, usize, usize)> = vec![];
     for (merged, &token) in tokens.iter().enumerate() {
         if ids.get(token) != Some(&merged) {
             continue;
         }
-        for (split, _) in token.char_indices().skip(1) {
+        let start = found.len();
+        for (n_left, (split, _)) in token.char_indices().enumerate().skip(1) {
             let (a, b) = token.split_at(split);
             if let (Some(&ia), Some(&ib)) = (ids.get(a), ids.get(b)) {
-                found.push((scores[merged], merged, ia, ib));
+                let n_right = token.chars().count() - n_left;
+                found.push((scores[merged], n_left, n_right, ia, ib));
             }
         }
+        found[start..].sort_by_key(|m| (m.3, m.4));
     }
-    found.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.2.cmp(&y.2)).then(x.3.cmp(&y.3)));
+    found.sort_by(|x, y| y.0.total_cmp(&x.0).then(y.1.cmp(&x.1)).then(y.2.cmp(&x.2)));
     Ok(found
         .into_iter()
-        .map(|(_, _, a, b)| json!([tokens[a], tokens[b]]))
+        .map(|m| json!([tokens[m.3], tokens[m.4]]))
         .collect())
 }
 
@@ -331,14 +335,15 @@ fn sentencepiece(md: &Metadata, tokens: &[&str], unk: Option<usize>) -> Result<V
         Some(m) => m,
         None => derive_merges(md, tokens)?,
     };
+    // Hugging Face's Metaspace: spaces become `▁`, and one is prepended to the text (not after
+    // each special token, as llama.cpp does) when the vocabulary wants a space prefix.
     let add_space_prefix = md
         .get_bool("tokenizer.ggml.add_space_prefix")?
         .unwrap_or(true);
-    let mut normalizers = vec![];
-    if add_space_prefix {
-        normalizers.push(json!({ "type": "Prepend", "prepend": "▁" }));
-    }
-    normalizers.push(json!({ "type": "Replace", "pattern": { "String": " " }, "content": "▁" }));
+    let pre_tokenizer = json!({
+        "type": "Metaspace", "replacement": "▁",
+        "prepend_scheme": if add_space_prefix { "first" } else { "never" }, "split": false,
+    });
     let mut decoders = vec![
         json!({ "type": "Replace", "pattern": { "String": "▁" }, "content": " " }),
         json!({ "type": "ByteFallback" }),
@@ -352,8 +357,8 @@ fn sentencepiece(md: &Metadata, tokens: &[&str], unk: Option<usize>) -> Result<V
         "truncation": null,
         "padding": null,
         "added_tokens": [],
-        "normalizer": { "type": "Sequence", "normalizers": normalizers },
-        "pre_tokenizer": null,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": { "type": "Sequence", "decoders": decoders },
         "model": {

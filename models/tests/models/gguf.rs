@@ -457,8 +457,9 @@ fn read_json(path: &Path) -> serde_json::Value {
 }
 
 /// Encodes each fixture string with the imported tokenizer.json and compares with the ids
-/// transformers' GGUF tokenizer gave (no special tokens added).
-fn check_token_ids(tokenizer_json: &Path, expected: &serde_json::Value) {
+/// transformers' GGUF tokenizer gave (no special tokens added). `roundtrip`: decoding gives the
+/// text back (byte-level vocabularies; SentencePiece drops a leading space).
+fn check_token_ids(tokenizer_json: &Path, expected: &serde_json::Value, roundtrip: bool) {
     let tok = tokenizers::Tokenizer::from_file(tokenizer_json).unwrap();
     let cases = expected["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
@@ -472,7 +473,7 @@ fn check_token_ids(tokenizer_json: &Path, expected: &serde_json::Value) {
             .collect();
         let got = tok.encode(text, false).unwrap();
         assert_eq!(got.get_ids(), want.as_slice(), "{text:?}");
-        if !text.is_empty() {
+        if roundtrip {
             let decoded = tok.decode(&want, false).unwrap();
             assert_eq!(decoded, text, "decoding {text:?}");
         }
@@ -569,7 +570,7 @@ fn tiny_configs_and_tokenizer_files_describe_the_model() {
         );
 
         let expected = json(&format!("tiny-{arch}.tokens.json"));
-        check_token_ids(&out.join("tokenizer.json"), &expected);
+        check_token_ids(&out.join("tokenizer.json"), &expected, true);
         // the special tokens are whole tokens
         let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
         let ids = tok.encode("<|im_start|>hi<|im_end|>", false).unwrap();
@@ -783,5 +784,44 @@ fn smollm2_dequantizes_bit_for_bit_and_imports() {
     let weights = read_safetensors(&out.join("model.safetensors"));
     assert_eq!(weights.len(), 272);
     assert!(weights.iter().all(|t| t.0 != "lm_head.weight"));
-    check_token_ids(&out.join("tokenizer.json"), &json("smollm2_tokens.json"));
+    check_token_ids(
+        &out.join("tokenizer.json"),
+        &json("smollm2_tokens.json"),
+        true,
+    );
+}
+
+#[test]
+fn a_sentencepiece_vocabulary_imports_with_byte_fallback_and_derived_merges() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("spm");
+    let report = gguf::import(fixture("tiny-spm.gguf"), &out).unwrap();
+    assert_eq!(report.tokenizer, ("llama".to_string(), 400));
+    let tj = read_json(&out.join("tokenizer.json"));
+    assert_eq!(tj["model"]["byte_fallback"], true);
+    assert!(!tj["model"]["merges"].as_array().unwrap().is_empty());
+    check_token_ids(
+        &out.join("tokenizer.json"),
+        &json("tiny-spm.tokens.json"),
+        false,
+    );
+    let tc = read_json(&out.join("tokenizer_config.json"));
+    assert_eq!(
+        tc["add_bos_token"], true,
+        "llama.cpp's default for SentencePiece"
+    );
+    assert_eq!(tc["bos_token"], "<s>");
+    // with special tokens, BOS comes first
+    let tok = tokenizers::Tokenizer::from_file(out.join("tokenizer.json")).unwrap();
+    assert_eq!(tok.encode("hi", true).unwrap().get_ids()[0], 1);
+    // a character outside the vocabulary falls back to its bytes
+    let ids = tok.encode("Ж", false).unwrap();
+    let pieces: Vec<&str> = ids
+        .get_ids()
+        .iter()
+        .map(|&i| tok.id_to_token(i).unwrap())
+        .map(|s| Box::leak(s.into_boxed_str()) as &str)
+        .collect();
+    assert!(pieces.iter().any(|p| p.starts_with("<0x")), "{pieces:?}");
+    assert_eq!(tok.decode(ids.get_ids(), false).unwrap(), "Ж");
 }
