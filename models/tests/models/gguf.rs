@@ -480,6 +480,14 @@ fn check_token_ids(tokenizer_json: &Path, expected: &serde_json::Value, roundtri
     }
 }
 
+/// The imported folder is what the crate's own loaders accept: the config reads, and the
+/// safetensors hold exactly the parameters that config implies.
+fn check_loads(out: &Path) {
+    let config = kiln_models::ModelConfig::load(out).unwrap();
+    let weights = kiln_models::weights::SafeTensors::open(out.join("model.safetensors")).unwrap();
+    weights.check(&config.parameters()).unwrap();
+}
+
 fn import_tiny(arch: &str) -> (tempfile::TempDir, PathBuf, gguf::ImportReport) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("model");
@@ -499,6 +507,7 @@ fn tiny_llama_and_qwen2_import_to_the_expected_hugging_face_tensors() {
         };
         assert_eq!(names(&got), names(&want), "{arch}: tensor names");
         assert_eq!(report.tensors, want.len());
+        check_loads(&out);
         for ((name, shape, values), (_, want_shape, want_values)) in got.iter().zip(&want) {
             assert_eq!(shape, want_shape, "{arch}: {name}");
             assert_bits_eq(&format!("{arch}: {name}"), values, want_values);
@@ -784,6 +793,7 @@ fn smollm2_dequantizes_bit_for_bit_and_imports() {
     let weights = read_safetensors(&out.join("model.safetensors"));
     assert_eq!(weights.len(), 272);
     assert!(weights.iter().all(|t| t.0 != "lm_head.weight"));
+    check_loads(&out);
     check_token_ids(
         &out.join("tokenizer.json"),
         &json("smollm2_tokens.json"),
@@ -797,6 +807,7 @@ fn a_sentencepiece_vocabulary_imports_with_byte_fallback_and_derived_merges() {
     let out = dir.path().join("spm");
     let report = gguf::import(fixture("tiny-spm.gguf"), &out).unwrap();
     assert_eq!(report.tokenizer, ("llama".to_string(), 400));
+    check_loads(&out);
     let tj = read_json(&out.join("tokenizer.json"));
     assert_eq!(tj["model"]["byte_fallback"], true);
     assert!(!tj["model"]["merges"].as_array().unwrap().is_empty());
@@ -824,4 +835,69 @@ fn a_sentencepiece_vocabulary_imports_with_byte_fallback_and_derived_merges() {
         .collect();
     assert!(pieces.iter().any(|p| p.starts_with("<0x")), "{pieces:?}");
     assert_eq!(tok.decode(ids.get_ids(), false).unwrap(), "Ж");
+}
+
+/// `fixture`'s bytes with every `from` replaced by `to` (same length), opened.
+fn patched(fixture_name: &str, from: &[u8], to: &[u8]) -> (tempfile::TempDir, PathBuf) {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = std::fs::read(fixture(fixture_name)).unwrap();
+    let mut hits = 0;
+    for i in 0..bytes.len() - from.len() {
+        if &bytes[i..i + from.len()] == from {
+            bytes[i..i + from.len()].copy_from_slice(to);
+            hits += 1;
+        }
+    }
+    assert!(hits > 0, "{from:?} not in {fixture_name}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(fixture_name);
+    std::fs::write(&path, bytes).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn unsupported_tokenizers_and_architectures_say_what_is_supported() {
+    // (fixture, bytes replaced, replacement, what the error names)
+    type Case = (
+        &'static str,
+        &'static [u8],
+        &'static [u8],
+        &'static [&'static str],
+    );
+    let cases: [Case; 4] = [
+        (
+            "tiny-llama.gguf",
+            b"llama-bpe",
+            b"falcon-xx",
+            &["tokenizer.ggml.pre", "falcon-xx", "smollm"],
+        ),
+        (
+            "tiny-llama.gguf",
+            b"gpt2",
+            b"bert",
+            &["tokenizer.ggml.model", "bert", "gpt2 and llama"],
+        ),
+        (
+            "tiny-qwen2.gguf",
+            b"qwen2",
+            b"gemma",
+            &["general.architecture", "gemma", "llama and qwen2"],
+        ),
+        (
+            "tiny-llama.gguf",
+            b"blk.1.ffn_up",
+            b"blk.1.ffn_xx",
+            &["blk.1.ffn_xx.weight", "LlamaForCausalLM"],
+        ),
+    ];
+    for (name, from, to, needles) in cases {
+        let (dir, path) = patched(name, from, to);
+        let e = gguf::import(&path, dir.path().join("out")).unwrap_err();
+        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        let e = e.to_string();
+        for needle in needles.iter().chain([&name]) {
+            assert!(e.contains(needle), "{e} lacks {needle}");
+        }
+        assert!(!dir.path().join("out").exists());
+    }
 }
