@@ -14,3 +14,5 @@ pub mod weights;
 pub use config::ModelConfig;
 pub use error::{Error, Result};
 pub use host::HostTensor;
+pub use tokenizer::{ChatMessage, Tokenizer};
+pub use weights::SafeTensors;
