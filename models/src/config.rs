@@ -62,9 +62,13 @@ impl Architecture {
 /// high ones kept, with a smooth ramp between the two wavelength bounds.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Llama3RopeScaling {
+    /// How much low frequencies are divided by.
     pub factor: f64,
+    /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
     pub low_freq_factor: f64,
+    /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
     pub high_freq_factor: f64,
+    /// The context length the model was first trained for.
     pub original_max_position_embeddings: usize,
 }
 

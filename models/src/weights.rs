@@ -48,7 +48,9 @@ struct Entry {
 pub struct TensorInfo<'a> {
     /// The file that holds it.
     pub file: &'a Path,
+    /// The dtype of its data in the file.
     pub dtype: Dtype,
+    /// Its shape, outermost first.
     pub shape: &'a [usize],
 }
 

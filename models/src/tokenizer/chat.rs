@@ -21,6 +21,7 @@ const NAME: &str = "chat_template";
 pub struct ChatMessage {
     /// `system`, `user`, `assistant`, or whatever roles the template knows.
     pub role: String,
+    /// The message's text.
     pub content: String,
 }
 

@@ -296,6 +296,14 @@ fn incremental_decoding_of_random_tokens() {
     }
 }
 
+/// A tokenizer (and a checkpoint) can be shared between threads, e.g. a server's workers.
+#[test]
+fn tokenizer_and_checkpoint_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tokenizer>();
+    send_sync::<kiln_models::SafeTensors>();
+}
+
 #[test]
 fn bad_ids_are_errors() {
     let tokenizer = load("chatml");
