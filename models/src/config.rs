@@ -108,8 +108,11 @@ pub struct ModelConfig {
     /// `tie_word_embeddings` (default false): the output projection is the embedding matrix,
     /// and the checkpoint has no `lm_head.weight`.
     pub tie_word_embeddings: bool,
-    /// Biases on the q, k and v projections: always for Qwen2, never for Llama and Mistral.
+    /// Biases on the q, k and v projections: always for Qwen2, for Llama with
+    /// `attention_bias`, never for Mistral.
     pub qkv_bias: bool,
+    /// A bias on the o projection: Llama with `attention_bias` (Qwen2 has none).
+    pub o_bias: bool,
     /// `max_position_embeddings`: the longest sequence the model was trained for.
     pub max_positions: usize,
     /// `bos_token_id`, if the config has one.
@@ -169,6 +172,9 @@ impl ModelConfig {
                 params.push(p("self_attn.v_proj.bias", vec![kv]));
             }
             params.push(p("self_attn.o_proj.weight", vec![h, q]));
+            if self.o_bias {
+                params.push(p("self_attn.o_proj.bias", vec![h]));
+            }
             params.push(p("post_attention_layernorm.weight", vec![h]));
             params.push(p("mlp.gate_proj.weight", vec![i, h]));
             params.push(p("mlp.up_proj.weight", vec![i, h]));
@@ -228,7 +234,7 @@ impl ModelConfig {
         });
         let extra = match self.architecture {
             Architecture::Qwen2 => json!({"use_sliding_window": false, "sliding_window": null}),
-            Architecture::Llama => json!({"attention_bias": false, "mlp_bias": false}),
+            Architecture::Llama => json!({"attention_bias": self.o_bias, "mlp_bias": false}),
             Architecture::Mistral => json!({"sliding_window": null}),
         };
         if let (Value::Object(config), Value::Object(extra)) = (&mut config, extra) {
@@ -407,27 +413,18 @@ fn parse(keys: &Keys) -> Result<ModelConfig> {
     let rms_norm_eps = keys.positive_f64("rms_norm_eps")?;
     let tie_word_embeddings = keys.opt_bool("tie_word_embeddings")?.unwrap_or(false);
 
-    let qkv_bias = match architecture {
-        Architecture::Qwen2 => true,
-        // Hugging Face's Mistral has no biases whatever the config says.
-        Architecture::Mistral => false,
-        Architecture::Llama => {
-            if keys.opt_bool("attention_bias")? == Some(true) {
-                return Err(Error::unsupported(
-                    location,
-                    "key `attention_bias`: true (biases on the q, k, v and o projections) is \
-                     not supported",
-                ));
-            }
-            if keys.opt_bool("mlp_bias")? == Some(true) {
-                return Err(Error::unsupported(
-                    location,
-                    "key `mlp_bias`: true (biases in the MLP) is not supported",
-                ));
-            }
-            false
-        }
-    };
+    // Qwen2 has q/k/v biases; Llama's `attention_bias` puts biases on q, k, v and o;
+    // Hugging Face's Mistral has none whatever the config says.
+    let attention_bias =
+        architecture == Architecture::Llama && keys.opt_bool("attention_bias")?.unwrap_or(false);
+    let qkv_bias = architecture == Architecture::Qwen2 || attention_bias;
+    let o_bias = attention_bias;
+    if architecture == Architecture::Llama && keys.opt_bool("mlp_bias")? == Some(true) {
+        return Err(Error::unsupported(
+            location,
+            "key `mlp_bias`: true (biases in the MLP) is not supported",
+        ));
+    }
 
     check_sliding_window(keys, architecture, max_positions)?;
     let (rope_theta, rope_scaling) = parse_rope(keys)?;
@@ -453,6 +450,7 @@ fn parse(keys: &Keys) -> Result<ModelConfig> {
         rms_norm_eps,
         tie_word_embeddings,
         qkv_bias,
+        o_bias,
         max_positions,
         bos_token_id,
         eos_token_ids,

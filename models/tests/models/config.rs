@@ -375,12 +375,21 @@ fn sliding_windows_are_refused() {
 }
 
 #[test]
-fn llama_biases_are_refused() {
-    for key in ["attention_bias", "mlp_bias"] {
-        let err = parse(&with(llama3_2_1b(), key, json!(true))).unwrap_err();
-        assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
-        assert!(err.to_string().contains(key), "{err}");
+fn llama_attention_bias_adds_q_k_v_and_o_biases_and_mlp_bias_is_refused() {
+    let c = parse(&with(llama3_2_1b(), "attention_bias", json!(true))).unwrap();
+    assert!(c.qkv_bias && c.o_bias);
+    let names: Vec<String> = c.parameters().into_iter().map(|(n, _)| n).collect();
+    for proj in ["q", "k", "v", "o"] {
+        let bias = format!("model.layers.0.self_attn.{proj}_proj.bias");
+        assert!(names.contains(&bias), "{bias} missing");
     }
+    let plain = parse(&llama3_2_1b()).unwrap();
+    assert!(!plain.qkv_bias && !plain.o_bias);
+    let qwen = parse(&qwen2_5_0_5b()).unwrap();
+    assert!(qwen.qkv_bias && !qwen.o_bias);
+    let err = parse(&with(llama3_2_1b(), "mlp_bias", json!(true))).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err:?}");
+    assert!(err.to_string().contains("mlp_bias"), "{err}");
 }
 
 #[test]

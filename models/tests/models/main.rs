@@ -4,3 +4,5 @@ mod config;
 mod gguf;
 mod tokenizer;
 mod weights;
+mod hf;
+mod model;

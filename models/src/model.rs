@@ -1,0 +1,358 @@
+//! [`Model`]: a Qwen2/Llama decoder on a device — the parameters, and the whole forward and
+//! backward over a packed batch:
+//!
+//! ```text
+//! x0 = embed(ids)   x(l+1) = block_l(x(l))   hidden = rmsnorm(xL) · w_norm
+//! loss = cut_cross_entropy(hidden, W_out, targets)     (W_out = lm_head, or embed when tied)
+//! ```
+//!
+//! The model owns the parameters; a [`Forward`] owns the activations of one batch (each block's
+//! input, and its [`Saved`] unless the block is to be recomputed); a [`Weights`] of f32 buffers
+//! from [`Model::zero_gradients`] owns the gradients, which the backward adds to.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use kiln_compiler::DType;
+use kiln_ops::cross_entropy::{CrossEntropyState, CutCrossEntropy};
+use kiln_ops::embedding::Embedding;
+use kiln_ops::rmsnorm::RmsNorm;
+use kiln_ops::Ops;
+use kiln_runtime::Buffer;
+
+use crate::batch::{DeviceBatch, IGNORE_INDEX};
+use crate::block::{Block, Saved};
+use crate::config::ModelConfig;
+use crate::params::Weights;
+use crate::precision::{self, Precision};
+use crate::weights::SafeTensors;
+use crate::{Error, HostTensor, Result};
+
+/// What a forward keeps for the backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Evaluation or generation: nothing is kept, one block's activations live at a time.
+    Inference,
+    /// Training: every block's activations are saved for the backward.
+    Train,
+    /// Training with activation checkpointing: only each block's input is kept, and the
+    /// backward recomputes the block's activations (same gradients, less memory).
+    TrainRecompute,
+}
+
+/// The result of [`Model::forward`]: the loss, and the activations the backward needs.
+pub struct Forward {
+    /// The mean loss over the predicted tokens (0 if none).
+    pub loss: f32,
+    /// The number of predicted tokens.
+    pub predicted: usize,
+    pass: Pass,
+    trunk: Trunk,
+    ce: CrossEntropyState,
+}
+
+/// The activations of everything before the loss.
+struct Trunk {
+    /// The input of every block (empty for [`Pass::Inference`]).
+    inputs: Vec<Buffer>,
+    /// Every block's saved activations (for [`Pass::Train`]).
+    saved: Vec<Saved>,
+    /// The last block's output, the final norm's rstd and output.
+    last: Buffer,
+    final_rstd: Buffer,
+    hidden: Buffer,
+}
+
+impl Forward {
+    /// The per-token losses, f32 `[tokens]` (0 where nothing is predicted), on the device.
+    pub fn losses(&self) -> &Buffer {
+        &self.ce.losses
+    }
+
+    /// The per-token losses on the host.
+    pub fn token_losses(&self) -> Result<Vec<f32>> {
+        Ok(self.ce.losses.download::<f32>()?)
+    }
+}
+
+/// A model on a device: its configuration, precision and parameters.
+pub struct Model {
+    pub config: ModelConfig,
+    pub precision: Precision,
+    ops: Arc<Ops>,
+    pub weights: Weights<Buffer>,
+}
+
+impl Model {
+    /// Loads a Hugging Face model folder (`config.json`, `model.safetensors` or a sharded
+    /// index) onto `ops`' device in `precision`.
+    pub fn load(dir: impl AsRef<Path>, ops: Arc<Ops>, precision: Precision) -> Result<Model> {
+        let dir = dir.as_ref();
+        let config = ModelConfig::load(dir)?;
+        let tensors = SafeTensors::open(dir)?;
+        tensors.check(&config.parameters())?;
+        Model::from_tensors(config, ops, precision, |name| tensors.get(name))
+    }
+
+    /// A model of `config` whose tensors come from `tensor(hugging_face_name)`.
+    pub fn from_tensors(
+        config: ModelConfig,
+        ops: Arc<Ops>,
+        precision: Precision,
+        mut tensor: impl FnMut(&str) -> Result<HostTensor>,
+    ) -> Result<Model> {
+        check_supported(&config)?;
+        let device = ops.device().clone();
+        let weights = Weights::build(&config, |name, shape| {
+            let t = tensor(name)?;
+            if t.shape != shape {
+                return Err(Error::format(
+                    format!("tensor `{name}`"),
+                    format!("shape {:?}, the config implies {shape:?}", t.shape),
+                ));
+            }
+            precision::upload(&device, &t, precision.dtype())
+        })?;
+        Ok(Model {
+            config,
+            precision,
+            ops,
+            weights,
+        })
+    }
+
+    /// The device and kernels the model runs on.
+    pub fn ops(&self) -> &Arc<Ops> {
+        &self.ops
+    }
+
+    fn dtype(&self) -> DType {
+        self.precision.dtype()
+    }
+
+    /// Gradients for every parameter: f32, zeroed, in the parameters' structure.
+    pub fn zero_gradients(&self) -> Result<Weights<Buffer>> {
+        let device = self.ops.device();
+        Weights::build(&self.config, |_, shape| {
+            Ok(device.alloc(DType::F32, shape.iter().product())?)
+        })
+    }
+
+    fn final_norm(&self, tokens: usize) -> RmsNorm {
+        RmsNorm {
+            rows: tokens,
+            n: self.config.hidden,
+            eps: self.config.rms_norm_eps as f32,
+        }
+    }
+
+    fn cross_entropy(&self, tokens: usize) -> CutCrossEntropy {
+        CutCrossEntropy {
+            ignore_index: IGNORE_INDEX,
+            ..CutCrossEntropy::new(tokens, self.config.hidden, self.config.vocab)
+        }
+    }
+
+    fn embedding(&self) -> Embedding {
+        Embedding {
+            vocab: self.config.vocab,
+            hidden: self.config.hidden,
+        }
+    }
+
+    /// Embedding, blocks and final norm over `batch`: what the loss (or logits) is computed
+    /// from, and what a training pass keeps.
+    fn trunk(&self, batch: &DeviceBatch, pass: Pass) -> Result<Trunk> {
+        let (ops, t, dtype) = (&*self.ops, batch.tokens, self.dtype());
+        let th = t * self.config.hidden;
+        let device = ops.device();
+        let block = Block::new(ops, &self.config, dtype, t);
+
+        let mut x = device.alloc(dtype, th)?;
+        self.embedding()
+            .forward(ops, &batch.input_ids, &self.weights.embed, &mut x)?;
+        let mut inputs = vec![];
+        let mut saved = vec![];
+        for w in &self.weights.layers {
+            let mut out = device.alloc(dtype, th)?;
+            let s = block.forward(w, batch, &x, &mut out)?;
+            let input = std::mem::replace(&mut x, out);
+            match pass {
+                Pass::Inference => {}
+                Pass::Train => {
+                    inputs.push(input);
+                    saved.push(s);
+                }
+                Pass::TrainRecompute => inputs.push(input),
+            }
+        }
+        let mut hidden = device.alloc(dtype, th)?;
+        let mut final_rstd = device.alloc(DType::F32, t)?;
+        self.final_norm(t)
+            .forward(ops, &x, &self.weights.norm, &mut hidden, &mut final_rstd)?;
+        Ok(Trunk {
+            inputs,
+            saved,
+            last: x,
+            final_rstd,
+            hidden,
+        })
+    }
+
+    /// The forward over `batch`: the loss and per-token losses, and for a training pass what
+    /// the backward needs.
+    pub fn forward(&self, batch: &DeviceBatch, pass: Pass) -> Result<Forward> {
+        let trunk = self.trunk(batch, pass)?;
+        let ce = self.cross_entropy(batch.tokens).forward(
+            &self.ops,
+            &trunk.hidden,
+            self.weights.output(),
+            &batch.targets,
+        )?;
+        let totals: Vec<f32> = ce.totals.download()?;
+        let predicted = totals[1] as usize;
+        Ok(Forward {
+            loss: if predicted > 0 {
+                totals[0] / totals[1]
+            } else {
+                0.0
+            },
+            predicted,
+            pass,
+            trunk,
+            ce,
+        })
+    }
+
+    /// The full logits (f32, `vocab` each) of the given token rows of `batch`, from the same
+    /// forward as the loss. For checks and generation without a cache; the loss never forms
+    /// them.
+    pub fn logits(&self, batch: &DeviceBatch, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
+        let trunk = self.trunk(batch, Pass::Inference)?;
+        let h = self.config.hidden;
+        rows.iter()
+            .map(|&row| {
+                let hidden = trunk.hidden.slice(row * h..(row + 1) * h)?;
+                self.project_to_vocab(hidden)
+            })
+            .collect()
+    }
+
+    /// `hidden[H] · W_outᵀ` as f32 logits on the host.
+    pub(crate) fn project_to_vocab(
+        &self,
+        hidden: kiln_runtime::BufferView<'_>,
+    ) -> Result<Vec<f32>> {
+        let vocab = self.config.vocab;
+        let mut logits = self.ops.device().alloc(DType::F32, vocab)?;
+        let gemm = kiln_runtime::Gemm::new(1, vocab, self.config.hidden).transpose_b();
+        self.ops
+            .device()
+            .gemm(&gemm, hidden, self.weights.output(), &mut logits, None)?;
+        Ok(logits.download()?)
+    }
+
+    /// The backward of `forward` (a training pass over `batch`): adds the gradient of
+    /// `dloss ×` the mean loss to `grads`.
+    pub fn backward(
+        &self,
+        batch: &DeviceBatch,
+        forward: Forward,
+        dloss: f32,
+        grads: &mut Weights<Buffer>,
+    ) -> Result<()> {
+        if forward.pass == Pass::Inference {
+            return Err(Error::Invalid(
+                "backward of an inference forward: run the forward with Pass::Train".into(),
+            ));
+        }
+        let (ops, t, dtype) = (&*self.ops, batch.tokens, self.dtype());
+        let th = t * self.config.hidden;
+        let device = ops.device();
+        let Forward { trunk, ce, .. } = forward;
+        let Trunk {
+            inputs,
+            mut saved,
+            last,
+            final_rstd,
+            hidden,
+        } = trunk;
+
+        let mut d_hidden = device.alloc(dtype, th)?;
+        let output_grad = match &mut grads.lm_head {
+            Some(head) => head,
+            None => &mut grads.embed,
+        };
+        self.cross_entropy(t).backward(
+            ops,
+            &hidden,
+            self.weights.output(),
+            &batch.targets,
+            &ce,
+            dloss,
+            &mut d_hidden,
+            &mut *output_grad,
+            true,
+        )?;
+        let mut d_x = device.alloc(dtype, th)?;
+        self.final_norm(t).backward(
+            ops,
+            &last,
+            &self.weights.norm,
+            &d_hidden,
+            &final_rstd,
+            &mut d_x,
+            &mut grads.norm,
+        )?;
+        drop((d_hidden, hidden, last));
+
+        let block = Block::new(ops, &self.config, dtype, t);
+        let mut ones = device.alloc(dtype, t)?;
+        match dtype {
+            DType::F32 => ones.fill(1.0f32)?,
+            _ => ones.fill(half::bf16::ONE)?,
+        }
+        let mut d_prev = device.alloc(dtype, th)?;
+        for (l, x) in inputs.iter().enumerate().rev() {
+            let s = match saved.pop() {
+                Some(s) => s,
+                None => {
+                    let mut scratch = device.alloc(dtype, th)?;
+                    block.forward(&self.weights.layers[l], batch, x, &mut scratch)?
+                }
+            };
+            block.backward(
+                &self.weights.layers[l],
+                &mut grads.layers[l],
+                batch,
+                x,
+                &s,
+                &d_x,
+                &mut d_prev,
+                &ones,
+            )?;
+            std::mem::swap(&mut d_x, &mut d_prev);
+        }
+        self.embedding()
+            .backward(ops, &batch.input_ids, &d_x, &mut grads.embed)?;
+        Ok(())
+    }
+}
+
+/// Refuses what the kernels do not implement, with the reason, before anything is uploaded.
+fn check_supported(config: &ModelConfig) -> Result<()> {
+    let d = config.head_dim;
+    if !d.is_power_of_two() || !(16..=256).contains(&d) {
+        return Err(Error::unsupported(
+            "config.json",
+            format!("head_dim {d}: Kiln's attention needs a power of two from 16 to 256"),
+        ));
+    }
+    if let Some(scaling) = &config.rope_scaling {
+        return Err(Error::unsupported(
+            "config.json",
+            format!("rope_scaling {scaling:?}: Kiln's RoPE has no frequency scaling yet"),
+        ));
+    }
+    Ok(())
+}
