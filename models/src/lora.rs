@@ -74,6 +74,23 @@ impl AdapterConfig {
                 ));
             }
         }
+        if flag("lora_bias") {
+            return Err(Error::unsupported(
+                &at,
+                "`lora_bias: true` (trained biases)",
+            ));
+        }
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if v.get(key)
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+            {
+                return Err(Error::unsupported(
+                    &at,
+                    format!("`{key}` (per-module ranks or alphas)"),
+                ));
+            }
+        }
         if v.get("modules_to_save").is_some_and(|m| !m.is_null()) {
             return Err(Error::unsupported(
                 &at,
@@ -127,28 +144,21 @@ impl Model {
             };
             *if is_a { &mut entry.1 } else { &mut entry.2 } = Some(name);
         }
-        let device = self.ops().device().clone();
-        let scale = config.scale() as f32;
+        // Every pair is read and checked before any weight changes, so a bad adapter leaves
+        // the model as it was.
+        let parameters = self.config.parameters();
+        let mut merges = vec![];
         for (weight, a, b) in pairs {
             let at = format!("{file}: `{weight}`");
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(Error::format(at, "has only one of lora_A and lora_B"));
             };
-            let (a, b) = (tensors.get(&a)?, tensors.get(&b)?);
-            let names = self.weights.named();
-            let index = names
+            let index = parameters
                 .iter()
-                .position(|(n, _)| *n == weight)
-                .ok_or_else(|| Error::format(&at, "the model has no such weight"))?;
-            let (out, inp) = {
-                let shape = self.config.parameters();
-                let s = &shape
-                    .iter()
-                    .find(|(n, _)| *n == weight)
-                    .expect("named above")
-                    .1;
-                (s[0], s[1])
-            };
+                .position(|(n, shape)| *n == weight && shape.len() == 2)
+                .ok_or_else(|| Error::format(&at, "the model has no such linear weight"))?;
+            let (out, inp) = (parameters[index].1[0], parameters[index].1[1]);
+            let (a, b) = (tensors.get(&a)?, tensors.get(&b)?);
             let r = config.rank;
             if a.shape != [r, inp] || b.shape != [out, r] {
                 return Err(Error::format(
@@ -159,6 +169,13 @@ impl Model {
                     ),
                 ));
             }
+            merges.push((index, a, b));
+        }
+        let device = self.ops().device().clone();
+        let scale = config.scale() as f32;
+        let r = config.rank;
+        for (index, a, b) in merges {
+            let (out, inp) = (b.shape[0], a.shape[1]);
             let buffer = &mut *self.weights.all_mut()[index];
             let mut w = download(buffer)?;
             // W[o, i] += scale · Σ_k B[o, k] A[k, i]: once per load, on the host, in f32.

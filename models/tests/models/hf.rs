@@ -246,6 +246,18 @@ fn check(name: &str, precision: Precision) {
         r.grad_norm
     );
     let names: Vec<&String> = got.grads.iter().map(|(n, _)| n).collect();
+    // The parameter structure lists the tensors in the config's (checkpoint) order.
+    let expected: Vec<String> = model
+        .config
+        .parameters()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(
+        names,
+        expected.iter().collect::<Vec<_>>(),
+        "{name}: parameter order"
+    );
     assert_eq!(
         names.len(),
         r.grad_norms.len(),

@@ -6,3 +6,4 @@ mod tokenizer;
 mod weights;
 mod hf;
 mod model;
+mod lora;
