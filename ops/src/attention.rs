@@ -4,12 +4,14 @@
 //! probabilities from it.
 //!
 //! Layouts: `q`, `o` and their gradients `[tokens, q_heads, head_dim]`; `k`, `v` and theirs
-//! `[tokens, kv_heads, head_dim]`; `lse` `[tokens, q_heads]` f32; all activations bf16.
+//! `[tokens, kv_heads, head_dim]`; `lse` `[tokens, q_heads]` f32; all activations of one element
+//! type, `q`'s: bf16 or f16 on every device, f32 too on the CPU (the GPU's tensor-core dots take
+//! 16-bit operands).
 
 use kiln_compiler::DType;
 use kiln_runtime::{Args, Buffer, BufferView, BufferViewMut};
 
-use crate::context::{expect, KernelConfig, Operand, Ops};
+use crate::context::{activation_type, expect, KernelConfig, Operand, Ops};
 use crate::{Error, Result};
 
 const FILE: &str = "attention.kiln";
@@ -172,30 +174,49 @@ impl Attention {
         Ok(())
     }
 
+    /// Checks the activations' shapes and returns their element type: that of the first of
+    /// `q_like`, which all must share.
     fn shapes(
         &self,
+        ops: &Ops,
         op: &'static str,
         t: usize,
         q_like: &[(&str, &dyn Operand)],
         kv_like: &[(&str, &dyn Operand)],
-    ) -> Result<()> {
+    ) -> Result<DType> {
+        let (first, b) = q_like[0];
+        let dtype = activation_type(op, first, b)?;
+        if dtype == DType::F32 && ops.device().is_gpu() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "`{first}` is f32: attention on the GPU takes bf16 or f16 (tensor-core dots)"
+                ),
+            ));
+        }
         for &(what, b) in q_like {
-            expect(op, what, b, DType::Bf16, t * self.q_heads * self.head_dim)?;
+            expect(op, what, b, dtype, t * self.q_heads * self.head_dim)?;
         }
         for &(what, b) in kv_like {
-            expect(op, what, b, DType::Bf16, t * self.kv_heads * self.head_dim)?;
+            expect(op, what, b, dtype, t * self.kv_heads * self.head_dim)?;
         }
-        Ok(())
+        Ok(dtype)
     }
 
     /// The configuration of `kernel`, whose programs own the `owned` rows of one block of
     /// [`PackedBlocks`] each.
-    fn config(&self, kernel: &'static str, owned: Owned, tile: Tile, rows: usize) -> KernelConfig {
+    fn config(
+        &self,
+        kernel: &'static str,
+        (owned, tile, rows): (Owned, Tile, usize),
+        dtype: DType,
+    ) -> KernelConfig {
         let (bm, bn) = match owned {
             Owned::Queries => (rows, tile.step),
             Owned::Keys => (tile.step, rows),
         };
         KernelConfig::new(FILE, kernel)
+            .elem(dtype)
             .int("BM", bm)
             .int("BN", bn)
             .int("D", self.head_dim)
@@ -230,7 +251,7 @@ impl Attention {
         let (o, lse) = (o.into(), lse.into());
         self.check(OP)?;
         let t = blocks.tokens;
-        self.shapes(OP, t, &[("q", &q), ("o", &o)], &[("k", &k), ("v", &v)])?;
+        let dtype = self.shapes(ops, OP, t, &[("q", &q), ("o", &o)], &[("k", &k), ("v", &v)])?;
         expect(OP, "lse", &lse, DType::F32, t * self.q_heads)?;
         let [forward, ..] = Tile::for_head_dim(self.head_dim);
         let args = self
@@ -240,7 +261,8 @@ impl Attention {
             .input("v", v)
             .output("o", o)
             .output("lse", lse);
-        let config = self.config("attn_fwd", Owned::Queries, forward, blocks.rows);
+        let tiling = (Owned::Queries, forward, blocks.rows);
+        let config = self.config("attn_fwd", tiling, dtype);
         ops.launch(&config, [blocks.count, self.q_heads, 1], &args)
     }
 
@@ -275,7 +297,8 @@ impl Attention {
         self.check(OP)?;
         let t = blocks.tokens;
         let q_like: [(&str, &dyn Operand); 4] = [("q", &q), ("o", &o), ("d_o", &d_o), ("dq", &dq)];
-        self.shapes(
+        let dtype = self.shapes(
+            ops,
             OP,
             t,
             &q_like,
@@ -285,6 +308,7 @@ impl Attention {
 
         let mut delta = ops.scratch(DType::F32, t * self.q_heads)?;
         let config = KernelConfig::new(FILE, "attn_bwd_delta")
+            .elem(dtype)
             .int("BM", 64)
             .int("D", self.head_dim)
             .warps(4);
@@ -308,11 +332,13 @@ impl Attention {
         };
         let [_, dq_tile, dkdv_tile] = Tile::for_head_dim(self.head_dim);
         let args = inputs().output("dk", dk).output("dv", dv);
-        let config = self.config("attn_bwd_dkdv", Owned::Keys, dkdv_tile, PackedBlocks::ROWS);
+        let tiling = (Owned::Keys, dkdv_tile, PackedBlocks::ROWS);
+        let config = self.config("attn_bwd_dkdv", tiling, dtype);
         ops.launch(&config, [blocks.count, self.kv_heads, 1], &args)?;
 
         let args = inputs().output("dq", dq);
-        let config = self.config("attn_bwd_dq", Owned::Queries, dq_tile, PackedBlocks::ROWS);
+        let tiling = (Owned::Queries, dq_tile, PackedBlocks::ROWS);
+        let config = self.config("attn_bwd_dq", tiling, dtype);
         ops.launch(&config, [blocks.count, self.q_heads, 1], &args)
     }
 }

@@ -17,6 +17,8 @@ use crate::{kernels, Error, Result};
 pub(crate) enum Const {
     Int(i64),
     Bool(bool),
+    /// The value of a type parameter (`T: type`).
+    DType(DType),
 }
 
 /// One kernel of a shipped file, specialised: what the wrappers launch.
@@ -48,6 +50,11 @@ impl KernelConfig {
     /// Sets bool constant `name` (replacing any value set before).
     pub fn flag(self, name: &'static str, value: bool) -> KernelConfig {
         self.set(name, Const::Bool(value))
+    }
+
+    /// Sets the element type `T` of the activations (the kernels' type parameter).
+    pub fn elem(self, dtype: DType) -> KernelConfig {
+        self.set("T", Const::DType(dtype))
     }
 
     fn set(mut self, name: &'static str, value: Const) -> KernelConfig {
@@ -178,6 +185,7 @@ fn spec(config: &KernelConfig) -> Result<KernelSpec<'static>> {
         |spec, &(name, value)| match value {
             Const::Int(i) => spec.define(name, ConstValue::Int(i)),
             Const::Bool(b) => spec.define(name, ConstValue::Bool(b)),
+            Const::DType(d) => spec.define(name, ConstValue::DType(d)),
         },
     );
     Ok(spec
@@ -222,6 +230,22 @@ impl Operand for BufferViewMut<'_> {
     fn extent(&self) -> (usize, DType) {
         (self.len(), self.dtype())
     }
+}
+
+/// The element types the activation kernels are built for.
+const ACTIVATION_TYPES: [DType; 3] = [DType::Bf16, DType::F32, DType::F16];
+
+/// The element type of an operation's activations, read from its argument `what` (the other
+/// activations are then checked against it with [`expect`]): bf16, f32 or f16.
+pub(crate) fn activation_type(op: &'static str, what: &str, buffer: &dyn Operand) -> Result<DType> {
+    let (_, dtype) = buffer.extent();
+    if !ACTIVATION_TYPES.contains(&dtype) {
+        return Err(Error::shape(
+            op,
+            format!("`{what}` is {dtype}; activations must be bf16, f32 or f16"),
+        ));
+    }
+    Ok(dtype)
 }
 
 /// Checks that `buffer` holds exactly `len` elements of `dtype`, for argument `what` of `op`.

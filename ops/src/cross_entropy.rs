@@ -9,13 +9,16 @@
 //! `dlogits = (softmax - onehot) · dloss / count`, and two GEMMs add `dlogits · W_chunk` to
 //! `dhidden` and write `dlogitsᵀ · hidden` into the chunk's rows of `dW`.
 //!
+//! `hidden` and `W` are bf16 or f32 (one type for both, the GEMMs' operand type); the logits
+//! workspace and `dlogits` are of that type too.
+//!
 //! Labels are used as given (the caller shifts them once); `ignore_index` rows count for
 //! nothing; the optional z-loss adds `z_loss · lse²` per counted token.
 
 use kiln_compiler::DType;
 use kiln_runtime::{Args, Buffer, BufferView, BufferViewMut, Gemm};
 
-use crate::context::{expect, KernelConfig, Ops};
+use crate::context::{activation_type, expect, KernelConfig, Ops};
 use crate::{Error, Result};
 
 const FILE: &str = "cross_entropy.kiln";
@@ -26,7 +29,8 @@ pub struct CutCrossEntropy {
     pub tokens: usize,
     pub hidden: usize,
     pub vocab: usize,
-    /// Vocabulary entries per chunk; the logits workspace is `tokens x chunk` bf16.
+    /// Vocabulary entries per chunk; the logits workspace is `tokens x chunk` of the activations'
+    /// type.
     pub chunk: usize,
     /// Label value of tokens that take no part in the loss (Hugging Face's -100).
     pub ignore_index: i32,
@@ -76,7 +80,8 @@ impl CutCrossEntropy {
     }
 
     /// Device memory the operation allocates beyond its inputs and outputs, in bytes: the
-    /// logits workspace, the per-token state, and (for a bf16 `dhidden`) an f32 accumulator.
+    /// logits workspace (counted for bf16 activations; twice that for f32), the per-token state,
+    /// and (for a bf16 `dhidden`) an f32 accumulator.
     pub fn workspace_bytes(&self, dhidden_bf16: bool) -> usize {
         let logits = self.tokens * self.chunk.min(self.vocab) * 2;
         let per_token = 4 * self.tokens * 4 + 3 * 4;
@@ -94,7 +99,7 @@ impl CutCrossEntropy {
         hidden: &BufferView<'_>,
         weight: &BufferView<'_>,
         labels: &BufferView<'_>,
-    ) -> Result<()> {
+    ) -> Result<DType> {
         let (t, h, v) = (self.tokens, self.hidden, self.vocab);
         if t == 0 || h == 0 || v == 0 || self.chunk == 0 {
             return Err(Error::shape(
@@ -108,10 +113,17 @@ impl CutCrossEntropy {
                 format!("tokens x chunk = {t} x {} must stay below 2^31", self.chunk),
             ));
         }
-        expect(op, "hidden", hidden, DType::Bf16, t * h)?;
-        expect(op, "weight", weight, DType::Bf16, v * h)?;
+        let dtype = activation_type(op, "hidden", hidden)?;
+        if dtype == DType::F16 {
+            return Err(Error::shape(
+                op,
+                "`hidden` is f16: the logit GEMMs take bf16 or f32",
+            ));
+        }
+        expect(op, "hidden", hidden, dtype, t * h)?;
+        expect(op, "weight", weight, dtype, v * h)?;
         expect(op, "labels", labels, DType::I32, t)?;
-        Ok(())
+        Ok(dtype)
     }
 
     /// The chunks: (first vocabulary row, rows).
@@ -138,14 +150,17 @@ impl CutCrossEntropy {
         Ok(ops.device().gemm(&gemm, hidden, w_chunk, logits, None)?)
     }
 
-    fn row_config(&self, kernel: &'static str) -> KernelConfig {
+    fn row_config(&self, kernel: &'static str, dtype: DType) -> KernelConfig {
         let block = self.chunk.next_power_of_two().clamp(256, 4096);
-        KernelConfig::new(FILE, kernel).int("BLOCK", block).warps(8)
+        KernelConfig::new(FILE, kernel)
+            .elem(dtype)
+            .int("BLOCK", block)
+            .warps(8)
     }
 
     /// The loss, as [`CrossEntropyState`] totals on the device (read them with
-    /// [`CrossEntropyState::loss`]), from `hidden` bf16 `[T, H]`, `weight` bf16 `[V, H]` and
-    /// `labels` i32 `[T]`.
+    /// [`CrossEntropyState::loss`]), from `hidden` `[T, H]` and `weight` `[V, H]` (both bf16 or
+    /// both f32) and `labels` i32 `[T]`.
     pub fn forward<'a>(
         &self,
         ops: &Ops,
@@ -155,9 +170,9 @@ impl CutCrossEntropy {
     ) -> Result<CrossEntropyState> {
         const OP: &str = "cut cross-entropy forward";
         let (hidden, weight, labels) = (hidden.into(), weight.into(), labels.into());
-        self.check(OP, &hidden, &weight, &labels)?;
+        let dtype = self.check(OP, &hidden, &weight, &labels)?;
         let t = self.tokens;
-        let mut workspace = ops.scratch(DType::Bf16, t * self.chunk.min(self.vocab))?;
+        let mut workspace = ops.scratch(dtype, t * self.chunk.min(self.vocab))?;
         // Each token's running max and sum of exponentials, and its target logit: updated in
         // place chunk after chunk.
         let (mut m_run, mut l_run) = (ops.scratch(DType::F32, t)?, ops.scratch(DType::F32, t)?);
@@ -169,7 +184,7 @@ impl CutCrossEntropy {
         };
         for (i, (start, rows)) in self.chunks().enumerate() {
             self.chunk_logits(ops, hidden, weight, &mut workspace, (start, rows))?;
-            let config = self.row_config("ce_chunk_fwd").flag("FIRST", i == 0);
+            let config = self.row_config("ce_chunk_fwd", dtype).flag("FIRST", i == 0);
             let args = Args::new()
                 .input("logits", workspace.slice(..t * rows)?)
                 .input("labels", labels)
@@ -200,8 +215,9 @@ impl CutCrossEntropy {
     }
 
     /// The gradients of `dloss x` the mean loss: `dhidden` `[T, H]` (f32, or bf16 through an
-    /// f32 accumulator) is overwritten; `dweight` `[V, H]` (f32 or bf16) is overwritten, or
-    /// added to in place when `accumulate_dweight` (tied embeddings, gradient accumulation).
+    /// f32 accumulator) is overwritten; `dweight` `[V, H]` (f32, or bf16 for bf16 operands) is
+    /// overwritten, or added to in place when `accumulate_dweight` (tied embeddings, gradient
+    /// accumulation).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<'a>(
         &self,
@@ -218,7 +234,7 @@ impl CutCrossEntropy {
         const OP: &str = "cut cross-entropy backward";
         let (hidden, weight, labels) = (hidden.into(), weight.into(), labels.into());
         let (mut dhidden, mut dweight) = (dhidden.into(), dweight.into());
-        self.check(OP, &hidden, &weight, &labels)?;
+        let dtype = self.check(OP, &hidden, &weight, &labels)?;
         let (t, h) = (self.tokens, self.hidden);
         let dhidden_bf16 = dhidden.dtype() == DType::Bf16;
         let want = if dhidden_bf16 {
@@ -227,13 +243,15 @@ impl CutCrossEntropy {
             DType::F32
         };
         expect(OP, "dhidden", &dhidden, want, t * h)?;
-        if dweight.dtype() != DType::F32 {
-            expect(OP, "dweight", &dweight, DType::Bf16, self.vocab * h)?;
-        }
-        expect(OP, "dweight", &dweight, dweight.dtype(), self.vocab * h)?;
+        // The weight-gradient GEMM writes f32, or bf16 from bf16 operands.
+        let dweight_type = match (dtype, dweight.dtype()) {
+            (DType::Bf16, DType::Bf16) => DType::Bf16,
+            _ => DType::F32,
+        };
+        expect(OP, "dweight", &dweight, dweight_type, self.vocab * h)?;
         expect(OP, "lse", &state.lse, DType::F32, t)?;
 
-        let mut workspace = ops.scratch(DType::Bf16, t * self.chunk.min(self.vocab))?;
+        let mut workspace = ops.scratch(dtype, t * self.chunk.min(self.vocab))?;
         let mut accumulator = if dhidden_bf16 {
             Some(ops.scratch(DType::F32, t * h)?)
         } else {
@@ -252,7 +270,7 @@ impl CutCrossEntropy {
                 .i32("ignore_index", self.ignore_index)
                 .f32("z_loss", self.z_loss)
                 .f32("dloss", dloss);
-            ops.launch(&self.row_config("ce_chunk_bwd"), [t, 1, 1], &args)?;
+            ops.launch(&self.row_config("ce_chunk_bwd", dtype), [t, 1, 1], &args)?;
             let dlogits = workspace.slice(..t * rows)?;
             let w_chunk = weight.slice(start * h..(start + rows) * h)?;
             // dhidden (+)= dlogits[T, rows] · W_chunk[rows, H]

@@ -1,14 +1,14 @@
 //! Elementwise helpers of a transformer block: the residual add `out = a + b`.
 
-use kiln_compiler::DType;
 use kiln_runtime::{Args, BufferView, BufferViewMut};
 
-use crate::context::{expect, KernelConfig, Ops};
+use crate::context::{activation_type, expect, KernelConfig, Ops};
 use crate::Result;
 
 const FILE: &str = "add.kiln";
 
-/// `out = a + b` over `len` bf16 elements (f32 arithmetic): a residual connection.
+/// `out = a + b` over `len` elements of one type, bf16, f32 or f16 (f32 arithmetic): a residual
+/// connection.
 pub fn add<'a>(
     ops: &Ops,
     a: impl Into<BufferView<'a>>,
@@ -18,10 +18,13 @@ pub fn add<'a>(
     const OP: &str = "add";
     let (a, b, out) = (a.into(), b.into(), out.into());
     let len = a.len();
-    expect(OP, "a", &a, DType::Bf16, len)?;
-    expect(OP, "b", &b, DType::Bf16, len)?;
-    expect(OP, "out", &out, DType::Bf16, len)?;
-    let config = KernelConfig::new(FILE, "add").int("BLOCK", 2048).warps(8);
+    let dtype = activation_type(OP, "a", &a)?;
+    expect(OP, "b", &b, dtype, len)?;
+    expect(OP, "out", &out, dtype, len)?;
+    let config = KernelConfig::new(FILE, "add")
+        .elem(dtype)
+        .int("BLOCK", 2048)
+        .warps(8);
     let args = Args::new()
         .input("a", a)
         .input("b", b)

@@ -4,7 +4,7 @@
 use kiln_compiler::DType;
 use kiln_runtime::{Args, BufferView, BufferViewMut};
 
-use crate::context::{expect, row_block, warps_for, KernelConfig, Ops};
+use crate::context::{activation_type, expect, row_block, warps_for, KernelConfig, Ops};
 use crate::{Error, Result};
 
 const FILE: &str = "embedding.kiln";
@@ -17,9 +17,10 @@ pub struct Embedding {
 }
 
 impl Embedding {
-    fn config(&self, kernel: &'static str) -> KernelConfig {
+    fn config(&self, kernel: &'static str, dtype: DType) -> KernelConfig {
         let block = row_block(self.hidden).min(4096);
         KernelConfig::new(FILE, kernel)
+            .elem(dtype)
             .int("BLOCK", block)
             .warps(warps_for(block))
     }
@@ -56,10 +57,11 @@ impl Embedding {
         const OP: &str = "embedding forward";
         let (ids, weight, out) = (ids.into(), weight.into(), out.into());
         let tokens = self.check(OP, &ids)?;
-        expect(OP, "weight", &weight, DType::Bf16, self.vocab * self.hidden)?;
-        expect(OP, "out", &out, DType::Bf16, tokens * self.hidden)?;
+        let dtype = activation_type(OP, "weight", &weight)?;
+        expect(OP, "weight", &weight, dtype, self.vocab * self.hidden)?;
+        expect(OP, "out", &out, dtype, tokens * self.hidden)?;
         let args = self.args(ids).input("weight", weight).output("out", out);
-        ops.launch(&self.config("embedding_fwd"), [tokens, 1, 1], &args)
+        ops.launch(&self.config("embedding_fwd", dtype), [tokens, 1, 1], &args)
     }
 
     /// `dweight[ids[t]] += dout[t]` (f32 `dweight`, accumulated into in place: zero it first
@@ -74,7 +76,8 @@ impl Embedding {
         const OP: &str = "embedding backward";
         let (ids, dout, dweight) = (ids.into(), dout.into(), dweight.into());
         let tokens = self.check(OP, &ids)?;
-        expect(OP, "dout", &dout, DType::Bf16, tokens * self.hidden)?;
+        let dtype = activation_type(OP, "dout", &dout)?;
+        expect(OP, "dout", &dout, dtype, tokens * self.hidden)?;
         expect(
             OP,
             "dweight",
@@ -86,6 +89,6 @@ impl Embedding {
             .args(ids)
             .input("dout", dout)
             .in_out("dweight", dweight);
-        ops.launch(&self.config("embedding_bwd"), [tokens, 1, 1], &args)
+        ops.launch(&self.config("embedding_bwd", dtype), [tokens, 1, 1], &args)
     }
 }

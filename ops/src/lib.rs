@@ -11,6 +11,13 @@
 //! exclusive one (`&mut buffer`, or a [`kiln_runtime::BufferViewMut`] such as a slice of an
 //! arena), so no output can alias an input. A tensor of the wrong length or type is an
 //! [`Error::Shape`] naming the operation and the argument, before anything runs.
+//!
+//! The activation kernels are generic over their element type (`T: type = bf16` in the
+//! sources): one source serves bf16, f32 and f16. A wrapper takes `T` from its first activation
+//! argument (`x`, `gate`, `q`, ...), which every other activation of the call must share, and
+//! compiles the kernel for it; statistics, accumulators and parameter gradients stay f32
+//! whatever `T` is. Attention on the GPU takes bf16 or f16 (its dots run on tensor cores), cut
+//! cross-entropy bf16 or f32 (its GEMMs).
 
 pub mod adamw;
 pub mod attention;

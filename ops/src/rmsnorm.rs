@@ -1,11 +1,12 @@
-//! RMSNorm over the last dimension of `[rows, n]` bf16 activations, and the fused residual
-//! add and RMSNorm of a pre-norm transformer block. Forward saves `rstd` (f32, one per row);
+//! RMSNorm over the last dimension of `[rows, n]` activations (bf16, f32 or f16: `x`'s element
+//! type, which the other activations and `w` share), and the fused residual add and RMSNorm of a
+//! pre-norm transformer block. Forward saves `rstd` (f32, one per row);
 //! the backward adds the per-program partial sums of `dw` to the f32 gradient `dw` on the device.
 
 use kiln_compiler::DType;
 use kiln_runtime::{Args, BufferView, BufferViewMut};
 
-use crate::context::{expect, row_block, warps_for, KernelConfig, Operand, Ops};
+use crate::context::{activation_type, expect, row_block, warps_for, KernelConfig, Operand, Ops};
 use crate::{Error, Result};
 
 const FILE: &str = "rmsnorm.kiln";
@@ -49,15 +50,27 @@ impl RmsNorm {
         Ok(())
     }
 
-    fn activation(&self, op: &'static str, what: &str, b: &dyn Operand) -> Result<()> {
-        expect(op, what, b, DType::Bf16, self.rows * self.n)
+    fn activation(
+        &self,
+        op: &'static str,
+        what: &str,
+        b: &dyn Operand,
+        dtype: DType,
+    ) -> Result<()> {
+        expect(op, what, b, dtype, self.rows * self.n)
     }
 
     /// A kernel that handles each row whole: `BLOCK` covers a row of `n` (the kernels mask the
     /// columns past `n` and never loop), with `warps(BLOCK)` warps.
-    fn row_config(&self, kernel: &'static str, warps: fn(usize) -> u32) -> KernelConfig {
+    fn row_config(
+        &self,
+        kernel: &'static str,
+        warps: fn(usize) -> u32,
+        dtype: DType,
+    ) -> KernelConfig {
         let block = row_block(self.n);
         KernelConfig::new(FILE, kernel)
+            .elem(dtype)
             .int("BLOCK", block)
             .warps(warps(block))
     }
@@ -114,13 +127,14 @@ impl RmsNorm {
         rstd: BufferViewMut<'_>,
     ) -> Result<()> {
         self.check(op)?;
-        self.activation(op, "x", &x)?;
-        self.activation(op, "y", &y)?;
+        let dtype = activation_type(op, "x", &x)?;
+        self.activation(op, "x", &x, dtype)?;
+        self.activation(op, "y", &y, dtype)?;
         if let Some((residual, h)) = &residual_and_h {
-            self.activation(op, "residual", residual)?;
-            self.activation(op, "h", h)?;
+            self.activation(op, "residual", residual, dtype)?;
+            self.activation(op, "h", h, dtype)?;
         }
-        expect(op, "w", &w, DType::Bf16, self.n)?;
+        expect(op, "w", &w, dtype, self.n)?;
         expect(op, "rstd", &rstd, DType::F32, self.rows)?;
         let kernel = match residual_and_h {
             Some(_) => "add_rmsnorm_fwd",
@@ -136,7 +150,7 @@ impl RmsNorm {
         if let Some((residual, h)) = residual_and_h {
             args = args.input("residual", residual).output("h", h);
         }
-        let config = self.row_config(kernel, warps_for);
+        let config = self.row_config(kernel, warps_for, dtype);
         ops.launch(&config, [self.rows, 1, 1], &args)
     }
 
@@ -190,13 +204,14 @@ impl RmsNorm {
         (dx, dw): (BufferViewMut<'_>, BufferViewMut<'_>),
     ) -> Result<()> {
         self.check(op)?;
-        self.activation(op, "x", &x)?;
-        self.activation(op, "dy", &dy)?;
-        self.activation(op, "dx", &dx)?;
+        let dtype = activation_type(op, "x", &x)?;
+        self.activation(op, "x", &x, dtype)?;
+        self.activation(op, "dy", &dy, dtype)?;
+        self.activation(op, "dx", &dx, dtype)?;
         if let Some(dh_next) = &dh_next {
-            self.activation(op, "dh_next", dh_next)?;
+            self.activation(op, "dh_next", dh_next, dtype)?;
         }
-        expect(op, "w", &w, DType::Bf16, self.n)?;
+        expect(op, "w", &w, dtype, self.n)?;
         expect(op, "dw", &dw, DType::F32, self.n)?;
         expect(op, "rstd", &rstd, DType::F32, self.rows)?;
         let (kernel, x_name) = match dh_next {
@@ -204,7 +219,7 @@ impl RmsNorm {
             None => ("rmsnorm_bwd", "x"),
         };
         let config = self
-            .row_config(kernel, bwd_warps)
+            .row_config(kernel, bwd_warps, dtype)
             .int("ROWS", rows_per_program(self.rows, self.n));
         // One partial row of dw per program.
         let programs = config.programs("ROWS", self.rows);

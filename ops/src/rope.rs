@@ -5,7 +5,7 @@
 use kiln_compiler::DType;
 use kiln_runtime::{Args, BufferView, BufferViewMut};
 
-use crate::context::{expect, KernelConfig, Ops};
+use crate::context::{activation_type, expect, KernelConfig, Ops};
 use crate::{Error, Result};
 
 const FILE: &str = "rope.kiln";
@@ -70,11 +70,13 @@ impl Rope {
             self.tokens * self.q_heads * self.head_dim,
             self.tokens * self.kv_heads * self.head_dim,
         );
-        expect(op, "q", &q, DType::Bf16, q_len)?;
-        expect(op, "k", &k, DType::Bf16, k_len)?;
+        let dtype = activation_type(op, "q", &q)?;
+        expect(op, "q", &q, dtype, q_len)?;
+        expect(op, "k", &k, dtype, k_len)?;
         expect(op, "positions", &positions, DType::I32, self.tokens)?;
         let half = self.head_dim / 2;
         let config = KernelConfig::new(FILE, "rope")
+            .elem(dtype)
             .int("QHEADS", self.q_heads.next_power_of_two())
             .int("KHEADS", self.kv_heads.next_power_of_two())
             .int("HALF", half.next_power_of_two())

@@ -1,13 +1,13 @@
-//! SwiGLU of the MLP: `out = silu(gate) * up`, elementwise over bf16.
+//! SwiGLU of the MLP: `out = silu(gate) * up`, elementwise over bf16, f32 or f16 (`gate`'s element
+//! type, which the other arguments share).
 //!
 //! Layout: `gate` and `up` are separate `[tokens, intermediate]` buffers (two GEMM outputs, or
 //! two halves of one allocation); the backward writes `dgate` and `dup` the same way, ready
 //! for the two weight-gradient GEMMs.
 
-use kiln_compiler::DType;
 use kiln_runtime::{Args, BufferView, BufferViewMut};
 
-use crate::context::{expect, KernelConfig, Ops};
+use crate::context::{activation_type, expect, KernelConfig, Ops};
 use crate::Result;
 
 const FILE: &str = "swiglu.kiln";
@@ -28,10 +28,11 @@ pub fn forward<'a>(
     const OP: &str = "swiglu forward";
     let (gate, up, out) = (gate.into(), up.into(), out.into());
     let len = gate.len();
-    expect(OP, "gate", &gate, DType::Bf16, len)?;
-    expect(OP, "up", &up, DType::Bf16, len)?;
-    expect(OP, "out", &out, DType::Bf16, len)?;
+    let dtype = activation_type(OP, "gate", &gate)?;
+    expect(OP, "up", &up, dtype, len)?;
+    expect(OP, "out", &out, dtype, len)?;
     let config = KernelConfig::new(FILE, "swiglu_fwd")
+        .elem(dtype)
         .int("BLOCK", FWD_BLOCK)
         .warps(WARPS);
     let args = Args::new()
@@ -55,12 +56,13 @@ pub fn backward<'a>(
     let (gate, up, dout) = (gate.into(), up.into(), dout.into());
     let (dgate, dup) = (dgate.into(), dup.into());
     let len = gate.len();
-    expect(OP, "gate", &gate, DType::Bf16, len)?;
-    expect(OP, "up", &up, DType::Bf16, len)?;
-    expect(OP, "dout", &dout, DType::Bf16, len)?;
-    expect(OP, "dgate", &dgate, DType::Bf16, len)?;
-    expect(OP, "dup", &dup, DType::Bf16, len)?;
+    let dtype = activation_type(OP, "gate", &gate)?;
+    expect(OP, "up", &up, dtype, len)?;
+    expect(OP, "dout", &dout, dtype, len)?;
+    expect(OP, "dgate", &dgate, dtype, len)?;
+    expect(OP, "dup", &dup, dtype, len)?;
     let config = KernelConfig::new(FILE, "swiglu_bwd")
+        .elem(dtype)
         .int("BLOCK", BWD_BLOCK)
         .warps(WARPS);
     let args = Args::new()

@@ -21,13 +21,16 @@ impl Checker<'_> {
     pub fn resolve_type(&self, t: &TypeExpr) -> R<ResolvedType> {
         match &t.kind {
             TypeExprKind::Param { name, ptr } => {
-                let Some(Val::DType(d)) = self.lookup(name).map(|b| &b.val) else {
-                    // The parser only reads `T` as a type when the kernel declares it; a `let`
-                    // may have shadowed it since.
+                let val = self.lookup(name).map(|b| &b.val);
+                let Some(Val::DType(d)) = val else {
+                    // The parser reads `T` as a type where a kernel's type parameter or a
+                    // helper's untyped parameter has that name; here it holds something else.
+                    let holds = val.map_or("nothing".into(), |v| self.describe(v));
                     return Err(Diagnostic::new(
                         t.span,
-                        format!("`{name}` is not a type here: a variable of that name hides the type parameter"),
-                    ));
+                        format!("`{name}` is not a type here: it holds {holds}"),
+                    )
+                    .with_note("a type parameter, or a helper's parameter given a type (`f(x, T)`), can stand as a type"));
                 };
                 Ok(match ptr {
                     Some(mutable) => ResolvedType::Ptr {

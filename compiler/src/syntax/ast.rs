@@ -107,7 +107,8 @@ pub enum TypeExprKind {
         pointee: DType,
         mutable: bool,
     },
-    /// A type parameter of the enclosing kernel: `T`, or with `ptr` a pointer to it, `*T`
+    /// A type parameter of the enclosing kernel (or an untyped parameter of the enclosing
+    /// helper, which a call may give an element type): `T`, or with `ptr` a pointer to it, `*T`
     /// (`Some(false)`) or `*mut T` (`Some(true)`). The checker substitutes the element type.
     Param {
         name: String,

@@ -236,6 +236,13 @@ fn function(i: In) -> PResult<Item> {
         let (i, (ns, name)) = ident(i)?;
         let (i, _) = sym("(")(i)?;
         let (i, params) = comma_list(i, fn_param, ")")?;
+        // An untyped parameter may carry an element type (`f(x, T)`): it can stand as one.
+        let type_args = params
+            .iter()
+            .filter(|p: &&FnParam| p.ty.is_none())
+            .map(|p| p.name.name.clone())
+            .collect();
+        let _scope = TypeParamScope::enter(type_args);
         let (i, body) = block(i)?;
         let span = span_from(start, &i);
         Ok((

@@ -78,7 +78,8 @@ fn type_parameters_parse() {
 
 #[test]
 fn only_declared_type_parameters_are_types() {
-    // `U` is not declared, and a helper has no type parameters: both are unknown types, as before.
+    // `U` is not declared, and a helper's parameter annotations name element types: both are
+    // unknown types, as before.
     for text in [
         "kernel k<T: type = f32>(x: *U) {}",
         "fn f(v: T) { v }\nkernel k<T: type = f32>(x: *T) {}",
@@ -167,6 +168,22 @@ kernel k<T: type = f16, U: type = T>(x: *T, y: *mut U) {
     let k = checked(text, &defines);
     let ir = ir::print_kernel(&k);
     assert!(ir.contains("<8xf32>") && ir.contains("%x: *bf16"), "{ir}");
+}
+
+#[test]
+fn a_helper_casts_to_a_type_it_is_given() {
+    let text = "\
+fn store_as(p, v, t) { store(p, v as t); }
+kernel k<T: type = bf16>(x: *f32, y: *mut T) {
+    store_as(y + range(8), load(x + range(8)) * 2.0, T);
+}";
+    let ir = ir::print_kernel(&checked(text, &with_t(DType::F16)));
+    assert!(ir.contains("cast %") && ir.contains("<8xf16>"), "{ir}");
+    let e = rendered_error(&text.replace("2.0, T)", "2.0, 3)"), &Defines::new());
+    assert!(
+        e.contains("error: `t` is not a type here: it holds a `i32` literal"),
+        "{e}"
+    );
 }
 
 #[test]

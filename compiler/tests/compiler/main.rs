@@ -26,3 +26,4 @@ mod nvptx_snapshots;
 mod parse;
 mod passes;
 mod sema;
+mod shipped_generic;

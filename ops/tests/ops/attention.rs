@@ -1,6 +1,7 @@
 //! Flash attention over packed sequences: against an f64 reference (random lengths, length-1
 //! sequences, lengths that are not multiples of the block), backward against finite
-//! differences, and no leakage between the sequences of a pack.
+//! differences, and no leakage between the sequences of a pack. In bf16 and f16 everywhere, and in
+//! f32 on the CPU (the GPU refuses f32 attention: its dots run on tensor cores).
 
 use crate::gradcheck::{dot, numeric_grad};
 use crate::harness::{for_each_device, Harness, Tol};
@@ -27,23 +28,33 @@ struct Outputs {
 }
 
 fn inputs(h: &Harness, attn: &Attention, tokens: usize) -> Inputs {
+    inputs_of(h, DType::Bf16, attn, tokens)
+}
+
+/// Random inputs already rounded to `d`.
+fn inputs_of(h: &Harness, d: DType, attn: &Attention, tokens: usize) -> Inputs {
     let (q_len, kv_len) = (
         tokens * attn.q_heads * attn.head_dim,
         tokens * attn.kv_heads * attn.head_dim,
     );
     Inputs {
-        q: h.rand_bf16(q_len, 2.0),
-        k: h.rand_bf16(kv_len, 2.0),
-        v: h.rand_bf16(kv_len, 1.0),
-        d_o: h.rand_bf16(q_len, 1.0),
+        q: h.rand(d, q_len, 2.0),
+        k: h.rand(d, kv_len, 2.0),
+        v: h.rand(d, kv_len, 1.0),
+        d_o: h.rand(d, q_len, 1.0),
     }
 }
 
 fn run(h: &Harness, attn: &Attention, cu_seqlens: &[usize], x: &Inputs) -> Outputs {
+    run_in(h, DType::Bf16, attn, cu_seqlens, x)
+}
+
+/// Forward and backward with activations of element type `d`.
+fn run_in(h: &Harness, d: DType, attn: &Attention, cu_seqlens: &[usize], x: &Inputs) -> Outputs {
     let blocks = PackedBlocks::new(&h.ops, cu_seqlens).unwrap();
     let t = blocks.tokens();
-    let [q, k, v, d_o] = [&x.q, &x.k, &x.v, &x.d_o].map(|data| h.bf16(data));
-    let poisoned = |like: &Buffer| h.poisoned_bf16(like.len());
+    let [q, k, v, d_o] = [&x.q, &x.k, &x.v, &x.d_o].map(|data| h.buf(d, data));
+    let poisoned = |like: &Buffer| h.poisoned(d, like.len());
     let (mut o, mut lse) = (poisoned(&q), h.poisoned_f32(t * attn.q_heads));
     attn.forward(&h.ops, &blocks, &q, &k, &v, &mut o, &mut lse)
         .unwrap();
@@ -68,20 +79,34 @@ fn run(h: &Harness, attn: &Attention, cu_seqlens: &[usize], x: &Inputs) -> Outpu
 }
 
 fn tol(want: &[f64]) -> Tol {
+    tol_in(DType::Bf16, want)
+}
+
+/// The probabilities pass through `d` on their way into the second dot; f32 stays f32 all along.
+fn tol_in(d: DType, want: &[f64]) -> Tol {
     let max = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let rel = match d {
+        DType::F32 => 1e-5,
+        DType::F16 => 4e-3,
+        _ => 2e-2,
+    };
     Tol {
-        rel: 2e-2,
-        abs: 2e-2 * max,
+        rel,
+        abs: rel * max,
     }
 }
 
 fn check_against_reference(h: &Harness, attn: Attention, lengths: &[usize]) {
+    check_in(h, DType::Bf16, attn, lengths)
+}
+
+fn check_in(h: &Harness, d: DType, attn: Attention, lengths: &[usize]) {
     let mut cu = vec![0];
     for l in lengths {
         cu.push(cu.last().unwrap() + l);
     }
-    let x = inputs(h, &attn, *cu.last().unwrap());
-    let got = run(h, &attn, &cu, &x);
+    let x = inputs_of(h, d, &attn, *cu.last().unwrap());
+    let got = run_in(h, d, &attn, &cu, &x);
     let reference = PackedAttention {
         cu_seqlens: &cu,
         q_heads: attn.q_heads,
@@ -89,11 +114,40 @@ fn check_against_reference(h: &Harness, attn: Attention, lengths: &[usize]) {
         head_dim: attn.head_dim,
     };
     let o = reference.forward(&x.q, &x.k, &x.v);
-    h.assert_close("o", &got.o, &o, tol(&o));
+    h.assert_close(&format!("{d} o"), &got.o, &o, tol_in(d, &o));
     let (dq, dk, dv) = reference.backward(&x.q, &x.k, &x.v, &x.d_o);
-    h.assert_close("dq", &got.dq, &dq, tol(&dq));
-    h.assert_close("dk", &got.dk, &dk, tol(&dk));
-    h.assert_close("dv", &got.dv, &dv, tol(&dv));
+    h.assert_close(&format!("{d} dq"), &got.dq, &dq, tol_in(d, &dq));
+    h.assert_close(&format!("{d} dk"), &got.dk, &dk, tol_in(d, &dk));
+    h.assert_close(&format!("{d} dv"), &got.dv, &dv, tol_in(d, &dv));
+}
+
+#[test]
+fn attention_in_f32_and_f16() {
+    for_each_device(|h| {
+        let attn = Attention {
+            q_heads: 4,
+            kv_heads: 2,
+            head_dim: 16,
+        };
+        let lengths = [1, 70, 17, 3, 130];
+        check_in(h, DType::F16, attn, &lengths);
+        if !h.device.is_gpu() {
+            check_in(h, DType::F32, attn, &lengths);
+            return;
+        }
+        // The GPU refuses f32 attention with an error naming the argument.
+        let blocks = PackedBlocks::new(&h.ops, &[0, 16]).unwrap();
+        let x = h.f32_buf(&h.rand_f32(16 * 4 * 16, 1.0));
+        let kv = h.f32_buf(&h.rand_f32(16 * 2 * 16, 1.0));
+        let (mut o, mut lse) = (h.poisoned_f32(x.len()), h.poisoned_f32(16 * 4));
+        let err = attn
+            .forward(&h.ops, &blocks, &x, &kv, &kv, &mut o, &mut lse)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("`q` is f32: attention on the GPU"),
+            "{err}"
+        );
+    });
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! Cut cross-entropy against a naive full-logits reference in f64 (ignored tokens, a target in
 //! the last, partial vocabulary chunk, z-loss), its backward against finite differences, and on
 //! a GPU the full Qwen2.5-0.5B size against the materialised path (one [T, V] GEMM and the
-//! row-wise cross-entropy kernels).
+//! row-wise cross-entropy kernels). The small cases run with bf16 and with f32 hidden states and
+//! weights (f32 logits all the way).
 
 use crate::gradcheck::numeric_grad;
 use crate::harness::{for_each_device, Harness, Tol};
@@ -17,11 +18,30 @@ const LOSS: Tol = Tol {
     abs: 1e-4,
 };
 
+/// With f32 activations the logits stay f32: a few f32 roundings per token.
+const LOSS_F32: Tol = Tol {
+    rel: 1e-5,
+    abs: 1e-5,
+};
+
+fn loss_tol(act: DType) -> Tol {
+    if act == DType::F32 {
+        LOSS_F32
+    } else {
+        LOSS
+    }
+}
+
 fn grad_tol(want: &[f64]) -> Tol {
+    grad_tol_in(DType::Bf16, want)
+}
+
+fn grad_tol_in(act: DType, want: &[f64]) -> Tol {
     let max = want.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    let rel = if act == DType::F32 { 1e-5 } else { 1e-2 };
     Tol {
-        rel: 1e-2,
-        abs: 1e-2 * max,
+        rel,
+        abs: rel * max,
     }
 }
 
@@ -40,10 +60,11 @@ fn labels(h: &Harness, case: &Case) -> Vec<i32> {
     labels
 }
 
-fn run_case(h: &Harness, case: &Case, fd: bool) {
+/// One case with hidden states and weights of type `act` (bf16 or f32).
+fn run_case(h: &Harness, act: DType, case: &Case, fd: bool) {
     let (t, hd, v) = (case.tokens, case.hidden, case.vocab);
-    let hidden = h.rand_bf16(t * hd, 1.0);
-    let w = h.rand_bf16(v * hd, 0.5);
+    let hidden = h.rand(act, t * hd, 1.0);
+    let w = h.rand(act, v * hd, 0.5);
     let labels = labels(h, case);
     let reference = LinearCrossEntropy {
         labels: &labels,
@@ -56,13 +77,15 @@ fn run_case(h: &Harness, case: &Case, fd: bool) {
         z_loss: case.z_loss,
         ..CutCrossEntropy::new(t, hd, v)
     };
-    let (hb, wb, lb) = (h.bf16(&hidden), h.bf16(&w), h.i32_buf(&labels));
+    let (hb, wb, lb) = (h.buf(act, &hidden), h.buf(act, &w), h.i32_buf(&labels));
     let state = op.forward(&h.ops, &hb, &wb, &lb).unwrap();
     let loss = state.loss().unwrap() as f64;
-    h.assert_close("loss", &[loss], &[reference.loss(&hidden, &w)], LOSS);
+    let want = reference.loss(&hidden, &w);
+    h.assert_close(&format!("{act} loss"), &[loss], &[want], loss_tol(act));
     assert_eq!(state.counted_tokens().unwrap(), t - 1);
     let per_token = reference.losses(&hidden, &w);
-    h.assert_close("per-token losses", &h.read(&state.losses), &per_token, LOSS);
+    let got = h.read(&state.losses);
+    h.assert_close("per-token losses", &got, &per_token, loss_tol(act));
 
     let dloss = 0.5;
     let (dh_want, dw_want) = if fd {
@@ -74,7 +97,14 @@ fn run_case(h: &Harness, case: &Case, fd: bool) {
         reference.gradients(&hidden, &w, dloss)
     };
     let dl = dloss as f32;
-    for dtype in [DType::F32, DType::Bf16] {
+    // dhidden in f32, or bf16 through an f32 accumulator.
+    let dhidden_types: &[DType] = if act == DType::F32 {
+        &[DType::F32]
+    } else {
+        &[DType::F32, DType::Bf16]
+    };
+    let grad_tol = |want: &[f64]| grad_tol_in(act, want);
+    for &dtype in dhidden_types {
         let mut dh = h.device.alloc(dtype, t * hd).unwrap();
         let mut dw = h.poisoned_f32(v * hd);
         op.backward(&h.ops, &hb, &wb, &lb, &state, dl, &mut dh, &mut dw, false)
@@ -105,7 +135,8 @@ fn cut_cross_entropy_matches_the_full_logits_reference() {
                 chunk: 256,
                 z_loss,
             };
-            run_case(h, &case, false);
+            run_case(h, DType::Bf16, &case, false);
+            run_case(h, DType::F32, &case, false);
         }
     });
 }
@@ -120,7 +151,8 @@ fn cut_cross_entropy_backward_matches_finite_differences() {
             chunk: 16,
             z_loss: 0.1,
         };
-        run_case(h, &case, true);
+        run_case(h, DType::Bf16, &case, true);
+        run_case(h, DType::F32, &case, true);
     });
 }
 

@@ -83,6 +83,26 @@ impl Harness {
         (0..n).map(|_| self.uniform(scale) as f32 as f64).collect()
     }
 
+    /// Random values already rounded to `dtype` (bf16, f16 or f32).
+    pub fn rand(&self, dtype: DType, n: usize, scale: f64) -> Vec<f64> {
+        match dtype {
+            DType::Bf16 => self.rand_bf16(n, scale),
+            DType::F16 => self.rand_f16(n, scale),
+            DType::F32 => self.rand_f32(n, scale),
+            d => panic!("no random {d} values"),
+        }
+    }
+
+    /// A buffer of `dtype` (bf16, f16 or f32) holding `v`.
+    pub fn buf(&self, dtype: DType, v: &[f64]) -> Buffer {
+        match dtype {
+            DType::Bf16 => self.bf16(v),
+            DType::F16 => self.f16(v),
+            DType::F32 => self.f32_buf(v),
+            d => panic!("no {d} buffers from f64"),
+        }
+    }
+
     pub fn rand_labels(&self, n: usize, vocab: usize) -> Vec<i32> {
         (0..n)
             .map(|_| ((self.uniform(0.5) + 0.5) * vocab as f64) as i32 % vocab as i32)
@@ -108,7 +128,8 @@ impl Harness {
         self.device.upload(v).unwrap()
     }
 
-    fn poisoned(&self, dtype: DType, n: usize) -> Buffer {
+    /// A buffer whose every element is NaN until written.
+    pub fn poisoned(&self, dtype: DType, n: usize) -> Buffer {
         let mut b = self.device.alloc(dtype, n).unwrap();
         b.poison().unwrap();
         b
@@ -201,6 +222,12 @@ impl Harness {
                 .unwrap()
                 .iter()
                 .map(|&x| x as f64)
+                .collect(),
+            DType::F16 => b
+                .download::<f16>()
+                .unwrap()
+                .iter()
+                .map(|x| x.to_f64())
                 .collect(),
             DType::I32 => b
                 .download::<i32>()

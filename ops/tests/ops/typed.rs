@@ -1,10 +1,12 @@
 //! The typed operations of `kiln_ops`: forward against the f64 references, every backward
 //! against central finite differences of the f64 forward, on small odd sizes (CPU and GPU),
-//! plus the model's full sizes where a GPU runs them.
+//! plus the model's full sizes where a GPU runs them. The activation ops run in each element type
+//! they are generic over (bf16, f32, f16), with that type's tolerance.
 
 use crate::gradcheck::{dot, numeric_grad};
 use crate::harness::{for_each_device, Harness, Tol};
 use crate::reference as r;
+use kiln_compiler::DType;
 use kiln_ops::adamw::{AdamW, GradNorm, ParamState};
 use kiln_ops::embedding::Embedding;
 use kiln_ops::rmsnorm::RmsNorm;
@@ -28,27 +30,65 @@ fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
 }
 
-/// Rounds to bf16, as a kernel storing bf16 does.
-fn round_bf16(v: &[f64]) -> Vec<f64> {
+/// The element types of the activations, each op is checked in.
+const ELEMENT_TYPES: [DType; 3] = [DType::Bf16, DType::F32, DType::F16];
+
+/// f32 outputs: a few roundings of f32 arithmetic (the exponentials and sines a few ulps each).
+const F32: Tol = Tol {
+    rel: 1e-5,
+    abs: 1e-5,
+};
+
+/// f16 outputs: 11 mantissa bits, half an ulp is 2^-11 relative, plus the f32 arithmetic.
+const F16: Tol = Tol {
+    rel: 2e-3,
+    abs: 2e-3,
+};
+
+/// Tolerance for an output of element type `d` against values of magnitude up to about 1.
+fn tol(d: DType) -> Tol {
+    grad_tol(d, 1.0)
+}
+
+/// Tolerance for an output of element type `d` against a gradient of magnitude up to `scale`
+/// (the absolute term covers the cancellations of sums of terms of that size).
+fn grad_tol(d: DType, scale: f64) -> Tol {
+    let t = match d {
+        DType::F32 => F32,
+        DType::F16 => F16,
+        _ => return bf16_grad(scale),
+    };
+    Tol {
+        rel: t.rel,
+        abs: t.abs * scale,
+    }
+}
+
+/// Rounds to `d`, as a kernel storing `d` does.
+fn round_to(d: DType, v: &[f64]) -> Vec<f64> {
     v.iter()
-        .map(|&x| half::bf16::from_f64(x).to_f64())
+        .map(|&x| match d {
+            DType::F32 => x as f32 as f64,
+            DType::F16 => half::f16::from_f64(x).to_f64(),
+            _ => half::bf16::from_f64(x).to_f64(),
+        })
         .collect()
 }
 
-fn rmsnorm_case(h: &Harness, rows: usize, n: usize, fd: bool) {
+fn rmsnorm_case(h: &Harness, d: DType, rows: usize, n: usize, fd: bool) {
     let op = RmsNorm { rows, n, eps: 1e-6 };
-    let x = h.rand_bf16(rows * n, 2.0);
-    let w = h.rand_bf16(n, 1.0);
-    let dy = h.rand_bf16(rows * n, 1.0);
-    let (xb, wb, dyb) = (h.bf16(&x), h.bf16(&w), h.bf16(&dy));
-    let (mut y, mut rstd) = (h.poisoned_bf16(rows * n), h.poisoned_f32(rows));
+    let x = h.rand(d, rows * n, 2.0);
+    let w = h.rand(d, n, 1.0);
+    let dy = h.rand(d, rows * n, 1.0);
+    let (xb, wb, dyb) = (h.buf(d, &x), h.buf(d, &w), h.buf(d, &dy));
+    let (mut y, mut rstd) = (h.poisoned(d, rows * n), h.poisoned_f32(rows));
     op.forward(&h.ops, &xb, &wb, &mut y, &mut rstd).unwrap();
     let (y_ref, _) = r::rmsnorm_fwd(&x, &w, n, 1e-6);
-    h.assert_close("rmsnorm y", &h.read(&y), &y_ref, BF16);
+    h.assert_close("rmsnorm y", &h.read(&y), &y_ref, tol(d));
 
     // dw accumulates: it starts from a gradient so far and must end at that plus this one.
     let dw_before = h.rand_f32(n, 1.0);
-    let (mut dx, mut dw) = (h.poisoned_bf16(rows * n), h.f32_buf(&dw_before));
+    let (mut dx, mut dw) = (h.poisoned(d, rows * n), h.f32_buf(&dw_before));
     op.backward(&h.ops, &xb, &wb, &dyb, &rstd, &mut dx, &mut dw)
         .unwrap();
     let (dx_want, dw_want) = if fd {
@@ -62,7 +102,7 @@ fn rmsnorm_case(h: &Harness, rows: usize, n: usize, fd: bool) {
         "rmsnorm dx",
         &h.read(&dx),
         &dx_want,
-        bf16_grad(max_abs(&dx_want)),
+        grad_tol(d, max_abs(&dx_want)),
     );
     let dw_added: Vec<f64> = h
         .read(&dw)
@@ -74,18 +114,20 @@ fn rmsnorm_case(h: &Harness, rows: usize, n: usize, fd: bool) {
         "rmsnorm dw",
         &dw_added,
         &dw_want,
-        bf16_grad(max_abs(&dw_want)),
+        grad_tol(d, max_abs(&dw_want)),
     );
 }
 
 #[test]
 fn rmsnorm_forward_and_backward() {
     for_each_device(|h| {
-        rmsnorm_case(h, 3, 40, true);
-        rmsnorm_case(h, 70, 96, false);
+        for d in ELEMENT_TYPES {
+            rmsnorm_case(h, d, 3, 40, true);
+            rmsnorm_case(h, d, 70, 96, false);
+        }
         if h.device.is_gpu() {
-            rmsnorm_case(h, 8192, 896, false);
-            rmsnorm_case(h, 2048, 4096, false);
+            rmsnorm_case(h, DType::Bf16, 8192, 896, false);
+            rmsnorm_case(h, DType::Bf16, 2048, 4096, false);
         }
     });
 }
@@ -93,84 +135,88 @@ fn rmsnorm_forward_and_backward() {
 #[test]
 fn add_rmsnorm_forward_and_backward() {
     for_each_device(|h| {
-        let (rows, n) = (5usize, 24usize);
-        let op = RmsNorm { rows, n, eps: 1e-6 };
-        let x = h.rand_bf16(rows * n, 1.0);
-        let res = h.rand_bf16(rows * n, 2.0);
-        let w = h.rand_bf16(n, 1.0);
-        let dy = h.rand_bf16(rows * n, 1.0);
-        let dnext = h.rand_bf16(rows * n, 1.0);
-        let bufs = [&x, &res, &w, &dy, &dnext].map(|v| h.bf16(v));
-        let [xb, rb, wb, dyb, dnb] = &bufs;
-        let (mut hb, mut y, mut rstd) = (
-            h.poisoned_bf16(rows * n),
-            h.poisoned_bf16(rows * n),
-            h.poisoned_f32(rows),
-        );
-        op.add_forward(&h.ops, xb, rb, &mut hb, wb, &mut y, &mut rstd)
-            .unwrap();
-        // The stream is stored in bf16 and normalised as stored.
-        let sum: Vec<f64> = x.iter().zip(&res).map(|(a, b)| a + b).collect();
-        let h_ref = round_bf16(&sum);
-        h.assert_close("h", &h.read(&hb), &h_ref, BF16);
-        h.assert_close(
-            "y",
-            &h.read(&y),
-            &r::rmsnorm_fwd(&h_ref, &w, n, 1e-6).0,
-            BF16,
-        );
+        ELEMENT_TYPES.into_iter().for_each(|d| {
+            let (rows, n) = (5usize, 24usize);
+            let op = RmsNorm { rows, n, eps: 1e-6 };
+            let x = h.rand(d, rows * n, 1.0);
+            let res = h.rand(d, rows * n, 2.0);
+            let w = h.rand(d, n, 1.0);
+            let dy = h.rand(d, rows * n, 1.0);
+            let dnext = h.rand(d, rows * n, 1.0);
+            let bufs = [&x, &res, &w, &dy, &dnext].map(|v| h.buf(d, v));
+            let [xb, rb, wb, dyb, dnb] = &bufs;
+            let (mut hb, mut y, mut rstd) = (
+                h.poisoned(d, rows * n),
+                h.poisoned(d, rows * n),
+                h.poisoned_f32(rows),
+            );
+            op.add_forward(&h.ops, xb, rb, &mut hb, wb, &mut y, &mut rstd)
+                .unwrap();
+            // The stream is stored in the activations' type and normalised as stored.
+            let sum: Vec<f64> = x.iter().zip(&res).map(|(a, b)| a + b).collect();
+            let h_ref = round_to(d, &sum);
+            h.assert_close("h", &h.read(&hb), &h_ref, tol(d));
+            h.assert_close(
+                "y",
+                &h.read(&y),
+                &r::rmsnorm_fwd(&h_ref, &w, n, 1e-6).0,
+                tol(d),
+            );
 
-        let dw_before = h.rand_f32(n, 1.0);
-        let (mut dx, mut dw) = (h.poisoned_bf16(rows * n), h.f32_buf(&dw_before));
-        op.add_backward(&h.ops, &hb, wb, dyb, &rstd, dnb, &mut dx, &mut dw)
-            .unwrap();
-        // Loss through both outputs: the normalised branch and the residual stream itself.
-        let loss = |x: &[f64]| {
-            let hv: Vec<f64> = x.iter().zip(&res).map(|(a, b)| a + b).collect();
-            dot(&r::rmsnorm_fwd(&hv, &w, n, 1e-6).0, &dy) + dot(&hv, &dnext)
-        };
-        let dx_fd = numeric_grad(&x, loss);
-        h.assert_close("dx", &h.read(&dx), &dx_fd, bf16_grad(max_abs(&dx_fd)));
-        let dw_ref = r::rmsnorm_bwd(&h_ref, &w, &dy, n, 1e-6).1;
-        let dw_added: Vec<f64> = h
-            .read(&dw)
-            .iter()
-            .zip(&dw_before)
-            .map(|(a, b)| a - b)
-            .collect();
-        h.assert_close("dw", &dw_added, &dw_ref, bf16_grad(max_abs(&dw_ref)));
+            let dw_before = h.rand_f32(n, 1.0);
+            let (mut dx, mut dw) = (h.poisoned(d, rows * n), h.f32_buf(&dw_before));
+            op.add_backward(&h.ops, &hb, wb, dyb, &rstd, dnb, &mut dx, &mut dw)
+                .unwrap();
+            // Loss through both outputs: the normalised branch and the residual stream itself.
+            let loss = |x: &[f64]| {
+                let hv: Vec<f64> = x.iter().zip(&res).map(|(a, b)| a + b).collect();
+                dot(&r::rmsnorm_fwd(&hv, &w, n, 1e-6).0, &dy) + dot(&hv, &dnext)
+            };
+            let dx_fd = numeric_grad(&x, loss);
+            h.assert_close("dx", &h.read(&dx), &dx_fd, grad_tol(d, max_abs(&dx_fd)));
+            let dw_ref = r::rmsnorm_bwd(&h_ref, &w, &dy, n, 1e-6).1;
+            let dw_added: Vec<f64> = h
+                .read(&dw)
+                .iter()
+                .zip(&dw_before)
+                .map(|(a, b)| a - b)
+                .collect();
+            h.assert_close("dw", &dw_added, &dw_ref, grad_tol(d, max_abs(&dw_ref)));
+        })
     });
 }
 
-fn swiglu_case(h: &Harness, len: usize, fd: bool) {
-    let g = h.rand_bf16(len, 4.0);
-    let u = h.rand_bf16(len, 2.0);
-    let d = h.rand_bf16(len, 1.0);
-    let (gb, ub, db) = (h.bf16(&g), h.bf16(&u), h.bf16(&d));
-    let mut out = h.poisoned_bf16(len);
+fn swiglu_case(h: &Harness, d: DType, len: usize, fd: bool) {
+    let g = h.rand(d, len, 4.0);
+    let u = h.rand(d, len, 2.0);
+    let dout = h.rand(d, len, 1.0);
+    let (gb, ub, db) = (h.buf(d, &g), h.buf(d, &u), h.buf(d, &dout));
+    let mut out = h.poisoned(d, len);
     swiglu::forward(&h.ops, &gb, &ub, &mut out).unwrap();
-    h.assert_close("swiglu out", &h.read(&out), &r::swiglu_fwd(&g, &u), BF16);
-    let (mut dg, mut du) = (h.poisoned_bf16(len), h.poisoned_bf16(len));
+    h.assert_close("swiglu out", &h.read(&out), &r::swiglu_fwd(&g, &u), tol(d));
+    let (mut dg, mut du) = (h.poisoned(d, len), h.poisoned(d, len));
     swiglu::backward(&h.ops, &gb, &ub, &db, &mut dg, &mut du).unwrap();
     let (dg_want, du_want) = if fd {
         (
-            numeric_grad(&g, |g| dot(&r::swiglu_fwd(g, &u), &d)),
-            numeric_grad(&u, |u| dot(&r::swiglu_fwd(&g, u), &d)),
+            numeric_grad(&g, |g| dot(&r::swiglu_fwd(g, &u), &dout)),
+            numeric_grad(&u, |u| dot(&r::swiglu_fwd(&g, u), &dout)),
         )
     } else {
-        r::swiglu_bwd(&g, &u, &d)
+        r::swiglu_bwd(&g, &u, &dout)
     };
-    h.assert_close("swiglu dgate", &h.read(&dg), &dg_want, BF16);
-    h.assert_close("swiglu dup", &h.read(&du), &du_want, BF16);
+    h.assert_close("swiglu dgate", &h.read(&dg), &dg_want, tol(d));
+    h.assert_close("swiglu dup", &h.read(&du), &du_want, tol(d));
 }
 
 #[test]
 fn swiglu_forward_and_backward() {
     for_each_device(|h| {
-        swiglu_case(h, 67, true);
-        swiglu_case(h, 3 * 4096 + 5, false);
+        for d in ELEMENT_TYPES {
+            swiglu_case(h, d, 67, true);
+            swiglu_case(h, d, 3 * 4096 + 5, false);
+        }
         if h.device.is_gpu() {
-            swiglu_case(h, 8192 * 4864, false);
+            swiglu_case(h, DType::Bf16, 8192 * 4864, false);
         }
     });
 }
@@ -178,12 +224,15 @@ fn swiglu_forward_and_backward() {
 #[test]
 fn residual_add() {
     for_each_device(|h| {
-        for len in [1, 2047, 3 * 2048 + 9] {
-            let (a, b) = (h.rand_bf16(len, 3.0), h.rand_bf16(len, 1.0));
-            let mut out = h.poisoned_bf16(len);
-            elementwise::add(&h.ops, &h.bf16(&a), &h.bf16(&b), &mut out).unwrap();
+        for (d, len) in ELEMENT_TYPES
+            .into_iter()
+            .flat_map(|d| [1, 2047, 3 * 2048 + 9].map(|len| (d, len)))
+        {
+            let (a, b) = (h.rand(d, len, 3.0), h.rand(d, len, 1.0));
+            let mut out = h.poisoned(d, len);
+            elementwise::add(&h.ops, &h.buf(d, &a), &h.buf(d, &b), &mut out).unwrap();
             let want: Vec<f64> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
-            h.assert_close("add", &h.read(&out), &want, BF16);
+            h.assert_close("add", &h.read(&out), &want, tol(d));
         }
         let short = h.poisoned_bf16(3);
         let err = elementwise::add(&h.ops, &short, &h.poisoned_bf16(4), &mut h.poisoned_bf16(3));
@@ -191,7 +240,7 @@ fn residual_add() {
     });
 }
 
-fn rope_case(h: &Harness, rope: Rope, fd: bool) {
+fn rope_case(h: &Harness, d: DType, rope: Rope, fd: bool) {
     let Rope {
         tokens,
         q_heads,
@@ -210,22 +259,22 @@ fn rope_case(h: &Harness, rope: Rope, fd: bool) {
         })
         .collect();
     let pos = h.i32_buf(&positions);
-    let q = h.rand_bf16(tokens * q_heads * head_dim, 2.0);
-    let k = h.rand_bf16(tokens * kv_heads * head_dim, 2.0);
-    let (mut qb, mut kb) = (h.bf16(&q), h.bf16(&k));
+    let q = h.rand(d, tokens * q_heads * head_dim, 2.0);
+    let k = h.rand(d, tokens * kv_heads * head_dim, 2.0);
+    let (mut qb, mut kb) = (h.buf(d, &q), h.buf(d, &k));
     rope.forward(&h.ops, &mut qb, &mut kb, &pos).unwrap();
     let rotate = |x: &[f64], heads| {
         let mut x = x.to_vec();
         r::rope(&mut x, &positions, heads, head_dim, theta as f64, false);
         x
     };
-    h.assert_close("rope q", &h.read(&qb), &rotate(&q, q_heads), BF16);
-    h.assert_close("rope k", &h.read(&kb), &rotate(&k, kv_heads), BF16);
+    h.assert_close("rope q", &h.read(&qb), &rotate(&q, q_heads), tol(d));
+    h.assert_close("rope k", &h.read(&kb), &rotate(&k, kv_heads), tol(d));
 
     // Backward: the gradient of sum(rope(q) * dq) with respect to q.
-    let dq = h.rand_bf16(q.len(), 1.0);
-    let dk = h.rand_bf16(k.len(), 1.0);
-    let (mut dqb, mut dkb) = (h.bf16(&dq), h.bf16(&dk));
+    let dq = h.rand(d, q.len(), 1.0);
+    let dk = h.rand(d, k.len(), 1.0);
+    let (mut dqb, mut dkb) = (h.buf(d, &dq), h.buf(d, &dk));
     rope.backward(&h.ops, &mut dqb, &mut dkb, &pos).unwrap();
     let (dq_want, dk_want) = if fd {
         (
@@ -240,8 +289,8 @@ fn rope_case(h: &Harness, rope: Rope, fd: bool) {
         };
         (inverse(&dq, q_heads), inverse(&dk, kv_heads))
     };
-    h.assert_close("rope dq", &h.read(&dqb), &dq_want, BF16);
-    h.assert_close("rope dk", &h.read(&dkb), &dk_want, BF16);
+    h.assert_close("rope dq", &h.read(&dqb), &dq_want, tol(d));
+    h.assert_close("rope dk", &h.read(&dkb), &dk_want, tol(d));
 }
 
 #[test]
@@ -254,7 +303,9 @@ fn rope_forward_and_backward() {
             head_dim: 8,
             theta: 10000.0,
         };
-        rope_case(h, small, true);
+        for d in ELEMENT_TYPES {
+            rope_case(h, d, small, true);
+        }
         let qwen = Rope {
             tokens: 37,
             q_heads: 14,
@@ -262,10 +313,13 @@ fn rope_forward_and_backward() {
             head_dim: 64,
             theta: 1e6,
         };
-        rope_case(h, qwen, false);
+        for d in ELEMENT_TYPES {
+            rope_case(h, d, qwen, false);
+        }
         if h.device.is_gpu() {
             rope_case(
                 h,
+                DType::Bf16,
                 Rope {
                     tokens: 8192,
                     ..qwen
@@ -279,7 +333,7 @@ fn rope_forward_and_backward() {
                 head_dim: 128,
                 theta: 5e5,
             };
-            rope_case(h, big, false);
+            rope_case(h, DType::Bf16, big, false);
         }
     });
 }
@@ -287,50 +341,52 @@ fn rope_forward_and_backward() {
 #[test]
 fn embedding_forward_and_backward_with_repeated_ids() {
     for_each_device(|h| {
-        let table = Embedding {
-            vocab: 11,
-            hidden: 70,
-        };
-        let ids = [3, 7, 3, 0, 10, 3, 7, 12, -1];
-        let w = h.rand_bf16(table.vocab * table.hidden, 1.0);
-        let (idb, wb) = (h.i32_buf(&ids), h.bf16(&w));
-        let mut out = h.poisoned_bf16(ids.len() * table.hidden);
-        table.forward(&h.ops, &idb, &wb, &mut out).unwrap();
-        let hidden = table.hidden;
-        let row = |id: i32| -> Vec<f64> {
-            if (0..table.vocab as i32).contains(&id) {
-                w[id as usize * hidden..(id as usize + 1) * hidden].to_vec()
-            } else {
-                vec![0.0; hidden]
-            }
-        };
-        let want: Vec<f64> = ids.iter().flat_map(|&id| row(id)).collect();
-        h.assert_close(
-            "embedding out",
-            &h.read(&out),
-            &want,
-            Tol { rel: 0.0, abs: 0.0 },
-        );
+        ELEMENT_TYPES.into_iter().for_each(|d| {
+            let table = Embedding {
+                vocab: 11,
+                hidden: 70,
+            };
+            let ids = [3, 7, 3, 0, 10, 3, 7, 12, -1];
+            let w = h.rand(d, table.vocab * table.hidden, 1.0);
+            let (idb, wb) = (h.i32_buf(&ids), h.buf(d, &w));
+            let mut out = h.poisoned(d, ids.len() * table.hidden);
+            table.forward(&h.ops, &idb, &wb, &mut out).unwrap();
+            let hidden = table.hidden;
+            let row = |id: i32| -> Vec<f64> {
+                if (0..table.vocab as i32).contains(&id) {
+                    w[id as usize * hidden..(id as usize + 1) * hidden].to_vec()
+                } else {
+                    vec![0.0; hidden]
+                }
+            };
+            let want: Vec<f64> = ids.iter().flat_map(|&id| row(id)).collect();
+            h.assert_close(
+                "embedding out",
+                &h.read(&out),
+                &want,
+                Tol { rel: 0.0, abs: 0.0 },
+            );
 
-        let dout = h.rand_bf16(ids.len() * hidden, 1.0);
-        let mut dw = h.device.alloc(kiln_compiler::DType::F32, w.len()).unwrap();
-        dw.zero().unwrap();
-        table
-            .backward(&h.ops, &idb, &h.bf16(&dout), &mut dw)
-            .unwrap();
-        let mut dw_want = vec![0.0; w.len()];
-        for (t, &id) in ids.iter().enumerate() {
-            if (0..table.vocab as i32).contains(&id) {
-                for c in 0..hidden {
-                    dw_want[id as usize * hidden + c] += dout[t * hidden + c];
+            let dout = h.rand(d, ids.len() * hidden, 1.0);
+            let mut dw = h.device.alloc(kiln_compiler::DType::F32, w.len()).unwrap();
+            dw.zero().unwrap();
+            table
+                .backward(&h.ops, &idb, &h.buf(d, &dout), &mut dw)
+                .unwrap();
+            let mut dw_want = vec![0.0; w.len()];
+            for (t, &id) in ids.iter().enumerate() {
+                if (0..table.vocab as i32).contains(&id) {
+                    for c in 0..hidden {
+                        dw_want[id as usize * hidden + c] += dout[t * hidden + c];
+                    }
                 }
             }
-        }
-        let f32_sums = Tol {
-            rel: 1e-6,
-            abs: 1e-6,
-        };
-        h.assert_close("embedding dweight", &h.read(&dw), &dw_want, f32_sums);
+            let f32_sums = Tol {
+                rel: 1e-6,
+                abs: 1e-6,
+            };
+            h.assert_close("embedding dweight", &h.read(&dw), &dw_want, f32_sums);
+        })
     });
 }
 
@@ -457,6 +513,25 @@ fn wrong_shapes_are_errors_naming_the_op_and_argument() {
     assert_eq!(
         err.to_string(),
         "swiglu forward: `up` must be 32 x bf16, got 7 x bf16"
+    );
+    // The first activation sets the element type; the others must share it.
+    let x32 = h.f32_buf(&h.rand_f32(32, 1.0));
+    let err = swiglu::forward(&h.ops, &x32, &x, &mut y).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }));
+    assert_eq!(
+        err.to_string(),
+        "swiglu forward: `up` must be 32 x f32, got 32 x bf16"
+    );
+    let err = op.forward(&h.ops, &x, x32.slice(..8).unwrap(), &mut y, &mut rstd);
+    assert_eq!(
+        err.unwrap_err().to_string(),
+        "rmsnorm forward: `w` must be 8 x bf16, got 8 x f32"
+    );
+    let ids = h.i32_buf(&[1; 32]);
+    let err = elementwise::add(&h.ops, &ids, &ids, &mut y).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "add: `a` is i32; activations must be bf16, f32 or f16"
     );
 }
 

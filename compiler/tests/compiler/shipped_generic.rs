@@ -1,0 +1,106 @@
+//! The shipped activation kernels are generic over their element type (`T: type = bf16`): their
+//! f32 and f16 specialisations check too; f32 IR and PTX are snapshotted next to the default
+//! (bf16) ones of `kernels.rs` and `nvptx_snapshots.rs`, and the GPU specialisations assemble.
+
+use kiln_compiler::{compile_to_ir, ir, ConstValue, DType, Defines, Source};
+
+/// Every shipped file with a generic kernel, as a source.
+fn generic_files() -> Vec<Source> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/kernels");
+    let mut files: Vec<Source> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "kiln"))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            Source::new(p.file_name().unwrap().to_string_lossy(), text)
+        })
+        .filter(|s| s.text.contains("<T: type = bf16"))
+        .collect();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
+}
+
+fn specialised(src: &Source, d: DType) -> Vec<ir::Kernel> {
+    let defines = Defines::from([("T".to_string(), ConstValue::DType(d))]);
+    compile_to_ir(src, &defines).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_activation_kernels_are_generic() {
+    let names: Vec<String> = generic_files().into_iter().map(|s| s.name).collect();
+    let want = [
+        "add.kiln",
+        "attention.kiln",
+        "cross_entropy.kiln",
+        "embedding.kiln",
+        "rmsnorm.kiln",
+        "rope.kiln",
+        "swiglu.kiln",
+    ];
+    assert_eq!(names, want);
+}
+
+#[test]
+fn shipped_kernels_ir_f32() {
+    for src in generic_files() {
+        for d in [DType::F32, DType::F16] {
+            let kernels = specialised(&src, d);
+            for k in &kernels {
+                ir::verify(k).unwrap();
+                // A kernel either takes T (and is specialised) or has no activations at all.
+                if let Some((_, v)) = k.consts.iter().find(|(n, _)| n == "T") {
+                    assert_eq!(*v, ConstValue::DType(d));
+                    let text = ir::print_kernel(k);
+                    assert!(
+                        !text.contains("bf16"),
+                        "{} in {d} still uses bf16:\n{text}",
+                        k.name
+                    );
+                }
+            }
+            if d == DType::F32 {
+                let text: Vec<String> = kernels.iter().map(ir::print_kernel).collect();
+                insta::assert_snapshot!(format!("ir_f32_{}", src.name), text.join("\n"));
+            }
+        }
+    }
+}
+
+#[cfg(feature = "nvptx")]
+#[test]
+fn gpu_specialisations_assemble_and_f32_ptx_is_snapshotted() {
+    use kiln_compiler::backend::nvptx::{compile_ptx, Arch, PtxOptions};
+    let ptxas = crate::nvptx_ptxas::require();
+    for src in generic_files() {
+        for d in [DType::F16, DType::F32] {
+            let mut ptx = vec![];
+            for k in specialised(&src, d) {
+                // Unaligned sm_90 (snapshotted), and aligned (vector accesses) sm_80 and sm_90a
+                // (wgmma, with attention's two-stage pipeline), as the ops launch them.
+                for (arch, divisible_by_16, num_stages) in [
+                    (Arch::Sm90, 0, 1),
+                    (Arch::Sm80, u64::MAX, 1),
+                    (Arch::Sm90a, u64::MAX, 2),
+                ] {
+                    let opts = PtxOptions {
+                        divisible_by_16,
+                        num_stages,
+                        ..PtxOptions::new(arch, 4)
+                    };
+                    let p = compile_ptx(&k, &opts)
+                        .unwrap_or_else(|e| panic!("{} in {d} for {}: {e}", k.name, arch.name()));
+                    if let Some(ptxas) = &ptxas {
+                        crate::nvptx_ptxas::assemble(ptxas, &p.ptx, arch.name(), &k.name);
+                    }
+                    if divisible_by_16 == 0 {
+                        ptx.push(p.ptx);
+                    }
+                }
+            }
+            if d == DType::F32 {
+                insta::assert_snapshot!(format!("ptx_sm90_f32_{}", src.name), ptx.join("\n"));
+            }
+        }
+    }
+}
