@@ -718,7 +718,7 @@ fn import_replaces_only_earlier_imports_and_leaves_nothing_behind_on_failure() {
     assert!(!failed.exists());
 }
 
-fn smollm2_path() -> Option<PathBuf> {
+pub fn smollm2_path() -> Option<PathBuf> {
     let path = match std::env::var_os("KILN_SMOLLM2_GGUF") {
         Some(p) => PathBuf::from(p),
         None => {

@@ -7,3 +7,4 @@ mod weights;
 mod hf;
 mod model;
 mod lora;
+mod smollm2;
