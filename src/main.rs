@@ -52,6 +52,10 @@ enum Command {
         #[arg(long, value_name = "INT_PARAMS", num_args = 0..=1, default_missing_value = "")]
         aligned: Option<String>,
     },
+    /// The mean loss and perplexity of a model over a JSONL file (packed, real tokens only).
+    Eval(commands::eval::EvalArgs),
+    /// Text from a model, greedy or sampled, with a KV cache (`--chat`: the chat template).
+    Generate(commands::generate::GenerateArgs),
     /// Import a GGUF model (Llama or Qwen2) as a Hugging Face folder with f32 weights.
     Import {
         /// The .gguf file.
@@ -121,6 +125,8 @@ fn run(cli: Cli) -> Result<String, String> {
     match cli.command {
         Command::Devices => Ok(devices()),
         Command::Import { file, out } => commands::import::run(&file, &out),
+        Command::Eval(args) => commands::eval::run(args),
+        Command::Generate(args) => commands::generate::run(args),
         Command::Bench {
             suite: BenchSuite::Cpu,
             runs,

@@ -89,7 +89,8 @@ impl SafeTensors {
             }
             let single = path.join(SINGLE_FILE);
             if single.is_file() {
-                return SafeTensors::open_files(path, &[single], None);
+                // Errors about the checkpoint as a whole name the one file it is.
+                return SafeTensors::open_files(&single, std::slice::from_ref(&single), None);
             }
             return Err(Error::format(
                 path.display().to_string(),

@@ -25,7 +25,11 @@ pub fn run(file: &Path, out: &Path) -> Result<String, String> {
          time: {seconds:.2} s\n",
         file.display(),
         report.out_dir.display(),
-        if report.replaced { " (replacing an earlier import)" } else { "" },
+        if report.replaced {
+            " (replacing an earlier import)"
+        } else {
+            ""
+        },
         report.architecture,
         c.arch.hf_class(),
         c.num_hidden_layers,
@@ -34,7 +38,11 @@ pub fn run(file: &Path, out: &Path) -> Result<String, String> {
         c.num_key_value_heads,
         c.head_dim,
         c.vocab_size,
-        if c.tie_word_embeddings { ", tied embeddings" } else { "" },
+        if c.tie_word_embeddings {
+            ", tied embeddings"
+        } else {
+            ""
+        },
         report.tensors,
         types.join(", "),
         report.parameters as f64 / 1e6,

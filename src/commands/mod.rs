@@ -1,3 +1,6 @@
 //! The model commands of the `kiln` CLI, one file each.
 
+mod device;
+pub mod eval;
+pub mod generate;
 pub mod import;

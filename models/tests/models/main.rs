@@ -2,9 +2,9 @@
 
 mod config;
 mod gguf;
+mod hf;
+mod lora;
+mod model;
+mod smollm2;
 mod tokenizer;
 mod weights;
-mod hf;
-mod model;
-mod lora;
-mod smollm2;

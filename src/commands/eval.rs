@@ -1,0 +1,113 @@
+//! `kiln eval`: the token-weighted mean loss and perplexity of a model over a JSONL file.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use kiln::models::data::{read_jsonl, Tokenize};
+use kiln::models::eval::evaluate;
+use kiln::models::model::Model;
+use kiln::models::precision::Precision;
+use kiln::models::tokenizer::Tokenizer;
+
+use super::device::{self, DeviceChoice};
+
+/// The arguments of `kiln eval`.
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// A Hugging Face model folder (`kiln import` writes one from a GGUF file).
+    #[arg(long)]
+    model: PathBuf,
+    /// JSON Lines: `{"input_ids": [...]}` (optionally `"labels"`, -100 ignored), used exactly
+    /// as given, or `{"text": "..."}`, tokenized with the model's tokenizer.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: Precision,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
+    /// Print one JSON object: `loss`, `tokens` (predicted tokens), `perplexity`.
+    #[arg(long)]
+    json: bool,
+    /// Write each sequence's per-token losses, one JSON line per input sequence in input
+    /// order: `{"index": i, "losses": [...]}` (n - 1 losses for n tokens, null where ignored).
+    #[arg(long, value_name = "FILE")]
+    per_token_losses: Option<PathBuf>,
+    /// Tokens per packed batch (sequences are packed Best-Fit-Decreasing).
+    #[arg(long, default_value_t = 4096)]
+    batch_tokens: usize,
+}
+
+pub fn parse_precision(s: &str) -> Result<Precision, String> {
+    s.parse().map_err(|e: kiln::models::Error| e.to_string())
+}
+
+pub fn run(args: EvalArgs) -> Result<String, String> {
+    let err = |e: kiln::models::Error| e.to_string();
+    let ops = device::ops(args.device)?;
+    let model = Model::load(&args.model, ops, args.precision).map_err(err)?;
+    let tokenizer = if args.model.join("tokenizer.json").exists() {
+        Some(Tokenizer::load(&args.model).map_err(err)?)
+    } else {
+        None
+    };
+    // `text` lines need the tokenizer; token-id lines do not.
+    let encode = tokenizer
+        .as_ref()
+        .map(|t| move |text: &str| t.encode(text, true));
+    let tokenize: Option<Tokenize<'_>> = encode.as_ref().map(|f| f as _);
+    let sequences = read_jsonl(&args.data, tokenize, model.config.vocab).map_err(err)?;
+    let (report, losses) = evaluate(&model, &sequences, args.batch_tokens.max(1)).map_err(err)?;
+
+    if let Some(path) = &args.per_token_losses {
+        let mut out = String::new();
+        for (i, seq) in losses.iter().enumerate() {
+            let line = serde_json::json!({ "index": i, "losses": seq });
+            writeln!(out, "{line}").expect("writing to a String");
+        }
+        write_atomically(path, out.as_bytes())?;
+    }
+    if args.json {
+        let object = serde_json::json!({
+            "loss": report.loss,
+            "tokens": report.tokens,
+            "perplexity": report.perplexity,
+            "input_tokens": report.input_tokens,
+            "sequences": sequences.len(),
+            "batches": report.batches,
+            "seconds": report.seconds,
+            "tokens_per_second": report.tokens_per_second(),
+        });
+        return Ok(format!("{object}\n"));
+    }
+    Ok(format!(
+        "loss {:.6}  perplexity {:.4}  over {} predicted tokens ({} sequences, {} input tokens \
+         in {} packed batches, {:.2} s, {:.0} tokens/s, {} {})\n",
+        report.loss,
+        report.perplexity,
+        report.tokens,
+        sequences.len(),
+        report.input_tokens,
+        report.batches,
+        report.seconds,
+        report.tokens_per_second(),
+        model.precision,
+        model.ops().device(),
+    ))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
+/// reader never sees half a file.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: not a file name", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
