@@ -176,3 +176,67 @@ fn bad_input_exits_1_naming_the_file_and_the_problem() {
     let msg = eval_fails(broken.path(), "{\"input_ids\": [1, 2]}\n");
     assert!(msg.contains("model.safetensors"), "{msg}");
 }
+
+#[test]
+fn import_writes_a_folder_eval_reads_and_bad_ggufs_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/tiny-llama.gguf");
+    let out = dir.path().join("tiny");
+    let run = kiln(&[
+        "import",
+        gguf.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(out.join(file).is_file(), "{file} missing");
+    }
+    // The imported folder evaluates, from text through its own tokenizer.
+    let data = dir.path().join("text.jsonl");
+    std::fs::write(&data, "{\"text\": \"hello world, hello kiln\"}\n").unwrap();
+    let run = kiln(&[
+        "eval",
+        "--model",
+        out.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert!(report["loss"].as_f64().unwrap().is_finite() && report["tokens"].as_u64().unwrap() > 0);
+
+    // A truncated file and one with a corrupted magic: exit 1, the file named.
+    let bytes = std::fs::read(&gguf).unwrap();
+    for (what, broken) in [
+        ("truncated", bytes[..bytes.len() / 3].to_vec()),
+        ("bad magic", [b"GGUX".as_slice(), &bytes[4..]].concat()),
+    ] {
+        let bad = dir.path().join("bad.gguf");
+        std::fs::write(&bad, broken).unwrap();
+        let target = dir.path().join(format!("out-{}", what.len()));
+        let run = kiln(&[
+            "import",
+            bad.to_str().unwrap(),
+            "--out",
+            target.to_str().unwrap(),
+        ]);
+        assert_eq!(run.status.code(), Some(1), "{what}: {}", stderr(&run));
+        assert!(
+            stderr(&run).contains("bad.gguf"),
+            "{what}: {}",
+            stderr(&run)
+        );
+        assert!(
+            !target.exists(),
+            "{what}: a failed import left {}",
+            target.display()
+        );
+    }
+}
