@@ -5,8 +5,8 @@
 //!
 //! Layouts: `q`, `o` and their gradients `[tokens, q_heads, head_dim]`; `k`, `v` and theirs
 //! `[tokens, kv_heads, head_dim]`; `lse` `[tokens, q_heads]` f32; all activations of one element
-//! type, `q`'s: bf16 or f16 on every device, f32 too on the CPU (the GPU's tensor-core dots take
-//! 16-bit operands).
+//! type, `q`'s: bf16, f16 or f32. On the GPU the 16-bit types multiply on tensor cores; f32 dots
+//! run as FMA loops (correct, far slower: for tests and references, not training).
 
 use kiln_compiler::DType;
 use kiln_runtime::{Args, Buffer, BufferView, BufferViewMut};
@@ -178,7 +178,6 @@ impl Attention {
     /// `q_like`, which all must share.
     fn shapes(
         &self,
-        ops: &Ops,
         op: &'static str,
         t: usize,
         q_like: &[(&str, &dyn Operand)],
@@ -186,14 +185,6 @@ impl Attention {
     ) -> Result<DType> {
         let (first, b) = q_like[0];
         let dtype = activation_type(op, first, b)?;
-        if dtype == DType::F32 && ops.device().is_gpu() {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "`{first}` is f32: attention on the GPU takes bf16 or f16 (tensor-core dots)"
-                ),
-            ));
-        }
         for &(what, b) in q_like {
             expect(op, what, b, dtype, t * self.q_heads * self.head_dim)?;
         }
@@ -251,7 +242,7 @@ impl Attention {
         let (o, lse) = (o.into(), lse.into());
         self.check(OP)?;
         let t = blocks.tokens;
-        let dtype = self.shapes(ops, OP, t, &[("q", &q), ("o", &o)], &[("k", &k), ("v", &v)])?;
+        let dtype = self.shapes(OP, t, &[("q", &q), ("o", &o)], &[("k", &k), ("v", &v)])?;
         expect(OP, "lse", &lse, DType::F32, t * self.q_heads)?;
         let [forward, ..] = Tile::for_head_dim(self.head_dim);
         let args = self
@@ -298,7 +289,6 @@ impl Attention {
         let t = blocks.tokens;
         let q_like: [(&str, &dyn Operand); 4] = [("q", &q), ("o", &o), ("d_o", &d_o), ("dq", &dq)];
         let dtype = self.shapes(
-            ops,
             OP,
             t,
             &q_like,

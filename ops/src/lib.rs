@@ -16,8 +16,8 @@
 //! sources): one source serves bf16, f32 and f16. A wrapper takes `T` from its first activation
 //! argument (`x`, `gate`, `q`, ...), which every other activation of the call must share, and
 //! compiles the kernel for it; statistics, accumulators and parameter gradients stay f32
-//! whatever `T` is. Attention on the GPU takes bf16 or f16 (its dots run on tensor cores), cut
-//! cross-entropy bf16 or f32 (its GEMMs).
+//! whatever `T` is. Cut cross-entropy takes bf16 or f32 (its GEMMs'); on the GPU, f32
+//! attention runs its dots as FMA loops rather than on tensor cores (correct, far slower).
 
 pub mod adamw;
 pub mod attention;

@@ -104,3 +104,47 @@ fn gpu_specialisations_assemble_and_f32_ptx_is_snapshotted() {
         }
     }
 }
+
+/// f32 attention on the GPU (FMA dots, f32 tiles in shared memory) at the head dimensions and
+/// tilings the ops launch, as ops/src/attention.rs picks them: (kernel, BM, BN, warps).
+#[cfg(feature = "nvptx")]
+#[test]
+fn f32_attention_fits_the_gpu_at_every_head_dim() {
+    use kiln_compiler::backend::nvptx::{compile_ptx, Arch, PtxOptions};
+    let ptxas = crate::nvptx_ptxas::require();
+    let src = generic_files()
+        .into_iter()
+        .find(|s| s.name == "attention.kiln")
+        .unwrap();
+    for d in [16i64, 64, 128, 256] {
+        let wide = d > 64;
+        for (kernel, bm, bn, warps) in [
+            ("attn_fwd", 64, 64, 4),
+            ("attn_bwd_dq", 64, 64, if wide { 8 } else { 4 }),
+            (
+                "attn_bwd_dkdv",
+                if wide { 32 } else { 64 },
+                64,
+                if wide { 8 } else { 4 },
+            ),
+        ] {
+            let defines = Defines::from([
+                ("T".to_string(), ConstValue::DType(DType::F32)),
+                ("BM".to_string(), ConstValue::Int(bm)),
+                ("BN".to_string(), ConstValue::Int(bn)),
+                ("D".to_string(), ConstValue::Int(d)),
+            ]);
+            let ks = compile_to_ir(&src, &defines).unwrap_or_else(|e| panic!("{e}"));
+            let k = ks.iter().find(|k| k.name == kernel).unwrap();
+            let opts = PtxOptions {
+                divisible_by_16: u64::MAX,
+                num_stages: 2,
+                ..PtxOptions::new(Arch::Sm90a, warps)
+            };
+            let p = compile_ptx(k, &opts).unwrap_or_else(|e| panic!("{kernel} D={d}: {e}"));
+            if let Some(ptxas) = &ptxas {
+                crate::nvptx_ptxas::assemble(ptxas, &p.ptx, "sm_90a", kernel);
+            }
+        }
+    }
+}
