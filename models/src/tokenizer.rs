@@ -21,6 +21,9 @@ use crate::{Error, Result};
 /// A tokenizer with its special tokens and chat template, as a model folder defines them.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// `inner`'s vocabulary size with added tokens, computed once: the crate builds the whole
+    /// vocabulary map to count it, which per decoded token cost more than the model's step.
+    vocab_size: usize,
     /// `tokenizer.json`, for errors.
     location: String,
     bos: Option<SpecialToken>,
@@ -149,6 +152,7 @@ impl Tokenizer {
 
         let chat_template = ChatTemplate::find(dir, &config, &config_location)?;
         Ok(Tokenizer {
+            vocab_size: inner.get_vocab_size(true),
             inner,
             location,
             bos,
@@ -198,7 +202,7 @@ impl Tokenizer {
 
     /// The number of token ids, added tokens included (transformers' `len(tokenizer)`).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.vocab_size
     }
 
     /// Whether `id` is a special token (one that `skip_special_tokens` leaves out).

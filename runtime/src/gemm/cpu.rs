@@ -24,6 +24,9 @@ pub(super) fn run(
     c: BufferView<'_>,
     bias: Option<BufferView<'_>>,
 ) -> Result<()> {
+    if spec.m <= SKINNY_ROWS && spec.trans_b && !spec.trans_a && spec.k >= 8 {
+        return skinny(spec, a, b, c, bias);
+    }
     let a = widened(&a)?;
     let b = widened(&b)?;
     let bias = bias.as_ref().map(widened).transpose()?;
@@ -75,6 +78,154 @@ pub(super) fn run(
         other => unreachable!("gemm::check admits no {other} C"),
     }
     Ok(())
+}
+
+/// The most rows of A the skinny path takes.
+const SKINNY_ROWS: usize = 8;
+
+/// `C = alpha * A Bᵀ + beta * C (+ bias)` for a few rows of A against a B stored `[n, k]`: a
+/// linear layer's forward for a few tokens (a decode step). Written by hand because the `gemm`
+/// crate multiplies f32 only: it would widen all of a bf16 B (every weight of the layer) into
+/// scratch on every call, reading and writing it three times over where this reads it once,
+/// widening each element in registers. Memory-bound: each row of B is read once for all rows of
+/// A, with eight independent accumulators so the compiler vectorises the dot products.
+fn skinny(
+    spec: &Gemm,
+    a: BufferView<'_>,
+    b: BufferView<'_>,
+    c: BufferView<'_>,
+    bias: Option<BufferView<'_>>,
+) -> Result<()> {
+    let (m, n, k) = (spec.m, spec.n, spec.k);
+    let a = widened(&a)?;
+    let bias = bias.as_ref().map(widened).transpose()?;
+    // The products, `[m, n]`, computed block of columns by block of columns in parallel.
+    const COLUMNS: usize = 64;
+    let blocks = n.div_ceil(COLUMNS);
+    let mut scratch = vec![0.0f32; blocks * m * COLUMNS];
+    let a = &*a;
+    match b.dtype() {
+        DType::F32 => {
+            // SAFETY: the view's dtype is f32; nothing writes B during the product.
+            let b = unsafe { host_slice::<f32>(&b)? };
+            skinny_blocks(&mut scratch, m, n, COLUMNS, |i, j| {
+                dot_f32(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k])
+            });
+        }
+        DType::Bf16 => {
+            // SAFETY: the view's dtype is bf16; nothing writes B during the product.
+            let b = unsafe { host_slice::<bf16>(&b)? };
+            skinny_blocks(&mut scratch, m, n, COLUMNS, |i, j| {
+                dot_bf16(&a[i * k..(i + 1) * k], &b[j * k..(j + 1) * k])
+            });
+        }
+        other => unreachable!("gemm::check admits no {other} operand"),
+    }
+    let mut products = vec![0.0f32; m * n];
+    for blk in 0..blocks {
+        for i in 0..m {
+            for jj in 0..COLUMNS.min(n - blk * COLUMNS) {
+                products[i * n + blk * COLUMNS + jj] =
+                    scratch[blk * m * COLUMNS + i * COLUMNS + jj];
+            }
+        }
+    }
+    let finish = |j: usize, old: f32, product: f32| {
+        let old = if spec.beta == 0.0 {
+            0.0
+        } else {
+            spec.beta * old
+        };
+        old + spec.alpha * product + bias.as_deref().map_or(0.0, |b| b[j])
+    };
+    match c.dtype() {
+        DType::F32 => {
+            // SAFETY: `check` made `c` an f32 view that overlaps no other operand.
+            let out = unsafe { host_slice_mut::<f32>(&c)? };
+            for (idx, (o, &p)) in out.iter_mut().zip(&products).enumerate() {
+                *o = finish(idx % n, *o, p);
+            }
+        }
+        DType::Bf16 => {
+            // SAFETY: `check` made `c` a bf16 view that overlaps no other operand.
+            let out = unsafe { host_slice_mut::<bf16>(&c)? };
+            for (idx, (o, &p)) in out.iter_mut().zip(&products).enumerate() {
+                *o = bf16::from_f32(finish(idx % n, o.to_f32(), p));
+            }
+        }
+        other => unreachable!("gemm::check admits no {other} C"),
+    }
+    Ok(())
+}
+
+/// Fills `scratch` (`[blocks][m][columns]`) with `dot(i, j)` for every row `i` of A and column
+/// `j`, one block of columns per rayon task.
+fn skinny_blocks(
+    scratch: &mut [f32],
+    m: usize,
+    n: usize,
+    columns: usize,
+    dot: impl Fn(usize, usize) -> f32 + Sync,
+) {
+    scratch
+        .par_chunks_mut(m * columns)
+        .enumerate()
+        .for_each(|(blk, block)| {
+            let j0 = blk * columns;
+            for (jj, j) in (j0..(j0 + columns).min(n)).enumerate() {
+                for i in 0..m {
+                    block[i * columns + jj] = dot(i, j);
+                }
+            }
+        });
+}
+
+/// The dot products, compiled twice: for AVX2 when the CPU has it (chosen at run
+/// time, so one binary runs everywhere), and for the baseline x86-64 or other targets. Eight
+/// independent partial sums let the compiler keep one vector register of them.
+macro_rules! dot_kernel {
+    ($name:ident, $simd:ident, $elem:ty, $widen:expr) => {
+        fn $name(x: &[f32], y: &[$elem]) -> f32 {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has the features the function is compiled for.
+                    return unsafe { $simd(x, y) };
+                }
+            }
+            dot_body(x, y, $widen)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2")]
+        unsafe fn $simd(x: &[f32], y: &[$elem]) -> f32 {
+            dot_body(x, y, $widen)
+        }
+    };
+}
+
+dot_kernel!(dot_f32, dot_f32_avx2, f32, |v: f32| v);
+dot_kernel!(dot_bf16, dot_bf16_avx2, bf16, |v: bf16| f32::from_bits(
+    (v.to_bits() as u32) << 16
+));
+
+/// `Σ x[i] widen(y[i])` with eight partial sums.
+#[inline(always)]
+fn dot_body<T: Copy>(x: &[f32], y: &[T], widen: impl Fn(T) -> f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let tail: f32 = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .map(|(&a, &b)| a * widen(b))
+        .sum();
+    for (xs, ys) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += xs[l] * widen(ys[l]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `out = alpha * op(a) @ op(b) + read_c * out`, where `read_c: None` leaves `out` unread.

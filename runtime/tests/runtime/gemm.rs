@@ -197,7 +197,18 @@ fn check(device: &Device, case: Case, rng: &mut Rng) {
 /// Every transpose combination, element-type combination and kind of scalars, on odd shapes.
 fn cases() -> Vec<Case> {
     let mut all = Vec::new();
-    for (m, n, k) in [(37, 53, 19), (1, 1, 1), (64, 128, 96), (130, 7, 33)] {
+    // The last three take the CPU's skinny path (a few rows against Bᵀ): partial column
+    // blocks, a k with a tail past the vector width.
+    let shapes = [
+        (37, 53, 19),
+        (1, 1, 1),
+        (64, 128, 96),
+        (130, 7, 33),
+        (1, 200, 67),
+        (5, 130, 40),
+        (8, 65, 9),
+    ];
+    for (m, n, k) in shapes {
         for (trans_a, trans_b) in [(false, false), (true, false), (false, true), (true, true)] {
             for (ab, c) in [
                 (DType::F32, DType::F32),
