@@ -89,6 +89,8 @@ impl Model {
     pub fn load(dir: impl AsRef<Path>, ops: Arc<Ops>, precision: Precision) -> Result<Model> {
         let dir = dir.as_ref();
         let config = ModelConfig::load(dir)?;
+        // Refused before a byte of the weights is read.
+        check_supported(&config, &dir.join("config.json").display().to_string())?;
         let tensors = SafeTensors::open(dir)?;
         tensors.check(&config.parameters())?;
         Model::from_tensors(config, ops, precision, |name| tensors.get(name))
@@ -101,7 +103,7 @@ impl Model {
         precision: Precision,
         mut tensor: impl FnMut(&str) -> Result<HostTensor>,
     ) -> Result<Model> {
-        check_supported(&config)?;
+        check_supported(&config, "the model's config")?;
         let device = ops.device().clone();
         let weights = Weights::build(&config, |name, shape| {
             let t = tensor(name)?;
@@ -340,17 +342,17 @@ impl Model {
 }
 
 /// Refuses what the kernels do not implement, with the reason, before anything is uploaded.
-fn check_supported(config: &ModelConfig) -> Result<()> {
+fn check_supported(config: &ModelConfig, location: &str) -> Result<()> {
     let d = config.head_dim;
     if !d.is_power_of_two() || !(16..=256).contains(&d) {
         return Err(Error::unsupported(
-            "config.json",
+            location,
             format!("head_dim {d}: Kiln's attention needs a power of two from 16 to 256"),
         ));
     }
     if let Some(scaling) = &config.rope_scaling {
         return Err(Error::unsupported(
-            "config.json",
+            location,
             format!("rope_scaling {scaling:?}: Kiln's RoPE has no frequency scaling yet"),
         ));
     }

@@ -150,6 +150,30 @@ fn bad_input_exits_1_naming_the_file_and_the_problem() {
     let msg = eval_fails(broken.path(), "{\"input_ids\": [1, 2]}\n");
     assert!(msg.contains("gpt2") && msg.contains("llama"), "{msg}");
 
+    // Well-formed configs the kernels cannot run yet: refused naming the file and the reason.
+    let broken = copy_fixture("llama_gqa_tied");
+    let config = broken.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let mut value: Value = serde_json::from_str(&text).unwrap();
+    value["head_dim"] = 12.into();
+    std::fs::write(&config, value.to_string()).unwrap();
+    let msg = eval_fails(broken.path(), "{\"input_ids\": [1, 2]}\n");
+    assert!(
+        msg.contains("config.json") && msg.contains("head_dim 12"),
+        "{msg}"
+    );
+    let mut value: Value = serde_json::from_str(&text).unwrap();
+    value["rope_scaling"] = serde_json::json!({
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 64
+    });
+    std::fs::write(&config, value.to_string()).unwrap();
+    let msg = eval_fails(broken.path(), "{\"input_ids\": [1, 2]}\n");
+    assert!(
+        msg.contains("config.json") && msg.contains("rope_scaling"),
+        "{msg}"
+    );
+
     // A config that asks for a tensor the file lacks: an untied head.
     let broken = copy_fixture("llama_gqa_tied");
     let config = broken.path().join("config.json");

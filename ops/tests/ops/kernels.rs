@@ -2,6 +2,7 @@
 //! fails. Tolerances: bf16 outputs within 1e-2 relative (8 mantissa bits, plus f32 rounding);
 //! f32 outputs within 1e-5 relative plus an absolute term for sums of many terms.
 
+use crate::gradcheck::added;
 use crate::harness::{for_each_device, Harness, Tol};
 use crate::reference as r;
 use kiln_runtime::Args;
@@ -96,12 +97,7 @@ fn rmsnorm_bwd() {
                 .i32("n_partial", programs as i32)
                 .i32("n", n as i32),
         );
-        let dw_added: Vec<f64> = h
-            .read(&dw)
-            .iter()
-            .zip(&dw_before)
-            .map(|(a, b)| a - b)
-            .collect();
+        let dw_added = added(&h.read(&dw), &dw_before);
         h.assert_close("dw", &dw_added, &dw_ref, BF16);
     });
 }

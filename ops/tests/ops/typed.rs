@@ -3,7 +3,7 @@
 //! plus the model's full sizes where a GPU runs them. The activation ops run in each element type
 //! they are generic over (bf16, f32, f16), with that type's tolerance.
 
-use crate::gradcheck::{dot, numeric_grad};
+use crate::gradcheck::{added, dot, numeric_grad};
 use crate::harness::{for_each_device, Harness, Tol};
 use crate::reference as r;
 use kiln_compiler::DType;
@@ -104,12 +104,7 @@ fn rmsnorm_case(h: &Harness, d: DType, rows: usize, n: usize, fd: bool) {
         &dx_want,
         grad_tol(d, max_abs(&dx_want)),
     );
-    let dw_added: Vec<f64> = h
-        .read(&dw)
-        .iter()
-        .zip(&dw_before)
-        .map(|(a, b)| a - b)
-        .collect();
+    let dw_added = added(&h.read(&dw), &dw_before);
     h.assert_close(
         "rmsnorm dw",
         &dw_added,
@@ -175,12 +170,7 @@ fn add_rmsnorm_forward_and_backward() {
             let dx_fd = numeric_grad(&x, loss);
             h.assert_close("dx", &h.read(&dx), &dx_fd, grad_tol(d, max_abs(&dx_fd)));
             let dw_ref = r::rmsnorm_bwd(&h_ref, &w, &dy, n, 1e-6).1;
-            let dw_added: Vec<f64> = h
-                .read(&dw)
-                .iter()
-                .zip(&dw_before)
-                .map(|(a, b)| a - b)
-                .collect();
+            let dw_added = added(&h.read(&dw), &dw_before);
             h.assert_close("dw", &dw_added, &dw_ref, grad_tol(d, max_abs(&dw_ref)));
         })
     });
