@@ -12,7 +12,7 @@
 //! (f32) are added to, activation gradients are overwritten.
 
 use kiln_compiler::DType;
-use kiln_ops::attention::Attention;
+use kiln_ops::attention::{Attention, PackedBlocks};
 use kiln_ops::rmsnorm::RmsNorm;
 use kiln_ops::rope::Rope;
 use kiln_ops::{elementwise, swiglu, Ops};
@@ -34,6 +34,11 @@ pub struct Saved {
     v: Buffer,
     o: Buffer,
     lse: Buffer,
+    after: AfterAttention,
+}
+
+/// What the block after the attention (o_proj, residual, second norm, MLP) saves.
+pub struct AfterAttention {
     h: Buffer,
     n2: Buffer,
     rstd2: Buffer,
@@ -122,29 +127,89 @@ impl<'a> Block<'a> {
         x: &Buffer,
         out: &mut Buffer,
     ) -> Result<Saved> {
-        let (ops, t) = (self.ops, self.tokens);
-        let (th, ti) = (t * self.hidden, t * self.intermediate);
+        let t = self.tokens;
         let (q_len, kv_len) = (t * self.q_proj.outputs, t * self.kv_proj.outputs);
-
-        let (mut n1, mut rstd1) = (self.alloc(th)?, self.alloc_f32(t)?);
-        self.norm
-            .forward(ops, x, &w.input_norm, &mut n1, &mut rstd1)?;
         let (mut q, mut k, mut v) = (self.alloc(q_len)?, self.alloc(kv_len)?, self.alloc(kv_len)?);
-        self.q_proj
-            .forward(ops, &n1, &w.q, bias(&w.q_bias), &mut q)?;
-        self.kv_proj
-            .forward(ops, &n1, &w.k, bias(&w.k_bias), &mut k)?;
-        self.kv_proj
-            .forward(ops, &n1, &w.v, bias(&w.v_bias), &mut v)?;
-        self.rope.forward(ops, &mut q, &mut k, &batch.positions)?;
+        let (n1, rstd1) =
+            self.attention_inputs(w, x, &batch.positions, (&mut q, &mut k, &mut v))?;
         let mut o = self.alloc(q_len)?;
         let mut lse = self.alloc_f32(t * self.attention.q_heads)?;
-        self.attention
-            .forward(ops, &batch.blocks, &q, &k, &v, &mut o, &mut lse)?;
+        self.attend(&batch.blocks, (&q, &k, &v), &mut o, &mut lse)?;
+        let after = self.after_attention(w, x, o.view(), out)?;
+        Ok(Saved {
+            n1,
+            rstd1,
+            q,
+            k,
+            v,
+            o,
+            lse,
+            after,
+        })
+    }
 
+    /// The attention's inputs: `n1 = rmsnorm(x)` (returned with its rstd), and q, k, v
+    /// projected from it into the given views and rotated by RoPE at `positions`. A decode step
+    /// passes rows of its KV cache as `k` and `v`.
+    pub fn attention_inputs<'b>(
+        &self,
+        w: &LayerWeights<Buffer>,
+        x: &Buffer,
+        positions: &Buffer,
+        (q, k, v): (
+            impl Into<BufferViewMut<'b>>,
+            impl Into<BufferViewMut<'b>>,
+            impl Into<BufferViewMut<'b>>,
+        ),
+    ) -> Result<(Buffer, Buffer)> {
+        let ops = self.ops;
+        let (mut q, mut k, mut v) = (q.into(), k.into(), v.into());
+        let (mut n1, mut rstd1) = (
+            self.alloc(self.tokens * self.hidden)?,
+            self.alloc_f32(self.tokens)?,
+        );
+        self.norm
+            .forward(ops, x, &w.input_norm, &mut n1, &mut rstd1)?;
+        self.q_proj
+            .forward(ops, &n1, &w.q, bias(&w.q_bias), q.reborrow())?;
+        self.kv_proj
+            .forward(ops, &n1, &w.k, bias(&w.k_bias), k.reborrow())?;
+        self.kv_proj
+            .forward(ops, &n1, &w.v, bias(&w.v_bias), v.reborrow())?;
+        self.rope.forward(ops, q, k, positions)?;
+        Ok((n1, rstd1))
+    }
+
+    /// `o = attention(q, k, v)` over `blocks` (a packed batch's, or a decode step's over the
+    /// cache), and its lse.
+    pub fn attend<'b>(
+        &self,
+        blocks: &PackedBlocks,
+        (q, k, v): (
+            impl Into<BufferView<'b>>,
+            impl Into<BufferView<'b>>,
+            impl Into<BufferView<'b>>,
+        ),
+        o: impl Into<BufferViewMut<'b>>,
+        lse: impl Into<BufferViewMut<'b>>,
+    ) -> Result<()> {
+        Ok(self.attention.forward(self.ops, blocks, q, k, v, o, lse)?)
+    }
+
+    /// Everything after the attention: `h = x + o Woᵀ`, `n2 = rmsnorm(h)`, the MLP, and
+    /// `out = h + mlp(n2)`; returns what the backward needs of it.
+    pub fn after_attention(
+        &self,
+        w: &LayerWeights<Buffer>,
+        x: &Buffer,
+        o: BufferView<'_>,
+        out: &mut Buffer,
+    ) -> Result<AfterAttention> {
+        let (ops, t) = (self.ops, self.tokens);
+        let (th, ti) = (t * self.hidden, t * self.intermediate);
         let mut attn_out = self.alloc(th)?;
         self.o_proj
-            .forward(ops, &o, &w.o, bias(&w.o_bias), &mut attn_out)?;
+            .forward(ops, o, &w.o, bias(&w.o_bias), &mut attn_out)?;
         let (mut h, mut n2, mut rstd2) = (self.alloc(th)?, self.alloc(th)?, self.alloc_f32(t)?);
         self.norm
             .add_forward(ops, &attn_out, x, &mut h, &w.post_norm, &mut n2, &mut rstd2)?;
@@ -157,14 +222,7 @@ impl<'a> Block<'a> {
         self.down_proj
             .forward(ops, &act, &w.down, None, &mut mlp_out)?;
         elementwise::add(ops, &h, &mlp_out, out)?;
-        Ok(Saved {
-            n1,
-            rstd1,
-            q,
-            k,
-            v,
-            o,
-            lse,
+        Ok(AfterAttention {
             h,
             n2,
             rstd2,
@@ -198,9 +256,16 @@ impl<'a> Block<'a> {
         self.down_proj
             .backward_input(ops, d_out, &w.down, &mut d_act, Write::Overwrite)?;
         self.down_proj
-            .backward_params(ops, &s.act, d_out, &mut grads.down, None)?;
+            .backward_params(ops, &s.after.act, d_out, &mut grads.down, None)?;
         let (mut d_gate, mut d_up) = (self.alloc(ti)?, self.alloc(ti)?);
-        swiglu::backward(ops, &s.gate, &s.up, &d_act, &mut d_gate, &mut d_up)?;
+        swiglu::backward(
+            ops,
+            &s.after.gate,
+            &s.after.up,
+            &d_act,
+            &mut d_gate,
+            &mut d_up,
+        )?;
         drop(d_act);
         let mut d_n2 = self.alloc(th)?;
         self.up_proj
@@ -208,9 +273,9 @@ impl<'a> Block<'a> {
         self.up_proj
             .backward_input(ops, &d_up, &w.up, &mut d_n2, Write::Accumulate)?;
         self.up_proj
-            .backward_params(ops, &s.n2, &d_gate, &mut grads.gate, None)?;
+            .backward_params(ops, &s.after.n2, &d_gate, &mut grads.gate, None)?;
         self.up_proj
-            .backward_params(ops, &s.n2, &d_up, &mut grads.up, None)?;
+            .backward_params(ops, &s.after.n2, &d_up, &mut grads.up, None)?;
         drop((d_gate, d_up));
 
         // h = x + attn: d_h is the gradient of h from the norm and the residual together, and
@@ -218,10 +283,10 @@ impl<'a> Block<'a> {
         let mut d_h = self.alloc(th)?;
         self.norm.add_backward(
             ops,
-            &s.h,
+            &s.after.h,
             &w.post_norm,
             &d_n2,
-            &s.rstd2,
+            &s.after.rstd2,
             d_out,
             &mut d_h,
             &mut grads.post_norm,

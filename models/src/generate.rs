@@ -6,19 +6,13 @@
 //! row (`PackedBlocks::decode`), so step `n` costs one token's projections, not `n`.
 
 use kiln_compiler::DType;
-use kiln_ops::attention::{Attention, PackedBlocks};
+use kiln_ops::attention::PackedBlocks;
 use kiln_ops::rmsnorm::RmsNorm;
-use kiln_ops::rope::Rope;
-use kiln_ops::{elementwise, swiglu};
 use kiln_runtime::{Buffer, BufferView};
 
-use crate::layers::linear::Linear;
+use crate::block::Block;
 use crate::model::Model;
 use crate::{Error, Result};
-
-fn bias(b: &Option<Buffer>) -> Option<BufferView<'_>> {
-    b.as_ref().map(Buffer::view)
-}
 
 /// The keys and values of every layer for the tokens so far, and the step's work buffers.
 pub struct KvCache {
@@ -200,36 +194,15 @@ impl Model {
             )));
         }
         let device = ops.device();
-        let dtype = self.precision.dtype();
-        let (h, i) = (c.hidden, c.intermediate);
+        let h = c.hidden;
         let (q_row, kv_row) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         let positions: Vec<i32> = (past..past + n).map(|p| p as i32).collect();
         let (ids, positions) = (device.upload(&ids)?, device.upload(&positions)?);
         let blocks = PackedBlocks::decode(ops, past, n, cache.capacity)?;
-        let linear = |inputs, outputs| Linear {
-            tokens: n,
-            inputs,
-            outputs,
-        };
-        let norm = RmsNorm {
-            rows: n,
-            n: h,
-            eps: c.rms_norm_eps as f32,
-        };
-        let rope = Rope {
-            tokens: n,
-            q_heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-            theta: c.rope_theta as f32,
-        };
-        let attention = Attention {
-            q_heads: c.heads,
-            kv_heads: c.kv_heads,
-            head_dim: c.head_dim,
-        };
-        let alloc = |len| device.alloc(dtype, len);
+        // The training forward's block over the new tokens; only where q, k, v live differs.
+        let block = Block::new(ops, c, self.precision.dtype(), n);
+        let alloc = |len| device.alloc(self.precision.dtype(), len);
 
         let mut x = alloc(n * h)?;
         kiln_ops::embedding::Embedding {
@@ -242,53 +215,31 @@ impl Model {
             past * kv_row..(past + n) * kv_row,
         );
         for (l, w) in self.weights.layers.iter().enumerate() {
-            let (mut n1, mut rstd) = (alloc(n * h)?, device.alloc(DType::F32, n)?);
-            norm.forward(ops, &x, &w.input_norm, &mut n1, &mut rstd)?;
             let (keys, values) = (&mut cache.keys[l], &mut cache.values[l]);
-            let mut q = cache.queries.slice_mut(q_rows.clone())?;
-            linear(h, q_row).forward(ops, &n1, &w.q, bias(&w.q_bias), q.reborrow())?;
-            let mut k = keys.slice_mut(kv_rows.clone())?;
-            linear(h, kv_row).forward(ops, &n1, &w.k, bias(&w.k_bias), k.reborrow())?;
-            linear(h, kv_row).forward(
-                ops,
-                &n1,
-                &w.v,
-                bias(&w.v_bias),
-                values.slice_mut(kv_rows.clone())?,
-            )?;
-            rope.forward(ops, q, k, &positions)?;
-            attention.forward(
-                ops,
-                &blocks,
-                &cache.queries,
-                &*keys,
-                &*values,
-                &mut cache.outputs,
-                &mut cache.lse,
-            )?;
-            let mut attn_out = alloc(n * h)?;
-            let o = cache.outputs.slice(q_rows.clone())?;
-            linear(q_row, h).forward(ops, o, &w.o, bias(&w.o_bias), &mut attn_out)?;
-            let (mut hs, mut n2) = (alloc(n * h)?, alloc(n * h)?);
-            norm.add_forward(
-                ops,
-                &attn_out,
+            block.attention_inputs(
+                w,
                 &x,
-                &mut hs,
-                &w.post_norm,
-                &mut n2,
-                &mut rstd,
+                &positions,
+                (
+                    cache.queries.slice_mut(q_rows.clone())?,
+                    keys.slice_mut(kv_rows.clone())?,
+                    values.slice_mut(kv_rows.clone())?,
+                ),
             )?;
-            let (mut gate, mut up, mut act) = (alloc(n * i)?, alloc(n * i)?, alloc(n * i)?);
-            linear(h, i).forward(ops, &n2, &w.gate, None, &mut gate)?;
-            linear(h, i).forward(ops, &n2, &w.up, None, &mut up)?;
-            swiglu::forward(ops, &gate, &up, &mut act)?;
-            linear(i, h).forward(ops, &act, &w.down, None, &mut attn_out)?;
-            elementwise::add(ops, &hs, &attn_out, &mut x)?;
+            let (q, k, v) = (&cache.queries, &*keys, &*values);
+            block.attend(&blocks, (q, k, v), &mut cache.outputs, &mut cache.lse)?;
+            let mut out = alloc(n * h)?;
+            let o = cache.outputs.slice(q_rows.clone())?;
+            block.after_attention(w, &x, o, &mut out)?;
+            x = out;
         }
         cache.len += n;
         let last: BufferView<'_> = x.slice((n - 1) * h..n * h)?;
-        let final_norm = RmsNorm { rows: 1, ..norm };
+        let final_norm = RmsNorm {
+            rows: 1,
+            n: h,
+            eps: c.rms_norm_eps as f32,
+        };
         let (mut hidden, mut rstd) = (alloc(h)?, device.alloc(DType::F32, 1)?);
         final_norm.forward(ops, last, &self.weights.norm, &mut hidden, &mut rstd)?;
         self.project_to_vocab(hidden.view())
