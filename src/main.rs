@@ -56,6 +56,11 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// Text from a model, greedy or sampled, with a KV cache (`--chat`: the chat template).
     Generate(commands::generate::GenerateArgs),
+    /// Write a model (optionally with a LoRA adapter merged) as a Hugging Face folder and/or
+    /// a GGUF file for llama.cpp.
+    Export(commands::export::ExportArgs),
+    /// Fine-tune a model (full or LoRA/LoRA+) on a JSONL file, with checkpoints and metrics.
+    Train(Box<commands::train::TrainArgs>),
     /// Import a GGUF model (Llama or Qwen2) as a Hugging Face folder with f32 weights.
     Import {
         /// The .gguf file.
@@ -126,7 +131,9 @@ fn run(cli: Cli) -> Result<String, String> {
         Command::Devices => Ok(devices()),
         Command::Import { file, out } => commands::import::run(&file, &out),
         Command::Eval(args) => commands::eval::run(args),
+        Command::Train(args) => commands::train::run(*args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Export(args) => commands::export::run(args),
         Command::Bench {
             suite: BenchSuite::Cpu,
             runs,

@@ -7,9 +7,11 @@
 //! a = silu(n2 Wgᵀ) * (n2 Wuᵀ)         out = h + a Wdᵀ
 //! ```
 //!
+//! Any of the seven projections may carry a LoRA adapter (`layers::lora`), added to its output.
 //! The forward returns [`Saved`], exactly what the backward reads; the block's input `x` is
 //! kept by the model (it is the previous block's output). Conventions: parameter gradients
-//! (f32) are added to, activation gradients are overwritten.
+//! (f32) are added to, activation gradients are overwritten; a frozen base (LoRA training)
+//! gets no weight gradients at all.
 
 use kiln_compiler::DType;
 use kiln_ops::attention::{Attention, PackedBlocks};
@@ -18,9 +20,11 @@ use kiln_ops::rope::Rope;
 use kiln_ops::{elementwise, swiglu, Ops};
 use kiln_runtime::{Buffer, BufferView, BufferViewMut};
 
+use crate::adapters::{LayerLora, Target};
 use crate::batch::DeviceBatch;
 use crate::config::ModelConfig;
 use crate::layers::linear::{Linear, Write};
+use crate::layers::lora::{AdapterActs, LayerAdapters};
 use crate::params::LayerWeights;
 use crate::Result;
 
@@ -34,6 +38,8 @@ pub struct Saved {
     v: Buffer,
     o: Buffer,
     lse: Buffer,
+    /// The adapters' saved activations (q, k, v here; o and the MLP's in `after`).
+    lora: AdapterActs,
     after: AfterAttention,
 }
 
@@ -45,6 +51,14 @@ pub struct AfterAttention {
     gate: Buffer,
     up: Buffer,
     act: Buffer,
+    lora: AdapterActs,
+}
+
+/// The gradients a block's backward adds to: the base weights' (full fine-tuning), the
+/// adapters' (LoRA), or both.
+pub struct BlockGrads<'g> {
+    pub base: Option<&'g mut LayerWeights<Buffer>>,
+    pub lora: Option<&'g mut LayerLora<Buffer>>,
 }
 
 /// A decoder block over one packed batch: the shapes of its layers, and where it runs.
@@ -123,6 +137,7 @@ impl<'a> Block<'a> {
     pub fn forward(
         &self,
         w: &LayerWeights<Buffer>,
+        lora: Option<&LayerAdapters<'_>>,
         batch: &DeviceBatch,
         x: &Buffer,
         out: &mut Buffer,
@@ -130,12 +145,19 @@ impl<'a> Block<'a> {
         let t = self.tokens;
         let (q_len, kv_len) = (t * self.q_proj.outputs, t * self.kv_proj.outputs);
         let (mut q, mut k, mut v) = (self.alloc(q_len)?, self.alloc(kv_len)?, self.alloc(kv_len)?);
-        let (n1, rstd1) =
-            self.attention_inputs(w, x, &batch.positions, (&mut q, &mut k, &mut v))?;
+        let mut acts = AdapterActs::default();
+        let (n1, rstd1) = self.attention_inputs(
+            w,
+            lora,
+            &mut acts,
+            x,
+            &batch.positions,
+            (&mut q, &mut k, &mut v),
+        )?;
         let mut o = self.alloc(q_len)?;
         let mut lse = self.alloc_f32(t * self.attention.q_heads)?;
         self.attend(&batch.blocks, (&q, &k, &v), &mut o, &mut lse)?;
-        let after = self.after_attention(w, x, o.view(), out)?;
+        let after = self.after_attention(w, lora, x, o.view(), out)?;
         Ok(Saved {
             n1,
             rstd1,
@@ -144,8 +166,66 @@ impl<'a> Block<'a> {
             v,
             o,
             lse,
+            lora: acts,
             after,
         })
+    }
+
+    /// `y = x Wᵀ (+ b)` of projection `target`, plus its adapter's `s · dropout(x) Aᵀ Bᵀ` when
+    /// it has one (whose `u` goes into `acts`).
+    #[allow(clippy::too_many_arguments)]
+    fn project<'b>(
+        &self,
+        target: Target,
+        linear: &Linear,
+        lora: Option<&LayerAdapters<'_>>,
+        acts: &mut AdapterActs,
+        x: impl Into<BufferView<'b>>,
+        w: &Buffer,
+        bias: Option<BufferView<'_>>,
+        y: impl Into<BufferViewMut<'b>>,
+    ) -> Result<()> {
+        let (x, mut y) = (x.into(), y.into());
+        linear.forward(self.ops, x, w, bias, y.reborrow())?;
+        if let Some((path, pair)) = lora.and_then(|l| l.path(target, *linear)) {
+            acts.set(target, path.forward(self.ops, pair, x, y)?);
+        }
+        Ok(())
+    }
+
+    /// The backward of [`Block::project`]: `dx` is overwritten or added to as `write` says;
+    /// the base weight's gradient (and its bias's, from `ones`) is added to when `base` is given,
+    /// the adapter's when the projection has one.
+    #[allow(clippy::too_many_arguments)]
+    fn project_backward<'b>(
+        &self,
+        target: Target,
+        linear: &Linear,
+        w: &Buffer,
+        base: Option<(&mut Buffer, Option<&mut Buffer>, &Buffer)>,
+        lora: Option<(&LayerAdapters<'_>, &mut LayerLora<Buffer>)>,
+        acts: &AdapterActs,
+        x: &Buffer,
+        dy: &Buffer,
+        dx: &mut Buffer,
+        write: Write,
+    ) -> Result<()> {
+        let ops = self.ops;
+        linear.backward_input(ops, dy, w, &mut *dx, write)?;
+        if let Some((dw, db, ones)) = base {
+            let dbias = db.map(|db| (ones.view(), BufferViewMut::from(db)));
+            linear.backward_params(ops, x, dy, dw, dbias)?;
+        }
+        if let Some((adapters, grads)) = lora {
+            if let (Some((path, pair)), Some(u), Some(g)) = (
+                adapters.path(target, *linear),
+                acts.get(target),
+                grads.get_mut(target),
+            ) {
+                path.backward(ops, pair, g, x, u, dy, dx)?;
+            }
+        }
+        Ok(())
     }
 
     /// The attention's inputs: `n1 = rmsnorm(x)` (returned with its rstd), and q, k, v
@@ -154,6 +234,8 @@ impl<'a> Block<'a> {
     pub fn attention_inputs<'b>(
         &self,
         w: &LayerWeights<Buffer>,
+        lora: Option<&LayerAdapters<'_>>,
+        acts: &mut AdapterActs,
         x: &Buffer,
         positions: &Buffer,
         (q, k, v): (
@@ -170,12 +252,37 @@ impl<'a> Block<'a> {
         );
         self.norm
             .forward(ops, x, &w.input_norm, &mut n1, &mut rstd1)?;
-        self.q_proj
-            .forward(ops, &n1, &w.q, bias(&w.q_bias), q.reborrow())?;
-        self.kv_proj
-            .forward(ops, &n1, &w.k, bias(&w.k_bias), k.reborrow())?;
-        self.kv_proj
-            .forward(ops, &n1, &w.v, bias(&w.v_bias), v.reborrow())?;
+        let (qp, kvp) = (&self.q_proj, &self.kv_proj);
+        self.project(
+            Target::Q,
+            qp,
+            lora,
+            acts,
+            &n1,
+            &w.q,
+            bias(&w.q_bias),
+            q.reborrow(),
+        )?;
+        self.project(
+            Target::K,
+            kvp,
+            lora,
+            acts,
+            &n1,
+            &w.k,
+            bias(&w.k_bias),
+            k.reborrow(),
+        )?;
+        self.project(
+            Target::V,
+            kvp,
+            lora,
+            acts,
+            &n1,
+            &w.v,
+            bias(&w.v_bias),
+            v.reborrow(),
+        )?;
         self.rope.forward(ops, q, k, positions)?;
         Ok((n1, rstd1))
     }
@@ -201,26 +308,65 @@ impl<'a> Block<'a> {
     pub fn after_attention(
         &self,
         w: &LayerWeights<Buffer>,
+        lora: Option<&LayerAdapters<'_>>,
         x: &Buffer,
         o: BufferView<'_>,
         out: &mut Buffer,
     ) -> Result<AfterAttention> {
         let (ops, t) = (self.ops, self.tokens);
         let (th, ti) = (t * self.hidden, t * self.intermediate);
+        let mut acts = AdapterActs::default();
         let mut attn_out = self.alloc(th)?;
-        self.o_proj
-            .forward(ops, o, &w.o, bias(&w.o_bias), &mut attn_out)?;
+        let o_bias = bias(&w.o_bias);
+        self.project(
+            Target::O,
+            &self.o_proj,
+            lora,
+            &mut acts,
+            o,
+            &w.o,
+            o_bias,
+            &mut attn_out,
+        )?;
         let (mut h, mut n2, mut rstd2) = (self.alloc(th)?, self.alloc(th)?, self.alloc_f32(t)?);
         self.norm
             .add_forward(ops, &attn_out, x, &mut h, &w.post_norm, &mut n2, &mut rstd2)?;
 
         let (mut gate, mut up, mut act) = (self.alloc(ti)?, self.alloc(ti)?, self.alloc(ti)?);
-        self.up_proj.forward(ops, &n2, &w.gate, None, &mut gate)?;
-        self.up_proj.forward(ops, &n2, &w.up, None, &mut up)?;
+        let up_proj = &self.up_proj;
+        self.project(
+            Target::Gate,
+            up_proj,
+            lora,
+            &mut acts,
+            &n2,
+            &w.gate,
+            None,
+            &mut gate,
+        )?;
+        self.project(
+            Target::Up,
+            up_proj,
+            lora,
+            &mut acts,
+            &n2,
+            &w.up,
+            None,
+            &mut up,
+        )?;
         swiglu::forward(ops, &gate, &up, &mut act)?;
         let mut mlp_out = attn_out; // the attention's output is in h now; reuse its memory
-        self.down_proj
-            .forward(ops, &act, &w.down, None, &mut mlp_out)?;
+        let down = &self.down_proj;
+        self.project(
+            Target::Down,
+            down,
+            lora,
+            &mut acts,
+            &act,
+            &w.down,
+            None,
+            &mut mlp_out,
+        )?;
         elementwise::add(ops, &h, &mlp_out, out)?;
         Ok(AfterAttention {
             h,
@@ -229,17 +375,20 @@ impl<'a> Block<'a> {
             gate,
             up,
             act,
+            lora: acts,
         })
     }
 
     /// From `d_out` (the gradient of the block's output), overwrites `dx` with the gradient of
-    /// its input `x` and adds the parameter gradients to `grads`. `ones` holds `tokens` ones
-    /// of the block's element type (the bias gradients are sums over tokens).
+    /// its input `x` and adds the parameter gradients to `grads` (the base weights' when
+    /// `grads.base` is given, the adapters' when `lora` and `grads.lora` are). `ones` holds
+    /// `tokens` ones of the block's element type (the bias gradients are sums over tokens).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &self,
         w: &LayerWeights<Buffer>,
-        grads: &mut LayerWeights<Buffer>,
+        lora: Option<&LayerAdapters<'_>>,
+        grads: BlockGrads<'_>,
         batch: &DeviceBatch,
         x: &Buffer,
         s: &Saved,
@@ -250,57 +399,103 @@ impl<'a> Block<'a> {
         let (ops, t) = (self.ops, self.tokens);
         let (th, ti) = (t * self.hidden, t * self.intermediate);
         let (q_len, kv_len) = (t * self.q_proj.outputs, t * self.kv_proj.outputs);
+        let BlockGrads {
+            mut base,
+            lora: mut lora_grads,
+        } = grads;
+        // Each projection's adapter and its gradients, reborrowed per call.
+        macro_rules! lora_of {
+            () => {
+                lora.zip(lora_grads.as_deref_mut())
+            };
+        }
+        // A frozen base still runs the norms' backward; their weight gradients land here.
+        let mut frozen_norm = self.alloc_f32(self.hidden)?;
+        let after = &s.after;
 
         // out = h + mlp: d_out reaches both h (through the residual) and the MLP.
         let mut d_act = self.alloc(ti)?;
-        self.down_proj
-            .backward_input(ops, d_out, &w.down, &mut d_act, Write::Overwrite)?;
-        self.down_proj
-            .backward_params(ops, &s.after.act, d_out, &mut grads.down, None)?;
-        let (mut d_gate, mut d_up) = (self.alloc(ti)?, self.alloc(ti)?);
-        swiglu::backward(
-            ops,
-            &s.after.gate,
-            &s.after.up,
-            &d_act,
-            &mut d_gate,
-            &mut d_up,
+        let dw = base.as_deref_mut().map(|g| (&mut g.down, None, ones));
+        let down = &self.down_proj;
+        self.project_backward(
+            Target::Down,
+            down,
+            &w.down,
+            dw,
+            lora_of!(),
+            &after.lora,
+            &after.act,
+            d_out,
+            &mut d_act,
+            Write::Overwrite,
         )?;
+        let (mut d_gate, mut d_up) = (self.alloc(ti)?, self.alloc(ti)?);
+        swiglu::backward(ops, &after.gate, &after.up, &d_act, &mut d_gate, &mut d_up)?;
         drop(d_act);
         let mut d_n2 = self.alloc(th)?;
-        self.up_proj
-            .backward_input(ops, &d_gate, &w.gate, &mut d_n2, Write::Overwrite)?;
-        self.up_proj
-            .backward_input(ops, &d_up, &w.up, &mut d_n2, Write::Accumulate)?;
-        self.up_proj
-            .backward_params(ops, &s.after.n2, &d_gate, &mut grads.gate, None)?;
-        self.up_proj
-            .backward_params(ops, &s.after.n2, &d_up, &mut grads.up, None)?;
+        let up_proj = &self.up_proj;
+        let dw = base.as_deref_mut().map(|g| (&mut g.gate, None, ones));
+        self.project_backward(
+            Target::Gate,
+            up_proj,
+            &w.gate,
+            dw,
+            lora_of!(),
+            &after.lora,
+            &after.n2,
+            &d_gate,
+            &mut d_n2,
+            Write::Overwrite,
+        )?;
+        let dw = base.as_deref_mut().map(|g| (&mut g.up, None, ones));
+        self.project_backward(
+            Target::Up,
+            up_proj,
+            &w.up,
+            dw,
+            lora_of!(),
+            &after.lora,
+            &after.n2,
+            &d_up,
+            &mut d_n2,
+            Write::Accumulate,
+        )?;
         drop((d_gate, d_up));
 
         // h = x + attn: d_h is the gradient of h from the norm and the residual together, and
         // is the gradient of both the attention's output and x's residual path.
         let mut d_h = self.alloc(th)?;
+        let d_post_norm = match base.as_deref_mut() {
+            Some(g) => &mut g.post_norm,
+            None => &mut frozen_norm,
+        };
         self.norm.add_backward(
             ops,
-            &s.after.h,
+            &after.h,
             &w.post_norm,
             &d_n2,
-            &s.after.rstd2,
+            &after.rstd2,
             d_out,
             &mut d_h,
-            &mut grads.post_norm,
+            d_post_norm,
         )?;
         drop(d_n2);
         let mut d_o = self.alloc(q_len)?;
-        self.o_proj
-            .backward_input(ops, &d_h, &w.o, &mut d_o, Write::Overwrite)?;
-        let d_o_bias = grads
-            .o_bias
-            .as_mut()
-            .map(|db| (ones.view(), BufferViewMut::from(db)));
-        self.o_proj
-            .backward_params(ops, &s.o, &d_h, &mut grads.o, d_o_bias)?;
+        let dw = base
+            .as_deref_mut()
+            .map(|g| (&mut g.o, g.o_bias.as_mut(), ones));
+        self.project_backward(
+            Target::O,
+            &self.o_proj,
+            &w.o,
+            dw,
+            lora_of!(),
+            &after.lora,
+            &s.o,
+            &d_h,
+            &mut d_o,
+            Write::Overwrite,
+        )?;
 
         let (mut dq, mut dk, mut dv) =
             (self.alloc(q_len)?, self.alloc(kv_len)?, self.alloc(kv_len)?);
@@ -318,22 +513,56 @@ impl<'a> Block<'a> {
             .backward(ops, &mut dq, &mut dk, &batch.positions)?;
 
         let mut d_n1 = self.alloc(th)?;
-        let projections = [
-            (&self.q_proj, &dq, &w.q, &mut grads.q, &mut grads.q_bias),
-            (&self.kv_proj, &dk, &w.k, &mut grads.k, &mut grads.k_bias),
-            (&self.kv_proj, &dv, &w.v, &mut grads.v, &mut grads.v_bias),
-        ];
-        for (i, (proj, dy, weight, dw, db)) in projections.into_iter().enumerate() {
-            let write = if i == 0 {
-                Write::Overwrite
-            } else {
-                Write::Accumulate
-            };
-            proj.backward_input(ops, dy, weight, &mut d_n1, write)?;
-            let dbias = db.as_mut().map(|db| (ones.view(), BufferViewMut::from(db)));
-            proj.backward_params(ops, &s.n1, dy, dw, dbias)?;
-        }
+        let dw = base
+            .as_deref_mut()
+            .map(|g| (&mut g.q, g.q_bias.as_mut(), ones));
+        self.project_backward(
+            Target::Q,
+            &self.q_proj,
+            &w.q,
+            dw,
+            lora_of!(),
+            &s.lora,
+            &s.n1,
+            &dq,
+            &mut d_n1,
+            Write::Overwrite,
+        )?;
+        let dw = base
+            .as_deref_mut()
+            .map(|g| (&mut g.k, g.k_bias.as_mut(), ones));
+        self.project_backward(
+            Target::K,
+            &self.kv_proj,
+            &w.k,
+            dw,
+            lora_of!(),
+            &s.lora,
+            &s.n1,
+            &dk,
+            &mut d_n1,
+            Write::Accumulate,
+        )?;
+        let dw = base
+            .as_deref_mut()
+            .map(|g| (&mut g.v, g.v_bias.as_mut(), ones));
+        self.project_backward(
+            Target::V,
+            &self.kv_proj,
+            &w.v,
+            dw,
+            lora_of!(),
+            &s.lora,
+            &s.n1,
+            &dv,
+            &mut d_n1,
+            Write::Accumulate,
+        )?;
         // x feeds the first norm and the residual: dx = rmsnorm's input gradient + d_h.
+        let d_input_norm = match base.as_deref_mut() {
+            Some(g) => &mut g.input_norm,
+            None => &mut frozen_norm,
+        };
         self.norm
             .add_backward(
                 ops,
@@ -343,7 +572,7 @@ impl<'a> Block<'a> {
                 &s.rstd1,
                 &d_h,
                 dx,
-                &mut grads.input_norm,
+                d_input_norm,
             )
             .map_err(Into::into)
     }

@@ -38,6 +38,11 @@ pub enum Error {
     /// Bad arguments from the calling program (a token id past the vocabulary, an empty batch).
     #[error("{0}")]
     Invalid(String),
+
+    /// Training cannot go on (steps in a row with a non-finite loss or gradient); the message
+    /// says where the last checkpoint is.
+    #[error("{0}")]
+    Training(String),
 }
 
 impl Error {

@@ -216,8 +216,11 @@ impl Model {
         );
         for (l, w) in self.weights.layers.iter().enumerate() {
             let (keys, values) = (&mut cache.keys[l], &mut cache.values[l]);
+            let lora = self.layer_adapters(l, crate::Pass::Inference, 0);
             block.attention_inputs(
                 w,
+                lora.as_ref(),
+                &mut Default::default(),
                 &x,
                 &positions,
                 (
@@ -230,7 +233,7 @@ impl Model {
             block.attend(&blocks, (q, k, v), &mut cache.outputs, &mut cache.lse)?;
             let mut out = alloc(n * h)?;
             let o = cache.outputs.slice(q_rows.clone())?;
-            block.after_attention(w, &x, o, &mut out)?;
+            block.after_attention(w, lora.as_ref(), &x, o, &mut out)?;
             x = out;
         }
         cache.len += n;

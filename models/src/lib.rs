@@ -21,22 +21,31 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adapters;
+pub mod atomic;
 pub mod batch;
 pub mod block;
+pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod data_plan;
 mod error;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod gguf;
 mod host;
 pub mod layers;
 pub mod lora;
+pub mod metrics;
 pub mod model;
+pub mod optim;
 pub mod packing;
 pub mod params;
 pub mod precision;
+pub mod rng;
 pub mod tokenizer;
+pub mod trainer;
 pub mod weights;
 
 pub use config::ModelConfig;

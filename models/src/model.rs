@@ -20,9 +20,11 @@ use kiln_ops::rmsnorm::RmsNorm;
 use kiln_ops::Ops;
 use kiln_runtime::Buffer;
 
+use crate::adapters::Lora;
 use crate::batch::{DeviceBatch, IGNORE_INDEX};
-use crate::block::{Block, Saved};
+use crate::block::{Block, BlockGrads, Saved};
 use crate::config::ModelConfig;
+use crate::layers::lora::LayerAdapters;
 use crate::params::Weights;
 use crate::precision::{self, Precision};
 use crate::weights::SafeTensors;
@@ -44,9 +46,13 @@ pub enum Pass {
 pub struct Forward {
     /// The mean loss over the predicted tokens (0 if none).
     pub loss: f32,
+    /// The sum of the per-token losses (`loss × predicted`, as the kernel summed it).
+    pub loss_sum: f32,
     /// The number of predicted tokens.
     pub predicted: usize,
     pass: Pass,
+    /// The adapters' dropout seed the forward used (the backward redraws the same masks).
+    lora_seed: u64,
     trunk: Trunk,
     ce: CrossEntropyState,
 }
@@ -75,12 +81,22 @@ impl Forward {
     }
 }
 
-/// A model on a device: its configuration, precision and parameters.
+/// A model on a device: its configuration, precision and parameters, and the LoRA adapters
+/// it computes with, if any.
 pub struct Model {
     pub config: ModelConfig,
     pub precision: Precision,
     ops: Arc<Ops>,
     pub weights: Weights<Buffer>,
+    pub lora: Option<ModelLora>,
+}
+
+/// LoRA adapters attached to a model, in its compute precision, over its frozen weights.
+pub struct ModelLora {
+    pub weights: Lora<Buffer>,
+    /// The seed of the dropout masks of the next training forward (the trainer draws one per
+    /// micro-batch); evaluation and generation never drop out.
+    pub seed: u64,
 }
 
 impl Model {
@@ -120,6 +136,45 @@ impl Model {
             precision,
             ops,
             weights,
+            lora: None,
+        })
+    }
+
+    /// Attaches LoRA adapters (f32 on the host), uploaded in the model's precision; the base
+    /// weights stay as they are.
+    pub fn attach_lora(&mut self, lora: &Lora<crate::HostTensor>) -> Result<()> {
+        let device = self.ops.device().clone();
+        let dtype = self.dtype();
+        let mut tensors = lora.named().into_iter();
+        let weights = Lora::build(&self.config, &lora.spec, |_, _, _| {
+            let (_, t) = tensors
+                .next()
+                .expect("the same spec builds the same tensors");
+            precision::upload(&device, t, dtype)
+        })?;
+        self.lora = Some(ModelLora { weights, seed: 0 });
+        Ok(())
+    }
+
+    /// The adapters of layer `l` as a forward of `pass` uses them.
+    pub(crate) fn layer_adapters(
+        &self,
+        l: usize,
+        pass: Pass,
+        seed: u64,
+    ) -> Option<LayerAdapters<'_>> {
+        let lora = self.lora.as_ref()?;
+        let spec = &lora.weights.spec;
+        Some(LayerAdapters {
+            weights: &lora.weights.layers[l],
+            rank: spec.rank,
+            scale: spec.scale() as f32,
+            dropout: if pass == Pass::Inference {
+                0.0
+            } else {
+                spec.dropout
+            },
+            seed: crate::rng::derive(seed, &[l as u64]),
         })
     }
 
@@ -164,7 +219,7 @@ impl Model {
 
     /// Embedding, blocks and final norm over `batch`: what the loss (or logits) is computed
     /// from, and what a training pass keeps.
-    fn trunk(&self, batch: &DeviceBatch, pass: Pass) -> Result<Trunk> {
+    fn trunk(&self, batch: &DeviceBatch, pass: Pass, seed: u64) -> Result<Trunk> {
         let (ops, t, dtype) = (&*self.ops, batch.tokens, self.dtype());
         let th = t * self.config.hidden;
         let device = ops.device();
@@ -175,9 +230,10 @@ impl Model {
             .forward(ops, &batch.input_ids, &self.weights.embed, &mut x)?;
         let mut inputs = vec![];
         let mut saved = vec![];
-        for w in &self.weights.layers {
+        for (l, w) in self.weights.layers.iter().enumerate() {
             let mut out = device.alloc(dtype, th)?;
-            let s = block.forward(w, batch, &x, &mut out)?;
+            let lora = self.layer_adapters(l, pass, seed);
+            let s = block.forward(w, lora.as_ref(), batch, &x, &mut out)?;
             let input = std::mem::replace(&mut x, out);
             match pass {
                 Pass::Inference => {}
@@ -204,7 +260,8 @@ impl Model {
     /// The forward over `batch`: the loss and per-token losses, and for a training pass what
     /// the backward needs.
     pub fn forward(&self, batch: &DeviceBatch, pass: Pass) -> Result<Forward> {
-        let trunk = self.trunk(batch, pass)?;
+        let lora_seed = self.lora.as_ref().map_or(0, |l| l.seed);
+        let trunk = self.trunk(batch, pass, lora_seed)?;
         let ce = self.cross_entropy(batch.tokens).forward(
             &self.ops,
             &trunk.hidden,
@@ -219,8 +276,10 @@ impl Model {
             } else {
                 0.0
             },
+            loss_sum: totals[0],
             predicted,
             pass,
+            lora_seed,
             trunk,
             ce,
         })
@@ -230,7 +289,7 @@ impl Model {
     /// forward as the loss. For checks and generation without a cache; the loss never forms
     /// them.
     pub fn logits(&self, batch: &DeviceBatch, rows: &[usize]) -> Result<Vec<Vec<f32>>> {
-        let trunk = self.trunk(batch, Pass::Inference)?;
+        let trunk = self.trunk(batch, Pass::Inference, 0)?;
         let h = self.config.hidden;
         rows.iter()
             .map(|&row| {
@@ -255,13 +314,55 @@ impl Model {
     }
 
     /// The backward of `forward` (a training pass over `batch`): adds the gradient of
-    /// `dloss ×` the mean loss to `grads`.
+    /// `dloss ×` the mean loss with respect to every weight to `grads` (full fine-tuning; the
+    /// adapters, if any, get none).
     pub fn backward(
         &self,
         batch: &DeviceBatch,
         forward: Forward,
         dloss: f32,
         grads: &mut Weights<Buffer>,
+    ) -> Result<()> {
+        self.backward_into(batch, forward, dloss, Some(grads), None)
+    }
+
+    /// The backward of `forward` for LoRA training: adds the gradient of `dloss ×` the mean
+    /// loss with respect to the attached adapters to `grads` (f32, in the adapters' structure);
+    /// the base weights are frozen and get none, so their gradient GEMMs never run.
+    pub fn backward_lora(
+        &self,
+        batch: &DeviceBatch,
+        forward: Forward,
+        dloss: f32,
+        grads: &mut Lora<Buffer>,
+    ) -> Result<()> {
+        if self.lora.is_none() {
+            return Err(Error::Invalid(
+                "backward_lora of a model without adapters (attach_lora first)".into(),
+            ));
+        }
+        self.backward_into(batch, forward, dloss, None, Some(grads))
+    }
+
+    /// Gradients for the attached adapters: f32, zeroed, in their structure.
+    pub fn zero_lora_gradients(&self) -> Result<Lora<Buffer>> {
+        let lora = self
+            .lora
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("the model has no adapters".into()))?;
+        let device = self.ops.device();
+        Lora::build(&self.config, &lora.weights.spec, |_, [r, c], _| {
+            Ok(device.alloc(DType::F32, r * c)?)
+        })
+    }
+
+    fn backward_into(
+        &self,
+        batch: &DeviceBatch,
+        forward: Forward,
+        dloss: f32,
+        mut grads: Option<&mut Weights<Buffer>>,
+        mut lora_grads: Option<&mut Lora<Buffer>>,
     ) -> Result<()> {
         if forward.pass == Pass::Inference {
             return Err(Error::Invalid(
@@ -271,7 +372,13 @@ impl Model {
         let (ops, t, dtype) = (&*self.ops, batch.tokens, self.dtype());
         let th = t * self.config.hidden;
         let device = ops.device();
-        let Forward { trunk, ce, .. } = forward;
+        let Forward {
+            trunk,
+            ce,
+            pass,
+            lora_seed,
+            ..
+        } = forward;
         let Trunk {
             inputs,
             mut saved,
@@ -281,10 +388,10 @@ impl Model {
         } = trunk;
 
         let mut d_hidden = device.alloc(dtype, th)?;
-        let output_grad = match &mut grads.lm_head {
-            Some(head) => head,
-            None => &mut grads.embed,
-        };
+        let output_grad = grads.as_deref_mut().map(|g| match &mut g.lm_head {
+            Some(head) => head.view_mut(),
+            None => g.embed.view_mut(),
+        });
         self.cross_entropy(t).backward(
             ops,
             &hidden,
@@ -293,10 +400,11 @@ impl Model {
             &ce,
             dloss,
             &mut d_hidden,
-            &mut *output_grad,
+            output_grad,
             true,
         )?;
         let mut d_x = device.alloc(dtype, th)?;
+        let mut frozen_norm = device.alloc(DType::F32, self.config.hidden)?;
         self.final_norm(t).backward(
             ops,
             &last,
@@ -304,7 +412,10 @@ impl Model {
             &d_hidden,
             &final_rstd,
             &mut d_x,
-            &mut grads.norm,
+            match grads.as_deref_mut() {
+                Some(g) => &mut g.norm,
+                None => &mut frozen_norm,
+            },
         )?;
         drop((d_hidden, hidden, last));
 
@@ -316,16 +427,23 @@ impl Model {
         }
         let mut d_prev = device.alloc(dtype, th)?;
         for (l, x) in inputs.iter().enumerate().rev() {
+            let lora = self.layer_adapters(l, pass, lora_seed);
             let s = match saved.pop() {
                 Some(s) => s,
                 None => {
                     let mut scratch = device.alloc(dtype, th)?;
-                    block.forward(&self.weights.layers[l], batch, x, &mut scratch)?
+                    let w = &self.weights.layers[l];
+                    block.forward(w, lora.as_ref(), batch, x, &mut scratch)?
                 }
+            };
+            let layer_grads = BlockGrads {
+                base: grads.as_deref_mut().map(|g| &mut g.layers[l]),
+                lora: lora_grads.as_deref_mut().map(|g| &mut g.layers[l]),
             };
             block.backward(
                 &self.weights.layers[l],
-                &mut grads.layers[l],
+                lora.as_ref(),
+                layer_grads,
                 batch,
                 x,
                 &s,
@@ -335,8 +453,10 @@ impl Model {
             )?;
             std::mem::swap(&mut d_x, &mut d_prev);
         }
-        self.embedding()
-            .backward(ops, &batch.input_ids, &d_x, &mut grads.embed)?;
+        if let Some(g) = grads {
+            self.embedding()
+                .backward(ops, &batch.input_ids, &d_x, &mut g.embed)?;
+        }
         Ok(())
     }
 }

@@ -39,23 +39,25 @@ impl Default for AdamW {
     }
 }
 
-/// One parameter tensor's state: f32 master weights, gradient, both moments, and the bf16 copy
-/// the model computes with (all of `param.len()` elements). The update reads the gradient and
-/// updates the weights and moments in place, so those are exclusive views; the bf16 copy is
-/// written. Views can be of whole buffers (`buffer.view_mut()`) or of parts of one arena.
+/// One parameter tensor's state: f32 master weights, gradient, both moments (all of
+/// `param.len()` elements), and, when the model computes in another type (bf16), the copy it
+/// computes with. The update reads the gradient and updates the weights and moments in place,
+/// so those are exclusive views; the copy is written. Views can be of whole buffers
+/// (`buffer.view_mut()`) or of parts of one arena. Without a copy the master weights are the
+/// model's own (f32 training).
 pub struct ParamState<'a> {
     pub param: BufferViewMut<'a>,
     pub grad: BufferView<'a>,
     pub exp_avg: BufferViewMut<'a>,
     pub exp_avg_sq: BufferViewMut<'a>,
-    pub param_bf16: BufferViewMut<'a>,
+    pub param_copy: Option<BufferViewMut<'a>>,
 }
 
 impl AdamW {
     /// Updates one tensor at step `step` (1-based) with learning rate `lr`, its gradient
     /// multiplied by `grad_scale[0]` (the factor from [`GradNorm::finish`]). `param`,
     /// `exp_avg` and `exp_avg_sq` are updated in place (passed to the kernel with `in_out`);
-    /// `param_bf16` is overwritten with the new weights.
+    /// `param_copy`, if any, is overwritten with the new weights in its own type.
     pub fn update<'a>(
         &self,
         ops: &Ops,
@@ -71,31 +73,45 @@ impl AdamW {
         expect(OP, "grad", &state.grad, DType::F32, n)?;
         expect(OP, "exp_avg", &state.exp_avg, DType::F32, n)?;
         expect(OP, "exp_avg_sq", &state.exp_avg_sq, DType::F32, n)?;
-        expect(OP, "param_bf16", &state.param_bf16, DType::Bf16, n)?;
+        if let Some(copy) = &state.param_copy {
+            if copy.dtype() == DType::F32 || copy.len() != n {
+                expect(OP, "param_copy", copy, DType::Bf16, n)?;
+            }
+        }
         if grad_scale.dtype() != DType::F32 || grad_scale.is_empty() {
             expect(OP, "grad_scale", &grad_scale, DType::F32, 1)?;
         }
+        // The scalars PyTorch computes on the host, in f64, before its element loop.
         let step = step.max(1) as i32;
         let bias1 = 1.0 - (self.beta1 as f64).powi(step);
         let bias2 = 1.0 - (self.beta2 as f64).powi(step);
-        let config = KernelConfig::new(FILE, "adamw")
+        let decay = 1.0 - lr as f64 * self.weight_decay as f64;
+        let step_size = lr as f64 / bias1;
+        let kernel = if state.param_copy.is_some() {
+            "adamw"
+        } else {
+            "adamw_f32"
+        };
+        let mut config = KernelConfig::new(FILE, kernel)
             .int("BLOCK", BLOCK)
             .warps(WARPS);
-        let args = Args::new()
+        let mut args = Args::new()
             .in_out("param", &mut state.param)
             .input("grad", state.grad)
             .in_out("exp_avg", &mut state.exp_avg)
             .in_out("exp_avg_sq", &mut state.exp_avg_sq)
-            .output("param_bf16", &mut state.param_bf16)
             .input("grad_scale", grad_scale)
             .i64("n", n as i64)
-            .f32("lr", lr)
+            .f32("decay", decay as f32)
+            .f32("step_size", step_size as f32)
             .f32("beta1", self.beta1)
             .f32("beta2", self.beta2)
-            .f32("eps", self.eps)
-            .f32("weight_decay", self.weight_decay)
-            .f32("bias1", bias1 as f32)
-            .f32("bias2", bias2 as f32);
+            .f32("bias2_sqrt", bias2.sqrt() as f32)
+            .f32("eps", self.eps);
+        if let Some(copy) = &mut state.param_copy {
+            config = config.elem(copy.dtype());
+            args = args.output("param_copy", copy);
+        }
         ops.launch(&config, [config.programs("BLOCK", n), 1, 1], &args)
     }
 }

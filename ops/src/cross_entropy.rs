@@ -217,7 +217,8 @@ impl CutCrossEntropy {
     /// The gradients of `dloss x` the mean loss: `dhidden` `[T, H]` (f32, or bf16 through an
     /// f32 accumulator) is overwritten; `dweight` `[V, H]` (f32, or bf16 for bf16 operands) is
     /// overwritten, or added to in place when `accumulate_dweight` (tied embeddings, gradient
-    /// accumulation).
+    /// accumulation), and not computed at all when `None` (a frozen output projection, as in
+    /// LoRA fine-tuning).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<'a>(
         &self,
@@ -228,12 +229,12 @@ impl CutCrossEntropy {
         state: &CrossEntropyState,
         dloss: f32,
         dhidden: impl Into<BufferViewMut<'a>>,
-        dweight: impl Into<BufferViewMut<'a>>,
+        mut dweight: Option<BufferViewMut<'a>>,
         accumulate_dweight: bool,
     ) -> Result<()> {
         const OP: &str = "cut cross-entropy backward";
         let (hidden, weight, labels) = (hidden.into(), weight.into(), labels.into());
-        let (mut dhidden, mut dweight) = (dhidden.into(), dweight.into());
+        let mut dhidden = dhidden.into();
         let dtype = self.check(OP, &hidden, &weight, &labels)?;
         let (t, h) = (self.tokens, self.hidden);
         let dhidden_bf16 = dhidden.dtype() == DType::Bf16;
@@ -244,11 +245,13 @@ impl CutCrossEntropy {
         };
         expect(OP, "dhidden", &dhidden, want, t * h)?;
         // The weight-gradient GEMM writes f32, or bf16 from bf16 operands.
-        let dweight_type = match (dtype, dweight.dtype()) {
-            (DType::Bf16, DType::Bf16) => DType::Bf16,
-            _ => DType::F32,
-        };
-        expect(OP, "dweight", &dweight, dweight_type, self.vocab * h)?;
+        if let Some(dweight) = &dweight {
+            let dweight_type = match (dtype, dweight.dtype()) {
+                (DType::Bf16, DType::Bf16) => DType::Bf16,
+                _ => DType::F32,
+            };
+            expect(OP, "dweight", dweight, dweight_type, self.vocab * h)?;
+        }
         expect(OP, "lse", &state.lse, DType::F32, t)?;
 
         let mut workspace = ops.scratch(dtype, t * self.chunk.min(self.vocab))?;
@@ -282,10 +285,12 @@ impl CutCrossEntropy {
             };
             ops.device().gemm(&gemm, dlogits, w_chunk, dh, None)?;
             // dW_chunk[rows, H] (+)= dlogitsᵀ[rows, T] · hidden[T, H]
-            let beta = if accumulate_dweight { 1.0 } else { 0.0 };
-            let gemm = Gemm::new(rows, h, t).transpose_a().with_beta(beta);
-            let dw_chunk = dweight.slice_mut(start * h..(start + rows) * h)?;
-            ops.device().gemm(&gemm, dlogits, hidden, dw_chunk, None)?;
+            if let Some(dweight) = &mut dweight {
+                let beta = if accumulate_dweight { 1.0 } else { 0.0 };
+                let gemm = Gemm::new(rows, h, t).transpose_a().with_beta(beta);
+                let dw_chunk = dweight.slice_mut(start * h..(start + rows) * h)?;
+                ops.device().gemm(&gemm, dlogits, hidden, dw_chunk, None)?;
+            }
         }
         if let Some(acc) = &accumulator {
             let config = KernelConfig::new("add.kiln", "to_bf16")

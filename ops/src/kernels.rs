@@ -22,6 +22,7 @@ kernel_files!(
     "adamw.kiln",
     "attention.kiln",
     "cross_entropy.kiln",
+    "dropout.kiln",
     "embedding.kiln",
     "gemm.kiln",
     "rmsnorm.kiln",

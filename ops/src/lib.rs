@@ -23,6 +23,7 @@ pub mod adamw;
 pub mod attention;
 mod context;
 pub mod cross_entropy;
+pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 mod error;

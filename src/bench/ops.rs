@@ -198,8 +198,18 @@ fn cross_entropy(
     let mut loss = 0.0;
     let ms = median_ms(dev, runs, |_| {
         let state = op.forward(ops, &h, &w, &labels).map_err(e)?;
-        op.backward(ops, &h, &w, &labels, &state, 1.0, &mut dh, &mut dw, false)
-            .map_err(e)
+        op.backward(
+            ops,
+            &h,
+            &w,
+            &labels,
+            &state,
+            1.0,
+            &mut dh,
+            Some((&mut dw).into()),
+            false,
+        )
+        .map_err(e)
     })?;
     if let Ok(state) = op.forward(ops, &h, &w, &labels) {
         loss = state.loss().map_err(e)?;
@@ -342,7 +352,7 @@ fn adamw(ops: &Ops, runs: usize, n: usize) -> Result<Row, String> {
         grad: grad.view(),
         exp_avg: exp_avg.view_mut(),
         exp_avg_sq: exp_avg_sq.view_mut(),
-        param_bf16: param_bf16.view_mut(),
+        param_copy: Some(param_bf16.view_mut()),
     };
     let adamw = AdamW {
         weight_decay: 0.01,

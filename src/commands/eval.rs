@@ -1,14 +1,18 @@
 //! `kiln eval`: the token-weighted mean loss and perplexity of a model over a JSONL file.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 
+use kiln::models::batch::{Batch, Sequence};
 use kiln::models::data::{read_jsonl, Tokenize};
 use kiln::models::eval::evaluate;
 use kiln::models::model::Model;
 use kiln::models::precision::Precision;
 use kiln::models::tokenizer::Tokenizer;
+use kiln::models::weights::{save, SaveDtype};
+use kiln::models::HostTensor;
 
 use super::device::{self, DeviceChoice};
 
@@ -36,7 +40,19 @@ pub struct EvalArgs {
     /// Tokens per packed batch (sequences are packed Best-Fit-Decreasing).
     #[arg(long, default_value_t = 4096)]
     batch_tokens: usize,
+    /// A PEFT LoRA adapter folder (`adapter_config.json`, `adapter_model.safetensors`),
+    /// merged into the weights it targets at load.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Write the logits of every position of every sequence as safetensors: `logits`, f32
+    /// `[tokens, vocab]`, the sequences' tokens one after another in input order (metadata
+    /// `sequence_starts`: the first row of each). At most 4096 tokens.
+    #[arg(long, value_name = "FILE")]
+    logits: Option<PathBuf>,
 }
+
+/// The most tokens `--logits` writes (the file holds `tokens × vocab` f32 values).
+const MAX_LOGIT_TOKENS: usize = 4096;
 
 pub fn parse_precision(s: &str) -> Result<Precision, String> {
     s.parse().map_err(|e: kiln::models::Error| e.to_string())
@@ -45,7 +61,10 @@ pub fn parse_precision(s: &str) -> Result<Precision, String> {
 pub fn run(args: EvalArgs) -> Result<String, String> {
     let err = |e: kiln::models::Error| e.to_string();
     let ops = device::ops(args.device)?;
-    let model = Model::load(&args.model, ops, args.precision).map_err(err)?;
+    let mut model = Model::load(&args.model, ops, args.precision).map_err(err)?;
+    if let Some(adapter) = &args.adapter {
+        model.merge_adapter(adapter).map_err(err)?;
+    }
     let tokenizer = if args.model.join("tokenizer.json").exists() {
         Some(Tokenizer::load(&args.model).map_err(err)?)
     } else {
@@ -57,6 +76,15 @@ pub fn run(args: EvalArgs) -> Result<String, String> {
         .map(|t| move |text: &str| t.encode(text, true));
     let tokenize: Option<Tokenize<'_>> = encode.as_ref().map(|f| f as _);
     let sequences = read_jsonl(&args.data, tokenize, model.config.vocab).map_err(err)?;
+    let input_tokens: usize = sequences.iter().map(|s| s.input_ids.len()).sum();
+    if args.logits.is_some() && input_tokens > MAX_LOGIT_TOKENS {
+        return Err(format!(
+            "{}: {input_tokens} tokens; --logits writes at most {MAX_LOGIT_TOKENS} \
+             ({MAX_LOGIT_TOKENS} × {} f32 values)",
+            args.data.display(),
+            model.config.vocab
+        ));
+    }
     let (report, losses) = evaluate(&model, &sequences, args.batch_tokens.max(1)).map_err(err)?;
 
     if let Some(path) = &args.per_token_losses {
@@ -66,6 +94,9 @@ pub fn run(args: EvalArgs) -> Result<String, String> {
             writeln!(out, "{line}").expect("writing to a String");
         }
         write_atomically(path, out.as_bytes())?;
+    }
+    if let Some(path) = &args.logits {
+        write_logits(&model, &sequences, path).map_err(err)?;
     }
     if args.json {
         let object = serde_json::json!({
@@ -113,4 +144,30 @@ pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> Result<(), Stri
         let _ = std::fs::remove_file(&tmp);
         format!("{}: {e}", path.display())
     })
+}
+
+/// Writes the logits of every position of `sequences` (each run alone) to `path`.
+fn write_logits(
+    model: &Model,
+    sequences: &[Sequence],
+    path: &std::path::Path,
+) -> kiln::models::Result<()> {
+    let vocab = model.config.vocab;
+    let mut data = Vec::new();
+    let mut starts = Vec::with_capacity(sequences.len());
+    for seq in sequences {
+        starts.push(data.len() / vocab);
+        let batch = Batch::pack(&[seq], vocab)?;
+        let rows: Vec<usize> = (0..seq.input_ids.len()).collect();
+        for row in model.logits(&batch.upload(model.ops())?, &rows)? {
+            data.extend(row);
+        }
+    }
+    let tensor = HostTensor::new(vec![data.len() / vocab, vocab], data);
+    let mut metadata = BTreeMap::new();
+    metadata.insert(
+        "sequence_starts".to_string(),
+        serde_json::to_string(&starts).expect("a list of numbers prints"),
+    );
+    save(path, &[("logits", &tensor)], SaveDtype::F32, &metadata)
 }

@@ -2,5 +2,7 @@
 
 mod device;
 pub mod eval;
+pub mod export;
 pub mod generate;
 pub mod import;
+pub mod train;

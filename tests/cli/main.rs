@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod train;
+
 fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
@@ -263,4 +265,262 @@ fn import_writes_a_folder_eval_reads_and_bad_ggufs_exit_1() {
             target.display()
         );
     }
+}
+
+/// `kiln eval --json --per-token-losses` of `model` (optionally with `extra` arguments) on the
+/// sequences of reference `r`; returns the per-sequence losses.
+fn eval_losses(model: &Path, r: &Value, dir: &Path, extra: &[&str]) -> Vec<Vec<Option<f64>>> {
+    let data = dir.join("data.jsonl");
+    std::fs::write(&data, reference_jsonl(r)).unwrap();
+    let losses = dir.join("losses.jsonl");
+    let mut args = vec![
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--precision",
+        "f32",
+        "--per-token-losses",
+        losses.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = kiln(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    std::fs::read_to_string(&losses)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["losses"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(Value::as_f64)
+                .collect()
+        })
+        .collect()
+}
+
+fn assert_losses_match(what: &str, got: &[Vec<Option<f64>>], r: &Value) {
+    let sequences = r["sequences"].as_array().unwrap();
+    assert_eq!(got.len(), sequences.len(), "{what}");
+    for (i, (g, seq)) in got.iter().zip(sequences).enumerate() {
+        let want: Vec<Option<f64>> = seq["losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(Value::as_f64)
+            .collect();
+        assert_eq!(g.len(), want.len(), "{what}: sequence {i}");
+        for (a, b) in g.iter().zip(&want) {
+            match (a, b) {
+                (Some(a), Some(b)) => assert!((a - b).abs() <= 1e-4, "{what} {i}: {a} vs {b}"),
+                (None, None) => {}
+                other => panic!("{what} {i}: ignored positions differ: {other:?}"),
+            }
+        }
+    }
+}
+
+/// The f32 values and shape of tensor `name` of a safetensors file.
+fn read_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>, Value) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = &header[name];
+    assert_eq!(t["dtype"], "F32");
+    let shape: Vec<usize> = t["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let (a, b) = (
+        t["data_offsets"][0].as_u64().unwrap() as usize,
+        t["data_offsets"][1].as_u64().unwrap() as usize,
+    );
+    let data = bytes[8 + n + a..8 + n + b]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    (shape, data, header["__metadata__"].clone())
+}
+
+#[test]
+fn export_merges_an_adapter_into_a_folder_and_a_gguf_that_give_peft_losses() {
+    for name in ["qwen2_gqa_bias_untied", "llama_mha_untied_bias"] {
+        let dir = tempfile::tempdir().unwrap();
+        let adapter = fixture(name).join("adapter");
+        let r: Value =
+            serde_json::from_str(&std::fs::read_to_string(adapter.join("reference.json")).unwrap())
+                .unwrap();
+        let out = dir.path().join("merged");
+        let gguf = dir.path().join("merged.gguf");
+        let run = kiln(&[
+            "export",
+            "--model",
+            fixture(name).to_str().unwrap(),
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--merge",
+            "--out",
+            out.to_str().unwrap(),
+            "--gguf",
+            gguf.to_str().unwrap(),
+            "--gguf-type",
+            "q8_0",
+        ]);
+        assert!(run.status.success(), "{name}: {}", stderr(&run));
+        let printed = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            printed.contains(out.to_str().unwrap()) && printed.contains("merged.gguf"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("Q8_0") && printed.contains("bytes"),
+            "{printed}"
+        );
+        assert!(stderr(&run).contains("no tokenizer"), "{}", stderr(&run));
+        assert_eq!(&std::fs::read(&gguf).unwrap()[..4], b"GGUF");
+
+        // merged = base + adapter: the folder gives PEFT's per-token losses, as the base with
+        // `--adapter` does, and not the base's.
+        let merged = eval_losses(&out, &r, dir.path(), &[]);
+        assert_losses_match(&format!("{name} merged"), &merged, &r);
+        let adapter_arg = adapter.to_str().unwrap();
+        let with_adapter = eval_losses(&fixture(name), &r, dir.path(), &["--adapter", adapter_arg]);
+        assert_losses_match(&format!("{name} --adapter"), &with_adapter, &r);
+        let base = eval_losses(&fixture(name), &r, dir.path(), &[]);
+        assert_losses_match(&format!("{name} base"), &base, &reference(name));
+
+        // --logits: every position, rows in input order, equal to PEFT's logits rows
+        let logits = dir.path().join("logits.safetensors");
+        let data = dir.path().join("data.jsonl");
+        let run = kiln(&[
+            "eval",
+            "--model",
+            out.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--logits",
+            logits.to_str().unwrap(),
+        ]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let (shape, values, metadata) = read_tensor(&logits, "logits");
+        let lengths: Vec<usize> = r["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["input_ids"].as_array().unwrap().len())
+            .collect();
+        let vocab = shape[1];
+        assert_eq!(shape[0], lengths.iter().sum::<usize>());
+        let starts: Vec<usize> =
+            serde_json::from_str(metadata["sequence_starts"].as_str().unwrap()).unwrap();
+        assert_eq!(starts.len(), lengths.len());
+        for row in r["logits"].as_array().unwrap() {
+            let (s, p) = (
+                row["sequence"].as_u64().unwrap() as usize,
+                row["position"].as_u64().unwrap() as usize,
+            );
+            let got = &values[(starts[s] + p) * vocab..(starts[s] + p + 1) * vocab];
+            for (g, w) in got.iter().zip(row["values"].as_array().unwrap()) {
+                let w = w.as_f64().unwrap();
+                assert!(
+                    (*g as f64 - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "{name} {s}/{p}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_exports_exit_1_naming_the_file_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("qwen2_gqa_bias_untied");
+    let out = dir.path().join("out");
+    let gguf = dir.path().join("out.gguf");
+    let (out_s, gguf_s) = (out.to_str().unwrap(), gguf.to_str().unwrap());
+    let fails = |args: &[&str], want: &[&str]| {
+        let run = kiln(args);
+        assert_eq!(run.status.code(), Some(1), "{args:?}: {}", stderr(&run));
+        let msg = stderr(&run);
+        for w in want {
+            assert!(msg.contains(w), "{args:?}: `{w}` not in: {msg}");
+        }
+        assert!(
+            !out.exists() && !gguf.exists(),
+            "{args:?} left output behind"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.iter().all(|n| n == "file.txt"), "{args:?}: {left:?}");
+    };
+    let missing = dir.path().join("no-such-model");
+    fails(
+        &[
+            "export",
+            "--model",
+            missing.to_str().unwrap(),
+            "--out",
+            out_s,
+        ],
+        &["no-such-model"],
+    );
+    // an adapter of another model: its tensors do not fit
+    let other = fixture("llama_mha_untied_bias").join("adapter");
+    let other_s = other.to_str().unwrap();
+    let b = base.to_str().unwrap();
+    fails(
+        &[
+            "export",
+            "--model",
+            b,
+            "--adapter",
+            other_s,
+            "--merge",
+            "--out",
+            out_s,
+            "--gguf",
+            gguf_s,
+        ],
+        &["adapter_model.safetensors"],
+    );
+    let adapter = base.join("adapter");
+    fails(
+        &[
+            "export",
+            "--model",
+            b,
+            "--adapter",
+            adapter.to_str().unwrap(),
+            "--out",
+            out_s,
+        ],
+        &["PEFT", "--merge", "adapter"],
+    );
+    fails(&["export", "--model", b], &["--out", "--gguf"]);
+    // an output under a plain file cannot be written
+    let file = dir.path().join("file.txt");
+    std::fs::write(&file, "x").unwrap();
+    let under = file.join("sub");
+    fails(
+        &["export", "--model", b, "--out", under.to_str().unwrap()],
+        &["file.txt"],
+    );
+    let under_gguf = file.join("m.gguf");
+    fails(
+        &[
+            "export",
+            "--model",
+            b,
+            "--gguf",
+            under_gguf.to_str().unwrap(),
+        ],
+        &["m.gguf"],
+    );
 }

@@ -505,3 +505,13 @@ fn a_frame_past_the_limit_is_an_error_not_a_panic() {
     };
     assert!(err.contains("more than 1024 MiB"), "{err}");
 }
+
+#[test]
+fn a_kernel_says_whether_it_adds_with_atomics_even_inside_a_loop() {
+    let plain = "kernel k(x: *mut f32) { store(x + range(4), 1.0); }";
+    let nested = "kernel k(x: *mut f32, n: i32) {
+        for i in 0..n step 1 { if i > 0 { atomic_add(x, 1.0); } }
+    }";
+    assert!(!kernel(plain, "k").has_atomics());
+    assert!(kernel(nested, "k").has_atomics());
+}

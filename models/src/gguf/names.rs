@@ -153,3 +153,69 @@ pub fn unpermute_qk(t: &HostTensor, n_heads: usize, location: &str) -> Result<Ho
         data,
     })
 }
+
+/// The llama.cpp name of the Hugging Face tensor `name` (the inverse of [`hf_name`]), or `None`
+/// for a name that has none.
+pub fn gguf_name(name: &str) -> Option<String> {
+    match name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    if layer.is_empty() || !layer.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let (module, kind) = rest.rsplit_once('.')?;
+    if kind != "weight" && kind != "bias" {
+        return None;
+    }
+    let part = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{part}.{kind}"))
+}
+
+/// llama.cpp's Q/K row permutation (the inverse of [`unpermute_qk`]), as convert_hf_to_gguf.py
+/// applies it to Llama's `q_proj` (with the attention heads) and `k_proj` (with the key-value
+/// heads), weights and biases: Hugging Face row `h·d + j·d/2 + i` becomes row `h·d + 2i + j`.
+pub fn permute_qk(t: &HostTensor, n_heads: usize, location: &str) -> Result<HostTensor> {
+    let rows = t.shape.first().copied().unwrap_or(0);
+    if n_heads == 0 || rows % n_heads != 0 || (rows / n_heads) % 2 != 0 {
+        return Err(Error::format(
+            location,
+            format!(
+                "{rows} rows are not {n_heads} heads of an even size, as the Q/K permutation needs"
+            ),
+        ));
+    }
+    let row_len = t.shape[1..].iter().product::<usize>();
+    let head_dim = rows / n_heads;
+    let half = head_dim / 2;
+    let mut data = vec![0.0f32; t.data.len()];
+    for h in 0..n_heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let from = h * head_dim + j * half + i;
+                let to = h * head_dim + 2 * i + j;
+                data[to * row_len..(to + 1) * row_len]
+                    .copy_from_slice(&t.data[from * row_len..(from + 1) * row_len]);
+            }
+        }
+    }
+    Ok(HostTensor {
+        shape: t.shape.clone(),
+        data,
+    })
+}

@@ -107,13 +107,33 @@ fn run_case(h: &Harness, act: DType, case: &Case, fd: bool) {
     for &dtype in dhidden_types {
         let mut dh = h.device.alloc(dtype, t * hd).unwrap();
         let mut dw = h.poisoned_f32(v * hd);
-        op.backward(&h.ops, &hb, &wb, &lb, &state, dl, &mut dh, &mut dw, false)
-            .unwrap();
+        op.backward(
+            &h.ops,
+            &hb,
+            &wb,
+            &lb,
+            &state,
+            dl,
+            &mut dh,
+            Some((&mut dw).into()),
+            false,
+        )
+        .unwrap();
         h.assert_close("dhidden", &h.read(&dh), &dh_want, grad_tol(&dh_want));
         h.assert_close("dweight", &h.read(&dw), &dw_want, grad_tol(&dw_want));
         // Accumulating adds a second copy of the gradient.
-        op.backward(&h.ops, &hb, &wb, &lb, &state, dl, &mut dh, &mut dw, true)
-            .unwrap();
+        op.backward(
+            &h.ops,
+            &hb,
+            &wb,
+            &lb,
+            &state,
+            dl,
+            &mut dh,
+            Some((&mut dw).into()),
+            true,
+        )
+        .unwrap();
         let twice: Vec<f64> = dw_want.iter().map(|x| 2.0 * x).collect();
         h.assert_close(
             "dweight accumulated",
@@ -264,8 +284,18 @@ fn cut_cross_entropy_at_full_size_matches_materialised_logits() {
             },
         );
         let (mut dh, mut dw) = (h.poisoned_f32(t * hd), h.poisoned_f32(v * hd));
-        op.backward(&h.ops, &hb, &wb, &lb, &state, 1.0, &mut dh, &mut dw, false)
-            .unwrap();
+        op.backward(
+            &h.ops,
+            &hb,
+            &wb,
+            &lb,
+            &state,
+            1.0,
+            &mut dh,
+            Some((&mut dw).into()),
+            false,
+        )
+        .unwrap();
         let dh_want = h.read(&dh_ref);
         h.assert_close("dhidden", &h.read(&dh), &dh_want, grad_tol(&dh_want));
         let dw_want = h.read(&dw_ref);

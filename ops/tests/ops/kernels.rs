@@ -299,16 +299,15 @@ fn adamw_step() {
                 .input("grad", &gb)
                 .in_out("exp_avg", &mut m)
                 .in_out("exp_avg_sq", &mut v)
-                .output("param_bf16", &mut pb)
+                .output("param_copy", &mut pb)
                 .input("grad_scale", &s)
                 .i64("n", n as i64)
-                .f32("lr", hp.lr as f32)
+                .f32("decay", (1.0 - hp.lr * hp.weight_decay) as f32)
+                .f32("step_size", (hp.lr / b1) as f32)
                 .f32("beta1", hp.beta1 as f32)
                 .f32("beta2", hp.beta2 as f32)
-                .f32("eps", hp.eps as f32)
-                .f32("weight_decay", hp.weight_decay as f32)
-                .f32("bias1", b1 as f32)
-                .f32("bias2", b2 as f32),
+                .f32("bias2_sqrt", b2.sqrt() as f32)
+                .f32("eps", hp.eps as f32),
         );
         h.assert_close("exp_avg", &h.read(&m), &m_ref, F32);
         h.assert_close(

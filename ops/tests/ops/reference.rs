@@ -150,6 +150,7 @@ pub fn adamw(p: &mut [f64], g: &[f64], m: &mut [f64], v: &mut [f64], grad_scale:
         m[i] = h.beta1 * m[i] + (1.0 - h.beta1) * gi;
         v[i] = h.beta2 * v[i] + (1.0 - h.beta2) * gi * gi;
         let update = (m[i] / b1) / ((v[i] / b2).sqrt() + h.eps) + h.weight_decay * p[i];
+        // Decoupled decay on the old weight: p - lr·wd·p - lr·m̂/(√v̂ + eps).
         p[i] -= h.lr * update;
     }
 }

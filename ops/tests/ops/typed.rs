@@ -431,7 +431,7 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
                     grad: g.view(),
                     exp_avg: m.view_mut(),
                     exp_avg_sq: v.view_mut(),
-                    param_bf16: copy.view_mut(),
+                    param_copy: Some(copy.view_mut()),
                 };
                 adamw.update(&h.ops, &mut state, scale, lr, step).unwrap();
             }
@@ -474,7 +474,7 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
             };
             h.assert_close("param", &h.read(&bufs[i][0]), &p, tol);
             h.assert_close("exp_avg", &h.read(&bufs[i][2]), &m, tol);
-            h.assert_close("param_bf16", &h.read(&copies[i]), &p, BF16);
+            h.assert_close("param_copy", &h.read(&copies[i]), &p, BF16);
         }
     });
 }
@@ -542,5 +542,65 @@ fn ops_read_and_write_views_of_one_buffer() {
             got[..len].iter().all(|x| x.is_nan()),
             "written outside its view"
         );
+    });
+}
+
+/// The dropout mask as `dropout.kiln` defines it, recomputed independently.
+fn dropout_keeps(i: u64, seed: u32, p: f32) -> bool {
+    let mut x = (i ^ u64::from(seed)) & 0xffff_ffff;
+    x = ((x ^ (x >> 16)).wrapping_mul(0x7feb_352d)) & 0xffff_ffff;
+    x = ((x ^ (x >> 15)).wrapping_mul(0x846c_a68b)) & 0xffff_ffff;
+    x ^= x >> 16;
+    (x >> 8) as f64 >= (f64::from(p) * f64::from(1u32 << 24)).round()
+}
+
+#[test]
+fn dropout_draws_the_same_seeded_mask_forward_and_backward() {
+    use kiln_ops::dropout::Dropout;
+    for_each_device(|h| {
+        let n = 50_000 + 7;
+        for (p, seed) in [(0.1f32, 7u32), (0.5, 0xdead_beef)] {
+            let drop = Dropout { p, seed };
+            for dtype in [DType::F32, DType::Bf16] {
+                let x = h.rand(dtype, n, 1.0);
+                let xb = h.buf(dtype, &x);
+                let mut y = h.poisoned(dtype, n);
+                drop.forward(&h.ops, &xb, &mut y).unwrap();
+                let scale = 1.0 / (1.0 - p as f64);
+                let want: Vec<f64> = (0..n)
+                    .map(|i| {
+                        if dropout_keeps(i as u64, seed, p) {
+                            x[i] * scale
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                let tol = if dtype == DType::F32 { F32 } else { BF16 };
+                h.assert_close("dropout", &h.read(&y), &want, tol);
+                let dropped = want.iter().filter(|v| **v == 0.0).count() as f64 / n as f64;
+                assert!(
+                    (dropped - p as f64).abs() < 0.01,
+                    "p {p}: dropped {dropped}"
+                );
+
+                // The backward adds the same mask's product to what is there.
+                let base = h.rand(dtype, n, 1.0);
+                let mut out = h.buf(dtype, &base);
+                drop.backward_add(&h.ops, &xb, &mut out).unwrap();
+                let want: Vec<f64> = base.iter().zip(&want).map(|(b, w)| b + w).collect();
+                h.assert_close("dropout backward", &h.read(&out), &want, tol);
+            }
+        }
+        // Another seed draws another mask.
+        let a = (0..1000).filter(|&i| dropout_keeps(i, 1, 0.5)).count();
+        let same = (0..1000)
+            .filter(|&i| dropout_keeps(i, 1, 0.5) == dropout_keeps(i, 2, 0.5))
+            .count();
+        assert!(a > 400 && same < 600, "{a} {same}");
+        let bad = Dropout { p: 1.0, seed: 0 };
+        let xb = h.f32_buf(&[1.0]);
+        let mut y = h.poisoned_f32(1);
+        assert!(bad.forward(&h.ops, &xb, &mut y).is_err());
     });
 }

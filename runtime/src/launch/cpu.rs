@@ -23,6 +23,13 @@ pub(crate) trait Program: Sync {
 
     /// Bytes of stack one program needs beyond a thread's usual use.
     fn frame_bytes(&self) -> u64;
+
+    /// Whether the programs must run one after another in program order: a kernel whose
+    /// programs add floats into the same memory (`atomic_add`) rounds by the order of the
+    /// additions, and training on the CPU promises the same bits on every run.
+    fn in_order(&self) -> bool {
+        false
+    }
 }
 
 impl Program for CpuKernel {
@@ -40,6 +47,10 @@ impl Program for CpuKernel {
     fn frame_bytes(&self) -> u64 {
         CpuKernel::frame_bytes(self)
     }
+
+    fn in_order(&self) -> bool {
+        self.has_atomics()
+    }
 }
 
 /// Frames up to this size run on the global rayon pool, whose threads have Rust's default
@@ -53,7 +64,8 @@ pub(crate) struct GridFault {
 }
 
 /// Runs every program of `grid` once and returns when all have finished; reports the fault of
-/// the lowest-numbered faulting program, if any.
+/// the lowest-numbered faulting program, if any. Programs run in parallel, or one after another
+/// in program order when the kernel asks for it ([`Program::in_order`]).
 ///
 /// # Safety
 /// `args` and `bounds` must have been bound to the kernel's parameters
@@ -67,20 +79,25 @@ pub(crate) unsafe fn run(
 ) -> Result<Option<GridFault>> {
     let [gx, gy, gz] = grid.map(u64::from);
     let first: Mutex<Option<(u64, AccessFault)>> = Mutex::new(None);
-    let body = || {
-        (0..gx * gy * gz).into_par_iter().try_for_each(|i| {
-            // x varies fastest, as block indices do on a GPU.
-            let program = [i % gx, i / gx % gy, i / (gx * gy)].map(|c| c as u32);
-            // SAFETY: the caller's contract; every program id is inside `grid`, and this
-            // thread's stack fits the frame (`pool_for`).
-            if let Some(fault) = unsafe { kernel.run_program(args, bounds, program, grid)? } {
-                let mut first = first.lock().unwrap_or_else(PoisonError::into_inner);
-                if first.is_none_or(|(j, _)| i < j) {
-                    *first = Some((i, fault));
-                }
+    let one = |i: u64| {
+        // x varies fastest, as block indices do on a GPU.
+        let program = [i % gx, i / gx % gy, i / (gx * gy)].map(|c| c as u32);
+        // SAFETY: the caller's contract; every program id is inside `grid`, and this
+        // thread's stack fits the frame (`pool_for`).
+        if let Some(fault) = unsafe { kernel.run_program(args, bounds, program, grid)? } {
+            let mut first = first.lock().unwrap_or_else(PoisonError::into_inner);
+            if first.is_none_or(|(j, _)| i < j) {
+                *first = Some((i, fault));
             }
-            Ok::<(), Error>(())
-        })
+        }
+        Ok::<(), Error>(())
+    };
+    let body = || {
+        if kernel.in_order() {
+            (0..gx * gy * gz).try_for_each(one)
+        } else {
+            (0..gx * gy * gz).into_par_iter().try_for_each(one)
+        }
     };
     match pool_for(kernel.frame_bytes())? {
         None => body()?,
@@ -190,6 +207,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_kernel_with_atomics_runs_its_programs_in_program_order() {
+        /// Logs the order programs run in; asks to run in order, as an atomic kernel does.
+        struct Ordered(Mutex<Vec<u64>>);
+        impl Program for Ordered {
+            unsafe fn run_program(
+                &self,
+                _: &[u64],
+                _: &[u64],
+                [x, y, z]: [u32; 3],
+                [gx, gy, _]: [u32; 3],
+            ) -> Result<Option<AccessFault>> {
+                let linear = (u64::from(z) * u64::from(gy) + u64::from(y)) * u64::from(gx);
+                self.0.lock().unwrap().push(linear + u64::from(x));
+                Ok(None)
+            }
+            fn frame_bytes(&self) -> u64 {
+                0
+            }
+            fn in_order(&self) -> bool {
+                true
+            }
+        }
+        let ordered = Ordered(Mutex::new(vec![]));
+        // SAFETY: the stand-in touches no memory through its arguments.
+        unsafe { run(&ordered, [5, 4, 3], &[], &[]) }.unwrap();
+        assert_eq!(ordered.0.into_inner().unwrap(), (0..60).collect::<Vec<_>>());
     }
 
     #[test]

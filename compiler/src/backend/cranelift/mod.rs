@@ -80,6 +80,7 @@ pub struct CpuKernel {
     entry: KernelFn,
     frame_bytes: u64,
     options: CpuOptions,
+    has_atomics: bool,
     /// Owns the code `entry` points to; freed on drop.
     module: Option<JITModule>,
 }
@@ -108,6 +109,13 @@ impl CpuKernel {
     /// The options it was compiled with.
     pub fn options(&self) -> CpuOptions {
         self.options
+    }
+
+    /// Whether the kernel adds to memory with `atomic_add`: the order in which its programs
+    /// run then decides how float sums round, so a caller that wants the same bits on every run
+    /// runs its programs in program order (see the runtime's CPU launch).
+    pub fn has_atomics(&self) -> bool {
+        self.has_atomics
     }
 
     /// Runs program `program_id` of a grid of `num_programs` and returns its first
@@ -228,7 +236,15 @@ pub fn compile_with(k: &Kernel, options: CpuOptions) -> Result<CpuKernel, Backen
         entry,
         frame_bytes,
         options,
+        has_atomics: uses_atomics(&k.body),
         module: Some(module),
+    })
+}
+
+fn uses_atomics(block: &crate::ir::Block) -> bool {
+    block.insts.iter().any(|inst| {
+        matches!(inst.op, crate::ir::Op::AtomicAdd { .. })
+            || inst.op.blocks().into_iter().any(uses_atomics)
     })
 }
 

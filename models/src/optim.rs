@@ -1,0 +1,425 @@
+//! The optimizer of training: AdamW over named f32 tensors in parameter groups (LoRA+ is a group
+//! whose learning rate is `ratio ×` the base rate), global-norm gradient clipping computed on the
+//! device, and learning-rate schedules. Every update is a Kiln kernel (`adamw.kiln`); the host
+//! only reads the gradient norm, one number per step, to decide whether the step is finite.
+//!
+//! Each tensor has f32 moments, and f32 master weights unless the model computes in f32, in
+//! which case the model's own weights are the masters and are updated in place.
+
+use std::fmt;
+use std::str::FromStr;
+
+use kiln_compiler::DType;
+use kiln_ops::adamw::{AdamW, GradNorm, ParamState};
+use kiln_ops::Ops;
+use kiln_runtime::Buffer;
+
+use crate::precision;
+use crate::{Error, HostTensor, Result};
+
+/// How the learning rate moves over training.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleKind {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+impl FromStr for ScheduleKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "constant" => Ok(ScheduleKind::Constant),
+            "linear" => Ok(ScheduleKind::Linear),
+            "cosine" => Ok(ScheduleKind::Cosine),
+            _ => Err(format!(
+                "unknown schedule `{s}`: expected constant, linear or cosine"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ScheduleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ScheduleKind::Constant => "constant",
+            ScheduleKind::Linear => "linear",
+            ScheduleKind::Cosine => "cosine",
+        })
+    }
+}
+
+/// A learning-rate schedule: a linear warmup from `lr / warmup` to `lr` over the first
+/// `warmup` steps, then constant, or a linear or cosine decay towards `floor × lr`, which it
+/// would reach one step after the last (so the last update is not wasted at a zero rate).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    pub kind: ScheduleKind,
+    pub warmup: usize,
+    pub total: usize,
+    /// The final rate as a fraction of the peak (0 decays to zero).
+    pub floor: f64,
+}
+
+impl Schedule {
+    /// The multiplier of the peak learning rate at step `step` (1-based).
+    pub fn factor(&self, step: usize) -> f64 {
+        if step <= self.warmup {
+            return step as f64 / self.warmup as f64;
+        }
+        let span = self.total.saturating_sub(self.warmup).max(1) as f64;
+        let progress = ((step - self.warmup - 1) as f64 / span).min(1.0);
+        let shape = match self.kind {
+            ScheduleKind::Constant => return 1.0,
+            ScheduleKind::Linear => 1.0 - progress,
+            ScheduleKind::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        };
+        self.floor + (1.0 - self.floor) * shape
+    }
+}
+
+/// AdamW's settings for a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimizerConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (`None`: no clipping).
+    pub max_grad_norm: Option<f64>,
+    pub schedule: Schedule,
+}
+
+impl OptimizerConfig {
+    /// Checks the values a user gives.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: &str, v: f64| Err(Error::Invalid(format!("{what} {v}")));
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("the learning rate must be a positive number, not", self.lr);
+        }
+        for (name, b) in [("adam beta1", self.beta1), ("adam beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return bad(&format!("{name} must be in [0, 1), not"), b);
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return bad("adam eps must be positive, not", self.eps);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight decay must be 0 or more, not", self.weight_decay);
+        }
+        if let Some(n) = self.max_grad_norm {
+            if !(n.is_finite() && n > 0.0) {
+                return bad(
+                    "max grad norm must be positive (0 turns clipping off), not",
+                    n,
+                );
+            }
+        }
+        if !(0.0..=1.0).contains(&self.schedule.floor) {
+            return bad(
+                "the schedule's floor must be in [0, 1], not",
+                self.schedule.floor,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One trainable tensor as the optimizer is told of it.
+pub struct ParamSpec {
+    /// Its name in checkpoints (Hugging Face's or PEFT's).
+    pub name: String,
+    /// Its initial f32 value.
+    pub initial: HostTensor,
+    /// Its learning rate as a multiple of the scheduled one (LoRA+'s B: the ratio).
+    pub lr_multiplier: f64,
+    /// Whether weight decay applies to it.
+    pub decay: bool,
+}
+
+/// One trainable tensor's optimizer state.
+struct Slot {
+    name: String,
+    shape: Vec<usize>,
+    len: usize,
+    lr_multiplier: f64,
+    decay: bool,
+    /// f32 master weights when the model computes in another type.
+    master: Option<Buffer>,
+    exp_avg: Buffer,
+    exp_avg_sq: Buffer,
+}
+
+/// AdamW over a list of tensors, in a fixed order: every call passes the model's parameters
+/// and gradients in the order the optimizer was made with.
+pub struct Optimizer {
+    pub config: OptimizerConfig,
+    slots: Vec<Slot>,
+    norm: GradNorm,
+    /// Updates applied so far (AdamW's `t`; a skipped step does not count).
+    pub updates: u32,
+}
+
+impl Optimizer {
+    /// State for `params` on `ops`' device: zero moments, and f32 masters from their initial
+    /// values when `compute` (the model's precision) is not f32.
+    pub fn new(
+        ops: &Ops,
+        config: OptimizerConfig,
+        params: Vec<ParamSpec>,
+        compute: DType,
+    ) -> Result<Optimizer> {
+        config.validate()?;
+        let device = ops.device();
+        let mut slots = Vec::with_capacity(params.len());
+        for p in params {
+            let len = p.initial.len();
+            let zeros = || -> Result<Buffer> {
+                let mut b = device.alloc(DType::F32, len)?;
+                b.zero()?;
+                Ok(b)
+            };
+            let master = match compute {
+                DType::F32 => None,
+                _ => Some(precision::upload(device, &p.initial, DType::F32)?),
+            };
+            slots.push(Slot {
+                name: p.name,
+                shape: p.initial.shape.clone(),
+                len,
+                lr_multiplier: p.lr_multiplier,
+                decay: p.decay,
+                master,
+                exp_avg: zeros()?,
+                exp_avg_sq: zeros()?,
+            });
+        }
+        Ok(Optimizer {
+            config,
+            slots,
+            norm: GradNorm::new(ops)?,
+            updates: 0,
+        })
+    }
+
+    /// The names of the tensors, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.slots.iter().map(|s| s.name.as_str())
+    }
+
+    /// The global L2 norm of `grads` (before clipping), summed on the device; also leaves the
+    /// clipping factor there for [`Optimizer::apply`]. Reading the norm is the step's one
+    /// synchronisation.
+    pub fn grad_norm(&mut self, ops: &Ops, grads: &[&Buffer]) -> Result<f64> {
+        self.check_len(grads.len())?;
+        self.norm.reset()?;
+        for g in grads {
+            self.norm.add(ops, *g)?;
+        }
+        let max = self.config.max_grad_norm.map(|n| n as f32);
+        let scale = self.norm.finish(ops, max)?;
+        Ok(f64::from(scale.download::<f32>()?[1]))
+    }
+
+    /// One AdamW update of every tensor at the scheduled step `step` (1-based), with the
+    /// gradients [`Optimizer::grad_norm`] was last given, clipped by its factor. `params` are
+    /// the model's tensors (written: bf16 copies of the masters, or the f32 weights in place).
+    pub fn apply(
+        &mut self,
+        ops: &Ops,
+        params: Vec<&mut Buffer>,
+        grads: &[&Buffer],
+        step: usize,
+    ) -> Result<()> {
+        self.check_len(params.len())?;
+        self.check_len(grads.len())?;
+        self.updates += 1;
+        let lr = self.config.lr * self.config.schedule.factor(step);
+        let scale = self.norm.scale();
+        for ((slot, param), grad) in self.slots.iter_mut().zip(params).zip(grads) {
+            let adamw = AdamW {
+                beta1: self.config.beta1 as f32,
+                beta2: self.config.beta2 as f32,
+                eps: self.config.eps as f32,
+                weight_decay: if slot.decay {
+                    self.config.weight_decay as f32
+                } else {
+                    0.0
+                },
+            };
+            let mut state = match &mut slot.master {
+                Some(master) => ParamState {
+                    param: master.view_mut(),
+                    grad: grad.view(),
+                    exp_avg: slot.exp_avg.view_mut(),
+                    exp_avg_sq: slot.exp_avg_sq.view_mut(),
+                    param_copy: Some(param.view_mut()),
+                },
+                None => ParamState {
+                    param: param.view_mut(),
+                    grad: grad.view(),
+                    exp_avg: slot.exp_avg.view_mut(),
+                    exp_avg_sq: slot.exp_avg_sq.view_mut(),
+                    param_copy: None,
+                },
+            };
+            let group_lr = (lr * slot.lr_multiplier) as f32;
+            adamw.update(ops, &mut state, scale, group_lr, self.updates)?;
+        }
+        Ok(())
+    }
+
+    /// The learning rate of the base group at step `step`.
+    pub fn lr(&self, step: usize) -> f64 {
+        self.config.lr * self.config.schedule.factor(step)
+    }
+
+    /// The f32 weights of every tensor: the masters, or `params` (the model's f32 weights)
+    /// where the model's own weights are the masters.
+    pub fn masters(&self, params: &[&Buffer]) -> Result<Vec<(String, HostTensor)>> {
+        self.check_len(params.len())?;
+        self.slots
+            .iter()
+            .zip(params)
+            .map(|(slot, param)| {
+                let buffer = slot.master.as_ref().unwrap_or(param);
+                Ok((
+                    slot.name.clone(),
+                    HostTensor::new(slot.shape.clone(), precision::download(buffer)?),
+                ))
+            })
+            .collect()
+    }
+
+    /// Replaces every master with `values` (by name; shapes flattened) and writes the model's
+    /// copies in `params` from them, exactly as an update would have rounded them.
+    pub fn load_masters(
+        &mut self,
+        ops: &Ops,
+        params: Vec<&mut Buffer>,
+        values: &dyn Fn(&str) -> Result<Vec<f32>>,
+    ) -> Result<()> {
+        self.check_len(params.len())?;
+        let device = ops.device();
+        for (slot, param) in self.slots.iter_mut().zip(params) {
+            let data = values(&slot.name)?;
+            if data.len() != slot.len {
+                return Err(Error::Invalid(format!(
+                    "`{}`: {} values for a tensor of {}",
+                    slot.name,
+                    data.len(),
+                    slot.len
+                )));
+            }
+            let host = HostTensor::new(slot.shape.clone(), data);
+            if let Some(master) = &mut slot.master {
+                *master = precision::upload(device, &host, DType::F32)?;
+            }
+            *param = precision::upload(device, &host, param.dtype())?;
+        }
+        Ok(())
+    }
+
+    /// The moments as named host tensors: `exp_avg.NAME` and `exp_avg_sq.NAME`.
+    pub fn moments(&self) -> Result<Vec<(String, HostTensor)>> {
+        let mut out = vec![];
+        for slot in &self.slots {
+            for (kind, b) in [("exp_avg", &slot.exp_avg), ("exp_avg_sq", &slot.exp_avg_sq)] {
+                out.push((
+                    format!("{kind}.{}", slot.name),
+                    HostTensor::new(slot.shape.clone(), precision::download(b)?),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Replaces the moments with `values(name)` for the names of [`Optimizer::moments`].
+    pub fn load_moments(
+        &mut self,
+        ops: &Ops,
+        values: &dyn Fn(&str) -> Result<Vec<f32>>,
+    ) -> Result<()> {
+        let device = ops.device();
+        for slot in &mut self.slots {
+            for (kind, b) in [
+                ("exp_avg", &mut slot.exp_avg),
+                ("exp_avg_sq", &mut slot.exp_avg_sq),
+            ] {
+                let name = format!("{kind}.{}", slot.name);
+                let data = values(&name)?;
+                if data.len() != slot.len {
+                    return Err(Error::Invalid(format!(
+                        "`{name}`: {} values for a tensor of {}",
+                        data.len(),
+                        slot.len
+                    )));
+                }
+                *b = device.upload(&data)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of optimizer state on the device (moments and masters).
+    pub fn state_bytes(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|s| s.len * 4 * (2 + usize::from(s.master.is_some())))
+            .sum()
+    }
+
+    fn check_len(&self, n: usize) -> Result<()> {
+        if n != self.slots.len() {
+            return Err(Error::Invalid(format!(
+                "the optimizer holds {} tensors, {n} given",
+                self.slots.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedules_warm_up_then_decay_to_the_floor() {
+        let s = |kind| Schedule {
+            kind,
+            warmup: 4,
+            total: 14,
+            floor: 0.1,
+        };
+        for kind in [
+            ScheduleKind::Constant,
+            ScheduleKind::Linear,
+            ScheduleKind::Cosine,
+        ] {
+            let s = s(kind);
+            assert_eq!(s.factor(1), 0.25);
+            assert_eq!(s.factor(4), 1.0);
+        }
+        assert_eq!(s(ScheduleKind::Constant).factor(14), 1.0);
+        let linear = s(ScheduleKind::Linear);
+        assert!((linear.factor(9) - (0.1 + 0.9 * 0.5)).abs() < 1e-12);
+        assert!((linear.factor(14) - 0.1).abs() < 1e-12);
+        let cosine = s(ScheduleKind::Cosine);
+        assert!((cosine.factor(9) - (0.1 + 0.9 * 0.5)).abs() < 1e-12);
+        assert!((cosine.factor(14) - 0.1).abs() < 1e-12);
+        assert!(
+            cosine.factor(6) > linear.factor(6),
+            "cosine decays slower at first"
+        );
+        // Past the end the floor holds.
+        assert!((cosine.factor(20) - 0.1).abs() < 1e-12);
+        let no_warmup = Schedule {
+            warmup: 0,
+            ..linear
+        };
+        assert!((no_warmup.factor(1) - (0.1 + 0.9 * (1.0 - 1.0 / 14.0))).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,520 @@
+//! [`Trainer`]: full fine-tuning or LoRA/LoRA+ of a [`Model`] on token sequences.
+//!
+//! A step (see [`Trainer::step`]):
+//! ```text
+//! micro-batches = BFD(next sequences within --tokens-per-step, bins of --max-seq-len)
+//! N = predicted tokens of all micro-batches
+//! for each micro-batch i (n_i predicted):  forward; backward with dloss = n_i / N
+//!     → gradients of Σ token losses / N, the step's loss, however the tokens are split
+//! norm = ‖g‖ (on the device)   skip if the loss or norm is not finite, else AdamW (clipped)
+//! ```
+//! The trainer owns the optimizer state and the gradients; the model owns the weights it
+//! computes with (and, for LoRA, the adapters'). Everything random is derived from the seed and
+//! the step, so a checkpoint's step and data cursor are the whole random state.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use kiln_runtime::Buffer;
+
+use crate::adapters::{Lora, LoraSpec};
+use crate::batch::{Batch, Sequence};
+use crate::checkpoint::{self, CheckpointData, TrainerState};
+use crate::data_plan::DataPlan;
+use crate::eval::evaluate;
+use crate::metrics::{peak_resident_bytes, MetricsLog, StepMetrics};
+use crate::model::{Model, Pass};
+use crate::optim::{Optimizer, OptimizerConfig, ParamSpec};
+use crate::params::Weights;
+use crate::rng::{derive, SplitMix64};
+use crate::weights::SafeTensors;
+use crate::{Error, HostTensor, Result};
+
+/// Steps in a row with a non-finite loss or gradient after which training stops.
+pub const MAX_CONSECUTIVE_SKIPS: usize = 5;
+
+/// LoRA's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraOptions {
+    /// Rank, alpha, rsLoRA, dropout and targets of fresh adapters (of a loaded adapter, only
+    /// the dropout is used: the rest is the adapter's).
+    pub spec: LoraSpec,
+    /// LoRA+: B's learning rate is `plus_ratio ×` A's (1 is plain LoRA).
+    pub plus_ratio: f64,
+    /// Start from this PEFT adapter instead of fresh adapters.
+    pub adapter: Option<PathBuf>,
+}
+
+/// How long to train.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Length {
+    Steps(usize),
+    Epochs(usize),
+}
+
+/// Everything that decides a run besides the model and the data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainOptions {
+    /// `None`: full fine-tuning.
+    pub lora: Option<LoraOptions>,
+    /// AdamW and the schedule; the schedule's `total` is set from `length`.
+    pub optimizer: OptimizerConfig,
+    pub max_seq_len: usize,
+    pub tokens_per_step: usize,
+    pub length: Length,
+    /// Warmup steps of the schedule (`None`: 3% of the steps, at least 1).
+    pub warmup_steps: Option<usize>,
+    pub seed: u64,
+    /// Recompute each block's activations in the backward instead of keeping them.
+    pub recompute: bool,
+    /// Evaluate every this many steps (0: never; always at the end when there is eval data).
+    pub eval_every: usize,
+    /// Save a checkpoint every this many steps (0: only when stopped early).
+    pub save_every: usize,
+    /// Checkpoints kept (0: all).
+    pub keep: usize,
+}
+
+/// The gradients of what is trained.
+enum Gradients {
+    Full(Weights<Buffer>),
+    Lora(Lora<Buffer>),
+}
+
+/// How a call of [`Trainer::run`] ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunEnd {
+    /// Every step done; the outputs are written (the path of `adapter/` or `model/`).
+    Finished { output: PathBuf },
+    /// Stopped by the caller's flag (a signal); a checkpoint was written.
+    Interrupted { checkpoint: PathBuf },
+}
+
+/// A training run.
+pub struct Trainer {
+    pub model: Model,
+    /// The model folder the run started from (its config and tokenizer go with full outputs).
+    base_dir: PathBuf,
+    pub options: TrainOptions,
+    optimizer: Optimizer,
+    grads: Gradients,
+    pub plan: DataPlan,
+    eval: Option<Vec<Sequence>>,
+    pub state: TrainerState,
+    pub total_steps: usize,
+}
+
+impl Trainer {
+    /// Sets up a run of `model` (loaded from `base_dir`, whose safetensors give full
+    /// fine-tuning its f32 masters) on `sequences` (already prepared: see
+    /// [`crate::data_plan::prepare`]).
+    pub fn new(
+        mut model: Model,
+        base_dir: &Path,
+        mut options: TrainOptions,
+        sequences: Vec<Sequence>,
+        eval: Option<Vec<Sequence>>,
+    ) -> Result<Trainer> {
+        let plan = DataPlan::new(
+            sequences,
+            options.tokens_per_step,
+            options.max_seq_len,
+            options.seed,
+        )?;
+        let total_steps = match options.length {
+            Length::Steps(n) => n,
+            Length::Epochs(e) => e * plan.steps_per_epoch(),
+        };
+        if total_steps == 0 {
+            return Err(Error::Invalid("training needs at least one step".into()));
+        }
+        options.optimizer.schedule.total = total_steps;
+        options.optimizer.schedule.warmup = options
+            .warmup_steps
+            .unwrap_or_else(|| ((total_steps as f64 * 0.03).round() as usize).max(1));
+        options.optimizer.validate()?;
+        let ops = model.ops().clone();
+        let compute = model.precision.dtype();
+        let (params, grads) = match &options.lora {
+            None => {
+                let tensors = SafeTensors::open(base_dir)?;
+                let params = model
+                    .weights
+                    .named()
+                    .into_iter()
+                    .map(|(name, _)| {
+                        let initial = tensors.get(&name)?;
+                        Ok(ParamSpec {
+                            decay: initial.shape.len() >= 2,
+                            name,
+                            initial,
+                            lr_multiplier: 1.0,
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                (params, Gradients::Full(model.zero_gradients()?))
+            }
+            Some(lora) => {
+                if !(lora.plus_ratio.is_finite() && lora.plus_ratio > 0.0) {
+                    return Err(Error::Invalid(format!(
+                        "the LoRA+ ratio must be a positive number, not {}",
+                        lora.plus_ratio
+                    )));
+                }
+                let host = match &lora.adapter {
+                    Some(dir) => Lora::load_peft(&model.config, dir, Some(lora.spec.dropout))?,
+                    None => {
+                        let mut rng = SplitMix64::new(derive(options.seed, &[0x1a]));
+                        Lora::init(&model.config, &lora.spec, &mut rng)?
+                    }
+                };
+                model.attach_lora(&host)?;
+                let params = host
+                    .named()
+                    .into_iter()
+                    .map(|(name, t)| ParamSpec {
+                        lr_multiplier: if name.contains(".lora_B.") {
+                            lora.plus_ratio
+                        } else {
+                            1.0
+                        },
+                        decay: true,
+                        name,
+                        initial: t.clone(),
+                    })
+                    .collect();
+                (params, Gradients::Lora(model.zero_lora_gradients()?))
+            }
+        };
+        let optimizer = Optimizer::new(&ops, options.optimizer, params, compute)?;
+        let state = TrainerState::new(trajectory(&options, &model));
+        Ok(Trainer {
+            model,
+            base_dir: base_dir.to_path_buf(),
+            options,
+            optimizer,
+            grads,
+            plan,
+            eval,
+            state,
+            total_steps,
+        })
+    }
+
+    fn params(&self) -> Vec<&Buffer> {
+        match &self.grads {
+            Gradients::Full(_) => self
+                .model
+                .weights
+                .named()
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect(),
+            Gradients::Lora(_) => match &self.model.lora {
+                Some(lora) => lora.weights.named().into_iter().map(|(_, b)| b).collect(),
+                None => vec![],
+            },
+        }
+    }
+
+    /// One optimizer step on the next sequences; returns its metrics (without `eval_loss`).
+    pub fn step(&mut self) -> Result<StepMetrics> {
+        let start = Instant::now();
+        let step = self.state.step + 1;
+        let data = self.plan.step(self.state.cursor);
+        let vocab = self.model.config.vocab;
+        let batches = data
+            .micro_batches
+            .iter()
+            .map(|members| {
+                let seqs: Vec<&Sequence> =
+                    members.iter().map(|&i| &self.plan.sequences[i]).collect();
+                Batch::pack(&seqs, vocab)
+            })
+            .collect::<Result<Vec<Batch>>>()?;
+        let total: usize = batches.iter().map(Batch::predicted).sum();
+        let input_tokens: usize = batches.iter().map(Batch::tokens).sum();
+
+        match &mut self.grads {
+            Gradients::Full(g) => g.all_mut().into_iter().try_for_each(|b| b.zero())?,
+            Gradients::Lora(g) => g.all_mut().into_iter().try_for_each(|b| b.zero())?,
+        }
+        let pass = if self.options.recompute {
+            Pass::TrainRecompute
+        } else {
+            Pass::Train
+        };
+        let mut loss_sum = 0.0f64;
+        for (k, batch) in batches.iter().enumerate() {
+            if batch.predicted() == 0 {
+                continue; // nothing to learn from; its share of the loss is zero
+            }
+            if let Some(lora) = &mut self.model.lora {
+                lora.seed = derive(self.options.seed, &[0xd0, step as u64, k as u64]);
+            }
+            let device_batch = batch.upload(self.model.ops())?;
+            let forward = self.model.forward(&device_batch, pass)?;
+            loss_sum += f64::from(forward.loss_sum);
+            let dloss = batch.predicted() as f32 / total as f32;
+            match &mut self.grads {
+                Gradients::Full(g) => self.model.backward(&device_batch, forward, dloss, g)?,
+                Gradients::Lora(g) => self.model.backward_lora(&device_batch, forward, dloss, g)?,
+            }
+        }
+        let loss = if total > 0 {
+            loss_sum / total as f64
+        } else {
+            f64::NAN
+        };
+        let ops = self.model.ops().clone();
+        let grads: Vec<&Buffer> = match &self.grads {
+            Gradients::Full(g) => g.named().into_iter().map(|(_, b)| b).collect(),
+            Gradients::Lora(g) => g.named().into_iter().map(|(_, b)| b).collect(),
+        };
+        let grad_norm = self.optimizer.grad_norm(&ops, &grads)?;
+        let skipped = !(loss.is_finite() && grad_norm.is_finite());
+        if skipped {
+            self.state.consecutive_skips += 1;
+        } else {
+            self.state.consecutive_skips = 0;
+            self.apply_update(step)?;
+        }
+        self.state.step = step;
+        self.state.cursor = data.next;
+        self.state.updates = self.optimizer.updates;
+        ops.device().synchronize()?;
+        let seconds = start.elapsed().as_secs_f64();
+        self.state.elapsed_s += seconds;
+        Ok(StepMetrics {
+            step,
+            loss,
+            grad_norm,
+            lr: self.optimizer.lr(step),
+            tokens: total,
+            input_tokens,
+            tokens_per_s: input_tokens as f64 / seconds.max(1e-9),
+            elapsed_s: self.state.elapsed_s,
+            peak_memory_bytes: peak_resident_bytes(),
+            skipped,
+            micro_batches: batches.len(),
+            eval_loss: None,
+        })
+    }
+
+    fn apply_update(&mut self, step: usize) -> Result<()> {
+        let ops = self.model.ops().clone();
+        let grads: Vec<&Buffer> = match &self.grads {
+            Gradients::Full(g) => g.named().into_iter().map(|(_, b)| b).collect(),
+            Gradients::Lora(g) => g.named().into_iter().map(|(_, b)| b).collect(),
+        };
+        let params = match &mut self.model.lora {
+            Some(lora) if matches!(self.grads, Gradients::Lora(_)) => lora.weights.all_mut(),
+            _ => self.model.weights.all_mut(),
+        };
+        self.optimizer.apply(&ops, params, &grads, step)
+    }
+
+    /// The mean loss over the evaluation sequences, if there are any.
+    pub fn evaluate(&self) -> Result<Option<f64>> {
+        let Some(eval) = &self.eval else {
+            return Ok(None);
+        };
+        let (report, _) = evaluate(&self.model, eval, self.options.max_seq_len)?;
+        Ok(Some(report.loss))
+    }
+
+    /// Runs the remaining steps, writing `out/metrics.jsonl`, checkpoints and, at the end, the
+    /// outputs; `on_step` sees every step's metrics. Setting `stop` (from a signal handler)
+    /// ends the run after the current step with a checkpoint.
+    pub fn run(
+        &mut self,
+        out: &Path,
+        stop: &AtomicBool,
+        mut on_step: impl FnMut(&StepMetrics),
+    ) -> Result<RunEnd> {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let mut log = MetricsLog::open(&out.join("metrics.jsonl"), self.state.step)?;
+        while self.state.step < self.total_steps {
+            if stop.load(Ordering::SeqCst) {
+                let checkpoint = self.save_checkpoint(out)?;
+                return Ok(RunEnd::Interrupted { checkpoint });
+            }
+            let mut m = self.step()?;
+            let every = self.options.eval_every;
+            if (every > 0 && m.step % every == 0) || m.step == self.total_steps {
+                m.eval_loss = self.evaluate()?;
+            }
+            log.write(&m)?;
+            on_step(&m);
+            if self.state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
+                let checkpoint = self.save_checkpoint(out)?;
+                return Err(Error::Training(format!(
+                    "steps {}..={} all had a non-finite loss or gradient norm (last: loss {}, \
+                     grad norm {}); no update was applied in them. Stopped; the weights before \
+                     them are in {} (try a lower --lr or check the data)",
+                    m.step + 1 - MAX_CONSECUTIVE_SKIPS,
+                    m.step,
+                    m.loss,
+                    m.grad_norm,
+                    checkpoint.display()
+                )));
+            }
+            let save_every = self.options.save_every;
+            if save_every > 0 && m.step % save_every == 0 {
+                self.save_checkpoint(out)?;
+            }
+        }
+        let output = self.save_outputs(out)?;
+        Ok(RunEnd::Finished { output })
+    }
+
+    /// Writes `out/checkpoint-STEP/` (see [`checkpoint`]) and prunes old ones.
+    pub fn save_checkpoint(&self, out: &Path) -> Result<PathBuf> {
+        let masters = self.optimizer.masters(&self.params())?;
+        let moments = self.optimizer.moments()?;
+        let adapter = |dir: &Path| self.adapter_from(&masters)?.save_peft(dir, None);
+        let is_lora = matches!(self.grads, Gradients::Lora(_));
+        let data = CheckpointData {
+            state: &self.state,
+            adapter: is_lora.then_some(&adapter as &dyn Fn(&Path) -> Result<()>),
+            model: (!is_lora).then_some(masters.as_slice()),
+            moments: &moments,
+        };
+        checkpoint::save(out, &data, self.options.keep)
+    }
+
+    /// The adapters as host tensors from the masters, by PEFT name.
+    fn adapter_from(&self, masters: &[(String, HostTensor)]) -> Result<Lora<HostTensor>> {
+        let lora = self
+            .model
+            .lora
+            .as_ref()
+            .ok_or_else(|| Error::Invalid("no adapters".into()))?;
+        Lora::build(&self.model.config, &lora.weights.spec, |name, shape, _| {
+            let (_, t) = masters
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| Error::Invalid(format!("no master for `{name}`")))?;
+            Ok(HostTensor::new(shape.to_vec(), t.data.clone()))
+        })
+    }
+
+    /// Continues from the checkpoint in `dir`: weights (or adapters), moments, step and data
+    /// cursor. The run's settings must be those the checkpoint was trained with.
+    pub fn resume(&mut self, dir: &Path) -> Result<()> {
+        let state = checkpoint::load_state(dir)?;
+        state.check_resumable(&self.state.trajectory, dir)?;
+        let ops = self.model.ops().clone();
+        let weights_file = match self.grads {
+            Gradients::Lora(_) => dir.join("adapter_model.safetensors"),
+            Gradients::Full(_) => dir.join(checkpoint::MODEL_FILE),
+        };
+        let values = checkpoint::tensors(&weights_file)?;
+        let params = match &mut self.model.lora {
+            Some(lora) if matches!(self.grads, Gradients::Lora(_)) => lora.weights.all_mut(),
+            _ => self.model.weights.all_mut(),
+        };
+        self.optimizer.load_masters(&ops, params, &values)?;
+        let moments = checkpoint::tensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
+        self.optimizer.load_moments(&ops, &moments)?;
+        self.optimizer.updates = state.updates;
+        self.state = state;
+        Ok(())
+    }
+
+    /// Writes the trained result: LoRA → `out/adapter/` (PEFT), full → `out/model/` (a
+    /// Hugging Face folder with the base's config and tokenizer). Returns its path.
+    pub fn save_outputs(&self, out: &Path) -> Result<PathBuf> {
+        let masters = self.optimizer.masters(&self.params())?;
+        match self.grads {
+            Gradients::Lora(_) => {
+                let dir = out.join("adapter");
+                let adapter = self.adapter_from(&masters)?;
+                let base = self.base_dir.display().to_string();
+                crate::atomic::write_dir(
+                    &dir,
+                    |_| Ok(true),
+                    |tmp| adapter.save_peft(tmp, Some(&base)),
+                )?;
+                Ok(dir)
+            }
+            Gradients::Full(_) => {
+                let dir = out.join("model");
+                let tensors: Vec<(&str, &HostTensor)> =
+                    masters.iter().map(|(n, t)| (n.as_str(), t)).collect();
+                crate::export::write_model_folder(
+                    &self.base_dir,
+                    &tensors,
+                    crate::weights::SaveDtype::F32,
+                    &dir,
+                )?;
+                Ok(dir)
+            }
+        }
+    }
+
+    /// The f32 values of the trained tensors by name (for checks and exports).
+    pub fn trained_tensors(&self) -> Result<Vec<(String, HostTensor)>> {
+        self.optimizer.masters(&self.params())
+    }
+
+    /// The gradients of the last step, by name (f32 on the host; for checks).
+    pub fn gradients(&self) -> Result<Vec<(String, Vec<f32>)>> {
+        let named: Vec<(String, &Buffer)> = match &self.grads {
+            Gradients::Full(g) => g.named(),
+            Gradients::Lora(g) => g.named(),
+        };
+        named
+            .into_iter()
+            .map(|(n, b)| Ok((n, crate::precision::download(b)?)))
+            .collect()
+    }
+
+    /// Bytes of optimizer state on the device.
+    pub fn optimizer_bytes(&self) -> usize {
+        self.optimizer.state_bytes()
+    }
+}
+
+/// The settings a resumed run must share with its checkpoint.
+fn trajectory(options: &TrainOptions, model: &Model) -> BTreeMap<String, String> {
+    let o = &options.optimizer;
+    let mut t = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        t.insert(k.to_string(), v);
+    };
+    put(
+        "mode",
+        if options.lora.is_some() {
+            "lora"
+        } else {
+            "full"
+        }
+        .into(),
+    );
+    if let Some(l) = &options.lora {
+        put("lora-plus-ratio", l.plus_ratio.to_string());
+        put("lora-dropout", l.spec.dropout.to_string());
+    }
+    put("seed", options.seed.to_string());
+    put("tokens-per-step", options.tokens_per_step.to_string());
+    put("max-seq-len", options.max_seq_len.to_string());
+    put("lr", o.lr.to_string());
+    put("schedule", o.schedule.kind.to_string());
+    put("warmup-steps", o.schedule.warmup.to_string());
+    put("total-steps", o.schedule.total.to_string());
+    put("precision", model.precision.to_string());
+    put(
+        "model",
+        format!(
+            "{} layers {} hidden {} vocab {}",
+            model.config.architecture.model_type(),
+            model.config.layers,
+            model.config.hidden,
+            model.config.vocab
+        ),
+    );
+    t
+}

@@ -1,0 +1,365 @@
+//! `kiln train`: full fine-tuning or LoRA/LoRA+ of a Hugging Face model folder on a JSONL file,
+//! with checkpoints, resumption, metrics and the trained adapter or model written to `--out`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use kiln::models::adapters::{LoraSpec, Target};
+use kiln::models::batch::Sequence;
+use kiln::models::checkpoint;
+use kiln::models::data::{read_jsonl, Tokenize};
+use kiln::models::data_plan::prepare;
+use kiln::models::model::Model;
+use kiln::models::optim::{OptimizerConfig, Schedule, ScheduleKind};
+use kiln::models::precision::Precision;
+use kiln::models::rng::{derive, SplitMix64};
+use kiln::models::tokenizer::Tokenizer;
+use kiln::models::trainer::{Length, LoraOptions, RunEnd, TrainOptions, Trainer};
+
+use super::device::parse_device;
+use super::eval::parse_precision;
+
+/// The arguments of `kiln train`.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Weight decay applies to every matrix (embeddings, projections, LoRA's A \
+and B), never to norm weights or biases. The loss of a step is the mean over all its predicted \
+tokens, however they are split into micro-batches."
+)]
+pub struct TrainArgs {
+    /// A Hugging Face model folder (`kiln import` writes one from a GGUF file).
+    #[arg(long)]
+    model: PathBuf,
+    /// JSON Lines of `{"input_ids": [...]}` (optional `"labels"`, -100 ignored; used exactly as
+    /// given) or `{"text": "..."}` (tokenized with the model's tokenizer).
+    #[arg(long)]
+    data: PathBuf,
+    /// Where the run writes: metrics.jsonl, checkpoint-STEP/, adapter/ or model/.
+    #[arg(long)]
+    out: PathBuf,
+
+    /// LoRA rank: train adapters of this rank over a frozen base. Absent: full fine-tuning.
+    #[arg(long)]
+    lora_rank: Option<usize>,
+    /// LoRA alpha; adapters are scaled by alpha / rank (default: 2 × rank).
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// Scale by alpha / sqrt(rank) instead (rsLoRA).
+    #[arg(long)]
+    rslora: bool,
+    /// Dropout on each adapter's input.
+    #[arg(long, default_value_t = 0.0)]
+    lora_dropout: f32,
+    /// The projections that get adapters.
+    #[arg(long, value_delimiter = ',', default_value = "q,k,v,o,gate,up,down")]
+    lora_targets: Vec<Target>,
+    /// LoRA+: B's learning rate is this many times A's (1: plain LoRA).
+    #[arg(long, default_value_t = 16.0)]
+    lora_plus_ratio: f64,
+    /// Start from this PEFT adapter (implies LoRA; its rank, alpha and targets are used).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+
+    /// Peak learning rate (default: 2e-4 for LoRA, 2e-5 for full fine-tuning).
+    #[arg(long, allow_hyphen_values = true)]
+    lr: Option<f64>,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    adam_beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    adam_beta2: f64,
+    #[arg(long, default_value_t = 1e-8)]
+    adam_eps: f64,
+    /// constant, linear or cosine (decay after the warmup).
+    #[arg(long, default_value = "cosine")]
+    schedule: ScheduleKind,
+    /// Linear warmup steps (default: 3% of the steps, at least 1).
+    #[arg(long)]
+    warmup_steps: Option<usize>,
+    /// The learning rate the decay ends at, as a fraction of --lr.
+    #[arg(long, default_value_t = 0.0)]
+    lr_floor: f64,
+    /// Clip the global gradient norm to this (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+
+    /// Tokens per micro-batch (sequences are packed, never padded, and never attend to each
+    /// other); longer sequences are truncated (see --no-truncate).
+    #[arg(long, default_value_t = 2048)]
+    max_seq_len: usize,
+    /// Tokens per optimizer step, over as many micro-batches as they need.
+    #[arg(long, default_value_t = 8192)]
+    tokens_per_step: usize,
+    /// Refuse sequences longer than --max-seq-len instead of truncating them.
+    #[arg(long)]
+    no_truncate: bool,
+    /// Optimizer steps (default: one epoch).
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<usize>,
+    /// Passes over the data (each in a new order).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Seeds the data order, the adapters' initialisation and dropout.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Compute precision: bf16 (f32 master weights and optimizer state) or f32.
+    #[arg(long, default_value = "bf16", value_parser = parse_precision)]
+    precision: Precision,
+    /// cpu, cuda or cuda:N (default: the first GPU if there is one).
+    #[arg(long)]
+    device: Option<String>,
+    /// Recompute each block's activations in the backward (less memory, ~1/3 more compute).
+    #[arg(long)]
+    recompute: bool,
+
+    /// Write a checkpoint every N steps (0: only when interrupted).
+    #[arg(long, default_value_t = 100)]
+    save_every: usize,
+    /// Keep the newest K checkpoints (0: all).
+    #[arg(long, default_value_t = 2)]
+    keep: usize,
+    /// Continue from a checkpoint folder, or `latest` in --out.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+
+    /// Evaluation data (same formats as --data).
+    #[arg(long, conflicts_with = "eval_fraction")]
+    eval_data: Option<PathBuf>,
+    /// Hold out this fraction of --data for evaluation instead.
+    #[arg(long)]
+    eval_fraction: Option<f64>,
+    /// Evaluate every N steps (0: only at the end); needs eval data.
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    /// Print a log line every N steps.
+    #[arg(long, default_value_t = 1)]
+    log_every: usize,
+    /// Print nothing but errors and the final summary.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: TrainArgs) -> Result<String, String> {
+    let err = |e: kiln::models::Error| e.to_string();
+    let ops = parse_device(args.device.as_deref())?;
+    let device_name = ops.device().name().to_string();
+    let model = Model::load(&args.model, ops, args.precision).map_err(err)?;
+    let sequences = read_data(&args.data, &args.model, model.config.vocab)?;
+    let (mut train, mut eval) = match (&args.eval_data, args.eval_fraction) {
+        (Some(path), _) => (
+            sequences,
+            Some(read_data(path, &args.model, model.config.vocab)?),
+        ),
+        (None, Some(f)) => split(sequences, f, args.seed)?,
+        (None, None) => (sequences, None),
+    };
+    let source = args.data.display().to_string();
+    let prepared =
+        prepare(&mut train, args.max_seq_len, !args.no_truncate, &source).map_err(err)?;
+    if let Some(eval) = &mut eval {
+        let at = args
+            .eval_data
+            .as_ref()
+            .unwrap_or(&args.data)
+            .display()
+            .to_string();
+        prepare(eval, args.max_seq_len, !args.no_truncate, &at).map_err(err)?;
+    }
+    if args.eval_every > 0 && eval.is_none() {
+        return Err("--eval-every needs --eval-data or --eval-fraction".into());
+    }
+    let lora = lora_options(&args)?;
+    let lr = args.lr.unwrap_or(if lora.is_some() { 2e-4 } else { 2e-5 });
+    if args.max_grad_norm < 0.0 {
+        return Err(format!(
+            "--max-grad-norm {}: must be 0 (off) or positive",
+            args.max_grad_norm
+        ));
+    }
+    let length = match (args.steps, args.epochs) {
+        (Some(s), _) => Length::Steps(s),
+        (None, Some(e)) => Length::Epochs(e),
+        (None, None) => Length::Epochs(1),
+    };
+    let options = TrainOptions {
+        lora,
+        optimizer: OptimizerConfig {
+            lr,
+            beta1: args.adam_beta1,
+            beta2: args.adam_beta2,
+            eps: args.adam_eps,
+            weight_decay: args.weight_decay,
+            max_grad_norm: (args.max_grad_norm > 0.0).then_some(args.max_grad_norm),
+            schedule: Schedule {
+                kind: args.schedule,
+                warmup: 0,
+                total: 0,
+                floor: args.lr_floor,
+            },
+        },
+        max_seq_len: args.max_seq_len,
+        tokens_per_step: args.tokens_per_step,
+        length,
+        warmup_steps: args.warmup_steps,
+        seed: args.seed,
+        recompute: args.recompute,
+        eval_every: args.eval_every,
+        save_every: args.save_every,
+        keep: args.keep,
+    };
+    let mut trainer = Trainer::new(model, &args.model, options, train, eval).map_err(err)?;
+    let total = trainer.total_steps;
+    if let Some(resume) = &args.resume {
+        let dir = checkpoint::resolve(resume, &args.out).map_err(err)?;
+        trainer.resume(&dir).map_err(err)?;
+        if !args.quiet {
+            eprintln!(
+                "resumed from {} at step {}",
+                dir.display(),
+                trainer.state.step
+            );
+        }
+    }
+    if !args.quiet {
+        let mode = match &trainer.options.lora {
+            Some(l) => format!(
+                "LoRA r{} alpha {} on {} (LoRA+ ratio {})",
+                l.spec.rank,
+                l.spec.alpha,
+                l.spec
+                    .targets
+                    .iter()
+                    .map(|t| t.short())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                l.plus_ratio
+            ),
+            None => "full fine-tuning".to_string(),
+        };
+        eprintln!(
+            "kiln train: {mode}, {} on {device_name}; {} sequences ({} truncated), {} steps of \
+             up to {} tokens in micro-batches of {}; packing efficiency {:.1}%",
+            trainer.model.precision,
+            trainer.plan.sequences.len(),
+            prepared.truncated,
+            total,
+            args.tokens_per_step,
+            args.max_seq_len,
+            100.0 * trainer.plan.packing_efficiency()
+        );
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while the checkpoint is written ends the process at once.
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
+            .map_err(|e| format!("cannot handle signals: {e}"))?;
+    }
+    let (quiet, every) = (args.quiet, args.log_every.max(1));
+    let end = trainer
+        .run(&args.out, &stop, |m| {
+            if quiet || !(m.step % every == 0 || m.step == total || m.skipped) {
+                return;
+            }
+            let eval = m.eval_loss.map(|e| format!("  eval {e:.4}")).unwrap_or_default();
+            let skipped = if m.skipped { "  SKIPPED (non-finite)" } else { "" };
+            eprintln!(
+                "step {}/{total}  loss {:.4}  grad norm {:.3}  lr {:.3e}  {:.0} tokens/s  {:.1} s{eval}{skipped}",
+                m.step, m.loss, m.grad_norm, m.lr, m.tokens_per_s, m.elapsed_s
+            );
+        })
+        .map_err(err)?;
+    Ok(match end {
+        RunEnd::Finished { output } => format!(
+            "trained {total} steps in {:.1} s; wrote {} and {}\n",
+            trainer.state.elapsed_s,
+            output.display(),
+            args.out.join("metrics.jsonl").display()
+        ),
+        RunEnd::Interrupted { checkpoint } => format!(
+            "interrupted at step {}; checkpoint {} (continue with --resume latest)\n",
+            trainer.state.step,
+            checkpoint.display()
+        ),
+    })
+}
+
+/// `--lora-*` and `--adapter` as the trainer takes them (`None`: full fine-tuning).
+fn lora_options(args: &TrainArgs) -> Result<Option<LoraOptions>, String> {
+    let adapter_rank = match &args.adapter {
+        Some(dir) => Some(
+            kiln::models::lora::AdapterConfig::load(dir)
+                .map_err(|e| e.to_string())?
+                .rank,
+        ),
+        None => None,
+    };
+    let rank = match (args.lora_rank, adapter_rank) {
+        (None, None) => return Ok(None),
+        (Some(r), Some(theirs)) if r != theirs => {
+            return Err(format!(
+                "--lora-rank {r}, but the adapter {} has rank {theirs}",
+                args.adapter.as_deref().unwrap_or(Path::new("")).display()
+            ))
+        }
+        (Some(r), _) | (None, Some(r)) => r,
+    };
+    let mut targets = args.lora_targets.clone();
+    targets.sort();
+    targets.dedup();
+    let spec = LoraSpec {
+        rank,
+        alpha: args.lora_alpha.unwrap_or(2.0 * rank as f64),
+        rslora: args.rslora,
+        dropout: args.lora_dropout,
+        targets,
+    };
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(Some(LoraOptions {
+        spec,
+        plus_ratio: args.lora_plus_ratio,
+        adapter: args.adapter.clone(),
+    }))
+}
+
+/// The sequences of a JSONL file; `text` lines are tokenized with the model's tokenizer (with
+/// its special tokens, as `kiln eval` does).
+fn read_data(path: &Path, model_dir: &Path, vocab: usize) -> Result<Vec<Sequence>, String> {
+    let err = |e: kiln::models::Error| e.to_string();
+    let tokenizer = if model_dir.join("tokenizer.json").exists() {
+        Some(Tokenizer::load(model_dir).map_err(err)?)
+    } else {
+        None
+    };
+    let encode = tokenizer
+        .as_ref()
+        .map(|t| move |text: &str| t.encode(text, true));
+    let tokenize: Option<Tokenize<'_>> = encode.as_ref().map(|f| f as _);
+    read_jsonl(path, tokenize, vocab).map_err(err)
+}
+
+/// Holds out `fraction` of the sequences (at least one, chosen by the seed) for evaluation.
+fn split(
+    mut sequences: Vec<Sequence>,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<Sequence>, Option<Vec<Sequence>>), String> {
+    if !(fraction > 0.0 && fraction < 1.0) {
+        return Err(format!(
+            "--eval-fraction {fraction}: must be between 0 and 1"
+        ));
+    }
+    let n = sequences.len();
+    let held = ((n as f64 * fraction).round() as usize).max(1);
+    if held >= n {
+        return Err(format!(
+            "--eval-fraction {fraction} of {n} sequences leaves none to train on"
+        ));
+    }
+    SplitMix64::new(derive(seed, &[0xe7a1])).shuffle(&mut sequences);
+    let eval = sequences.split_off(n - held);
+    Ok((sequences, Some(eval)))
+}

@@ -1,0 +1,305 @@
+//! `kiln train` as a user runs it: LoRA and full fine-tuning on a tiny fixture model whose loss
+//! falls, outputs that `kiln eval` reads back, SIGINT saving a checkpoint that `--resume latest`
+//! continues, and bad settings or data exiting 1 with the reason.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+use super::{fixture, kiln, stderr};
+
+/// `n` random sequences of 4..=14 token ids below `vocab`, as JSONL.
+fn data(dir: &Path, name: &str, n: usize, vocab: u64) -> PathBuf {
+    let mut state = 0x5eedu64;
+    let mut next = |m: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % m
+    };
+    let mut text = String::new();
+    for _ in 0..n {
+        let len = 4 + next(11);
+        let ids: Vec<u64> = (0..len).map(|_| next(vocab)).collect();
+        text.push_str(&format!("{}\n", serde_json::json!({ "input_ids": ids })));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn metrics(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const BASE: &[&str] = &[
+    "--max-seq-len",
+    "16",
+    "--tokens-per-step",
+    "40",
+    "--precision",
+    "f32",
+    "--device",
+    "cpu",
+];
+
+fn train(model: &Path, data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(BASE);
+    args.extend_from_slice(extra);
+    kiln(&args)
+}
+
+#[test]
+fn lora_and_full_runs_learn_and_write_what_eval_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("llama_gqa_tied");
+    let d = data(dir.path(), "train.jsonl", 10, 256);
+    for (mode, extra) in [
+        (
+            "adapter",
+            &["--lora-rank", "4", "--lr", "5e-3", "--steps", "16"][..],
+        ),
+        ("model", &["--lr", "2e-3", "--steps", "16"][..]),
+    ] {
+        let out = dir.path().join(mode);
+        let run = train(&model, &d, &out, extra);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let m = metrics(&out);
+        assert_eq!(m.len(), 16);
+        let (first, last) = (
+            m[0]["loss"].as_f64().unwrap(),
+            m[15]["loss"].as_f64().unwrap(),
+        );
+        assert!(last < 0.8 * first, "{mode}: loss {first} -> {last}");
+        for key in [
+            "step",
+            "loss",
+            "grad_norm",
+            "lr",
+            "tokens",
+            "tokens_per_s",
+            "elapsed_s",
+            "peak_memory_bytes",
+            "skipped",
+        ] {
+            assert!(!m[3][key].is_null(), "{mode}: metrics lack {key}");
+        }
+        // The trained result evaluates to the loss the trainer saw at the end.
+        let eval_args: Vec<String> = match mode {
+            "adapter" => vec![
+                "--model".into(),
+                model.display().to_string(),
+                "--adapter".into(),
+                out.join("adapter").display().to_string(),
+            ],
+            _ => vec!["--model".into(), out.join("model").display().to_string()],
+        };
+        let mut args: Vec<&str> = vec!["eval", "--data", d.to_str().unwrap(), "--json"];
+        args.extend(eval_args.iter().map(String::as_str));
+        let e = kiln(&args);
+        assert!(e.status.success(), "{}", stderr(&e));
+        let report: Value = serde_json::from_slice(&e.stdout).unwrap();
+        let loss = report["loss"].as_f64().unwrap();
+        assert!(
+            loss < first,
+            "{mode}: trained loss {loss} vs untrained {first}"
+        );
+    }
+    // Full fine-tuning's folder carries the base's config (and tokenizer files, if any).
+    assert!(dir.path().join("model/model/config.json").is_file());
+}
+
+/// Starts `kiln train`, waits for the log line of step `after`, sends SIGINT; returns the
+/// first step line it printed and its stdout.
+fn interrupt_after(args: &[&str], after: usize) -> (String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut first = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.starts_with("step ") && first.is_none() {
+            first = Some(line.clone());
+        }
+        if line.starts_with(&format!("step {after}/")) {
+            break;
+        }
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{rest:?}");
+    (
+        first.unwrap(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn sigint_saves_a_checkpoint_and_resume_latest_continues_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("llama_gqa_tied");
+    let d = data(dir.path(), "train.jsonl", 10, 256);
+    let out = dir.path().join("run");
+    let (model_s, data_s, out_s) = (
+        model.to_str().unwrap(),
+        d.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let mut args = vec![
+        "train", "--model", model_s, "--data", data_s, "--out", out_s,
+    ];
+    args.extend_from_slice(&["--lora-rank", "4", "--steps", "100000", "--save-every", "0"]);
+    args.extend_from_slice(BASE);
+    let (first, stdout) = interrupt_after(&args, 3);
+    assert!(first.starts_with("step 1/"), "{first}");
+    assert!(
+        stdout.contains("interrupted at step") && stdout.contains("checkpoint-"),
+        "{stdout}"
+    );
+    let done = metrics(&out).len();
+    assert!(done >= 3);
+    assert!(out
+        .join(format!("checkpoint-{done}/trainer_state.json"))
+        .is_file());
+
+    args.extend_from_slice(&["--resume", "latest"]);
+    let (first, _) = interrupt_after(&args, done + 2);
+    assert!(
+        first.starts_with(&format!("step {}/", done + 1)),
+        "resumed at {first}"
+    );
+    let m = metrics(&out);
+    let steps: Vec<u64> = m.iter().map(|x| x["step"].as_u64().unwrap()).collect();
+    assert_eq!(
+        steps,
+        (1..=steps.len() as u64).collect::<Vec<_>>(),
+        "one line per step"
+    );
+
+    // The settings that decide the trajectory must match the checkpoint's.
+    let mut other = args.clone();
+    let at = other.iter().position(|a| *a == "100000").unwrap();
+    other[at] = "7";
+    let run = kiln(&other);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        stderr(&run).contains("total-steps 100000"),
+        "{}",
+        stderr(&run)
+    );
+}
+
+#[test]
+fn bad_settings_and_data_exit_1_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("llama_gqa_tied");
+    let d = data(dir.path(), "train.jsonl", 4, 256);
+    let out = dir.path().join("out");
+    let fails = |data: &Path, extra: &[&str], want: &str| {
+        let run = train(&model, data, &out, extra);
+        assert_eq!(run.status.code(), Some(1), "{extra:?}: {}", stderr(&run));
+        let msg = stderr(&run);
+        assert!(msg.contains(want), "{extra:?}: {msg}");
+    };
+    fails(&d, &["--lora-rank", "0"], "rank must be at least 1");
+    fails(
+        &d,
+        &["--lr", "0"],
+        "learning rate must be a positive number",
+    );
+    fails(&d, &["--lr", "-1e-3"], "learning rate");
+    // A value clap itself refuses exits 2 (a usage error), with the reason.
+    let run = train(
+        &model,
+        &d,
+        &out,
+        &["--lora-rank", "4", "--lora-targets", "q,x"],
+    );
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        stderr(&run).contains("unknown LoRA target `x`"),
+        "{}",
+        stderr(&run)
+    );
+    let missing = dir.path().join("no-such-model");
+    let run = kiln(&[
+        "train",
+        "--model",
+        missing.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("no-such-model"), "{}", stderr(&run));
+    let run = kiln(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        d.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--no-such-flag",
+    ]);
+    assert_ne!(run.status.code(), Some(0));
+    assert!(stderr(&run).contains("--no-such-flag"), "{}", stderr(&run));
+
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let no_targets = write(
+        "single.jsonl",
+        "{\"input_ids\": [5]}\n{\"input_ids\": [1, 2], \"labels\": [-100, -100]}\n",
+    );
+    fails(&no_targets, &[], "no sequence has a token to predict");
+    let outside = write(
+        "outside.jsonl",
+        "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 999]}\n",
+    );
+    fails(&outside, &[], "outside.jsonl:2");
+    let long: Vec<u32> = (0..40).collect();
+    let long = write(
+        "long.jsonl",
+        &format!(
+            "{}\n{{\"input_ids\": [1, 2, 3]}}\n",
+            serde_json::json!({ "input_ids": long })
+        ),
+    );
+    fails(&long, &["--no-truncate"], "40 tokens");
+    let run = train(&model, &long, &out, &["--steps", "1"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("(1 truncated)"), "{}", stderr(&run));
+    assert!(
+        !out.join("checkpoint-1").exists() || out.join("checkpoint-1/trainer_state.json").is_file()
+    );
+}
