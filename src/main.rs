@@ -71,31 +71,41 @@ enum Command {
     },
     /// List the devices Kiln can run kernels on (and why there is no GPU, if there is none).
     Devices,
-    /// Measure kernels against yardsticks and print a table.
+    /// Measure kernels and training against yardsticks and print a table.
     Bench {
-        #[arg(value_enum)]
+        #[command(subcommand)]
         suite: BenchSuite,
-        /// Timed runs per measurement (the median is reported).
-        #[arg(long, default_value_t = 15)]
-        runs: usize,
-        /// For `ops`: the JSON lines `kernels_peer.py` printed, to show side by side.
-        #[arg(long, value_name = "FILE")]
-        peer: Option<std::path::PathBuf>,
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+/// Timed runs per measurement (the median is reported).
+#[derive(clap::Args, Clone, Copy)]
+struct Runs {
+    #[arg(long, default_value_t = 15)]
+    runs: usize,
+}
+
+#[derive(Subcommand)]
 enum BenchSuite {
     /// Kiln on the CPU (Cranelift) against hand-written Rust loops.
-    Cpu,
+    Cpu(Runs),
     /// Achieved GB/s of the memory-bound kernels on CUDA device 0.
-    Kernels,
+    Kernels(Runs),
     /// JIT latency on CUDA device 0: every shipped kernel, cold and from the disk cache.
     Jit,
     /// The typed operations on CUDA device 0 at the peers' shapes (with `--peer`, beside them).
-    Ops,
+    Ops {
+        #[command(flatten)]
+        runs: Runs,
+        /// The JSON lines `kernels_peer.py` printed, to show side by side.
+        #[arg(long, value_name = "FILE")]
+        peer: Option<std::path::PathBuf>,
+    },
     /// TFLOP/s of the Kiln GEMM on CUDA device 0 against cuBLAS, over tile configurations.
-    Gemm,
+    Gemm(Runs),
+    /// Training steps per second (LoRA and full fine-tuning) beside Hugging Face transformers
+    /// + PEFT on the same machine, in the same command.
+    Train(bench::train::TrainBenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -134,30 +144,14 @@ fn run(cli: Cli) -> Result<String, String> {
         Command::Train(args) => commands::train::run(*args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Export(args) => commands::export::run(args),
-        Command::Bench {
-            suite: BenchSuite::Cpu,
-            runs,
-            ..
-        } => bench::cpu::run(runs.max(1)),
-        Command::Bench {
-            suite: BenchSuite::Kernels,
-            runs,
-            ..
-        } => bench::kernels::run(runs.max(1)),
-        Command::Bench {
-            suite: BenchSuite::Ops,
-            runs,
-            peer,
-        } => bench::ops::run(runs.max(1), peer.as_deref()),
-        Command::Bench {
-            suite: BenchSuite::Jit,
-            ..
-        } => bench::jit::run(),
-        Command::Bench {
-            suite: BenchSuite::Gemm,
-            runs,
-            ..
-        } => bench::gemm::run(runs.max(1)),
+        Command::Bench { suite } => match suite {
+            BenchSuite::Cpu(r) => bench::cpu::run(r.runs.max(1)),
+            BenchSuite::Kernels(r) => bench::kernels::run(r.runs.max(1)),
+            BenchSuite::Ops { runs, peer } => bench::ops::run(runs.runs.max(1), peer.as_deref()),
+            BenchSuite::Jit => bench::jit::run(),
+            BenchSuite::Gemm(r) => bench::gemm::run(r.runs.max(1)),
+            BenchSuite::Train(args) => bench::train::run(args),
+        },
         Command::Compile {
             file,
             emit,

@@ -197,7 +197,7 @@ impl<'a> Block<'a> {
     /// the base weight's gradient (and its bias's, from `ones`) is added to when `base` is given,
     /// the adapter's when the projection has one.
     #[allow(clippy::too_many_arguments)]
-    fn project_backward<'b>(
+    fn project_backward(
         &self,
         target: Target,
         linear: &Linear,
@@ -559,7 +559,7 @@ impl<'a> Block<'a> {
             Write::Accumulate,
         )?;
         // x feeds the first norm and the residual: dx = rmsnorm's input gradient + d_h.
-        let d_input_norm = match base.as_deref_mut() {
+        let d_input_norm = match base {
             Some(g) => &mut g.input_norm,
             None => &mut frozen_norm,
         };

@@ -77,11 +77,14 @@ impl TrainerState {
     }
 }
 
+/// Writes an adapter's files into a folder.
+pub type WriteAdapter<'a> = &'a dyn Fn(&Path) -> Result<()>;
+
 /// What a checkpoint holds besides its state.
 pub struct CheckpointData<'a> {
     pub state: &'a TrainerState,
     /// LoRA: writes the adapter files into the folder given.
-    pub adapter: Option<&'a dyn Fn(&Path) -> Result<()>>,
+    pub adapter: Option<WriteAdapter<'a>>,
     /// Full fine-tuning: every master weight by name.
     pub model: Option<&'a [(String, HostTensor)]>,
     pub moments: &'a [(String, HostTensor)],

@@ -7,3 +7,4 @@ mod handwritten;
 pub mod jit;
 pub mod kernels;
 pub mod ops;
+pub mod train;

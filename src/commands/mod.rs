@@ -1,6 +1,6 @@
 //! The model commands of the `kiln` CLI, one file each.
 
-mod device;
+pub mod device;
 pub mod eval;
 pub mod export;
 pub mod generate;

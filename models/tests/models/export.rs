@@ -241,6 +241,13 @@ fn written_files_read_back_with_every_key_and_tensor() {
     }
 }
 
+/// Metadata and tensors that must not be written, and what the error says.
+type BadWrite<'a> = (
+    Vec<(String, MetadataValue)>,
+    Vec<WriteTensor<'a>>,
+    &'static str,
+);
+
 #[test]
 fn bad_writes_are_errors_naming_the_file_and_leave_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -256,7 +263,7 @@ fn bad_writes_are_errors_naming_the_file_and_leave_nothing() {
         "general.architecture".to_string(),
         MetadataValue::String("llama".into()),
     );
-    let cases: Vec<(Vec<(String, MetadataValue)>, Vec<WriteTensor<'_>>, &str)> = vec![
+    let cases: Vec<BadWrite<'_>> = vec![
         (vec![arch.clone(), arch.clone()], vec![], "given twice"),
         (
             vec![(
@@ -846,4 +853,45 @@ fn model_folders_replace_only_earlier_exports_and_fail_cleanly() {
         .filter(|n| n.starts_with('.'))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn smollm2_exported_again_keeps_its_hyperparameters_and_tokenizer() {
+    let Some(path) = crate::gguf::smollm2_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let imported = dir.path().join("smollm2");
+    gguf::import(&path, &imported).unwrap();
+    let out = dir.path().join("smollm2.gguf");
+    let report = gguf::export(&imported, &out, GgmlType::F16).unwrap();
+    assert_eq!(report.tokenizer.as_ref().unwrap().pre, "smollm");
+    let (original, exported) = (
+        GgufFile::open(&path).unwrap(),
+        GgufFile::open(&out).unwrap(),
+    );
+    let mut compared = 0;
+    for (key, value) in original.metadata().entries() {
+        // general.* describes the file (name, license, file type); the import has no use for
+        // add_space_prefix, which llama.cpp's byte-level vocabularies do not read.
+        if key.starts_with("general.") || key == "tokenizer.ggml.add_space_prefix" {
+            continue;
+        }
+        assert_eq!(exported.metadata().get(key), Some(value), "key `{key}`");
+        compared += 1;
+    }
+    assert!(compared >= 20, "{compared} keys");
+    assert_eq!(exported.tensors().len(), original.tensors().len());
+    let embed = SafeTensors::open(&imported)
+        .unwrap()
+        .get("model.embed_tokens.weight")
+        .unwrap();
+    let got = exported.dequantize("token_embd.weight").unwrap();
+    assert_eq!(got.shape, embed.shape);
+    let want = rounded(&embed, GgmlType::F16);
+    assert!(got
+        .data
+        .iter()
+        .zip(&want)
+        .all(|(a, b)| a.to_bits() == b.to_bits()));
 }
