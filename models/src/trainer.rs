@@ -83,6 +83,25 @@ enum Gradients {
     Lora(Lora<Buffer>),
 }
 
+impl Gradients {
+    /// Every gradient, in the optimizer's order.
+    fn buffers(&self) -> Vec<&Buffer> {
+        let named = match self {
+            Gradients::Full(g) => g.named(),
+            Gradients::Lora(g) => g.named(),
+        };
+        named.into_iter().map(|(_, b)| b).collect()
+    }
+}
+
+/// The model's trained tensors (its weights, or its adapters), in the optimizer's order.
+fn trained_params<'m>(model: &'m mut Model, grads: &Gradients) -> Vec<&'m mut Buffer> {
+    match (&mut model.lora, grads) {
+        (Some(lora), Gradients::Lora(_)) => lora.weights.all_mut(),
+        _ => model.weights.all_mut(),
+    }
+}
+
 /// How a call of [`Trainer::run`] ended.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RunEnd {
@@ -269,10 +288,7 @@ impl Trainer {
             f64::NAN
         };
         let ops = self.model.ops().clone();
-        let grads: Vec<&Buffer> = match &self.grads {
-            Gradients::Full(g) => g.named().into_iter().map(|(_, b)| b).collect(),
-            Gradients::Lora(g) => g.named().into_iter().map(|(_, b)| b).collect(),
-        };
+        let grads: Vec<&Buffer> = self.grads.buffers();
         let grad_norm = self.optimizer.grad_norm(&ops, &grads)?;
         let skipped = !(loss.is_finite() && grad_norm.is_finite());
         if skipped {
@@ -305,14 +321,8 @@ impl Trainer {
 
     fn apply_update(&mut self, step: usize) -> Result<()> {
         let ops = self.model.ops().clone();
-        let grads: Vec<&Buffer> = match &self.grads {
-            Gradients::Full(g) => g.named().into_iter().map(|(_, b)| b).collect(),
-            Gradients::Lora(g) => g.named().into_iter().map(|(_, b)| b).collect(),
-        };
-        let params = match &mut self.model.lora {
-            Some(lora) if matches!(self.grads, Gradients::Lora(_)) => lora.weights.all_mut(),
-            _ => self.model.weights.all_mut(),
-        };
+        let grads: Vec<&Buffer> = self.grads.buffers();
+        let params = trained_params(&mut self.model, &self.grads);
         self.optimizer.apply(&ops, params, &grads, step)
     }
 
@@ -412,10 +422,7 @@ impl Trainer {
             Gradients::Full(_) => dir.join(checkpoint::MODEL_FILE),
         };
         let values = checkpoint::tensors(&weights_file)?;
-        let params = match &mut self.model.lora {
-            Some(lora) if matches!(self.grads, Gradients::Lora(_)) => lora.weights.all_mut(),
-            _ => self.model.weights.all_mut(),
-        };
+        let params = trained_params(&mut self.model, &self.grads);
         self.optimizer.load_masters(&ops, params, &values)?;
         let moments = checkpoint::tensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
         self.optimizer.load_moments(&ops, &moments)?;
