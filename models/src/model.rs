@@ -42,6 +42,16 @@ pub enum Pass {
     TrainRecompute,
 }
 
+/// The loss of a [`Model::train_pass`].
+pub struct PassLoss {
+    /// The sum of the per-token losses, as the kernel summed it.
+    pub loss_sum: f32,
+    /// The number of predicted tokens.
+    pub predicted: usize,
+    /// The per-token losses, f32 `[tokens]` (0 where nothing is predicted), on the device.
+    pub losses: Buffer,
+}
+
 /// The result of [`Model::forward`]: the loss, and the activations the backward needs.
 pub struct Forward {
     /// The mean loss over the predicted tokens (0 if none).
@@ -362,7 +372,7 @@ impl Model {
         forward: Forward,
         dloss: f32,
         mut grads: Option<&mut Weights<Buffer>>,
-        mut lora_grads: Option<&mut Lora<Buffer>>,
+        lora_grads: Option<&mut Lora<Buffer>>,
     ) -> Result<()> {
         if forward.pass == Pass::Inference {
             return Err(Error::Invalid(
@@ -370,8 +380,6 @@ impl Model {
             ));
         }
         let (ops, t, dtype) = (&*self.ops, batch.tokens, self.dtype());
-        let th = t * self.config.hidden;
-        let device = ops.device();
         let Forward {
             trunk,
             ce,
@@ -379,22 +387,11 @@ impl Model {
             lora_seed,
             ..
         } = forward;
-        let Trunk {
-            inputs,
-            mut saved,
-            last,
-            final_rstd,
-            hidden,
-        } = trunk;
-
-        let mut d_hidden = device.alloc(dtype, th)?;
-        let output_grad = grads.as_deref_mut().map(|g| match &mut g.lm_head {
-            Some(head) => head.view_mut(),
-            None => g.embed.view_mut(),
-        });
+        let mut d_hidden = ops.device().alloc(dtype, t * self.config.hidden)?;
+        let output_grad = grads.as_deref_mut().map(|g| self.output_gradient(g));
         self.cross_entropy(t).backward(
             ops,
-            &hidden,
+            &trunk.hidden,
             self.weights.output(),
             &batch.targets,
             &ce,
@@ -403,6 +400,109 @@ impl Model {
             output_grad,
             true,
         )?;
+        self.backward_trunk(batch, trunk, pass, lora_seed, d_hidden, grads, lora_grads)
+    }
+
+    /// The gradient buffer of the output projection: the lm_head's, or the embedding's when
+    /// they are tied (it then holds both uses).
+    fn output_gradient<'g>(&self, g: &'g mut Weights<Buffer>) -> kiln_runtime::BufferViewMut<'g> {
+        match &mut g.lm_head {
+            Some(head) => head.view_mut(),
+            None => g.embed.view_mut(),
+        }
+    }
+
+    /// The forward and backward of a training step's micro-batch in one pass, the loss's
+    /// logits computed once ([`CutCrossEntropy::forward_backward`]): adds the gradient of
+    /// `token_grad ×` the sum of the batch's per-token losses to `grads` (full fine-tuning).
+    /// For the mean over one batch `token_grad` is `1 / predicted`; over a step of several,
+    /// `1 / the step's predicted tokens`.
+    pub fn train_pass(
+        &self,
+        batch: &DeviceBatch,
+        pass: Pass,
+        token_grad: f32,
+        grads: &mut Weights<Buffer>,
+    ) -> Result<PassLoss> {
+        self.train_pass_into(batch, pass, token_grad, Some(grads), None)
+    }
+
+    /// [`Model::train_pass`] for LoRA training: the gradients go to the attached adapters.
+    pub fn train_pass_lora(
+        &self,
+        batch: &DeviceBatch,
+        pass: Pass,
+        token_grad: f32,
+        grads: &mut Lora<Buffer>,
+    ) -> Result<PassLoss> {
+        if self.lora.is_none() {
+            return Err(Error::Invalid(
+                "train_pass_lora of a model without adapters (attach_lora first)".into(),
+            ));
+        }
+        self.train_pass_into(batch, pass, token_grad, None, Some(grads))
+    }
+
+    fn train_pass_into(
+        &self,
+        batch: &DeviceBatch,
+        pass: Pass,
+        token_grad: f32,
+        mut grads: Option<&mut Weights<Buffer>>,
+        lora_grads: Option<&mut Lora<Buffer>>,
+    ) -> Result<PassLoss> {
+        if pass == Pass::Inference {
+            return Err(Error::Invalid(
+                "a training pass needs Pass::Train or Pass::TrainRecompute".into(),
+            ));
+        }
+        let (ops, t, dtype) = (&*self.ops, batch.tokens, self.dtype());
+        let lora_seed = self.lora.as_ref().map_or(0, |l| l.seed);
+        let trunk = self.trunk(batch, pass, lora_seed)?;
+        let mut d_hidden = ops.device().alloc(dtype, t * self.config.hidden)?;
+        let output_grad = grads.as_deref_mut().map(|g| self.output_gradient(g));
+        let ce = self.cross_entropy(t).forward_backward(
+            ops,
+            &trunk.hidden,
+            self.weights.output(),
+            &batch.targets,
+            token_grad,
+            &mut d_hidden,
+            output_grad,
+            true,
+        )?;
+        let totals: Vec<f32> = ce.totals.download()?;
+        self.backward_trunk(batch, trunk, pass, lora_seed, d_hidden, grads, lora_grads)?;
+        Ok(PassLoss {
+            loss_sum: totals[0],
+            predicted: totals[1] as usize,
+            losses: ce.losses,
+        })
+    }
+
+    /// Everything of the backward after the loss: from `d_hidden` (the gradient at the final
+    /// norm's output) through the final norm, the blocks in reverse and the embedding.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_trunk(
+        &self,
+        batch: &DeviceBatch,
+        trunk: Trunk,
+        pass: Pass,
+        lora_seed: u64,
+        d_hidden: Buffer,
+        mut grads: Option<&mut Weights<Buffer>>,
+        mut lora_grads: Option<&mut Lora<Buffer>>,
+    ) -> Result<()> {
+        let (ops, t, dtype) = (&*self.ops, batch.tokens, self.dtype());
+        let th = t * self.config.hidden;
+        let device = ops.device();
+        let Trunk {
+            inputs,
+            mut saved,
+            last,
+            final_rstd,
+            hidden,
+        } = trunk;
         let mut d_x = device.alloc(dtype, th)?;
         let mut frozen_norm = device.alloc(DType::F32, self.config.hidden)?;
         self.final_norm(t).backward(

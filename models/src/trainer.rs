@@ -274,13 +274,16 @@ impl Trainer {
                 lora.seed = derive(self.options.seed, &[0xd0, step as u64, k as u64]);
             }
             let device_batch = batch.upload(self.model.ops())?;
-            let forward = self.model.forward(&device_batch, pass)?;
-            loss_sum += f64::from(forward.loss_sum);
-            let dloss = batch.predicted() as f32 / total as f32;
-            match &mut self.grads {
-                Gradients::Full(g) => self.model.backward(&device_batch, forward, dloss, g)?,
-                Gradients::Lora(g) => self.model.backward_lora(&device_batch, forward, dloss, g)?,
-            }
+            // The step's loss is the sum over all its predicted tokens over their count.
+            let token_grad = 1.0 / total as f32;
+            let pass_loss = match &mut self.grads {
+                Gradients::Full(g) => self.model.train_pass(&device_batch, pass, token_grad, g)?,
+                Gradients::Lora(g) => {
+                    self.model
+                        .train_pass_lora(&device_batch, pass, token_grad, g)?
+                }
+            };
+            loss_sum += f64::from(pass_loss.loss_sum);
         }
         let loss = if total > 0 {
             loss_sum / total as f64

@@ -9,6 +9,13 @@
 //! `dlogits = (softmax - onehot) · dloss / count`, and two GEMMs add `dlogits · W_chunk` to
 //! `dhidden` and write `dlogitsᵀ · hidden` into the chunk's rows of `dW`.
 //!
+//! Training wants the loss and its gradients together, so [`CutCrossEntropy::forward_backward`]
+//! walks the tokens instead, in blocks small enough that a block's logits over the whole
+//! vocabulary fit the same workspace: per block one GEMM writes the logits, the kernels fold
+//! them into the loss and turn them into `dlogits` in place, and the two gradient GEMMs
+//! follow, so no logit is computed twice (the recomputing backward costs a third more GEMM
+//! work in the output layer).
+//!
 //! `hidden` and `W` are bf16 or f32 (one type for both, the GEMMs' operand type); the logits
 //! workspace and `dlogits` are of that type too.
 //!
@@ -254,6 +261,12 @@ impl CutCrossEntropy {
         }
         expect(OP, "lse", &state.lse, DType::F32, t)?;
 
+        let mut grad = ops.scratch(DType::F32, 1)?;
+        let args = Args::new()
+            .input("totals", &state.totals)
+            .output("grad", &mut grad)
+            .f32("dloss", dloss);
+        ops.launch(&KernelConfig::new(FILE, "ce_token_grad"), [1, 1, 1], &args)?;
         let mut workspace = ops.scratch(dtype, t * self.chunk.min(self.vocab))?;
         let mut accumulator = if dhidden_bf16 {
             Some(ops.scratch(DType::F32, t * h)?)
@@ -267,12 +280,11 @@ impl CutCrossEntropy {
                 .in_out("logits", workspace.slice_mut(..t * rows)?)
                 .input("labels", labels)
                 .input("lse", &state.lse)
-                .input("totals", &state.totals)
+                .input("grad", &grad)
                 .i32("chunk", rows as i32)
                 .i32("start", start as i32)
                 .i32("ignore_index", self.ignore_index)
-                .f32("z_loss", self.z_loss)
-                .f32("dloss", dloss);
+                .f32("z_loss", self.z_loss);
             ops.launch(&self.row_config("ce_chunk_bwd", dtype), [t, 1, 1], &args)?;
             let dlogits = workspace.slice(..t * rows)?;
             let w_chunk = weight.slice(start * h..(start + rows) * h)?;
@@ -303,5 +315,137 @@ impl CutCrossEntropy {
             ops.launch(&config, [config.programs("BLOCK", t * h), 1, 1], &args)?;
         }
         Ok(())
+    }
+    /// Token rows per block of [`CutCrossEntropy::forward_backward`]: as many as keep a block's
+    /// logits over the whole vocabulary within the workspace of `tokens x chunk`, spread evenly.
+    pub fn token_block(&self) -> usize {
+        let budget = self.tokens * self.chunk.min(self.vocab);
+        let most = (budget / self.vocab.max(1)).clamp(1, self.tokens.max(1));
+        let blocks = self.tokens.div_ceil(most);
+        self.tokens.div_ceil(blocks.max(1))
+    }
+
+    /// The loss and its gradients in one pass (training): returns the forward's
+    /// [`CrossEntropyState`] and writes the gradient of `token_grad x` the sum of the counted
+    /// tokens' losses (for the mean over this call's tokens, `dloss / count`; over a step of
+    /// several micro-batches, `1 / the step's count`). `dhidden` `[T, H]` (f32, or bf16) is
+    /// overwritten; `dweight` as in [`CutCrossEntropy::backward`]. Same results as `forward`
+    /// then `backward`, with each logit computed once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward<'a>(
+        &self,
+        ops: &Ops,
+        hidden: impl Into<BufferView<'a>>,
+        weight: impl Into<BufferView<'a>>,
+        labels: impl Into<BufferView<'a>>,
+        token_grad: f32,
+        dhidden: impl Into<BufferViewMut<'a>>,
+        mut dweight: Option<BufferViewMut<'a>>,
+        accumulate_dweight: bool,
+    ) -> Result<CrossEntropyState> {
+        const OP: &str = "cut cross-entropy forward and backward";
+        let (hidden, weight, labels) = (hidden.into(), weight.into(), labels.into());
+        let mut dhidden = dhidden.into();
+        let dtype = self.check(OP, &hidden, &weight, &labels)?;
+        let (t, h, v) = (self.tokens, self.hidden, self.vocab);
+        let want = if dhidden.dtype() == DType::Bf16 {
+            DType::Bf16
+        } else {
+            DType::F32
+        };
+        expect(OP, "dhidden", &dhidden, want, t * h)?;
+        if let Some(dweight) = &dweight {
+            let dweight_type = match (dtype, dweight.dtype()) {
+                (DType::Bf16, DType::Bf16) => DType::Bf16,
+                _ => DType::F32,
+            };
+            expect(OP, "dweight", dweight, dweight_type, v * h)?;
+        }
+        let block = self.token_block();
+        if block.saturating_mul(v) > i32::MAX as usize {
+            return Err(Error::shape(
+                OP,
+                format!("a block of {block} tokens x {v} logits must stay below 2^31"),
+            ));
+        }
+        let mut workspace = ops.scratch(dtype, block * v)?;
+        let (mut m_run, mut l_run) = (ops.scratch(DType::F32, t)?, ops.scratch(DType::F32, t)?);
+        let mut target = ops.scratch(DType::F32, t)?;
+        let mut state = CrossEntropyState {
+            lse: ops.scratch(DType::F32, t)?,
+            losses: ops.scratch(DType::F32, t)?,
+            totals: ops.scratch(DType::F32, 3)?,
+        };
+        let grad = ops.device().upload(&[token_grad])?;
+        // One chunk of the whole vocabulary, per block of rows.
+        let whole = CutCrossEntropy { chunk: v, ..*self };
+        for r0 in (0..t).step_by(block) {
+            let rows = block.min(t - r0);
+            let hidden_rows = hidden.slice(r0 * h..(r0 + rows) * h)?;
+            let labels_rows = labels.slice(r0..r0 + rows)?;
+            let logits = workspace.slice_mut(..rows * v)?;
+            let gemm = Gemm::new(rows, v, h).transpose_b();
+            ops.device()
+                .gemm(&gemm, hidden_rows, weight, logits, None)?;
+
+            let config = whole.row_config("ce_chunk_fwd", dtype).flag("FIRST", true);
+            let args = Args::new()
+                .input("logits", workspace.slice(..rows * v)?)
+                .input("labels", labels_rows)
+                .in_out("m_run", m_run.slice_mut(r0..r0 + rows)?)
+                .in_out("l_run", l_run.slice_mut(r0..r0 + rows)?)
+                .in_out("target", target.slice_mut(r0..r0 + rows)?)
+                .i32("chunk", v as i32)
+                .i32("start", 0);
+            ops.launch(&config, [rows, 1, 1], &args)?;
+            let finish = KernelConfig::new(FILE, "ce_finish")
+                .int("BLOCK", 1024)
+                .warps(4);
+            // The totals add up over the blocks (atomics, from zero).
+            let args = Args::new()
+                .input("m_run", m_run.slice(r0..r0 + rows)?)
+                .input("l_run", l_run.slice(r0..r0 + rows)?)
+                .input("target", target.slice(r0..r0 + rows)?)
+                .input("labels", labels_rows)
+                .output("lse", state.lse.slice_mut(r0..r0 + rows)?)
+                .output("losses", state.losses.slice_mut(r0..r0 + rows)?)
+                .in_out("totals", &mut state.totals)
+                .i32("rows", rows as i32)
+                .i32("ignore_index", self.ignore_index)
+                .f32("z_loss", self.z_loss);
+            ops.launch(&finish, [finish.programs("BLOCK", rows), 1, 1], &args)?;
+
+            let args = Args::new()
+                .in_out("logits", workspace.slice_mut(..rows * v)?)
+                .input("labels", labels_rows)
+                .input("lse", state.lse.slice(r0..r0 + rows)?)
+                .input("grad", &grad)
+                .i32("chunk", v as i32)
+                .i32("start", 0)
+                .i32("ignore_index", self.ignore_index)
+                .f32("z_loss", self.z_loss);
+            ops.launch(
+                &whole.row_config("ce_chunk_bwd", dtype),
+                [rows, 1, 1],
+                &args,
+            )?;
+            let dlogits = workspace.slice(..rows * v)?;
+            // dhidden[rows] = dlogits[rows, V] · W[V, H]: each row written once, rounded once.
+            let gemm = Gemm::new(rows, h, v);
+            let dh = dhidden.slice_mut(r0 * h..(r0 + rows) * h)?;
+            ops.device().gemm(&gemm, dlogits, weight, dh, None)?;
+            // dW[V, H] (+)= dlogitsᵀ[V, rows] · hidden[rows, H]
+            if let Some(dweight) = &mut dweight {
+                let beta = if accumulate_dweight || r0 > 0 {
+                    1.0
+                } else {
+                    0.0
+                };
+                let gemm = Gemm::new(v, h, rows).transpose_a().with_beta(beta);
+                ops.device()
+                    .gemm(&gemm, dlogits, hidden_rows, dweight.reborrow(), None)?;
+            }
+        }
+        Ok(state)
     }
 }

@@ -135,16 +135,21 @@ impl Kernel {
             // is compiled with bounds checks, so no access leaves the bound buffers, or the
             // caller vouches that none does.
             (Code::Cpu(code), Inner::Cpu { .. }) => {
-                unsafe { launch::cpu::run(code.as_ref(), grid, &bound.words, &bound.bounds)? }.map(
-                    |f| {
-                        (
-                            f.program,
-                            f.fault.param,
-                            f.fault.byte_offset,
-                            f.fault.kind.describe(),
-                        )
+                crate::profile::timed(
+                    || self.name.clone(),
+                    // SAFETY: as above.
+                    || unsafe {
+                        launch::cpu::run(code.as_ref(), grid, &bound.words, &bound.bounds)
                     },
-                )
+                )?
+                .map(|f| {
+                    (
+                        f.program,
+                        f.fault.param,
+                        f.fault.byte_offset,
+                        f.fault.kind.describe(),
+                    )
+                })
             }
             #[cfg(feature = "cuda")]
             (Code::Cuda(code), Inner::Cuda(cuda)) => {

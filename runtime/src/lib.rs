@@ -54,8 +54,9 @@ mod event;
 mod gemm;
 mod kernel;
 pub mod launch;
+pub mod profile;
 
-pub use buffer::{Buffer, BufferView, BufferViewMut};
+pub use buffer::{trim_host_pool, Buffer, BufferView, BufferViewMut};
 pub use cache::{
     BoundsChecks, CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact,
     Specialization,

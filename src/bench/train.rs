@@ -209,6 +209,16 @@ fn kiln_steps(
         if i > 0 {
             times.push(m.input_tokens as f64 / m.tokens_per_s);
         }
+        if i == 0 {
+            kiln::runtime::profile::reset(); // KILN_PROFILE: the timed steps only
+        }
+    }
+    if kiln::runtime::profile::enabled() {
+        eprintln!(
+            "kiln {mode}: where the {} timed steps went (KILN_PROFILE)\n{}",
+            args.steps,
+            kiln::runtime::profile::report()
+        );
     }
     times.sort_by(f64::total_cmp);
     Ok((times[times.len() / 2], norm))

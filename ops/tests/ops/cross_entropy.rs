@@ -141,6 +141,61 @@ fn run_case(h: &Harness, act: DType, case: &Case, fd: bool) {
             &twice,
             grad_tol(&twice),
         );
+
+        // The fused pass, over several blocks of tokens (the last one partial), gives the
+        // same loss and gradients; `token_grad` is `dloss / count` for the mean's gradient.
+        assert!(
+            op.token_block() < t,
+            "the case must span several token blocks"
+        );
+        let mut dh = h.device.alloc(dtype, t * hd).unwrap();
+        let mut dw = h.poisoned_f32(v * hd);
+        let token_grad = dl / (t - 1) as f32;
+        let fused = op
+            .forward_backward(
+                &h.ops,
+                &hb,
+                &wb,
+                &lb,
+                token_grad,
+                &mut dh,
+                Some((&mut dw).into()),
+                false,
+            )
+            .unwrap();
+        let loss = fused.loss().unwrap() as f64;
+        h.assert_close("fused loss", &[loss], &[want], loss_tol(act));
+        assert_eq!(fused.counted_tokens().unwrap(), t - 1);
+        let got = h.read(&fused.losses);
+        h.assert_close("fused per-token losses", &got, &per_token, loss_tol(act));
+        h.assert_close("fused dhidden", &h.read(&dh), &dh_want, grad_tol(&dh_want));
+        h.assert_close("fused dweight", &h.read(&dw), &dw_want, grad_tol(&dw_want));
+        op.forward_backward(
+            &h.ops,
+            &hb,
+            &wb,
+            &lb,
+            token_grad,
+            &mut dh,
+            Some((&mut dw).into()),
+            true,
+        )
+        .unwrap();
+        h.assert_close(
+            "fused dweight accumulated",
+            &h.read(&dw),
+            &twice,
+            grad_tol(&twice),
+        );
+        let mut dh_only = h.device.alloc(dtype, t * hd).unwrap();
+        op.forward_backward(&h.ops, &hb, &wb, &lb, token_grad, &mut dh_only, None, false)
+            .unwrap();
+        h.assert_close(
+            "fused dhidden without dweight",
+            &h.read(&dh_only),
+            &dh_want,
+            grad_tol(&dh_want),
+        );
     }
 }
 

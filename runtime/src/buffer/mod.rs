@@ -13,6 +13,7 @@ use crate::device::{Device, Inner};
 use crate::element::{as_bytes, as_bytes_mut, Element};
 use crate::{Error, Result};
 
+pub use host::trim_pool as trim_host_pool;
 use host::HostMem;
 pub(crate) use host::HOST_ALIGN;
 pub use view::{BufferView, BufferViewMut};

@@ -186,7 +186,20 @@ impl Device {
             return Ok(());
         }
         match self.inner() {
-            Inner::Cpu { .. } => cpu::run(spec, a, b, c, bias),
+            Inner::Cpu { .. } => crate::profile::timed(
+                || {
+                    let t = |x: bool| if x { "ᵀ" } else { "" };
+                    format!(
+                        "gemm {}x{}x{} A{} B{}",
+                        spec.m,
+                        spec.n,
+                        spec.k,
+                        t(spec.trans_a),
+                        t(spec.trans_b)
+                    )
+                },
+                || cpu::run(spec, a, b, c, bias),
+            ),
             #[cfg(feature = "cuda")]
             Inner::Cuda(d) => cublaslt::run(d, spec, a, b, c, bias),
         }

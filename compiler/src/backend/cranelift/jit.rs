@@ -1,5 +1,5 @@
 //! The JIT module: host ISA with `opt_level=speed`, stack probes for large tile frames, and the
-//! math symbols generated code calls.
+//! math and tile-product symbols generated code calls.
 
 use super::math::MathFn;
 use cranelift_codegen::ir::{types, AbiParam, Signature};
@@ -20,6 +20,10 @@ pub(super) fn new_module() -> Result<JITModule, String> {
     for f in MathFn::ALL {
         builder.symbol(f.symbol(), f.address());
     }
+    builder.symbol(
+        super::tile_dot::SYMBOL,
+        super::tile_dot::kiln_tile_dot as *const u8,
+    );
     Ok(JITModule::new(builder))
 }
 

@@ -1,6 +1,6 @@
 //! The translator's state and the kernel-level structure: entry, parameters, blocks, `for` and
 //! `if`. Element computations are in `elem`, op semantics in `scalar`, memory in `memory`,
-//! reductions and `dot` in `reduce`.
+//! reductions in `reduce`, `dot` in `tile_dot`.
 
 use super::bounds::Bounds;
 use super::lanes::LANES;
@@ -28,6 +28,8 @@ pub(super) struct Lowerer<'a, 'f> {
     module: &'a mut JITModule,
     math_ids: &'a HashMap<MathFn, FuncId>,
     math_refs: HashMap<MathFn, FuncRef>,
+    dot_id: FuncId,
+    dot_ref: Option<FuncRef>,
     /// The defining op of every value.
     pub(super) defs: HashMap<Value, &'a Op>,
     /// Scalars, as SSA values.
@@ -86,6 +88,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         mut b: FunctionBuilder<'f>,
         module: &'a mut JITModule,
         math_ids: &'a HashMap<MathFn, FuncId>,
+        dot_id: FuncId,
         bounds_checks: bool,
     ) -> Res<u64> {
         let entry = b.create_block();
@@ -101,6 +104,8 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             module,
             math_ids,
             math_refs: HashMap::new(),
+            dot_id,
+            dot_ref: None,
             defs,
             scalars: HashMap::new(),
             slots: HashMap::new(),
@@ -198,6 +203,16 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             .module
             .declare_func_in_func(self.math_ids[&f], self.b.func);
         self.math_refs.insert(f, r);
+        r
+    }
+
+    /// The imported tile product (see `tile_dot`).
+    pub(super) fn tile_dot_ref(&mut self) -> FuncRef {
+        if let Some(r) = self.dot_ref {
+            return r;
+        }
+        let r = self.module.declare_func_in_func(self.dot_id, self.b.func);
+        self.dot_ref = Some(r);
         r
     }
 

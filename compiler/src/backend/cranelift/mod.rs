@@ -14,7 +14,8 @@
 //! read more than once, across blocks, or by reductions, `dot`, `trans` and `broadcast` are
 //! stored, in stack arrays of the function's frame. 16-bit floats are carried as their bits and
 //! computed in f32; `exp`, `exp2` and `sigmoid` are inline sequences (`expf`), other math
-//! functions without an instruction call Rust (`math`).
+//! functions without an instruction call Rust (`math`), and `dot` calls the `gemm` crate
+//! (`tile_dot`).
 //!
 //! Loops whose values all have a four-lane form run four elements per iteration in vector
 //! registers (`lanes` decides, `vector` and `vmemory` lower); the rest stay scalar.
@@ -32,6 +33,7 @@ mod memory;
 mod plan;
 mod reduce;
 mod scalar;
+mod tile_dot;
 mod vector;
 mod vmemory;
 
@@ -198,13 +200,15 @@ fn translate(
     let err = |m: String| error(&k.name, m);
     crate::ir::verify(k).map_err(|e| err(e.to_string()))?;
     let math_ids = jit::declare_math(module).map_err(err)?;
+    let dot_id = tile_dot::declare(module).map_err(err)?;
     let mut ctx = module.make_context();
     ctx.func.signature = jit::kernel_signature(module);
     ctx.func.name = UserFuncName::testcase(&k.name);
     let mut fctx = FunctionBuilderContext::new();
     let builder = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-    let frame = lower::Lowerer::lower_kernel(k, builder, module, &math_ids, options.bounds_checks)
-        .map_err(err)?;
+    let frame =
+        lower::Lowerer::lower_kernel(k, builder, module, &math_ids, dot_id, options.bounds_checks)
+            .map_err(err)?;
     Ok((ctx, frame))
 }
 

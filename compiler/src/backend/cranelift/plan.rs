@@ -8,7 +8,8 @@
 //! - `broadcast` and `trans` are virtual index remaps of their operand, which is materialised
 //!   unless cheap.
 //! - Any other elementwise tile (math, float arithmetic, loads, casts) is virtual when it has one
-//!   use, in the same block, by an op that reads it elementwise; a load additionally needs no
+//!   use, in the same block, by an op that reads it elementwise (a `dot` reads its accumulator
+//!   so, straight into the product's destination); a load additionally needs no
 //!   memory write between it and the op that finally evaluates its chain.
 //!
 //! Everything else (results of reductions, `dot`, `for`, `if`, loop arguments) lives in a slot.
@@ -79,9 +80,12 @@ impl<'a> Facts<'a> {
             let effect = !matches!(inst.op, Op::Yield(_)) && inst.op.has_side_effects();
             self.effects[id].push(effect);
             for v in inst.op.operands() {
+                // A dot's accumulator is read elementwise, into the product's destination.
+                let fusing = reads_elementwise(&inst.op)
+                    || matches!(inst.op, Op::Dot { acc, a, b } if acc == v && a != v && b != v);
                 self.uses.entry(v).or_default().push(Use {
                     at,
-                    fusing: reads_elementwise(&inst.op),
+                    fusing,
                     result: inst.results.first().copied(),
                 });
             }

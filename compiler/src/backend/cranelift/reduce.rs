@@ -1,4 +1,4 @@
-//! Reductions along one axis of an N-D tile, and `dot`. Float reductions accumulate in f32 and
+//! Reductions along one axis of an N-D tile. Float reductions accumulate in f32 and
 //! round once to the element type; along a contiguous axis they keep four interleaved partial
 //! results (see `reduce_lanes`), otherwise they go in index order.
 
@@ -183,41 +183,5 @@ impl Lowerer<'_, '_> {
             (ReduceOp::Max, false) => ins.smax(a, b),
             (_, false) => ins.smin(a, b),
         }
-    }
-
-    /// `acc + a @ b` as a triple loop, accumulating in f32.
-    pub(super) fn dot(&mut self, a: Value, b: Value, acc: Value, r: Value) -> Res<()> {
-        let (ta, tb) = (self.k.ty(a).clone(), self.k.ty(b).clone());
-        let (m, kk, n) = (
-            u64::from(ta.shape[0]),
-            u64::from(ta.shape[1]),
-            u64::from(tb.shape[1]),
-        );
-        let (da, db) = (
-            ta.dtype().ok_or("dot of pointers")?,
-            tb.dtype().ok_or("dot of pointers")?,
-        );
-        let dacc = self.k.ty(acc).dtype().ok_or("dot of pointers")?;
-        let slot = self.slot_of(r)?;
-        self.counted_loop(m * n, |l, mn| {
-            let row = l.b.ins().ushr_imm_s(mn, n.trailing_zeros() as i64);
-            let col = l.b.ins().band_imm_s(mn, n as i64 - 1);
-            let a_row = l.b.ins().imul_imm_s(row, kk as i64);
-            let c0 = l.elem(acc, mn)?;
-            let c0 = l.cast(dacc, DType::F32, c0);
-            let sum = l.fold_loop(kk, &[c0], |l, k, c| {
-                let ai = l.b.ins().iadd(a_row, k);
-                let bi = l.b.ins().imul_imm_s(k, n as i64);
-                let bi = l.b.ins().iadd(bi, col);
-                let x = l.elem(a, ai)?;
-                let x = l.cast(da, DType::F32, x);
-                let y = l.elem(b, bi)?;
-                let y = l.cast(db, DType::F32, y);
-                Ok(vec![l.b.ins().fma(x, y, c[0])])
-            })?;
-            let out = l.cast(DType::F32, dacc, sum[0]);
-            l.slot_store(slot, out, mn);
-            Ok(())
-        })
     }
 }

@@ -1,0 +1,78 @@
+//! Where a CPU run's time goes: wall time and call counts per kernel and per GEMM shape.
+//!
+//! Off unless `KILN_PROFILE` is set (checked once); then every CPU kernel launch and CPU GEMM
+//! adds its wall time under its name (`gemm MxNxK`, with `ᵀ` marking a transposed operand).
+//! CPU launches are synchronous, so the times are exact; GPU work is not recorded (its launches
+//! return before the kernel runs). [`report`] formats the table, largest total first.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+/// Whether profiling is on (`KILN_PROFILE` set to anything but `0` or empty).
+pub fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+fn table() -> &'static Mutex<HashMap<String, (u64, Duration)>> {
+    static TABLE: OnceLock<Mutex<HashMap<String, (u64, Duration)>>> = OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+/// Runs `f`, and when profiling is on adds its wall time under the name `name()` returns.
+pub(crate) fn timed<T>(name: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
+    if !enabled() {
+        return f();
+    }
+    let start = Instant::now();
+    let out = f();
+    let spent = start.elapsed();
+    let mut t = table().lock().unwrap_or_else(PoisonError::into_inner);
+    let e = t.entry(name()).or_default();
+    e.0 += 1;
+    e.1 += spent;
+    out
+}
+
+/// Forgets everything recorded so far (to profile only the steps after a warm-up).
+pub fn reset() {
+    table()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
+}
+
+/// The recorded entries, largest total time first: name, calls, total time.
+pub fn entries() -> Vec<(String, u64, Duration)> {
+    let t = table().lock().unwrap_or_else(PoisonError::into_inner);
+    let mut v: Vec<_> = t.iter().map(|(k, &(n, d))| (k.clone(), n, d)).collect();
+    v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
+/// The recorded entries as a table, with each one's share of the total.
+pub fn report() -> String {
+    let v = entries();
+    let total: Duration = v.iter().map(|e| e.2).sum();
+    let mut out = format!(
+        "{:<40} {:>8} {:>10} {:>7}\n",
+        "kernel / gemm", "calls", "ms", "share"
+    );
+    for (name, calls, d) in &v {
+        out.push_str(&format!(
+            "{:<40} {:>8} {:>10.1} {:>6.1}%\n",
+            name,
+            calls,
+            d.as_secs_f64() * 1e3,
+            100.0 * d.as_secs_f64() / total.as_secs_f64().max(1e-12)
+        ));
+    }
+    out.push_str(&format!(
+        "{:<40} {:>8} {:>10.1}\n",
+        "total",
+        "",
+        total.as_secs_f64() * 1e3
+    ));
+    out
+}
