@@ -133,6 +133,32 @@ impl CutCrossEntropy {
         Ok(dtype)
     }
 
+    /// `dhidden` is f32 or bf16 `[T, H]`; the weight-gradient GEMM writes f32, or bf16 from
+    /// bf16 operands, so `dweight` `[V, H]` is of that type.
+    fn check_gradients(
+        &self,
+        op: &'static str,
+        dtype: DType,
+        dhidden: &BufferViewMut<'_>,
+        dweight: Option<&BufferViewMut<'_>>,
+    ) -> Result<()> {
+        let h = self.hidden;
+        let want = if dhidden.dtype() == DType::Bf16 {
+            DType::Bf16
+        } else {
+            DType::F32
+        };
+        expect(op, "dhidden", dhidden, want, self.tokens * h)?;
+        if let Some(dweight) = dweight {
+            let dweight_type = match (dtype, dweight.dtype()) {
+                (DType::Bf16, DType::Bf16) => DType::Bf16,
+                _ => DType::F32,
+            };
+            expect(op, "dweight", dweight, dweight_type, self.vocab * h)?;
+        }
+        Ok(())
+    }
+
     /// The chunks: (first vocabulary row, rows).
     fn chunks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.vocab)
@@ -245,20 +271,7 @@ impl CutCrossEntropy {
         let dtype = self.check(OP, &hidden, &weight, &labels)?;
         let (t, h) = (self.tokens, self.hidden);
         let dhidden_bf16 = dhidden.dtype() == DType::Bf16;
-        let want = if dhidden_bf16 {
-            DType::Bf16
-        } else {
-            DType::F32
-        };
-        expect(OP, "dhidden", &dhidden, want, t * h)?;
-        // The weight-gradient GEMM writes f32, or bf16 from bf16 operands.
-        if let Some(dweight) = &dweight {
-            let dweight_type = match (dtype, dweight.dtype()) {
-                (DType::Bf16, DType::Bf16) => DType::Bf16,
-                _ => DType::F32,
-            };
-            expect(OP, "dweight", dweight, dweight_type, self.vocab * h)?;
-        }
+        self.check_gradients(OP, dtype, &dhidden, dweight.as_ref())?;
         expect(OP, "lse", &state.lse, DType::F32, t)?;
 
         let mut grad = ops.scratch(DType::F32, 1)?;
@@ -348,19 +361,7 @@ impl CutCrossEntropy {
         let mut dhidden = dhidden.into();
         let dtype = self.check(OP, &hidden, &weight, &labels)?;
         let (t, h, v) = (self.tokens, self.hidden, self.vocab);
-        let want = if dhidden.dtype() == DType::Bf16 {
-            DType::Bf16
-        } else {
-            DType::F32
-        };
-        expect(OP, "dhidden", &dhidden, want, t * h)?;
-        if let Some(dweight) = &dweight {
-            let dweight_type = match (dtype, dweight.dtype()) {
-                (DType::Bf16, DType::Bf16) => DType::Bf16,
-                _ => DType::F32,
-            };
-            expect(OP, "dweight", dweight, dweight_type, v * h)?;
-        }
+        self.check_gradients(OP, dtype, &dhidden, dweight.as_ref())?;
         let block = self.token_block();
         if block.saturating_mul(v) > i32::MAX as usize {
             return Err(Error::shape(
