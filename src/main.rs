@@ -106,6 +106,9 @@ enum BenchSuite {
     /// Training steps per second (LoRA and full fine-tuning) beside Hugging Face transformers
     /// + PEFT on the same machine, in the same command.
     Train(bench::train::TrainBenchArgs),
+    /// Tokenizing and packing a large JSONL as `kiln train` does, beside Hugging Face
+    /// `tokenizers` from Python on the same file, in the same command.
+    Data(bench::data::DataBenchArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -151,6 +154,7 @@ fn run(cli: Cli) -> Result<String, String> {
             BenchSuite::Jit => bench::jit::run(),
             BenchSuite::Gemm(r) => bench::gemm::run(r.runs.max(1)),
             BenchSuite::Train(args) => bench::train::run(args),
+            BenchSuite::Data(args) => bench::data::run(args),
         },
         Command::Compile {
             file,

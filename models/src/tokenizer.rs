@@ -12,8 +12,9 @@ mod stream;
 use std::path::Path;
 
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
-pub use chat::{ChatMessage, ChatTemplate};
+pub use chat::{ChatMessage, ChatTemplate, RenderedChat};
 pub use stream::IncrementalDecoder;
 
 use crate::{Error, Result};
@@ -33,6 +34,8 @@ pub struct Tokenizer {
     /// Other special tokens the chat template may use (`pad_token`, `unk_token`).
     extra_tokens: Vec<(&'static str, String)>,
     chat_template: Option<ChatTemplate>,
+    /// SHA-256 of the files the tokenizer was read from (see [`Tokenizer::fingerprint`]).
+    files_digest: [u8; 32],
 }
 
 /// A special token: its text and id.
@@ -151,7 +154,16 @@ impl Tokenizer {
         };
 
         let chat_template = ChatTemplate::find(dir, &config, &config_location)?;
+        let mut digest = Sha256::new();
+        digest.update(text.as_bytes());
+        for map in [Some(&config), generation.as_ref(), model_config.as_ref()] {
+            digest.update(b"\0");
+            if let Some(map) = map {
+                digest.update(serde_json::to_string(map).unwrap_or_default().as_bytes());
+            }
+        }
         Ok(Tokenizer {
+            files_digest: digest.finalize().into(),
             vocab_size: inner.get_vocab_size(true),
             inner,
             location,
@@ -254,13 +266,34 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let template = self.chat_template.as_ref().ok_or_else(|| {
+        self.template()?
+            .render(messages, add_generation_prompt, &self.template_tokens())
+    }
+}
+
+/// A conversation as training reads it: the token ids of the rendered template and, per token,
+/// whether it is the assistant's (what transformers' `return_assistant_tokens_mask` gives).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatTokens {
+    pub text: String,
+    pub input_ids: Vec<u32>,
+    pub assistant_mask: Vec<bool>,
+}
+
+impl Tokenizer {
+    /// The chat template, or an error saying the tokenizer has none.
+    fn template(&self) -> Result<&ChatTemplate> {
+        self.chat_template.as_ref().ok_or_else(|| {
             Error::Invalid(format!(
                 "{}: the tokenizer has no chat template (no `chat_template` in \
                  tokenizer_config.json and no chat_template.jinja)",
                 self.location
             ))
-        })?;
+        })
+    }
+
+    /// The special tokens a template sees (`bos_token`, `eos_token`, `pad_token`, `unk_token`).
+    fn template_tokens(&self) -> Vec<(&str, &str)> {
         let mut tokens: Vec<(&str, &str)> = Vec::new();
         if let Some(bos) = &self.bos {
             tokens.push(("bos_token", &bos.text));
@@ -271,7 +304,72 @@ impl Tokenizer {
         for (key, text) in &self.extra_tokens {
             tokens.push((key, text));
         }
-        template.render(messages, add_generation_prompt, &tokens)
+        tokens
+    }
+
+    /// Replaces the chat template (for example with one that has `{% generation %}` blocks).
+    pub fn set_chat_template(&mut self, template: ChatTemplate) {
+        self.chat_template = Some(template);
+    }
+
+    /// A mutable view of the chat template, to set variables on it.
+    pub fn chat_template_mut(&mut self) -> Option<&mut ChatTemplate> {
+        self.chat_template.as_mut()
+    }
+
+    /// Renders `messages` with the chat template, tokenizes the text as transformers'
+    /// `apply_chat_template(..., tokenize=True)` does (no special tokens added: the template
+    /// writes them) and marks the assistant's tokens: every token from the one holding an
+    /// assistant span's first byte to the one holding its last (see
+    /// [`ChatTemplate::render_spans`]).
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<ChatTokens> {
+        let template = self.template()?;
+        let ends: Vec<String> = self
+            .eos_ids
+            .iter()
+            .filter_map(|&id| self.inner.id_to_token(id))
+            .collect();
+        let ends: Vec<&str> = ends.iter().map(String::as_str).collect();
+        let rendered = template.render_spans(messages, &self.template_tokens(), &ends)?;
+        let encoding = self
+            .inner
+            .encode(rendered.text.as_str(), false)
+            .map_err(|e| Error::Invalid(format!("{}: cannot encode: {e}", self.location)))?;
+        let offsets = encoding.get_offsets();
+        let token_at = |byte: usize| offsets.iter().position(|&(s, e)| s <= byte && byte < e);
+        let mut assistant_mask = vec![false; offsets.len()];
+        for span in &rendered.assistant {
+            let Some(first) = token_at(span.start) else {
+                break;
+            };
+            let last = token_at(span.end - 1).unwrap_or(offsets.len() - 1);
+            for m in &mut assistant_mask[first..=last] {
+                *m = true;
+            }
+        }
+        Ok(ChatTokens {
+            text: rendered.text,
+            input_ids: encoding.get_ids().to_vec(),
+            assistant_mask,
+        })
+    }
+
+    /// A SHA-256 of everything that decides how text becomes tokens: `tokenizer.json`, the
+    /// special tokens of the configs, and the chat template with its variables. Caches of
+    /// tokenized data are keyed by it.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let mut digest = Sha256::new();
+        digest.update(self.files_digest);
+        if let Some(template) = &self.chat_template {
+            digest.update(template.fingerprint());
+        }
+        digest.finalize().into()
+    }
+
+    /// The end-of-sequence token appended to text and completions (`eos_token` of
+    /// `tokenizer_config.json`, else the first `eos_token_id` of the other configs).
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos_ids.first().copied()
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! A step (see [`Trainer::step`]):
 //! ```text
-//! micro-batches = BFD(next sequences within --tokens-per-step, bins of --max-seq-len)
+//! micro-batches = the next BFD bins of the epoch (--max-seq-len each) within --tokens-per-step
 //! N = predicted tokens of all micro-batches
 //! for each micro-batch i (n_i predicted):  forward; backward with dloss = n_i / N
 //!     → gradients of Σ token losses / N, the step's loss, however the tokens are split
@@ -22,7 +22,7 @@ use kiln_runtime::Buffer;
 use crate::adapters::{Lora, LoraSpec};
 use crate::batch::{Batch, Sequence};
 use crate::checkpoint::{self, CheckpointData, TrainerState};
-use crate::data_plan::DataPlan;
+use crate::data_plan::{DataPlan, Examples};
 use crate::eval::evaluate;
 use crate::metrics::{peak_resident_bytes, MetricsLog, StepMetrics};
 use crate::model::{Model, Pass};
@@ -127,17 +127,17 @@ pub struct Trainer {
 
 impl Trainer {
     /// Sets up a run of `model` (loaded from `base_dir`, whose safetensors give full
-    /// fine-tuning its f32 masters) on `sequences` (already prepared: see
-    /// [`crate::data_plan::prepare`]).
+    /// fine-tuning its f32 masters) on `examples` (fitted to `max_seq_len`: see
+    /// [`Examples::prepare`]).
     pub fn new(
         mut model: Model,
         base_dir: &Path,
         mut options: TrainOptions,
-        sequences: Vec<Sequence>,
+        examples: Examples,
         eval: Option<Vec<Sequence>>,
     ) -> Result<Trainer> {
         let plan = DataPlan::new(
-            sequences,
+            examples,
             options.tokens_per_step,
             options.max_seq_len,
             options.seed,
@@ -248,9 +248,9 @@ impl Trainer {
             .micro_batches
             .iter()
             .map(|members| {
-                let seqs: Vec<&Sequence> =
-                    members.iter().map(|&i| &self.plan.sequences[i]).collect();
-                Batch::pack(&seqs, vocab)
+                let seqs: Vec<Sequence> =
+                    members.iter().map(|&i| self.plan.examples.get(i)).collect();
+                Batch::pack(&seqs.iter().collect::<Vec<_>>(), vocab)
             })
             .collect::<Result<Vec<Batch>>>()?;
         let total: usize = batches.iter().map(Batch::predicted).sum();

@@ -1,6 +1,7 @@
 //! `kiln bench`: measured throughput of Kiln kernels against yardsticks.
 
 pub mod cpu;
+pub mod data;
 pub mod gemm;
 mod gpu;
 mod handwritten;

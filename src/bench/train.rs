@@ -12,6 +12,7 @@ use std::process::Command;
 
 use kiln::models::adapters::{LoraSpec, Target};
 use kiln::models::batch::Sequence;
+use kiln::models::data_plan::Examples;
 use kiln::models::metrics::peak_resident_bytes;
 use kiln::models::model::Model;
 use kiln::models::optim::{OptimizerConfig, Schedule, ScheduleKind};
@@ -193,8 +194,9 @@ fn kiln_steps(
         save_every: 0,
         keep: 0,
     };
+    let examples = Examples::from_sequences(&sequences).map_err(|e| e.to_string())?;
     let mut trainer =
-        Trainer::new(model, dir, options, sequences, None).map_err(|e| e.to_string())?;
+        Trainer::new(model, dir, options, examples, None).map_err(|e| e.to_string())?;
     let mut times = vec![];
     let mut norm = 0.0;
     for i in 0..=args.steps {
@@ -256,7 +258,7 @@ fn peer_step(args: &TrainBenchArgs, model: &Path, mode: &str) -> Result<Value, S
 }
 
 /// SmolLM2-135M-Instruct as a Hugging Face folder, imported once from the fetched GGUF.
-fn default_model() -> Result<PathBuf, String> {
+pub fn default_model() -> Result<PathBuf, String> {
     let dir = std::env::var_os("KILN_MODELS_DIR")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/kiln-models")))

@@ -6,14 +6,13 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use kiln::models::batch::{Batch, Sequence};
-use kiln::models::data::{read_jsonl, Tokenize};
 use kiln::models::eval::evaluate;
 use kiln::models::model::Model;
 use kiln::models::precision::Precision;
-use kiln::models::tokenizer::Tokenizer;
 use kiln::models::weights::{save, SaveDtype};
 use kiln::models::HostTensor;
 
+use super::data::{self, DataArgs};
 use super::device::{self, DeviceChoice};
 
 /// The arguments of `kiln eval`.
@@ -22,10 +21,13 @@ pub struct EvalArgs {
     /// A Hugging Face model folder (`kiln import` writes one from a GGUF file).
     #[arg(long)]
     model: PathBuf,
-    /// JSON Lines: `{"input_ids": [...]}` (optionally `"labels"`, -100 ignored), used exactly
-    /// as given, or `{"text": "..."}`, tokenized with the model's tokenizer.
+    /// JSON Lines or Parquet, in any format `kiln train` reads: `{"input_ids": [...]}`
+    /// (optionally `"labels"`, -100 ignored) used exactly as given, `{"text": ...}`,
+    /// prompt/completion or `messages` (the loss over the targets training would use).
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    data_args: DataArgs,
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     precision: Precision,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
@@ -65,17 +67,15 @@ pub fn run(args: EvalArgs) -> Result<String, String> {
     if let Some(adapter) = &args.adapter {
         model.merge_adapter(adapter).map_err(err)?;
     }
-    let tokenizer = if args.model.join("tokenizer.json").exists() {
-        Some(Tokenizer::load(&args.model).map_err(err)?)
-    } else {
-        None
-    };
-    // `text` lines need the tokenizer; token-id lines do not.
-    let encode = tokenizer
-        .as_ref()
-        .map(|t| move |text: &str| t.encode(text, true));
-    let tokenize: Option<Tokenize<'_>> = encode.as_ref().map(|f| f as _);
-    let sequences = read_jsonl(&args.data, tokenize, model.config.vocab).map_err(err)?;
+    // Text, completions and chats need the tokenizer; token ids do not.
+    let tokenizer = data::tokenizer(&args.model)?;
+    let (store, _) = data::read_small(
+        &args.data,
+        tokenizer.as_ref(),
+        model.config.vocab,
+        &args.data_args,
+    )?;
+    let sequences: Vec<Sequence> = (0..store.len()).map(|i| store.example(i)).collect();
     let input_tokens: usize = sequences.iter().map(|s| s.input_ids.len()).sum();
     if args.logits.is_some() && input_tokens > MAX_LOGIT_TOKENS {
         return Err(format!(

@@ -8,15 +8,14 @@ use std::sync::Arc;
 use kiln::models::adapters::{LoraSpec, Target};
 use kiln::models::batch::Sequence;
 use kiln::models::checkpoint;
-use kiln::models::data::{read_jsonl, Tokenize};
-use kiln::models::data_plan::prepare;
+use kiln::models::data_plan::{Examples, LongExamples, Prepared};
 use kiln::models::model::Model;
 use kiln::models::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use kiln::models::precision::Precision;
 use kiln::models::rng::{derive, SplitMix64};
-use kiln::models::tokenizer::Tokenizer;
 use kiln::models::trainer::{Length, LoraOptions, RunEnd, TrainOptions, Trainer};
 
+use super::data::{self, DataArgs};
 use super::device::parse_device;
 use super::eval::parse_precision;
 
@@ -31,10 +30,14 @@ pub struct TrainArgs {
     /// A Hugging Face model folder (`kiln import` writes one from a GGUF file).
     #[arg(long)]
     model: PathBuf,
-    /// JSON Lines of `{"input_ids": [...]}` (optional `"labels"`, -100 ignored; used exactly as
-    /// given) or `{"text": "..."}` (tokenized with the model's tokenizer).
+    /// A JSON Lines or Parquet file of `{"text": ...}`, `{"prompt": ..., "completion": ...}`,
+    /// `{"messages": [{"role": ..., "content": ...}, ...]}` (rendered with the chat template,
+    /// loss on the assistant's tokens) or `{"input_ids": [...]}` records (optional `labels`,
+    /// -100 ignored; used exactly as given). Text and completions end with EOS.
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    data_args: DataArgs,
     /// Where the run writes: metrics.jsonl, checkpoint-STEP/, adapter/ or model/.
     #[arg(long)]
     out: PathBuf,
@@ -85,14 +88,18 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f64,
 
-    /// Tokens per micro-batch (sequences are packed, never padded, and never attend to each
-    /// other); longer sequences are truncated (see --no-truncate).
+    /// Tokens per micro-batch (examples are packed Best-Fit-Decreasing, never padded, and never
+    /// attend to each other); see --long-examples for longer ones.
     #[arg(long, default_value_t = 2048)]
     max_seq_len: usize,
+    /// Examples longer than --max-seq-len: truncate, split (pieces overlapping by one token,
+    /// so every target is kept) or refuse.
+    #[arg(long, default_value = "truncate")]
+    long_examples: LongExamples,
     /// Tokens per optimizer step, over as many micro-batches as they need.
     #[arg(long, default_value_t = 8192)]
     tokens_per_step: usize,
-    /// Refuse sequences longer than --max-seq-len instead of truncating them.
+    /// Refuse examples longer than --max-seq-len (--long-examples refuse).
     #[arg(long)]
     no_truncate: bool,
     /// Optimizer steps (default: one epoch).
@@ -146,27 +153,38 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
     let ops = parse_device(args.device.as_deref())?;
     let device_name = ops.device().name().to_string();
     let model = Model::load(&args.model, ops, args.precision).map_err(err)?;
-    let sequences = read_data(&args.data, &args.model, model.config.vocab)?;
-    let (mut train, mut eval) = match (&args.eval_data, args.eval_fraction) {
-        (Some(path), _) => (
-            sequences,
-            Some(read_data(path, &args.model, model.config.vocab)?),
-        ),
-        (None, Some(f)) => split(sequences, f, args.seed)?,
-        (None, None) => (sequences, None),
+    let vocab = model.config.vocab;
+    let tokenizer = data::tokenizer(&args.model)?;
+    let (store, _) = data::read_cached(
+        &args.data,
+        tokenizer.as_ref(),
+        vocab,
+        &args.data_args,
+        args.quiet,
+    )?;
+    let long = if args.no_truncate {
+        LongExamples::Refuse
+    } else {
+        args.long_examples
     };
     let source = args.data.display().to_string();
-    let prepared =
-        prepare(&mut train, args.max_seq_len, !args.no_truncate, &source).map_err(err)?;
-    if let Some(eval) = &mut eval {
-        let at = args
-            .eval_data
-            .as_ref()
-            .unwrap_or(&args.data)
-            .display()
-            .to_string();
-        prepare(eval, args.max_seq_len, !args.no_truncate, &at).map_err(err)?;
-    }
+    let (examples, prepared) =
+        Examples::prepare(store, args.max_seq_len, long, &source).map_err(err)?;
+    let (train, eval) = match (&args.eval_data, args.eval_fraction) {
+        (Some(path), _) => {
+            let (store, report) =
+                data::read_small(path, tokenizer.as_ref(), vocab, &args.data_args)?;
+            if !args.quiet {
+                eprintln!("{}", data::describe(path, &report, 0.0));
+            }
+            let at = path.display().to_string();
+            let (eval, _) =
+                Examples::prepare(Arc::new(store), args.max_seq_len, long, &at).map_err(err)?;
+            (examples, Some(eval.to_sequences()))
+        }
+        (None, Some(f)) => split(examples, f, args.seed)?,
+        (None, None) => (examples, None),
+    };
     if args.eval_every > 0 && eval.is_none() {
         return Err("--eval-every needs --eval-data or --eval-fraction".into());
     }
@@ -239,11 +257,11 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
             None => "full fine-tuning".to_string(),
         };
         eprintln!(
-            "kiln train: {mode}, {} on {device_name}; {} sequences ({} truncated), {} steps of \
-             up to {} tokens in micro-batches of {}; packing efficiency {:.1}%",
+            "kiln train: {mode}, {} on {device_name}; {} examples{}, {} steps of up to {} \
+             tokens in micro-batches of {}; packing efficiency {:.1}%",
             trainer.model.precision,
-            trainer.plan.sequences.len(),
-            prepared.truncated,
+            trainer.plan.examples.len(),
+            describe_long(&prepared, long),
             total,
             args.tokens_per_step,
             args.max_seq_len,
@@ -325,41 +343,53 @@ fn lora_options(args: &TrainArgs) -> Result<Option<LoraOptions>, String> {
     }))
 }
 
-/// The sequences of a JSONL file; `text` lines are tokenized with the model's tokenizer (with
-/// its special tokens, as `kiln eval` does).
-fn read_data(path: &Path, model_dir: &Path, vocab: usize) -> Result<Vec<Sequence>, String> {
-    let err = |e: kiln::models::Error| e.to_string();
-    let tokenizer = if model_dir.join("tokenizer.json").exists() {
-        Some(Tokenizer::load(model_dir).map_err(err)?)
-    } else {
-        None
-    };
-    let encode = tokenizer
-        .as_ref()
-        .map(|t| move |text: &str| t.encode(text, true));
-    let tokenize: Option<Tokenize<'_>> = encode.as_ref().map(|f| f as _);
-    read_jsonl(path, tokenize, vocab).map_err(err)
+/// What fitting the examples into --max-seq-len did, for the start-of-run line.
+fn describe_long(p: &Prepared, long: LongExamples) -> String {
+    let mut out = String::new();
+    if p.long > 0 {
+        out.push_str(&match long {
+            LongExamples::Truncate => format!(
+                " ({} longer than --max-seq-len truncated, {} tokens dropped)",
+                p.long, p.tokens_dropped
+            ),
+            LongExamples::Split => format!(
+                " ({} longer than --max-seq-len split into {} more)",
+                p.long, p.extra_pieces
+            ),
+            LongExamples::Refuse => String::new(),
+        });
+    }
+    if p.without_targets > 0 {
+        out.push_str(&format!(
+            " ({} dropped: no target left after truncation)",
+            p.without_targets
+        ));
+    }
+    out
 }
 
-/// Holds out `fraction` of the sequences (at least one, chosen by the seed) for evaluation.
+/// Holds out `fraction` of the examples (at least one, chosen by the seed) for evaluation.
 fn split(
-    mut sequences: Vec<Sequence>,
+    examples: Examples,
     fraction: f64,
     seed: u64,
-) -> Result<(Vec<Sequence>, Option<Vec<Sequence>>), String> {
+) -> Result<(Examples, Option<Vec<Sequence>>), String> {
     if !(fraction > 0.0 && fraction < 1.0) {
         return Err(format!(
             "--eval-fraction {fraction}: must be between 0 and 1"
         ));
     }
-    let n = sequences.len();
+    let n = examples.len();
     let held = ((n as f64 * fraction).round() as usize).max(1);
     if held >= n {
         return Err(format!(
-            "--eval-fraction {fraction} of {n} sequences leaves none to train on"
+            "--eval-fraction {fraction} of {n} examples leaves none to train on"
         ));
     }
-    SplitMix64::new(derive(seed, &[0xe7a1])).shuffle(&mut sequences);
-    let eval = sequences.split_off(n - held);
-    Ok((sequences, Some(eval)))
+    let mut order: Vec<usize> = (0..n).collect();
+    SplitMix64::new(derive(seed, &[0xe7a1])).shuffle(&mut order);
+    let eval = examples.select(&order[n - held..]).to_sequences();
+    let mut train = order[..n - held].to_vec();
+    train.sort_unstable();
+    Ok((examples.select(&train), Some(eval)))
 }

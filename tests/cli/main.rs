@@ -10,8 +10,11 @@ use serde_json::Value;
 mod train;
 
 fn kiln(args: &[&str]) -> Output {
+    // Token caches go to one folder of the test run, not the user's cache.
+    let cache = std::env::temp_dir().join(format!("kiln-cli-tests-{}", std::process::id()));
     Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(args)
+        .env("KILN_CACHE_DIR", cache)
         .output()
         .expect("running kiln")
 }

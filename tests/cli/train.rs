@@ -281,7 +281,7 @@ fn bad_settings_and_data_exit_1_with_the_reason() {
         "single.jsonl",
         "{\"input_ids\": [5]}\n{\"input_ids\": [1, 2], \"labels\": [-100, -100]}\n",
     );
-    fails(&no_targets, &[], "no sequence has a token to predict");
+    fails(&no_targets, &[], "no example has a token to predict");
     let outside = write(
         "outside.jsonl",
         "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 999]}\n",
@@ -298,8 +298,38 @@ fn bad_settings_and_data_exit_1_with_the_reason() {
     fails(&long, &["--no-truncate"], "40 tokens");
     let run = train(&model, &long, &out, &["--steps", "1"]);
     assert!(run.status.success(), "{}", stderr(&run));
-    assert!(stderr(&run).contains("(1 truncated)"), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("(1 longer than --max-seq-len truncated, 24 tokens dropped)"),
+        "{}",
+        stderr(&run)
+    );
     assert!(
         !out.join("checkpoint-1").exists() || out.join("checkpoint-1/trainer_state.json").is_file()
+    );
+    let run = train(
+        &model,
+        &long,
+        &out,
+        &["--steps", "1", "--long-examples", "split"],
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("(1 longer than --max-seq-len split into 2 more)"),
+        "{}",
+        stderr(&run)
+    );
+
+    // A bad line stops the run naming it, or is skipped and counted with --skip-invalid.
+    let bad = write(
+        "bad.jsonl",
+        "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2\n{\"input_ids\": [4, 5, 6]}\n",
+    );
+    fails(&bad, &[], "bad.jsonl:2: not JSON");
+    let run = train(&model, &bad, &out, &["--steps", "1", "--skip-invalid"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("skipped 1 invalid: 1 not JSON (first: "),
+        "{}",
+        stderr(&run)
     );
 }

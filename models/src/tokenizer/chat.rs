@@ -3,7 +3,13 @@
 //! (`trim_blocks`, `lstrip_blocks`, loop controls, Python string and dict methods,
 //! `raise_exception`, `strftime_now`, and a `tojson` that writes what Python's `json.dumps`
 //! writes).
+//!
+//! For training, [`ChatTemplate::render_spans`] also says which bytes of the rendered text are
+//! the assistant's: the `{% generation %}` blocks where the template has them (transformers'
+//! `return_assistant_tokens_mask`), otherwise found by rendering the conversation prefix by
+//! prefix.
 
+use std::ops::Range;
 use std::path::Path;
 
 use minijinja::value::{Kwargs, Value};
@@ -15,6 +21,14 @@ use crate::{Error, Result};
 
 /// The name the template is registered under in its environment.
 const NAME: &str = "chat_template";
+
+/// The filter `{% generation %}` blocks become (minijinja has no such tag; a filter block keeps
+/// the tag's whitespace control), and the context variable that makes it mark its text.
+const GENERATION_FILTER: &str = "kiln_generation";
+const MARK_GENERATION: &str = "kiln_mark_generation";
+/// Private-use characters around generated text while spans are found; removed after.
+const GENERATION_START: char = '\u{F8F0}';
+const GENERATION_END: char = '\u{F8F1}';
 
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -40,6 +54,18 @@ pub struct ChatTemplate {
     source: String,
     location: String,
     env: Environment<'static>,
+    /// Whether the template marks the assistant's text with `{% generation %}` blocks.
+    has_generation: bool,
+    /// The variables set with [`ChatTemplate::set_variable`], as JSON (for the fingerprint).
+    variables: Vec<(String, String)>,
+}
+
+/// A conversation rendered for training: the text, and the byte ranges of it that the
+/// assistant says (its content and end-of-turn token), in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RenderedChat {
+    pub text: String,
+    pub assistant: Vec<Range<usize>>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -107,6 +133,7 @@ impl ChatTemplate {
 
     /// Compiles `source`; `location` names the file it came from in errors.
     pub fn new(source: String, location: String) -> Result<ChatTemplate> {
+        let (compiled, has_generation) = rewrite_generation_blocks(&source);
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -114,13 +141,43 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(NAME, source.clone())
+        env.add_filter(GENERATION_FILTER, generation);
+        env.add_template_owned(NAME, compiled)
             .map_err(|e| Error::format(&location, format!("chat template: {}", describe(&e))))?;
         Ok(ChatTemplate {
             source,
             location,
             env,
+            has_generation,
+            variables: Vec::new(),
         })
+    }
+
+    /// Defines a variable every rendering sees, as extra keyword arguments of transformers'
+    /// `apply_chat_template` do (for example Llama 3's `date_string`).
+    pub fn set_variable(&mut self, name: &str, value: impl Serialize) {
+        let value = Value::from_serialize(value);
+        self.variables.push((
+            name.to_string(),
+            serde_json::to_string(&value).unwrap_or_default(),
+        ));
+        self.env.add_global(name.to_string(), value);
+    }
+
+    /// The template's text and variables, hashed.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        digest.update(self.source.as_bytes());
+        for (name, value) in &self.variables {
+            digest.update(format!("\0{name}={value}").as_bytes());
+        }
+        digest.finalize().into()
+    }
+
+    /// Whether the template marks the assistant's text with `{% generation %}` blocks.
+    pub fn has_generation_blocks(&self) -> bool {
+        self.has_generation
     }
 
     /// The template's text.
@@ -138,11 +195,90 @@ impl ChatTemplate {
         add_generation_prompt: bool,
         tokens: &[(&str, &str)],
     ) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, tokens, false)
+    }
+
+    /// Renders the whole conversation (no generation prompt) and finds the assistant's bytes:
+    /// the `{% generation %}` blocks where the template has them; otherwise, for each assistant
+    /// message, the text that rendering the conversation through it adds to the conversation
+    /// before it with the generation prompt, cut after the last end-of-turn token of
+    /// `end_tokens` in it (ChatML's newline after `<|im_end|>` is not the assistant's). A
+    /// template whose renderings of prefixes are not prefixes of the whole cannot be split
+    /// this way: that is an error suggesting generation blocks.
+    pub fn render_spans(
+        &self,
+        messages: &[ChatMessage],
+        tokens: &[(&str, &str)],
+        end_tokens: &[&str],
+    ) -> Result<RenderedChat> {
+        if let Some(m) = messages.iter().position(|m| {
+            m.content.contains([GENERATION_START, GENERATION_END])
+                || m.role.contains([GENERATION_START, GENERATION_END])
+        }) {
+            return Err(Error::Invalid(format!(
+                "message {} holds U+F8F0 or U+F8F1, which Kiln reserves to find the \
+                 assistant's text",
+                m + 1
+            )));
+        }
+        if self.has_generation {
+            let marked = self.render_with(messages, false, tokens, true)?;
+            return Ok(strip_generation_marks(&marked));
+        }
+        let text = self.render_with(messages, false, tokens, false)?;
+        let mut assistant = Vec::new();
+        for (i, message) in messages.iter().enumerate() {
+            if message.role != "assistant" {
+                continue;
+            }
+            let not_prefix = |what: &str| {
+                Error::Invalid(format!(
+                    "{}: chat template: {what} (message {}), so the assistant's tokens cannot \
+                     be found by rendering prefixes; give the template {{% generation %}} \
+                     blocks",
+                    self.location,
+                    i + 1
+                ))
+            };
+            let before = self.render_with(&messages[..i], true, tokens, false)?;
+            let through = self.render_with(&messages[..=i], false, tokens, false)?;
+            if !through.starts_with(&before) {
+                return Err(not_prefix(
+                    "the conversation through an assistant message does not start with the \
+                     conversation before it and the generation prompt",
+                ));
+            }
+            if !text.starts_with(&through) {
+                return Err(not_prefix(
+                    "the whole conversation does not start with its rendering through an \
+                     assistant message",
+                ));
+            }
+            let span = &through[before.len()..];
+            let end = end_tokens
+                .iter()
+                .filter(|t| !t.is_empty())
+                .filter_map(|t| span.rfind(*t).map(|at| at + t.len()))
+                .max()
+                .unwrap_or(span.len());
+            assistant.push(before.len()..before.len() + end);
+        }
+        Ok(RenderedChat { text, assistant })
+    }
+
+    fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tokens: &[(&str, &str)],
+        mark_generation: bool,
+    ) -> Result<String> {
         let mut context: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
             ("add_generation_prompt", Value::from(add_generation_prompt)),
             ("tools", Value::from(())),
             ("documents", Value::from(())),
+            (MARK_GENERATION, Value::from(mark_generation)),
         ];
         for (key, text) in tokens {
             context.push((key, Value::from(*text)));
@@ -176,6 +312,81 @@ fn describe(error: &minijinja::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// `source` with its `{% generation %}` / `{% endgeneration %}` tags (any whitespace control)
+/// turned into a filter block of [`GENERATION_FILTER`], and whether it had any. A hand-written
+/// scan: the tags are the only syntax minijinja lacks, and a tag inside a string literal of the
+/// template would be as wrong for transformers' Jinja.
+fn rewrite_generation_blocks(source: &str) -> (String, bool) {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    let mut found = false;
+    while let Some(at) = rest.find("{%") {
+        out.push_str(&rest[..at]);
+        let tag = &rest[at..];
+        let Some(close) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..close];
+        let open_trim = inner.starts_with(['-', '+']);
+        let body = inner.trim_start_matches(['-', '+']);
+        let close_trim = body.ends_with(['-', '+']);
+        let word = body.trim_end_matches(['-', '+']).trim();
+        let left = if open_trim { &inner[..1] } else { "" };
+        let right = if close_trim {
+            &body[body.len() - 1..]
+        } else {
+            ""
+        };
+        match word {
+            "generation" => {
+                found = true;
+                out.push_str(&format!("{{%{left} filter {GENERATION_FILTER} {right}%}}"));
+            }
+            "endgeneration" => out.push_str(&format!("{{%{left} endfilter {right}%}}")),
+            _ => out.push_str(&tag[..close + 2]),
+        }
+        rest = &tag[close + 2..];
+    }
+    out.push_str(rest);
+    (out, found)
+}
+
+/// The filter of `{% generation %}` blocks: the text, between marks while spans are found.
+fn generation(state: &minijinja::State, text: String) -> String {
+    let mark = state.lookup(MARK_GENERATION).is_some_and(|v| v.is_true());
+    if mark {
+        format!("{GENERATION_START}{text}{GENERATION_END}")
+    } else {
+        text
+    }
+}
+
+/// The text without its generation marks, and the byte ranges they enclosed (empty ones
+/// dropped; nested blocks count once, as their outermost).
+fn strip_generation_marks(marked: &str) -> RenderedChat {
+    let mut text = String::with_capacity(marked.len());
+    let mut assistant = Vec::new();
+    let (mut depth, mut start) = (0usize, 0usize);
+    for c in marked.chars() {
+        match c {
+            GENERATION_START => {
+                if depth == 0 {
+                    start = text.len();
+                }
+                depth += 1;
+            }
+            GENERATION_END => {
+                depth = depth.saturating_sub(1);
+                if depth == 0 && text.len() > start {
+                    assistant.push(start..text.len());
+                }
+            }
+            c => text.push(c),
+        }
+    }
+    RenderedChat { text, assistant }
 }
 
 /// Templates call `raise_exception(message)` to refuse a conversation.
@@ -362,7 +573,23 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::format_time;
+    use super::{format_time, rewrite_generation_blocks};
+
+    #[test]
+    fn generation_tags_become_filter_blocks_with_their_whitespace_control() {
+        let (out, found) = rewrite_generation_blocks(
+            "a{% generation %}b{%- endgeneration -%}c{%+generation-%}{% if x %}{%endgeneration%}",
+        );
+        assert!(found);
+        assert_eq!(
+            out,
+            "a{% filter kiln_generation %}b{%- endfilter -%}c{%+ filter kiln_generation -%}\
+             {% if x %}{% endfilter %}"
+        );
+        let (out, found) = rewrite_generation_blocks("{% for m in messages %}{{ m }}{% endfor %}");
+        assert!(!found);
+        assert_eq!(out, "{% for m in messages %}{{ m }}{% endfor %}");
+    }
 
     /// Against Python's `datetime.fromtimestamp(s, timezone.utc).strftime(...)`.
     #[test]

@@ -1,6 +1,7 @@
 //! The kiln-models integration tests: one binary, one module per part of the crate.
 
 mod config;
+mod data;
 mod export;
 mod gguf;
 mod hf;

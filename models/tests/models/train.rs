@@ -6,11 +6,13 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use kiln_models::adapters::{Lora, LoraSpec, Target};
 use kiln_models::batch::Sequence;
 use kiln_models::checkpoint;
-use kiln_models::data_plan::prepare;
+use kiln_models::data::TokenStore;
+use kiln_models::data_plan::{Examples, LongExamples};
 use kiln_models::metrics::MetricsLog;
 use kiln_models::model::Model;
 use kiln_models::optim::{OptimizerConfig, Schedule, ScheduleKind};
@@ -109,7 +111,14 @@ fn trainer(
     let dir = fixture_dir(model);
     let m = Model::load(&dir, cpu_ops(), precision).unwrap();
     let eval = Some(data.clone());
-    Trainer::new(m, &dir, options, data, eval).unwrap()
+    Trainer::new(
+        m,
+        &dir,
+        options,
+        Examples::from_sequences(&data).unwrap(),
+        eval,
+    )
+    .unwrap()
 }
 
 fn rel(got: f64, want: f64) -> f64 {
@@ -519,10 +528,16 @@ fn bad_settings_and_data_are_refused_with_the_reason() {
     let dir = fixture_dir(model);
     let new = |opts: TrainOptions| {
         let m = Model::load(&dir, cpu_ops(), Precision::F32).unwrap();
-        Trainer::new(m, &dir, opts, data.clone(), None)
-            .map(|_| ())
-            .unwrap_err()
-            .to_string()
+        Trainer::new(
+            m,
+            &dir,
+            opts,
+            Examples::from_sequences(&data).unwrap(),
+            None,
+        )
+        .map(|_| ())
+        .unwrap_err()
+        .to_string()
     };
     let mut rank0 = lora_plus_from(PathBuf::new(), 0.0);
     rank0.adapter = None;
@@ -545,22 +560,22 @@ fn bad_settings_and_data_are_refused_with_the_reason() {
     assert!(e.contains("adapter_model.safetensors"), "{e}");
 
     // Data: nothing to predict is an error, never a run that learns nothing.
-    let mut single = vec![Sequence::new(vec![5]), Sequence::new(vec![7])];
-    let e = prepare(&mut single, 32, true, "d.jsonl")
+    let store = |seqs: Vec<Sequence>| Arc::new(TokenStore::from_sequences(&seqs).unwrap());
+    let single = store(vec![Sequence::new(vec![5]), Sequence::new(vec![7])]);
+    let e = Examples::prepare(single, 32, LongExamples::Truncate, "d.jsonl")
         .unwrap_err()
         .to_string();
     assert!(
-        e.contains("d.jsonl") && e.contains("no sequence has a token to predict"),
+        e.contains("d.jsonl") && e.contains("no example has a token to predict"),
         "{e}"
     );
-    let mut long = vec![Sequence::new((0..40).collect())];
-    assert_eq!(
-        prepare(&mut long, 32, true, "d.jsonl").unwrap().truncated,
-        1
+    let long = || store(vec![Sequence::new((0..40).collect())]);
+    let (_, prepared) = Examples::prepare(long(), 32, LongExamples::Truncate, "d.jsonl").unwrap();
+    assert_eq!((prepared.long, prepared.tokens_dropped), (1, 8));
+    assert!(
+        Examples::prepare(long(), 32, LongExamples::Refuse, "d.jsonl")
+            .unwrap_err()
+            .to_string()
+            .contains("40 tokens")
     );
-    let mut long = vec![Sequence::new((0..40).collect())];
-    assert!(prepare(&mut long, 32, false, "d.jsonl")
-        .unwrap_err()
-        .to_string()
-        .contains("40 tokens"));
 }
