@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod commands;
+mod plot;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +62,17 @@ enum Command {
     Export(commands::export::ExportArgs),
     /// Fine-tune a model (full or LoRA/LoRA+) on a JSONL file, with checkpoints and metrics.
     Train(Box<commands::train::TrainArgs>),
+    /// Draw a run's loss curve (train and eval loss, learning rate) from its metrics.jsonl.
+    Plot {
+        /// A metrics.jsonl written by `kiln train`.
+        metrics: std::path::PathBuf,
+        /// The PNG to write (default: loss.png next to the metrics).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// A base model and its fine-tune side by side on held-out prompts: exact match of greedy
+    /// answers, and example generations.
+    Compare(commands::compare::CompareArgs),
     /// Import a GGUF model (Llama or Qwen2) as a Hugging Face folder with f32 weights.
     Import {
         /// The .gguf file.
@@ -145,6 +157,11 @@ fn run(cli: Cli) -> Result<String, String> {
         Command::Import { file, out } => commands::import::run(&file, &out),
         Command::Eval(args) => commands::eval::run(args),
         Command::Train(args) => commands::train::run(*args),
+        Command::Compare(args) => commands::compare::run(args),
+        Command::Plot { metrics, output } => {
+            let out = output.unwrap_or_else(|| metrics.with_file_name("loss.png"));
+            plot::draw_metrics(&metrics, &out).map(|()| format!("wrote {}\n", out.display()))
+        }
         Command::Generate(args) => commands::generate::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Bench { suite } => match suite {

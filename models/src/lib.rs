@@ -44,6 +44,7 @@ pub mod packing;
 pub mod params;
 pub mod precision;
 pub mod rng;
+pub mod task;
 pub mod tokenizer;
 pub mod trainer;
 pub mod weights;

@@ -1,5 +1,6 @@
 //! The model commands of the `kiln` CLI, one file each.
 
+pub mod compare;
 pub mod data;
 pub mod device;
 pub mod eval;

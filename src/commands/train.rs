@@ -146,10 +146,26 @@ pub struct TrainArgs {
     /// Print nothing but errors and the final summary.
     #[arg(long)]
     quiet: bool,
+    /// Start over in an --out that holds a run already (its metrics and checkpoints are
+    /// removed); without it such an --out is refused unless --resume continues it.
+    #[arg(long)]
+    overwrite: bool,
 }
 
 pub fn run(args: TrainArgs) -> Result<String, String> {
     let err = |e: kiln::models::Error| e.to_string();
+    if !args.model.is_dir() {
+        return Err(format!(
+            "--model {}: no such folder (a Hugging Face model folder; `kiln import` makes one \
+             from a GGUF file)",
+            args.model.display()
+        ));
+    }
+    // Refused before anything is read; with --overwrite, removed once the run is set up.
+    let replaced = match args.resume {
+        None => guard_out(&args.out, args.overwrite)?,
+        Some(_) => Vec::new(),
+    };
     let ops = parse_device(args.device.as_deref())?;
     let device_name = ops.device().name().to_string();
     let model = Model::load(&args.model, ops, args.precision).map_err(err)?;
@@ -229,6 +245,7 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
     };
     let mut trainer = Trainer::new(model, &args.model, options, train, eval).map_err(err)?;
     let total = trainer.total_steps;
+    remove_all(&replaced)?;
     if let Some(resume) = &args.resume {
         let dir = checkpoint::resolve(resume, &args.out).map_err(err)?;
         trainer.resume(&dir).map_err(err)?;
@@ -276,26 +293,26 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
             .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
             .map_err(|e| format!("cannot handle signals: {e}"))?;
     }
-    let (quiet, every) = (args.quiet, args.log_every.max(1));
-    let end = trainer
-        .run(&args.out, &stop, |m| {
-            if quiet || !(m.step % every == 0 || m.step == total || m.skipped) {
-                return;
-            }
-            let eval = m.eval_loss.map(|e| format!("  eval {e:.4}")).unwrap_or_default();
-            let skipped = if m.skipped { "  SKIPPED (non-finite)" } else { "" };
-            eprintln!(
-                "step {}/{total}  loss {:.4}  grad norm {:.3}  lr {:.3e}  {:.0} tokens/s  {:.1} s{eval}{skipped}",
-                m.step, m.loss, m.grad_norm, m.lr, m.tokens_per_s, m.elapsed_s
-            );
-        })
-        .map_err(err)?;
+    let progress = Progress::new(args.quiet, args.log_every, total, trainer.state.step);
+    let (out, save_every) = (args.out.clone(), args.save_every);
+    let end = trainer.run(&args.out, &stop, |m| {
+        progress.step(m);
+        if (save_every > 0 && m.step % save_every == 0) || m.step == total {
+            plot(&out, &progress);
+        }
+    });
+    progress.finish();
+    let end = end.map_err(err)?;
+    if matches!(end, RunEnd::Interrupted { .. }) {
+        plot(&args.out, &progress);
+    }
     Ok(match end {
         RunEnd::Finished { output } => format!(
-            "trained {total} steps in {:.1} s; wrote {} and {}\n",
+            "trained {total} steps in {:.1} s; wrote {}, {} and {}\n",
             trainer.state.elapsed_s,
             output.display(),
-            args.out.join("metrics.jsonl").display()
+            args.out.join("metrics.jsonl").display(),
+            args.out.join("loss.png").display()
         ),
         RunEnd::Interrupted { checkpoint } => format!(
             "interrupted at step {}; checkpoint {} (continue with --resume latest)\n",
@@ -341,6 +358,153 @@ fn lora_options(args: &TrainArgs) -> Result<Option<LoraOptions>, String> {
         plus_ratio: args.lora_plus_ratio,
         adapter: args.adapter.clone(),
     }))
+}
+
+/// Refuses an `out` that holds a run already, unless `overwrite`; returns what the new run
+/// replaces (its metrics, plot and checkpoints; outputs are replaced at the end).
+fn guard_out(out: &Path, overwrite: bool) -> Result<Vec<PathBuf>, String> {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return Ok(Vec::new());
+    };
+    let run_files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            name == "metrics.jsonl" || name.starts_with("checkpoint-")
+        })
+        .collect();
+    if run_files.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !overwrite {
+        return Err(format!(
+            "--out {} holds a run already ({}); --resume latest continues it, --overwrite starts \
+             over",
+            out.display(),
+            run_files
+                .iter()
+                .filter_map(|p| p.file_name())
+                .map(|n| n.to_string_lossy().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(run_files
+        .into_iter()
+        .chain([out.join("loss.png")])
+        .collect())
+}
+
+/// Removes what `--overwrite` replaces.
+fn remove_all(paths: &[PathBuf]) -> Result<(), String> {
+    for path in paths {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(path)
+        } else {
+            std::fs::remove_file(path)
+        };
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!(
+                    "--overwrite: cannot remove {}: {e}",
+                    path.display()
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Redraws `out/loss.png`; a failure is reported, not fatal (the run's outputs matter more).
+fn plot(out: &Path, progress: &Progress) {
+    if let Err(e) = crate::plot::draw_metrics(&out.join("metrics.jsonl"), &out.join("loss.png")) {
+        progress.println(&format!("warning: {e}"));
+    }
+}
+
+/// Step progress: a bar (step/total, loss, tokens/s, learning rate, ETA) on a terminal, plain
+/// lines every `--log-every` steps otherwise, nothing with `--quiet`.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    quiet: bool,
+    every: usize,
+    total: usize,
+}
+
+impl Progress {
+    fn new(quiet: bool, every: usize, total: usize, done: usize) -> Progress {
+        use std::io::IsTerminal;
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "step {pos}/{len} [{bar:30}] {msg} (ETA {eta})",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_position(done as u64);
+            bar
+        });
+        Progress {
+            bar,
+            quiet,
+            every: every.max(1),
+            total,
+        }
+    }
+
+    fn step(&self, m: &kiln::models::metrics::StepMetrics) {
+        let eval = m
+            .eval_loss
+            .map(|e| format!("  eval {e:.4}"))
+            .unwrap_or_default();
+        let skipped = if m.skipped {
+            "  SKIPPED (non-finite)"
+        } else {
+            ""
+        };
+        let summary = format!(
+            "loss {:.4}  grad norm {:.3}  lr {:.3e}  {:.0} tokens/s{eval}{skipped}",
+            m.loss, m.grad_norm, m.lr, m.tokens_per_s
+        );
+        match &self.bar {
+            Some(bar) => {
+                bar.set_position(m.step as u64);
+                bar.set_message(summary.clone());
+                if m.skipped || m.eval_loss.is_some() {
+                    bar.println(format!("step {}/{}  {summary}", m.step, self.total));
+                }
+            }
+            None if self.quiet => {}
+            None => {
+                if m.step % self.every == 0 || m.step == self.total || m.skipped {
+                    eprintln!(
+                        "step {}/{}  {summary}  {:.1} s",
+                        m.step, self.total, m.elapsed_s
+                    );
+                }
+            }
+        }
+    }
+
+    fn println(&self, line: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// What fitting the examples into --max-seq-len did, for the start-of-run line.

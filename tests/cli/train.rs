@@ -86,6 +86,28 @@ fn lora_and_full_runs_learn_and_write_what_eval_reads() {
             m[15]["loss"].as_f64().unwrap(),
         );
         assert!(last < 0.8 * first, "{mode}: loss {first} -> {last}");
+        // The loss curve is a PNG of 1000 x 600 pixels.
+        let png = std::fs::read(out.join("loss.png")).unwrap();
+        assert_eq!(
+            &png[..8],
+            b"\x89PNG\r\n\x1a\n",
+            "{mode}: loss.png is not a PNG"
+        );
+        assert_eq!(&png[12..16], b"IHDR");
+        let (w, h) = (
+            u32::from_be_bytes(png[16..20].try_into().unwrap()),
+            u32::from_be_bytes(png[20..24].try_into().unwrap()),
+        );
+        assert_eq!((w, h), (1000, 600));
+        let again = out.join("again.png");
+        let plot = kiln(&[
+            "plot",
+            out.join("metrics.jsonl").to_str().unwrap(),
+            "-o",
+            again.to_str().unwrap(),
+        ]);
+        assert!(plot.status.success(), "{}", stderr(&plot));
+        assert_eq!(&std::fs::read(&again).unwrap()[..4], b"\x89PNG");
         for key in [
             "step",
             "loss",
@@ -306,11 +328,13 @@ fn bad_settings_and_data_exit_1_with_the_reason() {
     assert!(
         !out.join("checkpoint-1").exists() || out.join("checkpoint-1/trainer_state.json").is_file()
     );
+    // The folder holds that run now: refused unless continued or started over.
+    fails(&long, &["--steps", "1"], "holds a run already (");
     let run = train(
         &model,
         &long,
         &out,
-        &["--steps", "1", "--long-examples", "split"],
+        &["--steps", "1", "--long-examples", "split", "--overwrite"],
     );
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(
@@ -324,8 +348,15 @@ fn bad_settings_and_data_exit_1_with_the_reason() {
         "bad.jsonl",
         "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2\n{\"input_ids\": [4, 5, 6]}\n",
     );
-    fails(&bad, &[], "bad.jsonl:2: not JSON");
-    let run = train(&model, &bad, &out, &["--steps", "1", "--skip-invalid"]);
+    // --overwrite removes the old run only once the new one is set up: bad data loses nothing.
+    fails(&bad, &["--overwrite"], "bad.jsonl:2: not JSON");
+    assert!(out.join("metrics.jsonl").is_file());
+    let run = train(
+        &model,
+        &bad,
+        &out,
+        &["--steps", "1", "--skip-invalid", "--overwrite"],
+    );
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(
         stderr(&run).contains("skipped 1 invalid: 1 not JSON (first: "),

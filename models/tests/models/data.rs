@@ -437,6 +437,9 @@ fn best_fit_decreasing_packs_log_normal_lengths_at_least_95_percent_full() {
     assert!((200..=320).contains(&median), "median {median}");
     let plan = plan_of(&lengths, 4096, 1 << 20, 1);
     let efficiency = plan.packing_efficiency();
+    eprintln!(
+        "BFD: 20,000 log-normal lengths (median {median}) into bins of 4096: {efficiency:.4}"
+    );
     assert!(efficiency >= 0.95, "efficiency {efficiency}");
 }
 
@@ -572,4 +575,32 @@ fn a_packed_batch_of_chat_examples_gives_each_its_own_losses() {
             );
         }
     }
+}
+
+#[test]
+fn held_out_prompts_read_their_expected_answers() {
+    use kiln_models::task::{exact_match, read_task_prompts};
+    let prompts = read_task_prompts(&repo("examples/data/weather/heldout.jsonl")).unwrap();
+    assert_eq!(prompts.len(), 40);
+    assert!(prompts[0].expected.starts_with("city: "));
+    assert_eq!(prompts[0].conversation.last().unwrap().role, "user");
+    assert!(exact_match(
+        " city: A; temp: 1; sky: x\n",
+        "city: A; temp: 1; sky: x"
+    ));
+    assert!(!exact_match(
+        "city: A; temp: 2; sky: x",
+        "city: A; temp: 1; sky: x"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "p.jsonl",
+        &[r#"{"messages": [{"role": "user", "content": "hi"}]}"#.into()],
+    );
+    let e = read_task_prompts(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("p.jsonl:1") && e.contains("expected answer"),
+        "{e}"
+    );
 }
