@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod bench;
 mod commands;
+mod config;
 mod plot;
 
 #[derive(Parser)]
@@ -62,6 +63,8 @@ enum Command {
     Export(commands::export::ExportArgs),
     /// Fine-tune a model (full or LoRA/LoRA+) on a JSONL file, with checkpoints and metrics.
     Train(Box<commands::train::TrainArgs>),
+    /// A model's architecture, parameters, and the memory a full or LoRA fine-tune needs.
+    Info(commands::info::InfoArgs),
     /// Draw a run's loss curve (train and eval loss, learning rate) from its metrics.jsonl.
     Plot {
         /// A metrics.jsonl written by `kiln train`.
@@ -138,7 +141,35 @@ enum Emit {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let command = Cli::command();
+    let train = command
+        .find_subcommand("train")
+        .expect("kiln has a train command")
+        .clone();
+    let argv = match config::expand(std::env::args_os().collect(), &train) {
+        Ok(argv) => argv,
+        Err(msg) => {
+            eprintln!("{msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let matches = command.get_matches_from(argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli = match (cli, matches.subcommand_matches("train")) {
+        (
+            Cli {
+                command: Command::Train(mut args),
+            },
+            Some(sub),
+        ) => {
+            args.effective_config = config::effective(&train, sub);
+            Cli {
+                command: Command::Train(args),
+            }
+        }
+        (cli, _) => cli,
+    };
     match run(cli) {
         Ok(out) => {
             print!("{out}");
@@ -158,6 +189,7 @@ fn run(cli: Cli) -> Result<String, String> {
         Command::Eval(args) => commands::eval::run(args),
         Command::Train(args) => commands::train::run(*args),
         Command::Compare(args) => commands::compare::run(args),
+        Command::Info(args) => commands::info::run(args),
         Command::Plot { metrics, output } => {
             let out = output.unwrap_or_else(|| metrics.with_file_name("loss.png"));
             plot::draw_metrics(&metrics, &out).map(|()| format!("wrote {}\n", out.display()))

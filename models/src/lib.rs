@@ -37,6 +37,7 @@ pub mod gguf;
 mod host;
 pub mod layers;
 pub mod lora;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -96,6 +96,10 @@ fn file_bytes(path: &Path) -> u64 {
 }
 
 pub fn run(args: ExportArgs) -> Result<String, String> {
+    super::with_spinner("exporting", || export(args))
+}
+
+fn export(args: ExportArgs) -> Result<String, String> {
     let err = |e: kiln::models::Error| format!("error: {e}");
     match (&args.adapter, args.merge) {
         (Some(adapter), false) => {

@@ -9,7 +9,10 @@ use kiln::models::gguf;
 /// Imports `file` into `out` and returns the summary to print.
 pub fn run(file: &Path, out: &Path) -> Result<String, String> {
     let start = Instant::now();
-    let report = gguf::import(file, out).map_err(|e| format!("error: {e}"))?;
+    let report = super::with_spinner(&format!("importing {}", file.display()), || {
+        gguf::import(file, out)
+    })
+    .map_err(|e| format!("error: {e}"))?;
     let seconds = start.elapsed().as_secs_f64();
     let c = &report.config;
     let types: Vec<String> = report

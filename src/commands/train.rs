@@ -22,6 +22,7 @@ use super::eval::parse_precision;
 /// The arguments of `kiln train`.
 #[derive(clap::Args)]
 #[command(
+    args_override_self = true,
     after_help = "Weight decay applies to every matrix (embeddings, projections, LoRA's A \
 and B), never to norm weights or biases. The loss of a step is the mean over all its predicted \
 tokens, however they are split into micro-batches."
@@ -30,6 +31,11 @@ pub struct TrainArgs {
     /// A Hugging Face model folder (`kiln import` writes one from a GGUF file).
     #[arg(long)]
     model: PathBuf,
+    /// A TOML file of flags (`lora-rank = 16`, `lr = 2e-4`, `lora-targets = ["q", "v"]`);
+    /// flags on the command line win. Every run writes its effective configuration to
+    /// OUT/kiln-train.toml, which this flag takes to repeat it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// A JSON Lines or Parquet file of `{"text": ...}`, `{"prompt": ..., "completion": ...}`,
     /// `{"messages": [{"role": ..., "content": ...}, ...]}` (rendered with the chat template,
     /// loss on the assistant's tokens) or `{"input_ids": [...]}` records (optional `labels`,
@@ -150,6 +156,9 @@ pub struct TrainArgs {
     /// removed); without it such an --out is refused unless --resume continues it.
     #[arg(long)]
     overwrite: bool,
+    /// The effective configuration as TOML (filled in by `main`, not a flag).
+    #[arg(skip)]
+    pub effective_config: String,
 }
 
 pub fn run(args: TrainArgs) -> Result<String, String> {
@@ -168,6 +177,9 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
     };
     let ops = parse_device(args.device.as_deref())?;
     let device_name = ops.device().name().to_string();
+    if !ops.device().is_gpu() {
+        check_host_memory(&args)?;
+    }
     let model = Model::load(&args.model, ops, args.precision).map_err(err)?;
     let vocab = model.config.vocab;
     let tokenizer = data::tokenizer(&args.model)?;
@@ -246,6 +258,14 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
     let mut trainer = Trainer::new(model, &args.model, options, train, eval).map_err(err)?;
     let total = trainer.total_steps;
     remove_all(&replaced)?;
+    if !args.effective_config.is_empty() {
+        std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+        kiln::models::atomic::write_file(
+            &args.out.join("kiln-train.toml"),
+            args.effective_config.as_bytes(),
+        )
+        .map_err(err)?;
+    }
     if let Some(resume) = &args.resume {
         let dir = checkpoint::resolve(resume, &args.out).map_err(err)?;
         trainer.resume(&dir).map_err(err)?;
@@ -418,6 +438,56 @@ fn remove_all(paths: &[PathBuf]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Refuses a run the host cannot hold: the estimate of `kiln_models::memory` against the
+/// available memory, with the flags that need less.
+fn check_host_memory(args: &TrainArgs) -> Result<(), String> {
+    use kiln::models::memory::{estimate, host_available, human};
+    let Some(available) = host_available() else {
+        return Ok(());
+    };
+    let config = kiln::models::config::ModelConfig::load(args.model.join("config.json"))
+        .map_err(|e| e.to_string())?;
+    let lora = args.lora_rank.map(|rank| kiln::models::adapters::LoraSpec {
+        rank,
+        alpha: 2.0 * rank as f64,
+        rslora: false,
+        dropout: 0.0,
+        targets: args.lora_targets.clone(),
+    });
+    let tokens = args.max_seq_len.min(args.tokens_per_step);
+    let e = estimate(
+        &config,
+        args.precision,
+        lora.as_ref(),
+        tokens,
+        args.recompute,
+    );
+    if e.total() <= available {
+        return Ok(());
+    }
+    let mut less = vec![];
+    if !args.recompute {
+        less.push("--recompute");
+    }
+    less.push("a smaller --max-seq-len");
+    if lora.is_none() {
+        less.push("LoRA (--lora-rank 16)");
+    }
+    Err(format!(
+        "this run needs about {} (weights {}, gradients {}, optimizer {}, activations {}), and \
+         the host has {} available; {} would need less (`kiln info --model {}` shows the \
+         options)",
+        human(e.total()),
+        human(e.weights),
+        human(e.gradients),
+        human(e.optimizer),
+        human(e.activations + e.workspace),
+        human(available),
+        less.join(", "),
+        args.model.display()
+    ))
 }
 
 /// Redraws `out/loss.png`; a failure is reported, not fatal (the run's outputs matter more).

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod main_job;
 mod train;
 
 fn kiln(args: &[&str]) -> Output {

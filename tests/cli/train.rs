@@ -343,6 +343,36 @@ fn bad_settings_and_data_exit_1_with_the_reason() {
         stderr(&run)
     );
 
+    // More memory than the host has: refused up front, with what it needs and what helps.
+    fails(
+        &d,
+        &[
+            "--max-seq-len",
+            "100000000",
+            "--tokens-per-step",
+            "100000000",
+            "--overwrite",
+        ],
+        "--recompute, a smaller --max-seq-len",
+    );
+    // A GPU asked for where there is none.
+    let devices = kiln(&["devices"]);
+    if !String::from_utf8_lossy(&devices.stdout).contains("cuda:") {
+        fails(
+            &d,
+            &["--device", "cuda", "--overwrite"],
+            "--device cuda: no CUDA device",
+        );
+    }
+    // A missing model folder.
+    let run = train(&dir.path().join("nowhere"), &d, &out, &[]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(
+        stderr(&run).contains("nowhere: no such folder"),
+        "{}",
+        stderr(&run)
+    );
+
     // A bad line stops the run naming it, or is skipped and counted with --skip-invalid.
     let bad = write(
         "bad.jsonl",
@@ -363,4 +393,98 @@ fn bad_settings_and_data_exit_1_with_the_reason() {
         "{}",
         stderr(&run)
     );
+}
+
+#[test]
+fn a_config_file_sets_flags_the_command_line_overrides_and_each_run_writes_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("llama_gqa_tied");
+    let d = data(dir.path(), "train.jsonl", 8, 256);
+    let config = dir.path().join("run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = {:?}\ndata = {:?}\nlora_rank = 4\nlr = 5e-3\nsteps = 5\n\
+             lora-targets = [\"q\", \"v\"]\nmax-seq-len = 16\ntokens-per-step = 40\n\
+             precision = \"f32\"\ndevice = \"cpu\"\n",
+            model.display().to_string(),
+            d.display().to_string()
+        ),
+    )
+    .unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    let run = kiln(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        first.to_str().unwrap(),
+        "--steps",
+        "3",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    // The flag won over the file; the effective configuration holds both and the defaults.
+    assert_eq!(metrics(&first).len(), 3);
+    let effective = std::fs::read_to_string(first.join("kiln-train.toml")).unwrap();
+    for line in [
+        "steps = 3",
+        "lora-rank = 4",
+        "lora-targets = [\"q\", \"v\"]",
+        "seed = 42",
+    ] {
+        assert!(effective.contains(line), "{line}: {effective}");
+    }
+    assert!(effective.contains("(commit "), "{effective}");
+    // Repeating it gives the same run.
+    let run = kiln(&[
+        "train",
+        "--config",
+        first.join("kiln-train.toml").to_str().unwrap(),
+        "--out",
+        second.to_str().unwrap(),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let losses = |out: &Path| -> Vec<f64> {
+        metrics(out)
+            .iter()
+            .map(|m| m["loss"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(losses(&first), losses(&second));
+    // An unknown key is a usage error naming the file and the key.
+    std::fs::write(&config, "bogus = 1\n").unwrap();
+    let run = kiln(&["train", "--config", config.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        stderr(&run).contains("run.toml: unknown key `bogus`"),
+        "{}",
+        stderr(&run)
+    );
+}
+
+#[test]
+fn info_tells_the_parameters_and_the_memory_of_each_mode() {
+    let model = fixture("llama_gqa_tied");
+    let run = kiln(&[
+        "info",
+        "--model",
+        model.to_str().unwrap(),
+        "--max-seq-len",
+        "512",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let out = String::from_utf8_lossy(&run.stdout).to_string();
+    let config = kiln::models::config::ModelConfig::load(model.join("config.json")).unwrap();
+    assert!(
+        out.contains(&format!("parameters: {} ", config.parameter_count())),
+        "{out}"
+    );
+    for row in [
+        "full         bf16",
+        "LoRA         f32",
+        "micro-batches of 512 tokens",
+        "cpu: ",
+    ] {
+        assert!(out.contains(row), "{row}: {out}");
+    }
 }
