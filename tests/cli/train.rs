@@ -364,6 +364,12 @@ fn bad_settings_and_data_exit_1_with_the_reason() {
             "--device cuda: no CUDA device",
         );
     }
+    // A data file that cannot be read.
+    fails(
+        &dir.path().join("absent.jsonl"),
+        &["--overwrite"],
+        "absent.jsonl: No such file",
+    );
     // A missing model folder.
     let run = train(&dir.path().join("nowhere"), &d, &out, &[]);
     assert_eq!(run.status.code(), Some(1));
