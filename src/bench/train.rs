@@ -37,6 +37,10 @@ pub struct TrainBenchArgs {
     seq: usize,
     #[arg(long, default_value_t = 16)]
     lora_rank: usize,
+    /// Instead of --model: a model of this Hugging Face config.json with random weights
+    /// (written to a temporary folder), e.g. bench/qwen2.5-0.5b.config.json.
+    #[arg(long, value_name = "CONFIG", conflicts_with = "model")]
+    random: Option<PathBuf>,
     /// Timed steps per mode (after one warm-up step).
     #[arg(long, default_value_t = 4)]
     steps: usize,
@@ -69,9 +73,15 @@ struct Row {
 
 pub fn run(args: TrainBenchArgs) -> Result<String, String> {
     let ops = crate::commands::device::parse_device(Some(&args.device))?;
-    let model_dir = match &args.model {
-        Some(m) => m.clone(),
-        None => default_model()?,
+    let random_dir;
+    let model_dir = match (&args.model, &args.random) {
+        (Some(m), _) => m.clone(),
+        (None, Some(config)) => {
+            random_dir = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+            random_model(config, random_dir.path())?;
+            random_dir.path().to_path_buf()
+        }
+        (None, None) => default_model()?,
     };
     let mut rows: Vec<Row> = vec![];
     let mut out = format!(
@@ -255,6 +265,44 @@ fn peer_step(args: &TrainBenchArgs, model: &Path, mode: &str) -> Result<Value, S
         .rev()
         .find_map(|l| serde_json::from_str::<Value>(l).ok())
         .ok_or_else(|| format!("the peer printed no JSON line:\n{stdout}"))
+}
+
+/// A model folder in `dir` of the config `config` with seeded random weights (uniform, standard
+/// deviation 0.02; norms 1), as the peers' speed runs use.
+fn random_model(config: &Path, dir: &Path) -> Result<(), String> {
+    use kiln::models::config::ModelConfig;
+    use kiln::models::weights::{save, SaveDtype};
+    use kiln::models::HostTensor;
+    std::fs::copy(config, dir.join("config.json"))
+        .map_err(|e| format!("{}: {e}", config.display()))?;
+    let parsed = ModelConfig::load(dir.join("config.json")).map_err(|e| e.to_string())?;
+    let mut rng = SplitMix64::new(5);
+    let scale = 0.02 * 3f32.sqrt() * 2.0;
+    let tensors: Vec<(String, HostTensor)> = parsed
+        .parameters()
+        .into_iter()
+        .map(|(name, shape)| {
+            let norm = name.ends_with("norm.weight");
+            let data = (0..shape.iter().product::<usize>())
+                .map(|_| {
+                    if norm {
+                        1.0
+                    } else {
+                        scale * (rng.below(1 << 24) as f32 / (1 << 24) as f32 - 0.5)
+                    }
+                })
+                .collect();
+            (name, HostTensor::new(shape, data))
+        })
+        .collect();
+    let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save(
+        dir.join("model.safetensors"),
+        &named,
+        SaveDtype::F32,
+        &std::collections::BTreeMap::new(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// SmolLM2-135M-Instruct as a Hugging Face folder, imported once from the fetched GGUF.
