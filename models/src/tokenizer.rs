@@ -323,6 +323,13 @@ impl Tokenizer {
     /// assistant span's first byte to the one holding its last (see
     /// [`ChatTemplate::render_spans`]).
     pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<ChatTokens> {
+        self.encode_chat_after(messages, 0)
+    }
+
+    /// As [`Tokenizer::encode_chat`], with only the assistant messages after the first `skip`
+    /// marked (a conversational prompt/completion whose prompt holds `skip` of them). The
+    /// template's assistant spans must then be one per assistant message.
+    pub fn encode_chat_after(&self, messages: &[ChatMessage], skip: usize) -> Result<ChatTokens> {
         let template = self.template()?;
         let ends: Vec<String> = self
             .eos_ids
@@ -330,7 +337,19 @@ impl Tokenizer {
             .filter_map(|&id| self.inner.id_to_token(id))
             .collect();
         let ends: Vec<&str> = ends.iter().map(String::as_str).collect();
-        let rendered = template.render_spans(messages, &self.template_tokens(), &ends)?;
+        let mut rendered = template.render_spans(messages, &self.template_tokens(), &ends)?;
+        if skip > 0 {
+            let assistants = messages.iter().filter(|m| m.role == "assistant").count();
+            if rendered.assistant.len() != assistants {
+                return Err(Error::Invalid(format!(
+                    "{}: the chat template marks {} assistant spans for {assistants} assistant \
+                     messages, so the prompt's cannot be told from the completion's",
+                    self.location,
+                    rendered.assistant.len()
+                )));
+            }
+            rendered.assistant.drain(..skip);
+        }
         let encoding = self
             .inner
             .encode(rendered.text.as_str(), false)

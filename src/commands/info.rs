@@ -106,7 +106,20 @@ pub fn run(args: InfoArgs) -> Result<String, String> {
     }
     for ordinal in 0.. {
         match kiln::runtime::Device::cuda(ordinal) {
-            Ok(gpu) => writeln!(out, "  {gpu}: {} (train in bf16 there)", gpu.name()).unwrap(),
+            Ok(gpu) => {
+                let memory = match gpu.memory() {
+                    Ok(Some((free, total))) => {
+                        format!("{} free of {}", human(free as u64), human(total as u64))
+                    }
+                    _ => "memory unknown".into(),
+                };
+                writeln!(
+                    out,
+                    "  {gpu}: {}, {memory} (train in bf16 there)",
+                    gpu.name()
+                )
+                .unwrap()
+            }
             Err(_) => break,
         }
     }

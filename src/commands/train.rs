@@ -177,8 +177,13 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
     };
     let ops = parse_device(args.device.as_deref())?;
     let device_name = ops.device().name().to_string();
-    if !ops.device().is_gpu() {
-        check_host_memory(&args)?;
+    let available = match ops.device().memory() {
+        Ok(Some((free, _))) => Some((free as u64, ops.device().to_string())),
+        Ok(None) => kiln::models::memory::host_available().map(|b| (b, "the host".to_string())),
+        Err(_) => None,
+    };
+    if let Some((bytes, place)) = available {
+        check_memory(&args, bytes, &place)?;
     }
     let model = Model::load(&args.model, ops, args.precision).map_err(err)?;
     let vocab = model.config.vocab;
@@ -440,13 +445,11 @@ fn remove_all(paths: &[PathBuf]) -> Result<(), String> {
     Ok(())
 }
 
-/// Refuses a run the host cannot hold: the estimate of `kiln_models::memory` against the
-/// available memory, with the flags that need less.
-fn check_host_memory(args: &TrainArgs) -> Result<(), String> {
-    use kiln::models::memory::{estimate, host_available, human};
-    let Some(available) = host_available() else {
-        return Ok(());
-    };
+/// Refuses a run the device cannot hold: the estimate of `kiln_models::memory` against the
+/// `available` bytes of `place` (the host, or a GPU's free memory), with the flags that need
+/// less.
+fn check_memory(args: &TrainArgs, available: u64, place: &str) -> Result<(), String> {
+    use kiln::models::memory::{estimate, human};
     let config = kiln::models::config::ModelConfig::load(args.model.join("config.json"))
         .map_err(|e| e.to_string())?;
     let lora = args.lora_rank.map(|rank| kiln::models::adapters::LoraSpec {
@@ -477,7 +480,7 @@ fn check_host_memory(args: &TrainArgs) -> Result<(), String> {
     }
     Err(format!(
         "this run needs about {} (weights {}, gradients {}, optimizer {}, activations {}), and \
-         the host has {} available; {} would need less (`kiln info --model {}` shows the \
+         {place} has {} available; {} would need less (`kiln info --model {}` shows the \
          options)",
         human(e.total()),
         human(e.weights),

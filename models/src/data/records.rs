@@ -161,6 +161,9 @@ impl Converter<'_> {
                 self.append_eos(&mut ids)?;
                 Sequence::new(ids)
             }
+            Format::PromptCompletion if record.get("prompt").is_some_and(Value::is_array) => {
+                self.conversational_completion(record)?
+            }
             Format::PromptCompletion => {
                 let prompt = string(record, "prompt")?;
                 let completion = string(record, "completion")?;
@@ -223,42 +226,33 @@ impl Converter<'_> {
         Ok(())
     }
 
+    /// `{"prompt": [messages], "completion": [messages]}` (TRL's conversational form): the
+    /// conversation rendered whole, the completion's assistant tokens the targets.
+    fn conversational_completion(&self, record: &Map<String, Value>) -> Result<Sequence, Invalid> {
+        let prompt = messages(record, "prompt")?;
+        let completion = messages(record, "completion")?;
+        if !completion.iter().any(|m| m.role == "assistant") {
+            return Err(invalid(
+                InvalidKind::NoTarget,
+                "the `completion` has no assistant message",
+            ));
+        }
+        let skip = prompt.iter().filter(|m| m.role == "assistant").count();
+        let all: Vec<ChatMessage> = prompt.into_iter().chain(completion).collect();
+        self.chat_sequence(&all, skip)
+    }
+
     fn conversation(&self, record: &Map<String, Value>) -> Result<Sequence, Invalid> {
-        let list = record
-            .get("messages")
-            .and_then(Value::as_array)
-            .ok_or_else(|| field("`messages` must be a list of {\"role\", \"content\"} objects"))?;
-        let mut messages = Vec::with_capacity(list.len());
-        for (m, message) in list.iter().enumerate() {
-            let at = |what: &str| field(format!("`messages[{m}]`: {what}"));
-            let object = message
-                .as_object()
-                .ok_or_else(|| at("expected an object with `role` and `content`"))?;
-            let role = object
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| at("`role` must be a string"))?;
-            if !["system", "user", "assistant"].contains(&role) {
-                return Err(invalid(
-                    InvalidKind::Role,
-                    format!(
-                        "`messages[{m}]`: unknown role `{role}` (expected system, user or \
-                         assistant)"
-                    ),
-                ));
-            }
-            let content = match object.get("content") {
-                Some(Value::String(s)) => s.clone(),
-                _ => return Err(at("`content` must be a string")),
-            };
-            messages.push(ChatMessage::new(role, content));
-        }
-        if messages.is_empty() {
-            return Err(field("`messages` is empty"));
-        }
+        let messages = messages(record, "messages")?;
+        self.chat_sequence(&messages, 0)
+    }
+
+    /// The tokens of `messages` through the chat template; the targets are the assistant's
+    /// tokens after its first `skip` messages.
+    fn chat_sequence(&self, messages: &[ChatMessage], skip: usize) -> Result<Sequence, Invalid> {
         let chat = self
             .tokenizer()?
-            .encode_chat(&messages)
+            .encode_chat_after(messages, skip)
             .map_err(|e| invalid(InvalidKind::Template, e.to_string()))?;
         if !chat.assistant_mask.iter().any(|&m| m) {
             return Err(invalid(
@@ -283,6 +277,61 @@ impl Converter<'_> {
             labels: Some(labels),
         })
     }
+}
+
+/// The messages of `record[key]`: a list of `{role, content}` objects, roles system, user or
+/// assistant, content a string or a list of text parts.
+fn messages(record: &Map<String, Value>, key: &str) -> Result<Vec<ChatMessage>, Invalid> {
+    let list = record.get(key).and_then(Value::as_array).ok_or_else(|| {
+        field(format!(
+            "`{key}` must be a list of {{\"role\", \"content\"}} objects"
+        ))
+    })?;
+    let mut messages = Vec::with_capacity(list.len());
+    for (m, message) in list.iter().enumerate() {
+        let at = |what: &str| field(format!("`{key}[{m}]`: {what}"));
+        let object = message
+            .as_object()
+            .ok_or_else(|| at("expected an object with `role` and `content`"))?;
+        let role = object
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| at("`role` must be a string"))?;
+        if !["system", "user", "assistant"].contains(&role) {
+            return Err(invalid(
+                InvalidKind::Role,
+                format!(
+                    "`{key}[{m}]`: unknown role `{role}` (expected system, user or \
+                         assistant)"
+                ),
+            ));
+        }
+        let content = match object.get("content") {
+            Some(Value::String(s)) => s.clone(),
+            // The parts form (`[{"type": "text", "text": ...}, ...]`): the texts, joined.
+            Some(Value::Array(parts)) => {
+                let mut text = String::new();
+                for (p, part) in parts.iter().enumerate() {
+                    match (part.get("type").and_then(Value::as_str), part.get("text")) {
+                        (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                        _ => {
+                            return Err(at(&format!(
+                                "`content[{p}]`: only text parts \
+                                     ({{\"type\": \"text\", \"text\": ...}}) can be trained on"
+                            )))
+                        }
+                    }
+                }
+                text
+            }
+            _ => return Err(at("`content` must be a string or a list of text parts")),
+        };
+        messages.push(ChatMessage::new(role, content));
+    }
+    if messages.is_empty() {
+        return Err(field(format!("`{key}` is empty")));
+    }
+    Ok(messages)
 }
 
 /// Checks that `record` can be read as `format` before it is converted: the keys are there.

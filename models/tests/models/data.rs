@@ -208,6 +208,32 @@ fn each_format_has_its_targets_and_ends_with_a_target_eos() {
         .map(|&l| l as u32)
         .collect();
     assert_eq!(t.decode(&targets, false).unwrap(), "Hello!<|im_end|>");
+    // Conversational prompt/completion (TRL's form): only the completion's assistant turn is a
+    // target, not the prompt's few-shot one.
+    let conv = write(
+        dir.path(),
+        "conv.jsonl",
+        &[r#"{"prompt": [{"role": "user", "content": "1 + 1?"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": "2 + 2?"}], "completion": [{"role": "assistant", "content": "4"}]}"#.into()],
+    );
+    let (conv, report) = read(&conv, Some(&t), &opts).unwrap();
+    assert_eq!(report.format, Some(Format::PromptCompletion));
+    let targets: Vec<u32> = conv[0]
+        .labels
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|&&l| l >= 0)
+        .map(|&l| l as u32)
+        .collect();
+    assert_eq!(t.decode(&targets, false).unwrap(), "4<|im_end|>");
+
+    // Content as a list of text parts reads as their joined text.
+    let parts = write(
+        dir.path(),
+        "parts.jsonl",
+        &[r#"{"messages": [{"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}, {"role": "assistant", "content": "Hello!"}]}"#.into()],
+    );
+    assert_eq!(read(&parts, Some(&t), &opts).unwrap().0, seqs);
 
     // input_ids: exactly as given, nothing added.
     let path = write(

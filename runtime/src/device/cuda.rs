@@ -56,6 +56,13 @@ impl CudaDevice {
         self.compute_capability
     }
 
+    /// `(free, total)` bytes of the GPU's memory.
+    pub(crate) fn memory(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .map_err(|e| Error::cuda(format!("querying the memory of cuda:{}", self.ordinal()), e))
+    }
+
     pub(crate) fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }

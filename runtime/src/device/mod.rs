@@ -114,6 +114,16 @@ impl Device {
         }
     }
 
+    /// `(free, total)` bytes of a GPU's memory; `None` on the CPU (the host's memory is the
+    /// operating system's to say).
+    pub fn memory(&self) -> Result<Option<(usize, usize)>> {
+        match &*self.inner {
+            Inner::Cpu { .. } => Ok(None),
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.memory().map(Some),
+        }
+    }
+
     /// The compute capability `(major, minor)`, for a GPU.
     pub fn compute_capability(&self) -> Option<(u32, u32)> {
         match &*self.inner {
