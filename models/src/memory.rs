@@ -29,8 +29,19 @@ impl MemoryEstimate {
     }
 }
 
-/// The cut cross-entropy's logits workspace (see the model's loss).
-const LOSS_WORKSPACE: u64 = 128 << 20;
+/// The cut cross-entropy's logits workspace budget: 128 MiB on the CPU (where it stays near the
+/// caches), 1 GiB on a GPU (fewer, larger lm_head GEMMs); `KILN_CE_WORKSPACE_MIB` overrides it.
+pub fn loss_workspace(gpu: bool) -> u64 {
+    let set = std::env::var("KILN_CE_WORKSPACE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&m| m > 0);
+    match set {
+        Some(mib) => mib << 20,
+        None if gpu => 1 << 30,
+        None => 128 << 20,
+    }
+}
 
 /// The trained parameters of LoRA `spec` on `config`.
 pub fn lora_parameters(config: &ModelConfig, spec: &LoraSpec) -> u64 {
@@ -45,15 +56,18 @@ pub fn lora_parameters(config: &ModelConfig, spec: &LoraSpec) -> u64 {
     (per_layer * config.layers) as u64
 }
 
-/// The estimate for training `config` in `precision` with micro-batches of `tokens` tokens:
-/// full fine-tuning when `lora` is `None`; `recompute` keeps only each block's input.
+/// The estimate for training `config` in `precision` with micro-batches of `tokens` tokens, on
+/// a GPU or the CPU: full fine-tuning when `lora` is `None`; `recompute` keeps only each
+/// block's input.
 pub fn estimate(
     config: &ModelConfig,
     precision: Precision,
     lora: Option<&LoraSpec>,
     tokens: usize,
     recompute: bool,
+    gpu: bool,
 ) -> MemoryEstimate {
+    let workspace = loss_workspace(gpu);
     let bytes = precision.dtype().size_bytes() as u64;
     let params = config.parameter_count() as u64;
     let (h, i, layers) = (
@@ -81,7 +95,7 @@ pub fn estimate(
             gradients: params * 4,
             optimizer: params * 8,
             activations,
-            workspace: LOSS_WORKSPACE,
+            workspace,
         },
         Some(spec) => {
             let adapters = lora_parameters(config, spec);
@@ -91,7 +105,7 @@ pub fn estimate(
                 gradients: adapters * 4,
                 optimizer: adapters * 12,
                 activations: activations + adapter_acts,
-                workspace: LOSS_WORKSPACE,
+                workspace,
             }
         }
     }

@@ -214,9 +214,15 @@ impl Model {
     }
 
     fn cross_entropy(&self, tokens: usize) -> CutCrossEntropy {
+        let workspace = crate::memory::loss_workspace(self.ops.device().is_gpu());
         CutCrossEntropy {
             ignore_index: IGNORE_INDEX,
-            ..CutCrossEntropy::new(tokens, self.config.hidden, self.config.vocab)
+            ..CutCrossEntropy::with_workspace(
+                tokens,
+                self.config.hidden,
+                self.config.vocab,
+                workspace as usize,
+            )
         }
     }
 

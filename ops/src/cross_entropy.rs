@@ -74,13 +74,25 @@ impl CutCrossEntropy {
     /// The problem with a chunk that keeps the logits workspace near 128 MiB, labels of -100
     /// ignored, and no z-loss.
     pub fn new(tokens: usize, hidden: usize, vocab: usize) -> CutCrossEntropy {
-        let budget = 64usize << 20; // bf16 elements: 128 MiB
+        CutCrossEntropy::with_workspace(tokens, hidden, vocab, 128 << 20)
+    }
+
+    /// As [`CutCrossEntropy::new`], with a logits workspace of at most about `bytes` (of bf16
+    /// logits). A larger one means fewer, larger GEMMs: on a GPU, blocks of a few hundred rows
+    /// against the whole vocabulary run well below the GEMM's peak.
+    pub fn with_workspace(
+        tokens: usize,
+        hidden: usize,
+        vocab: usize,
+        bytes: usize,
+    ) -> CutCrossEntropy {
+        let budget = (bytes / 2).max(1024); // bf16 elements
         let chunk = (budget / tokens.max(1)).next_power_of_two() / 2;
         CutCrossEntropy {
             tokens,
             hidden,
             vocab,
-            chunk: chunk.clamp(1024, 32768).min(vocab.max(1)),
+            chunk: chunk.clamp(1024, 1 << 18).min(vocab.max(1)),
             ignore_index: -100,
             z_loss: 0.0,
         }

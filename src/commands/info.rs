@@ -66,10 +66,13 @@ pub fn run(args: InfoArgs) -> Result<String, String> {
     )
     .unwrap();
     let tokens = args.max_seq_len.min(args.tokens_per_step).max(1);
+    // The loss's workspace is larger on a GPU; the table is for the device training would use.
+    let gpu = kiln::runtime::Device::cuda(0).is_ok();
     writeln!(
         out,
-        "\nmemory to train, micro-batches of {tokens} tokens (--tokens-per-step {} does not \
-         change it: micro-batches run one after another):",
+        "\nmemory to train on the {}, micro-batches of {tokens} tokens (--tokens-per-step {} \
+         does not change it: micro-batches run one after another):",
+        if gpu { "GPU" } else { "CPU" },
         args.tokens_per_step
     )
     .unwrap();
@@ -82,7 +85,7 @@ pub fn run(args: InfoArgs) -> Result<String, String> {
     for (mode, lora) in [("full", None), ("LoRA", Some(&spec))] {
         for precision in [Precision::Bf16, Precision::F32] {
             for recompute in [false, true] {
-                let e = estimate(&config, precision, lora, tokens, recompute);
+                let e = estimate(&config, precision, lora, tokens, recompute, gpu);
                 writeln!(
                     out,
                     "  {:<12} {:<10} {:<9} {:>10} {:>10} {:>10} {:>12} {:>10}",

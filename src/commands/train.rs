@@ -449,6 +449,7 @@ fn remove_all(paths: &[PathBuf]) -> Result<(), String> {
 /// `available` bytes of `place` (the host, or a GPU's free memory), with the flags that need
 /// less.
 fn check_memory(args: &TrainArgs, available: u64, place: &str) -> Result<(), String> {
+    // `place` is "the host" or a GPU's name.
     use kiln::models::memory::{estimate, human};
     let config = kiln::models::config::ModelConfig::load(args.model.join("config.json"))
         .map_err(|e| e.to_string())?;
@@ -466,6 +467,7 @@ fn check_memory(args: &TrainArgs, available: u64, place: &str) -> Result<(), Str
         lora.as_ref(),
         tokens,
         args.recompute,
+        place != "the host",
     );
     if e.total() <= available {
         return Ok(());
