@@ -22,6 +22,8 @@
 //! Labels are used as given (the caller shifts them once); `ignore_index` rows count for
 //! nothing; the optional z-loss adds `z_loss · lse²` per counted token.
 
+use std::ops::Range;
+
 use kiln_compiler::DType;
 use kiln_runtime::{Args, Buffer, BufferView, BufferViewMut, Gemm};
 
@@ -67,6 +69,41 @@ impl CrossEntropyState {
     /// The number of tokens the loss counts (reads the device).
     pub fn counted_tokens(&self) -> Result<usize> {
         Ok(self.totals.download::<f32>()?[1] as usize)
+    }
+}
+
+/// A run of vocabulary entries: `len` rows of `W` from `start`.
+#[derive(Clone, Copy)]
+struct Chunk {
+    start: usize,
+    len: usize,
+}
+
+/// Each token's running max and sum of exponentials and its target logit, f32 `[T]` each,
+/// updated in place chunk after chunk.
+struct Running {
+    max: Buffer,
+    sum: Buffer,
+    target: Buffer,
+}
+
+impl Running {
+    fn new(ops: &Ops, tokens: usize) -> Result<Running> {
+        Ok(Running {
+            max: ops.scratch(DType::F32, tokens)?,
+            sum: ops.scratch(DType::F32, tokens)?,
+            target: ops.scratch(DType::F32, tokens)?,
+        })
+    }
+}
+
+impl CrossEntropyState {
+    fn new(ops: &Ops, tokens: usize) -> Result<CrossEntropyState> {
+        Ok(CrossEntropyState {
+            lse: ops.scratch(DType::F32, tokens)?,
+            losses: ops.scratch(DType::F32, tokens)?,
+            totals: ops.scratch(DType::F32, 3)?,
+        })
     }
 }
 
@@ -218,45 +255,110 @@ impl CutCrossEntropy {
         let dtype = self.check(OP, &hidden, &weight, &labels)?;
         let t = self.tokens;
         let mut workspace = ops.scratch(dtype, t * self.chunk.min(self.vocab))?;
-        // Each token's running max and sum of exponentials, and its target logit: updated in
-        // place chunk after chunk.
-        let (mut m_run, mut l_run) = (ops.scratch(DType::F32, t)?, ops.scratch(DType::F32, t)?);
-        let mut target = ops.scratch(DType::F32, t)?;
-        let mut state = CrossEntropyState {
-            lse: ops.scratch(DType::F32, t)?,
-            losses: ops.scratch(DType::F32, t)?,
-            totals: ops.scratch(DType::F32, 3)?,
-        };
+        let mut running = Running::new(ops, t)?;
+        let mut state = CrossEntropyState::new(ops, t)?;
         for (i, (start, rows)) in self.chunks().enumerate() {
             self.chunk_logits(ops, hidden, weight, &mut workspace, (start, rows))?;
-            let config = self.row_config("ce_chunk_fwd", dtype).flag("FIRST", i == 0);
-            let args = Args::new()
-                .input("logits", workspace.slice(..t * rows)?)
-                .input("labels", labels)
-                .in_out("m_run", &mut m_run)
-                .in_out("l_run", &mut l_run)
-                .in_out("target", &mut target)
-                .i32("chunk", rows as i32)
-                .i32("start", start as i32);
-            ops.launch(&config, [t, 1, 1], &args)?;
+            let logits = workspace.slice(..t * rows)?;
+            let chunk = Chunk { start, len: rows };
+            self.fold(
+                ops,
+                dtype,
+                i == 0,
+                logits,
+                labels,
+                &mut running,
+                0..t,
+                chunk,
+            )?;
         }
+        self.finish(ops, &running, labels, &mut state, 0..t)?;
+        Ok(state)
+    }
+
+    /// `ce_chunk_fwd`: folds `logits` `[tokens, chunk.len]` (vocabulary entries from
+    /// `chunk.start`) of the tokens `tokens` into their running state (`first`: the state
+    /// starts here).
+    #[allow(clippy::too_many_arguments)]
+    fn fold(
+        &self,
+        ops: &Ops,
+        dtype: DType,
+        first: bool,
+        logits: BufferView<'_>,
+        labels: BufferView<'_>,
+        running: &mut Running,
+        tokens: Range<usize>,
+        chunk: Chunk,
+    ) -> Result<()> {
+        let config = self.row_config("ce_chunk_fwd", dtype).flag("FIRST", first);
+        let rows = tokens.len();
+        let args = Args::new()
+            .input("logits", logits)
+            .input("labels", labels.slice(tokens.clone())?)
+            .in_out("m_run", running.max.slice_mut(tokens.clone())?)
+            .in_out("l_run", running.sum.slice_mut(tokens.clone())?)
+            .in_out("target", running.target.slice_mut(tokens)?)
+            .i32("chunk", chunk.len as i32)
+            .i32("start", chunk.start as i32);
+        ops.launch(&config, [rows, 1, 1], &args)?;
+        Ok(())
+    }
+
+    /// `ce_finish`: the log-sum-exp and loss of the tokens `tokens` from their running state;
+    /// the totals are added to with atomics (from zero).
+    fn finish(
+        &self,
+        ops: &Ops,
+        running: &Running,
+        labels: BufferView<'_>,
+        state: &mut CrossEntropyState,
+        tokens: Range<usize>,
+    ) -> Result<()> {
         let finish = KernelConfig::new(FILE, "ce_finish")
             .int("BLOCK", 1024)
             .warps(4);
-        // The totals are added to with atomics (from zero).
+        let rows = tokens.len();
         let args = Args::new()
-            .input("m_run", &m_run)
-            .input("l_run", &l_run)
-            .input("target", &target)
-            .input("labels", labels)
-            .output("lse", &mut state.lse)
-            .output("losses", &mut state.losses)
+            .input("m_run", running.max.slice(tokens.clone())?)
+            .input("l_run", running.sum.slice(tokens.clone())?)
+            .input("target", running.target.slice(tokens.clone())?)
+            .input("labels", labels.slice(tokens.clone())?)
+            .output("lse", state.lse.slice_mut(tokens.clone())?)
+            .output("losses", state.losses.slice_mut(tokens)?)
             .in_out("totals", &mut state.totals)
-            .i32("rows", t as i32)
+            .i32("rows", rows as i32)
             .i32("ignore_index", self.ignore_index)
             .f32("z_loss", self.z_loss);
-        ops.launch(&finish, [finish.programs("BLOCK", t), 1, 1], &args)?;
-        Ok(state)
+        ops.launch(&finish, [finish.programs("BLOCK", rows), 1, 1], &args)?;
+        Ok(())
+    }
+
+    /// `ce_chunk_bwd`: turns `logits` `[rows, chunk.len]` in place into
+    /// `dlogits = (softmax - onehot) · grad` for the rows' `labels` and `lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn dlogits(
+        &self,
+        ops: &Ops,
+        dtype: DType,
+        logits: BufferViewMut<'_>,
+        labels: BufferView<'_>,
+        lse: BufferView<'_>,
+        grad: &Buffer,
+        chunk: Chunk,
+    ) -> Result<()> {
+        let rows = labels.len();
+        let args = Args::new()
+            .in_out("logits", logits)
+            .input("labels", labels)
+            .input("lse", lse)
+            .input("grad", grad)
+            .i32("chunk", chunk.len as i32)
+            .i32("start", chunk.start as i32)
+            .i32("ignore_index", self.ignore_index)
+            .f32("z_loss", self.z_loss);
+        ops.launch(&self.row_config("ce_chunk_bwd", dtype), [rows, 1, 1], &args)?;
+        Ok(())
     }
 
     /// The gradients of `dloss x` the mean loss: `dhidden` `[T, H]` (f32, or bf16 through an
@@ -301,16 +403,9 @@ impl CutCrossEntropy {
         for (i, (start, rows)) in self.chunks().enumerate() {
             self.chunk_logits(ops, hidden, weight, &mut workspace, (start, rows))?;
             // The logits become dlogits in place.
-            let args = Args::new()
-                .in_out("logits", workspace.slice_mut(..t * rows)?)
-                .input("labels", labels)
-                .input("lse", &state.lse)
-                .input("grad", &grad)
-                .i32("chunk", rows as i32)
-                .i32("start", start as i32)
-                .i32("ignore_index", self.ignore_index)
-                .f32("z_loss", self.z_loss);
-            ops.launch(&self.row_config("ce_chunk_bwd", dtype), [t, 1, 1], &args)?;
+            let chunk = Chunk { start, len: rows };
+            let logits = workspace.slice_mut(..t * rows)?;
+            self.dlogits(ops, dtype, logits, labels, state.lse.view(), &grad, chunk)?;
             let dlogits = workspace.slice(..t * rows)?;
             let w_chunk = weight.slice(start * h..(start + rows) * h)?;
             // dhidden (+)= dlogits[T, rows] · W_chunk[rows, H]
@@ -382,13 +477,8 @@ impl CutCrossEntropy {
             ));
         }
         let mut workspace = ops.scratch(dtype, block * v)?;
-        let (mut m_run, mut l_run) = (ops.scratch(DType::F32, t)?, ops.scratch(DType::F32, t)?);
-        let mut target = ops.scratch(DType::F32, t)?;
-        let mut state = CrossEntropyState {
-            lse: ops.scratch(DType::F32, t)?,
-            losses: ops.scratch(DType::F32, t)?,
-            totals: ops.scratch(DType::F32, 3)?,
-        };
+        let mut running = Running::new(ops, t)?;
+        let mut state = CrossEntropyState::new(ops, t)?;
         let grad = ops.device().upload(&[token_grad])?;
         // One chunk of the whole vocabulary, per block of rows.
         let whole = CutCrossEntropy { chunk: v, ..*self };
@@ -401,47 +491,23 @@ impl CutCrossEntropy {
             ops.device()
                 .gemm(&gemm, hidden_rows, weight, logits, None)?;
 
-            let config = whole.row_config("ce_chunk_fwd", dtype).flag("FIRST", true);
-            let args = Args::new()
-                .input("logits", workspace.slice(..rows * v)?)
-                .input("labels", labels_rows)
-                .in_out("m_run", m_run.slice_mut(r0..r0 + rows)?)
-                .in_out("l_run", l_run.slice_mut(r0..r0 + rows)?)
-                .in_out("target", target.slice_mut(r0..r0 + rows)?)
-                .i32("chunk", v as i32)
-                .i32("start", 0);
-            ops.launch(&config, [rows, 1, 1], &args)?;
-            let finish = KernelConfig::new(FILE, "ce_finish")
-                .int("BLOCK", 1024)
-                .warps(4);
-            // The totals add up over the blocks (atomics, from zero).
-            let args = Args::new()
-                .input("m_run", m_run.slice(r0..r0 + rows)?)
-                .input("l_run", l_run.slice(r0..r0 + rows)?)
-                .input("target", target.slice(r0..r0 + rows)?)
-                .input("labels", labels_rows)
-                .output("lse", state.lse.slice_mut(r0..r0 + rows)?)
-                .output("losses", state.losses.slice_mut(r0..r0 + rows)?)
-                .in_out("totals", &mut state.totals)
-                .i32("rows", rows as i32)
-                .i32("ignore_index", self.ignore_index)
-                .f32("z_loss", self.z_loss);
-            ops.launch(&finish, [finish.programs("BLOCK", rows), 1, 1], &args)?;
-
-            let args = Args::new()
-                .in_out("logits", workspace.slice_mut(..rows * v)?)
-                .input("labels", labels_rows)
-                .input("lse", state.lse.slice(r0..r0 + rows)?)
-                .input("grad", &grad)
-                .i32("chunk", v as i32)
-                .i32("start", 0)
-                .i32("ignore_index", self.ignore_index)
-                .f32("z_loss", self.z_loss);
-            ops.launch(
-                &whole.row_config("ce_chunk_bwd", dtype),
-                [rows, 1, 1],
-                &args,
+            let tokens = r0..r0 + rows;
+            let vocabulary = Chunk { start: 0, len: v };
+            let logits = workspace.slice(..rows * v)?;
+            whole.fold(
+                ops,
+                dtype,
+                true,
+                logits,
+                labels,
+                &mut running,
+                tokens.clone(),
+                vocabulary,
             )?;
+            self.finish(ops, &running, labels, &mut state, tokens.clone())?;
+            let logits = workspace.slice_mut(..rows * v)?;
+            let lse = state.lse.slice(tokens)?;
+            whole.dlogits(ops, dtype, logits, labels_rows, lse, &grad, vocabulary)?;
             let dlogits = workspace.slice(..rows * v)?;
             // dhidden[rows] = dlogits[rows, V] · W[V, H]: each row written once, rounded once.
             let gemm = Gemm::new(rows, h, v);
