@@ -8,24 +8,20 @@
 //!
 //!     cargo run --release --example finetune
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use kiln::models::adapters::{LoraSpec, Target};
-use kiln::models::config::ModelConfig;
 use kiln::models::data::{load_in_memory, DataOptions, DataSource};
 use kiln::models::data_plan::{Examples, LongExamples};
 use kiln::models::model::Model;
 use kiln::models::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use kiln::models::precision::Precision;
-use kiln::models::rng::SplitMix64;
+use kiln::models::random_init::save_random_model;
 use kiln::models::task::{answer, exact_match, read_task_prompts};
 use kiln::models::tokenizer::Tokenizer;
 use kiln::models::trainer::{Length, LoraOptions, RunEnd, TrainOptions, Trainer};
-use kiln::models::weights::{save, SaveDtype};
-use kiln::models::HostTensor;
 use kiln::ops::Ops;
 use kiln::runtime::Device;
 
@@ -58,35 +54,7 @@ fn tiny_model(dir: &Path) -> Result<(), Error> {
     config["vocab_size"] = vocab.into();
     std::fs::write(dir.join("config.json"), config.to_string())?;
 
-    let shapes: HashMap<String, Vec<usize>> = ModelConfig::load(dir.join("config.json"))?
-        .parameters()
-        .into_iter()
-        .collect();
-    let mut rng = SplitMix64::new(7);
-    let tensors: Vec<(String, HostTensor)> = shapes
-        .iter()
-        .map(|(name, shape)| {
-            let norm = name.ends_with("norm.weight");
-            let data = (0..shape.iter().product::<usize>())
-                .map(|_| {
-                    let u = rng.below(1 << 24) as f32 / (1 << 24) as f32 - 0.5;
-                    if norm {
-                        1.0
-                    } else {
-                        0.1 * u
-                    }
-                })
-                .collect();
-            (name.clone(), HostTensor::new(shape.clone(), data))
-        })
-        .collect();
-    let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    save(
-        dir.join("model.safetensors"),
-        &named,
-        SaveDtype::F32,
-        &BTreeMap::new(),
-    )?;
+    save_random_model(dir, 7, 0.05)?;
     Ok(())
 }
 

@@ -44,6 +44,7 @@ pub mod optim;
 pub mod packing;
 pub mod params;
 pub mod precision;
+pub mod random_init;
 pub mod rng;
 pub mod task;
 pub mod tokenizer;

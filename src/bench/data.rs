@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use kiln::models::data::{load_cached, DataOptions, DataSource};
@@ -139,27 +138,15 @@ pub fn run(args: DataBenchArgs) -> Result<String, String> {
 }
 
 fn peer(args: &DataBenchArgs, tokenizer: &Path, data: &Path, eos: u32) -> Result<Value, String> {
-    let output = Command::new(&args.python)
-        .arg(&args.peer)
-        .args(["--tokenizer", &tokenizer.display().to_string()])
-        .args(["--data", &data.display().to_string()])
-        .args(["--eos", &eos.to_string()])
-        .output()
-        .map_err(|e| format!("cannot run {} {}: {e}", args.python, args.peer.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "the peer {} failed ({}):\n{}",
-            args.peer.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .ok_or_else(|| format!("the peer printed no JSON line:\n{stdout}"))
+    let peer_args = [
+        "--tokenizer".to_string(),
+        tokenizer.display().to_string(),
+        "--data".to_string(),
+        data.display().to_string(),
+        "--eos".to_string(),
+        eos.to_string(),
+    ];
+    super::run_peer(&args.python, &args.peer, &peer_args)
 }
 
 /// About `bytes` bytes of `{"text": ...}` lines: prose-like word sequences (some capitalised,

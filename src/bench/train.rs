@@ -8,7 +8,6 @@
 //! `steps` steps after one warm-up step is reported.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kiln::models::adapters::{LoraSpec, Target};
 use kiln::models::batch::Sequence;
@@ -238,71 +237,36 @@ fn kiln_steps(
 
 /// Runs the peer script for one mode and returns its JSON line.
 fn peer_step(args: &TrainBenchArgs, model: &Path, mode: &str) -> Result<Value, String> {
-    let output = Command::new(&args.python)
-        .arg(&args.peer)
-        .args(["--model", &model.display().to_string()])
-        .args([
-            "--batch",
-            &args.batch.to_string(),
-            "--seq",
-            &args.seq.to_string(),
-        ])
-        .args(["--modes", mode, "--lora-rank", &args.lora_rank.to_string()])
-        .args(["--steps", &args.steps.to_string(), "--dtype", "float32"])
-        .output()
-        .map_err(|e| format!("cannot run {} {}: {e}", args.python, args.peer.display()))?;
-    if !output.status.success() {
-        return Err(format!(
-            "the peer {} failed ({}):\n{}",
-            args.peer.display(),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str::<Value>(l).ok())
-        .ok_or_else(|| format!("the peer printed no JSON line:\n{stdout}"))
+    let peer_args: Vec<String> = [
+        "--model",
+        &model.display().to_string(),
+        "--batch",
+        &args.batch.to_string(),
+        "--seq",
+        &args.seq.to_string(),
+        "--modes",
+        mode,
+        "--lora-rank",
+        &args.lora_rank.to_string(),
+        "--steps",
+        &args.steps.to_string(),
+        "--dtype",
+        "float32",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    super::run_peer(&args.python, &args.peer, &peer_args)
 }
 
 /// A model folder in `dir` of the config `config` with seeded random weights (uniform, standard
 /// deviation 0.02; norms 1), as the peers' speed runs use.
 fn random_model(config: &Path, dir: &Path) -> Result<(), String> {
-    use kiln::models::config::ModelConfig;
-    use kiln::models::weights::{save, SaveDtype};
-    use kiln::models::HostTensor;
     std::fs::copy(config, dir.join("config.json"))
         .map_err(|e| format!("{}: {e}", config.display()))?;
-    let parsed = ModelConfig::load(dir.join("config.json")).map_err(|e| e.to_string())?;
-    let mut rng = SplitMix64::new(5);
-    let scale = 0.02 * 3f32.sqrt() * 2.0;
-    let tensors: Vec<(String, HostTensor)> = parsed
-        .parameters()
-        .into_iter()
-        .map(|(name, shape)| {
-            let norm = name.ends_with("norm.weight");
-            let data = (0..shape.iter().product::<usize>())
-                .map(|_| {
-                    if norm {
-                        1.0
-                    } else {
-                        scale * (rng.below(1 << 24) as f32 / (1 << 24) as f32 - 0.5)
-                    }
-                })
-                .collect();
-            (name, HostTensor::new(shape, data))
-        })
-        .collect();
-    let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    save(
-        dir.join("model.safetensors"),
-        &named,
-        SaveDtype::F32,
-        &std::collections::BTreeMap::new(),
-    )
-    .map_err(|e| e.to_string())
+    // Uniform of standard deviation 0.02: half-width 0.02 · √3.
+    kiln::models::random_init::save_random_model(dir, 5, 0.02 * 3f32.sqrt())
+        .map_err(|e| e.to_string())
 }
 
 /// SmolLM2-135M-Instruct as a Hugging Face folder, imported once from the fetched GGUF.

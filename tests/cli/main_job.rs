@@ -3,13 +3,9 @@
 //! with checkpoints, resumed, merged and exported, compared with its base on held-out prompts,
 //! generated from, and its loss curve drawn.
 
-use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use kiln::models::config::ModelConfig;
-use kiln::models::rng::SplitMix64;
-use kiln::models::weights::{save, SaveDtype};
-use kiln::models::HostTensor;
+use kiln::models::random_init::save_random_model;
 
 use super::{kiln, stderr};
 
@@ -37,36 +33,7 @@ fn tiny_model(dir: &Path) {
     .unwrap();
     model["vocab_size"] = 640.into();
     std::fs::write(dir.join("config.json"), model.to_string()).unwrap();
-    let shapes: HashMap<String, Vec<usize>> = ModelConfig::load(dir.join("config.json"))
-        .unwrap()
-        .parameters()
-        .into_iter()
-        .collect();
-    let mut rng = SplitMix64::new(3);
-    let tensors: Vec<(String, HostTensor)> = shapes
-        .into_iter()
-        .map(|(name, shape)| {
-            let norm = name.ends_with("norm.weight");
-            let data = (0..shape.iter().product::<usize>())
-                .map(|_| {
-                    if norm {
-                        1.0
-                    } else {
-                        0.1 * (rng.below(1 << 24) as f32 / (1 << 24) as f32 - 0.5)
-                    }
-                })
-                .collect();
-            (name, HostTensor::new(shape, data))
-        })
-        .collect();
-    let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    save(
-        dir.join("model.safetensors"),
-        &named,
-        SaveDtype::F32,
-        &BTreeMap::new(),
-    )
-    .unwrap();
+    save_random_model(dir, 3, 0.05).unwrap();
 }
 
 fn ok(args: &[&str]) -> String {
