@@ -22,9 +22,7 @@ use serde_json::Value;
 use crate::hf::{cpu_ops, fixture_dir};
 
 fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
+    crate::repo_root().join(path)
 }
 
 fn tokenizer(folder: &str) -> Tokenizer {

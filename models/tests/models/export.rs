@@ -20,14 +20,12 @@ use kiln_models::HostTensor;
 use crate::hf::{cpu_ops, fixture_dir, load, packed, reference, FIXTURES};
 
 fn gguf_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/gguf")
-        .join(name)
+    crate::repo_root().join("tests/fixtures/gguf").join(name)
 }
 
 fn tokenizer_fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/tokenizer")
+    crate::repo_root()
+        .join("tests/fixtures/tokenizer")
         .join(name)
 }
 

@@ -7,9 +7,7 @@ use kiln_models::Error;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/gguf")
-        .join(name)
+    crate::repo_root().join("tests/fixtures/gguf").join(name)
 }
 
 fn json(name: &str) -> serde_json::Value {

@@ -23,9 +23,7 @@ pub const FIXTURES: [&str; 3] = [
 ];
 
 pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/hf")
-        .join(name)
+    crate::repo_root().join("tests/fixtures/hf").join(name)
 }
 
 /// One `Ops` on the CPU for every test (kernels compile once).
@@ -136,8 +134,13 @@ pub fn reference(name: &str) -> Reference {
 }
 
 pub fn load(name: &str, precision: Precision) -> Model {
-    Model::load(fixture_dir(name), cpu_ops(), precision)
-        .unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    load_on(&cpu_ops(), name, precision)
+}
+
+/// Fixture `name` on the device of `ops`.
+pub fn load_on(ops: &Arc<Ops>, name: &str, precision: Precision) -> Model {
+    Model::load(fixture_dir(name), ops.clone(), precision)
+        .unwrap_or_else(|e| panic!("loading {name} on {}: {e}", ops.device().name()))
 }
 
 /// Every sequence of the reference packed into one batch.
@@ -190,9 +193,11 @@ pub fn norm(v: &[f32]) -> f64 {
         .sqrt()
 }
 
-fn check(name: &str, precision: Precision) {
+fn check(ops: &Arc<Ops>, name: &str, precision: Precision) {
     let r = reference(name);
-    let model = load(name, precision);
+    let model = load_on(ops, name, precision);
+    let device = ops.device().name();
+    let name = &format!("{name} ({device})");
     let batch = packed(&model, &r);
     let got = run(&model, &batch, Pass::Train);
     let (token_tol, norm_rel) = match precision {
@@ -311,14 +316,18 @@ fn check(name: &str, precision: Precision) {
 
 #[test]
 fn f32_matches_transformers_per_token_and_per_parameter() {
-    for name in FIXTURES {
-        check(name, Precision::F32);
+    for ops in crate::devices("f32_matches_transformers") {
+        for name in FIXTURES {
+            check(&ops, name, Precision::F32);
+        }
     }
 }
 
 #[test]
 fn bf16_matches_transformers_within_bf16_tolerances() {
-    for name in FIXTURES {
-        check(name, Precision::Bf16);
+    for ops in crate::devices("bf16_matches_transformers") {
+        for name in FIXTURES {
+            check(&ops, name, Precision::Bf16);
+        }
     }
 }

@@ -7,7 +7,7 @@ use kiln_models::model::Pass;
 use kiln_models::precision::Precision;
 use serde_json::Value;
 
-use crate::hf::{fixture_dir, load, packed, reference};
+use crate::hf::{fixture_dir, load, load_on, packed, reference};
 
 fn adapter_reference(name: &str) -> Value {
     let path = fixture_dir(name).join("adapter/reference.json");
@@ -16,10 +16,15 @@ fn adapter_reference(name: &str) -> Value {
 
 #[test]
 fn merged_adapters_match_peft_per_token() {
-    for name in ["qwen2_gqa_bias_untied", "llama_mha_untied_bias"] {
+    for (ops, name) in crate::devices("merged_adapters_match_peft")
+        .into_iter()
+        .flat_map(|ops| {
+            ["qwen2_gqa_bias_untied", "llama_mha_untied_bias"].map(|n| (ops.clone(), n))
+        })
+    {
         let r = reference(name);
         let want = adapter_reference(name);
-        let mut model = load(name, Precision::F32);
+        let mut model = load_on(&ops, name, Precision::F32);
         model
             .merge_adapter(fixture_dir(name).join("adapter"))
             .unwrap();

@@ -1,4 +1,4 @@
-//! The model's own invariants, in f32 on the CPU: packing changes nothing, gradients match
+//! The model's own invariants, in f32 on the CPU (packing on every device): packing changes nothing, gradients match
 //! central finite differences, activation checkpointing gives the same gradients, generation
 //! with the KV cache equals recomputing the whole forward, and bad input is an error.
 
@@ -8,13 +8,17 @@ use kiln_models::model::{Model, Pass};
 use kiln_models::precision::{download, upload, Precision};
 use kiln_models::HostTensor;
 
-use crate::hf::{load, packed, reference, run, FIXTURES};
+use crate::hf::{load, load_on, packed, reference, run, FIXTURES};
 
 #[test]
 fn a_packed_batch_gives_each_sequence_its_own_losses() {
-    for name in FIXTURES {
+    for (ops, name) in crate::devices("a_packed_batch")
+        .into_iter()
+        .flat_map(|ops| FIXTURES.map(|name| (ops.clone(), name)))
+    {
         let r = reference(name);
-        let model = load(name, Precision::F32);
+        let model = load_on(&ops, name, Precision::F32);
+        let name = &format!("{name} ({})", ops.device().name());
         let together = run(&model, &packed(&model, &r), Pass::Train);
         for (s, seq) in r.sequences.iter().enumerate() {
             let alone = Batch::pack(&[seq], model.config.vocab).unwrap();

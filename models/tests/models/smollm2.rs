@@ -4,8 +4,6 @@
 //! `examples/data/eval.jsonl`, every per-token loss in f32, the mean loss in bf16, and a greedy
 //! chat answer. Skipped (and says so) when the GGUF is not present.
 
-use std::path::PathBuf;
-
 use kiln_models::batch::Sequence;
 use kiln_models::eval::evaluate;
 use kiln_models::generate::{GenerateOptions, Sampling};
@@ -23,7 +21,7 @@ fn smollm2_matches_transformers_and_answers() {
     let dir = tempfile::tempdir().unwrap();
     let model_dir = dir.path().join("smollm2");
     kiln_models::gguf::import(&gguf, &model_dir).unwrap();
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = crate::repo_root();
     let reference: Value = serde_json::from_str(
         &std::fs::read_to_string(root.join("tests/fixtures/smollm2/eval_reference.json")).unwrap(),
     )

@@ -11,7 +11,7 @@ use serde_json::Value;
 const FOLDERS: [&str; 3] = ["chatml", "llama3", "spm"];
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tokenizer")
+    crate::repo_root().join("tests/fixtures/tokenizer")
 }
 
 fn expected() -> Value {

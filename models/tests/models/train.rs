@@ -21,6 +21,7 @@ use kiln_models::rng::SplitMix64;
 use kiln_models::trainer::{Length, LoraOptions, RunEnd, TrainOptions, Trainer};
 use kiln_models::weights::{self, SaveDtype};
 use kiln_models::{Error, HostTensor, SafeTensors};
+use kiln_ops::Ops;
 use serde_json::Value;
 
 use crate::hf::{cpu_ops, fixture_dir};
@@ -67,7 +68,7 @@ fn torch_adamw() -> OptimizerConfig {
     }
 }
 
-fn options(
+pub fn options(
     lora: Option<LoraOptions>,
     steps: usize,
     tokens_per_step: usize,
@@ -88,7 +89,7 @@ fn options(
     }
 }
 
-fn lora_plus_from(adapter: PathBuf, dropout: f32) -> LoraOptions {
+pub fn lora_plus_from(adapter: PathBuf, dropout: f32) -> LoraOptions {
     LoraOptions {
         spec: LoraSpec {
             rank: 4,
@@ -108,8 +109,18 @@ fn trainer(
     options: TrainOptions,
     data: Vec<Sequence>,
 ) -> Trainer {
+    trainer_on(&cpu_ops(), model, precision, options, data)
+}
+
+pub fn trainer_on(
+    ops: &Arc<Ops>,
+    model: &str,
+    precision: Precision,
+    options: TrainOptions,
+    data: Vec<Sequence>,
+) -> Trainer {
     let dir = fixture_dir(model);
-    let m = Model::load(&dir, cpu_ops(), precision).unwrap();
+    let m = Model::load(&dir, ops.clone(), precision).unwrap();
     let eval = Some(data.clone());
     Trainer::new(
         m,
@@ -127,10 +138,12 @@ fn rel(got: f64, want: f64) -> f64 {
 
 /// Runs the fixture's 3 steps and checks losses, gradient norms, the loss after the last
 /// update and the sampled final weights.
-fn check_against_torch(model: &str, mode: &str, lora: Option<LoraOptions>) {
+fn check_against_torch(ops: &Arc<Ops>, model: &str, mode: &str, lora: Option<LoraOptions>) {
     let r = reference(model);
     let want = &r[mode];
-    let mut t = trainer(
+    let mode = &format!("{mode} ({})", ops.device().name());
+    let mut t = trainer_on(
+        ops,
         model,
         Precision::F32,
         options(lora, 3, 1024, 64),
@@ -190,27 +203,33 @@ fn check_against_torch(model: &str, mode: &str, lora: Option<LoraOptions>) {
 
 #[test]
 fn full_fine_tuning_reproduces_torch_adamw() {
-    for model in TRAINED {
-        check_against_torch(model, "full", None);
+    for ops in crate::devices("full_fine_tuning_reproduces_torch_adamw") {
+        for model in TRAINED {
+            check_against_torch(&ops, model, "full", None);
+        }
     }
 }
 
 #[test]
 fn lora_plus_from_a_peft_adapter_reproduces_torch_adamw() {
-    for model in TRAINED {
-        let adapter = fixture_dir(model).join("train_adapter");
-        check_against_torch(model, "lora_plus", Some(lora_plus_from(adapter, 0.0)));
+    for ops in crate::devices("lora_plus_from_a_peft_adapter_reproduces_torch_adamw") {
+        for model in TRAINED {
+            let adapter = fixture_dir(model).join("train_adapter");
+            check_against_torch(&ops, model, "lora_plus", Some(lora_plus_from(adapter, 0.0)));
+        }
     }
 }
 
 /// Gradients of the first step by name.
 fn first_gradients(
+    ops: &Arc<Ops>,
     model: &str,
     lora: Option<LoraOptions>,
     max_seq_len: usize,
 ) -> (usize, Vec<(String, Vec<f32>)>) {
     let r = reference(model);
-    let mut t = trainer(
+    let mut t = trainer_on(
+        ops,
         model,
         Precision::F32,
         options(lora, 1, 1024, max_seq_len),
@@ -222,11 +241,15 @@ fn first_gradients(
 
 #[test]
 fn one_micro_batch_and_three_give_the_same_gradients() {
-    for model in TRAINED {
+    for (ops, model) in crate::devices("one_micro_batch_and_three")
+        .into_iter()
+        .flat_map(|ops| TRAINED.map(|m| (ops.clone(), m)))
+    {
         let adapter = fixture_dir(model).join("train_adapter");
+        let device = ops.device().name();
         for lora in [None, Some(lora_plus_from(adapter, 0.0))] {
-            let (one, a) = first_gradients(model, lora.clone(), 64);
-            let (three, b) = first_gradients(model, lora.clone(), 9);
+            let (one, a) = first_gradients(&ops, model, lora.clone(), 64);
+            let (three, b) = first_gradients(&ops, model, lora.clone(), 9);
             assert_eq!((one, three), (1, 3));
             for ((name, x), (_, y)) in a.iter().zip(&b) {
                 let norm = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
@@ -240,7 +263,7 @@ fn one_micro_batch_and_three_give_the_same_gradients() {
                 if norm > 0.0 {
                     assert!(
                         diff / norm < 1e-5,
-                        "{model} {name}: |Δg|/|g| = {}",
+                        "{model} ({device}) {name}: |Δg|/|g| = {}",
                         diff / norm
                     );
                 }
@@ -250,7 +273,7 @@ fn one_micro_batch_and_three_give_the_same_gradients() {
 }
 
 /// Random sequences of 3..=12 tokens below `vocab`.
-fn random_data(n: usize, vocab: u64, seed: u64) -> Vec<Sequence> {
+pub fn random_data(n: usize, vocab: u64, seed: u64) -> Vec<Sequence> {
     let mut rng = SplitMix64::new(seed);
     (0..n)
         .map(|_| {
@@ -260,11 +283,11 @@ fn random_data(n: usize, vocab: u64, seed: u64) -> Vec<Sequence> {
         .collect()
 }
 
-fn run_to_end(t: &mut Trainer, out: &Path) -> RunEnd {
+pub fn run_to_end(t: &mut Trainer, out: &Path) -> RunEnd {
     t.run(out, &AtomicBool::new(false), |_| {}).unwrap()
 }
 
-fn losses(out: &Path) -> Vec<u64> {
+pub fn losses(out: &Path) -> Vec<u64> {
     MetricsLog::read(&out.join("metrics.jsonl"))
         .unwrap()
         .iter()
@@ -281,7 +304,11 @@ fn a_resumed_run_is_bit_identical_to_a_straight_one() {
         (Some(lora_plus_from(adapter, 0.1)), Precision::Bf16),
         (None, Precision::F32),
     ];
-    for (lora, precision) in cases {
+    for (ops, (lora, precision)) in crate::devices("a_resumed_run_is_bit_identical")
+        .into_iter()
+        .flat_map(|ops| cases.clone().map(|case| (ops.clone(), case)))
+    {
+        let label = format!("{precision} on {}", ops.device().name());
         let data = random_data(14, 256, 3);
         let mut opts = options(lora, 6, 24, 16);
         opts.optimizer.schedule = Schedule {
@@ -294,7 +321,7 @@ fn a_resumed_run_is_bit_identical_to_a_straight_one() {
         opts.save_every = 3;
         opts.keep = 1;
         let straight = tempfile::tempdir().unwrap();
-        let mut a = trainer(model, precision, opts.clone(), data.clone());
+        let mut a = trainer_on(&ops, model, precision, opts.clone(), data.clone());
         run_to_end(&mut a, straight.path());
         // keep 1: only the newest checkpoint is left.
         let kept: Vec<usize> = checkpoint::list(straight.path())
@@ -307,7 +334,7 @@ fn a_resumed_run_is_bit_identical_to_a_straight_one() {
         let resumed = tempfile::tempdir().unwrap();
         let mut first = opts.clone();
         first.length = Length::Steps(6);
-        let mut b = trainer(model, precision, first, data.clone());
+        let mut b = trainer_on(&ops, model, precision, first, data.clone());
         // Three steps, a checkpoint, then a new process's trainer resumes from it.
         for _ in 0..3 {
             b.step().unwrap();
@@ -315,7 +342,7 @@ fn a_resumed_run_is_bit_identical_to_a_straight_one() {
         let dir = b.save_checkpoint(resumed.path()).unwrap();
         // Metrics of the first half, as the interrupted run left them.
         drop(b);
-        let mut c = trainer(model, precision, opts.clone(), data.clone());
+        let mut c = trainer_on(&ops, model, precision, opts.clone(), data.clone());
         c.resume(&checkpoint::resolve(Path::new("latest"), resumed.path()).unwrap())
             .unwrap();
         assert_eq!(c.state.step, 3);
@@ -328,7 +355,7 @@ fn a_resumed_run_is_bit_identical_to_a_straight_one() {
         assert_eq!(
             a_losses[3..],
             c_losses[..],
-            "{precision}: steps 4-6 differ after the resume"
+            "{label}: steps 4-6 differ after the resume"
         );
         let (x, y) = (a.trained_tensors().unwrap(), c.trained_tensors().unwrap());
         for ((name, p), (_, q)) in x.iter().zip(&y) {
@@ -337,13 +364,13 @@ fn a_resumed_run_is_bit_identical_to_a_straight_one() {
                     .iter()
                     .zip(&q.data)
                     .all(|(u, v)| u.to_bits() == v.to_bits()),
-                "{precision}: `{name}` differs after the resume"
+                "{label}: `{name}` differs after the resume"
             );
         }
         // A resume with other settings is refused, naming the setting.
         let mut other = opts.clone();
         other.seed = 8;
-        let mut d = trainer(model, precision, other, data.clone());
+        let mut d = trainer_on(&ops, model, precision, other, data.clone());
         let latest = checkpoint::resolve(Path::new("latest"), resumed.path()).unwrap();
         assert_ne!(latest, dir, "keep 1 pruned the older checkpoint");
         let e = d.resume(&latest).unwrap_err().to_string();
@@ -369,42 +396,44 @@ fn the_loss_falls_in_a_short_lora_run_and_the_adapter_loads_back() {
     let mut opts = options(Some(lora), 20, 64, 32);
     opts.optimizer.lr = 5e-3;
     opts.eval_every = 10;
-    let out = tempfile::tempdir().unwrap();
-    let mut t = trainer(model, Precision::F32, opts, data.clone());
-    let end = run_to_end(&mut t, out.path());
-    let metrics = MetricsLog::read(&out.path().join("metrics.jsonl")).unwrap();
-    assert_eq!(metrics.len(), 20);
-    let (first, last) = (metrics[0].loss, metrics[19].loss);
-    assert!(last < 0.7 * first, "loss {first} -> {last}");
-    assert!(metrics
-        .iter()
-        .all(|m| m.grad_norm.is_finite() && m.grad_norm > 0.0));
-    assert!(metrics[9].eval_loss.is_some() && metrics[19].eval_loss.is_some());
-    assert!(metrics[0].eval_loss.is_none());
-    let RunEnd::Finished { output } = end else {
-        panic!("{end:?}")
-    };
-    assert_eq!(output, out.path().join("adapter"));
-    // The PEFT folder reads back as the same adapters, and merged into the base it gives the
-    // trained model's loss.
-    let config = t.model.config.clone();
-    let back = Lora::load_peft(&config, &output, None).unwrap();
-    assert_eq!(back.spec.targets, [Target::Q, Target::V, Target::Down]);
-    assert!(back.spec.rslora);
-    let trained = t.trained_tensors().unwrap();
-    for ((n, a), (m, b)) in back.named().iter().zip(&trained) {
-        assert_eq!(n, m);
-        assert_eq!(a.data, b.data);
+    for ops in crate::devices("the_loss_falls_in_a_short_lora_run") {
+        let out = tempfile::tempdir().unwrap();
+        let mut t = trainer_on(&ops, model, Precision::F32, opts.clone(), data.clone());
+        let end = run_to_end(&mut t, out.path());
+        let metrics = MetricsLog::read(&out.path().join("metrics.jsonl")).unwrap();
+        assert_eq!(metrics.len(), 20);
+        let (first, last) = (metrics[0].loss, metrics[19].loss);
+        assert!(last < 0.7 * first, "loss {first} -> {last}");
+        assert!(metrics
+            .iter()
+            .all(|m| m.grad_norm.is_finite() && m.grad_norm > 0.0));
+        assert!(metrics[9].eval_loss.is_some() && metrics[19].eval_loss.is_some());
+        assert!(metrics[0].eval_loss.is_none());
+        let RunEnd::Finished { output } = end else {
+            panic!("{end:?}")
+        };
+        assert_eq!(output, out.path().join("adapter"));
+        // The PEFT folder reads back as the same adapters, and merged into the base it gives the
+        // trained model's loss.
+        let config = t.model.config.clone();
+        let back = Lora::load_peft(&config, &output, None).unwrap();
+        assert_eq!(back.spec.targets, [Target::Q, Target::V, Target::Down]);
+        assert!(back.spec.rslora);
+        let trained = t.trained_tensors().unwrap();
+        for ((n, a), (m, b)) in back.named().iter().zip(&trained) {
+            assert_eq!(n, m);
+            assert_eq!(a.data, b.data);
+        }
+        let mut merged = Model::load(fixture_dir(model), ops.clone(), Precision::F32).unwrap();
+        merged.merge_adapter(&output).unwrap();
+        let (merged_eval, _) = kiln_models::eval::evaluate(&merged, &data, 64).unwrap();
+        let adapter_eval = t.evaluate().unwrap().unwrap();
+        assert!(
+            rel(merged_eval.loss, adapter_eval) < 1e-5,
+            "{} vs {adapter_eval}",
+            merged_eval.loss
+        );
     }
-    let mut merged = Model::load(fixture_dir(model), cpu_ops(), Precision::F32).unwrap();
-    merged.merge_adapter(&output).unwrap();
-    let (merged_eval, _) = kiln_models::eval::evaluate(&merged, &data, 64).unwrap();
-    let adapter_eval = t.evaluate().unwrap().unwrap();
-    assert!(
-        rel(merged_eval.loss, adapter_eval) < 1e-5,
-        "{} vs {adapter_eval}",
-        merged_eval.loss
-    );
 }
 
 #[test]
