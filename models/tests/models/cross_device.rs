@@ -13,7 +13,10 @@ use crate::train::{options, random_data, trainer_on};
 fn curve(ops: &std::sync::Arc<kiln_ops::Ops>, lora: Option<LoraOptions>) -> Vec<StepMetrics> {
     let data = random_data(40, 256, 21);
     let mut opts = options(lora.clone(), 12, 96, 16);
-    opts.optimizer.lr = if lora.is_some() { 5e-3 } else { 2e-3 };
+    // Rates at which training is stable: at 5e-3 LoRA+'s B (16x) made the gradient norm grow
+    // to ~20 by step 12, and such a chaotic run amplifies the devices' rounding differences
+    // past any tolerance by step 7 (measured on the H200).
+    opts.optimizer.lr = if lora.is_some() { 1e-3 } else { 2e-3 };
     let mut t = trainer_on(ops, "llama_gqa_tied", Precision::Bf16, opts, data);
     (0..12).map(|_| t.step().unwrap()).collect()
 }
