@@ -89,7 +89,7 @@ pub fn options(
     }
 }
 
-pub fn lora_plus_from(adapter: PathBuf, dropout: f32) -> LoraOptions {
+fn lora_plus_from(adapter: PathBuf, dropout: f32) -> LoraOptions {
     LoraOptions {
         spec: LoraSpec {
             rank: 4,
@@ -132,7 +132,7 @@ pub fn trainer_on(
     .unwrap()
 }
 
-fn rel(got: f64, want: f64) -> f64 {
+pub fn rel(got: f64, want: f64) -> f64 {
     (got - want).abs() / want.abs().max(1e-30)
 }
 
@@ -283,11 +283,11 @@ pub fn random_data(n: usize, vocab: u64, seed: u64) -> Vec<Sequence> {
         .collect()
 }
 
-pub fn run_to_end(t: &mut Trainer, out: &Path) -> RunEnd {
+fn run_to_end(t: &mut Trainer, out: &Path) -> RunEnd {
     t.run(out, &AtomicBool::new(false), |_| {}).unwrap()
 }
 
-pub fn losses(out: &Path) -> Vec<u64> {
+fn losses(out: &Path) -> Vec<u64> {
     MetricsLog::read(&out.join("metrics.jsonl"))
         .unwrap()
         .iter()
