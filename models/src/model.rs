@@ -42,10 +42,12 @@ pub enum Pass {
     TrainRecompute,
 }
 
-/// The loss of a [`Model::train_pass`].
+/// The loss of a [`Model::train_pass`], left on the device (reading it would make the host wait
+/// for the pass).
 pub struct PassLoss {
-    /// The sum of the per-token losses, as the kernel summed it.
-    pub loss_sum: f32,
+    /// f32 `[sum of the per-token losses, predicted tokens, sum of z-losses]`, as the kernels
+    /// summed them.
+    pub totals: Buffer,
     /// The number of predicted tokens.
     pub predicted: usize,
     /// The per-token losses, f32 `[tokens]` (0 where nothing is predicted), on the device.
@@ -477,11 +479,10 @@ impl Model {
             output_grad,
             true,
         )?;
-        let totals: Vec<f32> = ce.totals.download()?;
         self.backward_trunk(batch, trunk, pass, lora_seed, d_hidden, grads, lora_grads)?;
         Ok(PassLoss {
-            loss_sum: totals[0],
-            predicted: totals[1] as usize,
+            totals: ce.totals,
+            predicted: batch.predicted,
             losses: ce.losses,
         })
     }

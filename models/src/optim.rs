@@ -1,7 +1,9 @@
 //! The optimizer of training: AdamW over named f32 tensors in parameter groups (LoRA+ is a group
 //! whose learning rate is `ratio ×` the base rate), global-norm gradient clipping computed on the
-//! device, and learning-rate schedules. Every update is a Kiln kernel (`adamw.kiln`); the host
-//! only reads the gradient norm, one number per step, to decide whether the step is finite.
+//! device, and learning-rate schedules. Every update is a Kiln kernel (`adamw.kiln`), and so is
+//! the decision to skip a step whose loss or gradient is not finite: the host queues a whole
+//! step without waiting and reads its metrics (loss, norm, skipped) later
+//! ([`Optimizer::read_step`]).
 //!
 //! Each tensor has f32 moments, and f32 master weights unless the model computes in f32, in
 //! which case the model's own weights are the masters and are updated in place.
@@ -10,9 +12,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use kiln_compiler::DType;
-use kiln_ops::adamw::{AdamW, GradNorm, ParamState};
+use kiln_ops::adamw::{control, AdamW, ParamState, StepControl};
 use kiln_ops::Ops;
-use kiln_runtime::Buffer;
+use kiln_runtime::{Buffer, PendingRead};
 
 use crate::precision;
 use crate::{Error, HostTensor, Result};
@@ -156,10 +158,38 @@ struct Slot {
 /// and gradients in the order the optimizer was made with.
 pub struct Optimizer {
     pub config: OptimizerConfig,
+    adamw: AdamW,
     slots: Vec<Slot>,
-    norm: GradNorm,
-    /// Updates applied so far (AdamW's `t`; a skipped step does not count).
+    control: StepControl,
+    /// Updates applied so far (AdamW's `t`; a skipped step does not count), as of the last
+    /// step whose metrics were read ([`StepReport`]); the device's own count is ahead of it
+    /// while steps are in flight.
     pub updates: u32,
+}
+
+/// What the device decided about a step, read back after it ran.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// The sum of the step's per-token losses, as the device summed them.
+    pub loss_sum: f64,
+    /// The global L2 norm of the gradients, before clipping.
+    pub grad_norm: f64,
+    /// Whether the update was skipped (non-finite loss or gradient, or nothing to learn).
+    pub skipped: bool,
+    /// Updates applied so far, this step included.
+    pub updates: u32,
+}
+
+impl StepReport {
+    /// Decodes a control block read back from [`Optimizer::read_step`].
+    pub fn from_control(block: &[f32]) -> StepReport {
+        StepReport {
+            loss_sum: f64::from(block[control::LOSS_SUM]),
+            grad_norm: f64::from(block[control::GRAD_NORM]),
+            skipped: block[control::APPLY] == 0.0,
+            updates: block[control::UPDATES] as u32,
+        }
+    }
 }
 
 impl Optimizer {
@@ -196,10 +226,19 @@ impl Optimizer {
                 exp_avg_sq: zeros()?,
             });
         }
+        let adamw = AdamW {
+            beta1: config.beta1 as f32,
+            beta2: config.beta2 as f32,
+            eps: config.eps as f32,
+            weight_decay: config.weight_decay as f32,
+        };
+        let lens: Vec<usize> = slots.iter().map(|s| s.len).collect();
+        let control = StepControl::new(ops, &adamw, &lens, config.schedule.total.max(1))?;
         Ok(Optimizer {
             config,
+            adamw,
             slots,
-            norm: GradNorm::new(ops)?,
+            control,
             updates: 0,
         })
     }
@@ -209,45 +248,48 @@ impl Optimizer {
         self.slots.iter().map(|s| s.name.as_str())
     }
 
-    /// The global L2 norm of `grads` (before clipping), summed on the device; also leaves the
-    /// clipping factor there for [`Optimizer::apply`]. Reading the norm is the step's one
-    /// synchronisation.
-    pub fn grad_norm(&mut self, ops: &Ops, grads: &[&Buffer]) -> Result<f64> {
-        self.check_len(grads.len())?;
-        self.norm.reset()?;
-        for g in grads {
-            self.norm.add(ops, *g)?;
-        }
-        let max = self.config.max_grad_norm.map(|n| n as f32);
-        let scale = self.norm.finish(ops, max)?;
-        Ok(f64::from(scale.download::<f32>()?[1]))
+    /// Starts a step: its loss and gradient norm from zero.
+    pub fn begin_step(&mut self) -> Result<()> {
+        Ok(self.control.begin()?)
     }
 
-    /// One AdamW update of every tensor at the scheduled step `step` (1-based), with the
-    /// gradients [`Optimizer::grad_norm`] was last given, clipped by its factor. `params` are
-    /// the model's tensors (written: bf16 copies of the masters, or the f32 weights in place).
-    pub fn apply(
+    /// Adds a micro-batch's loss totals (on the device) to the step's.
+    pub fn add_loss(&mut self, ops: &Ops, totals: &Buffer) -> Result<()> {
+        Ok(self.control.add_loss(ops, totals)?)
+    }
+
+    /// Queues the step's update at the scheduled step `step` (1-based): the global norm of
+    /// `grads` and the clipping factor, then AdamW on every tensor, all on the device. The
+    /// device skips the update if the step's loss or gradient norm is not finite, or if `skip`
+    /// (nothing was predicted). `params` are the model's tensors (written: bf16 copies of the
+    /// masters, or the f32 weights in place).
+    pub fn step(
         &mut self,
         ops: &Ops,
         params: Vec<&mut Buffer>,
         grads: &[&Buffer],
         step: usize,
+        skip: bool,
     ) -> Result<()> {
         self.check_len(params.len())?;
         self.check_len(grads.len())?;
-        self.updates += 1;
+        for g in grads {
+            self.control.add_grad(ops, *g)?;
+        }
+        let max = self.config.max_grad_norm.map(|n| n as f32);
+        self.control.finish(ops, max, skip)?;
+        if skip {
+            return Ok(());
+        }
         let lr = self.config.lr * self.config.schedule.factor(step);
-        let scale = self.norm.scale();
         for ((slot, param), grad) in self.slots.iter_mut().zip(params).zip(grads) {
             let adamw = AdamW {
-                beta1: self.config.beta1 as f32,
-                beta2: self.config.beta2 as f32,
-                eps: self.config.eps as f32,
                 weight_decay: if slot.decay {
-                    self.config.weight_decay as f32
+                    self.adamw.weight_decay
                 } else {
                     0.0
                 },
+                ..self.adamw
             };
             let mut state = match &mut slot.master {
                 Some(master) => ParamState {
@@ -266,8 +308,21 @@ impl Optimizer {
                 },
             };
             let group_lr = (lr * slot.lr_multiplier) as f32;
-            adamw.update(ops, &mut state, scale, group_lr, self.updates)?;
+            adamw.update(ops, &mut state, &self.control, group_lr)?;
         }
+        Ok(())
+    }
+
+    /// Queues the read-back of the last step's decisions (decode them with
+    /// [`StepReport::from_control`]); waiting for it is the caller's choice.
+    pub fn read_step(&self) -> Result<PendingRead<f32>> {
+        Ok(self.control.control().read_later()?)
+    }
+
+    /// Sets the count of applied updates (resuming a run), on the host and the device.
+    pub fn set_updates(&mut self, updates: u32) -> Result<()> {
+        self.control.set_updates(updates)?;
+        self.updates = updates;
         Ok(())
     }
 

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::config::ModelConfig;
-use crate::rng::SplitMix64;
+use rayon::prelude::*;
+
+use crate::rng::{derive, SplitMix64};
 use crate::weights::{save, SaveDtype};
 use crate::{HostTensor, Result};
 
@@ -21,20 +23,43 @@ pub fn random_tensors(
         .parameters()
         .into_iter()
         .map(|(name, shape)| {
-            let norm = name.ends_with("norm.weight");
-            let data = (0..shape.iter().product::<usize>())
-                .map(|_| {
-                    if norm {
-                        1.0
-                    } else {
-                        let u = rng.below(1 << 24) as f32 / (1 << 24) as f32 - 0.5;
-                        2.0 * half_width * u
-                    }
-                })
-                .collect();
-            (name, HostTensor::new(shape, data))
+            let t = fill(&shape, &name, &mut rng, half_width);
+            (name, t)
         })
         .collect()
+}
+
+/// One tensor of shape `shape` named `name`, distributed as [`random_tensors`] draws it, from
+/// its own `seed`: for models too large to draw whole on the host. Drawn in parallel, in
+/// chunks of 2^20 elements with seeds derived from `seed`, so the result does not depend on
+/// the number of threads.
+pub fn random_tensor(shape: &[usize], name: &str, seed: u64, half_width: f32) -> HostTensor {
+    const CHUNK: usize = 1 << 20;
+    let len: usize = shape.iter().product();
+    let chunks: Vec<Vec<f32>> = (0..len.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let n = CHUNK.min(len - c * CHUNK);
+            let mut rng = SplitMix64::new(derive(seed, &[c as u64]));
+            fill(&[n], name, &mut rng, half_width).data
+        })
+        .collect();
+    HostTensor::new(shape.to_vec(), chunks.concat())
+}
+
+fn fill(shape: &[usize], name: &str, rng: &mut SplitMix64, half_width: f32) -> HostTensor {
+    let norm = name.ends_with("norm.weight");
+    let data = (0..shape.iter().product::<usize>())
+        .map(|_| {
+            if norm {
+                1.0
+            } else {
+                let u = rng.below(1 << 24) as f32 / (1 << 24) as f32 - 0.5;
+                2.0 * half_width * u
+            }
+        })
+        .collect();
+    HostTensor::new(shape.to_vec(), data)
 }
 
 /// Writes `dir/model.safetensors` (f32) with [`random_tensors`] of `dir/config.json`.

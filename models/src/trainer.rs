@@ -8,6 +8,9 @@
 //!     → gradients of Σ token losses / N, the step's loss, however the tokens are split
 //! norm = ‖g‖ (on the device)   skip if the loss or norm is not finite, else AdamW (clipped)
 //! ```
+//! The skip decision, the clipping and Adam's step count live on the device, so the host queues
+//! a whole step without waiting for the GPU ([`Trainer::submit`]) and reads its metrics later
+//! ([`Trainer::collect`]); [`Trainer::run`] keeps one step queued ahead of the one it reads.
 //! The trainer owns the optimizer state and the gradients; the model owns the weights it
 //! computes with (and, for LoRA, the adapters'). Everything random is derived from the seed and
 //! the step, so a checkpoint's step and data cursor are the whole random state.
@@ -17,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use kiln_runtime::Buffer;
+use kiln_runtime::{Buffer, PendingRead};
 
 use crate::adapters::{Lora, LoraSpec};
 use crate::batch::{Batch, Sequence};
@@ -26,7 +29,7 @@ use crate::data_plan::{DataPlan, Examples};
 use crate::eval::evaluate;
 use crate::metrics::{peak_resident_bytes, MetricsLog, StepMetrics};
 use crate::model::{Model, Pass};
-use crate::optim::{Optimizer, OptimizerConfig, ParamSpec};
+use crate::optim::{Optimizer, OptimizerConfig, ParamSpec, StepReport};
 use crate::params::Weights;
 use crate::rng::{derive, SplitMix64};
 use crate::weights::SafeTensors;
@@ -111,6 +114,24 @@ pub enum RunEnd {
     Interrupted { checkpoint: PathBuf },
 }
 
+/// A step queued on the device whose metrics are not read yet ([`Trainer::collect`]).
+pub struct PendingStep {
+    step: usize,
+    report: PendingRead<f32>,
+    /// Predicted and input tokens, and micro-batches, counted on the host.
+    tokens: usize,
+    input_tokens: usize,
+    micro_batches: usize,
+    submitted: Instant,
+}
+
+impl PendingStep {
+    /// The step's number (1-based).
+    pub fn step(&self) -> usize {
+        self.step
+    }
+}
+
 /// A training run.
 pub struct Trainer {
     pub model: Model,
@@ -123,6 +144,8 @@ pub struct Trainer {
     eval: Option<Vec<Sequence>>,
     pub state: TrainerState,
     pub total_steps: usize,
+    /// When the last step's metrics were read (a step's time runs from there).
+    last_collect: Option<Instant>,
 }
 
 impl Trainer {
@@ -130,8 +153,26 @@ impl Trainer {
     /// fine-tuning its f32 masters) on `examples` (fitted to `max_seq_len`: see
     /// [`Examples::prepare`]).
     pub fn new(
+        model: Model,
+        base_dir: &Path,
+        options: TrainOptions,
+        examples: Examples,
+        eval: Option<Vec<Sequence>>,
+    ) -> Result<Trainer> {
+        let mut file: Option<SafeTensors> = None;
+        let masters = |name: &str| match &file {
+            Some(f) => f.get(name),
+            None => file.insert(SafeTensors::open(base_dir)?).get(name),
+        };
+        Trainer::with_masters(model, base_dir, masters, options, examples, eval)
+    }
+
+    /// [`Trainer::new`] with full fine-tuning's f32 masters from `master(hugging_face_name)`
+    /// (a model whose weights are not in `base_dir`, e.g. drawn at random); LoRA never asks.
+    pub fn with_masters(
         mut model: Model,
         base_dir: &Path,
+        mut master: impl FnMut(&str) -> Result<HostTensor>,
         mut options: TrainOptions,
         examples: Examples,
         eval: Option<Vec<Sequence>>,
@@ -158,13 +199,12 @@ impl Trainer {
         let compute = model.precision.dtype();
         let (params, grads) = match &options.lora {
             None => {
-                let tensors = SafeTensors::open(base_dir)?;
                 let params = model
                     .weights
                     .named()
                     .into_iter()
                     .map(|(name, _)| {
-                        let initial = tensors.get(&name)?;
+                        let initial = master(&name)?;
                         Ok(ParamSpec {
                             decay: initial.shape.len() >= 2,
                             name,
@@ -219,6 +259,7 @@ impl Trainer {
             eval,
             state,
             total_steps,
+            last_collect: None,
         })
     }
 
@@ -239,8 +280,18 @@ impl Trainer {
     }
 
     /// One optimizer step on the next sequences; returns its metrics (without `eval_loss`).
+    /// Waits for the step; [`Trainer::submit`] and [`Trainer::collect`] overlap steps.
     pub fn step(&mut self) -> Result<StepMetrics> {
-        let start = Instant::now();
+        let pending = self.submit()?;
+        self.collect(pending)
+    }
+
+    /// Queues the next optimizer step on the device and returns without waiting for it: every
+    /// micro-batch's forward and backward, the loss and gradient norm, and the update, which the
+    /// device itself skips if the loss or norm is not finite. The host learns the outcome from
+    /// [`Trainer::collect`].
+    pub fn submit(&mut self) -> Result<PendingStep> {
+        let submitted = Instant::now();
         let step = self.state.step + 1;
         let data = self.plan.step(self.state.cursor);
         let vocab = self.model.config.vocab;
@@ -260,12 +311,13 @@ impl Trainer {
             Gradients::Full(g) => g.all_mut().into_iter().try_for_each(|b| b.zero())?,
             Gradients::Lora(g) => g.all_mut().into_iter().try_for_each(|b| b.zero())?,
         }
+        self.optimizer.begin_step()?;
         let pass = if self.options.recompute {
             Pass::TrainRecompute
         } else {
             Pass::Train
         };
-        let mut loss_sum = 0.0f64;
+        let ops = self.model.ops().clone();
         for (k, batch) in batches.iter().enumerate() {
             if batch.predicted() == 0 {
                 continue; // nothing to learn from; its share of the loss is zero
@@ -273,7 +325,7 @@ impl Trainer {
             if let Some(lora) = &mut self.model.lora {
                 lora.seed = derive(self.options.seed, &[0xd0, step as u64, k as u64]);
             }
-            let device_batch = batch.upload(self.model.ops())?;
+            let device_batch = batch.upload(&ops)?;
             // The step's loss is the sum over all its predicted tokens over their count.
             let token_grad = 1.0 / total as f32;
             let pass_loss = match &mut self.grads {
@@ -283,50 +335,74 @@ impl Trainer {
                         .train_pass_lora(&device_batch, pass, token_grad, g)?
                 }
             };
-            loss_sum += f64::from(pass_loss.loss_sum);
+            self.optimizer.add_loss(&ops, &pass_loss.totals)?;
         }
-        let loss = if total > 0 {
-            loss_sum / total as f64
-        } else {
-            f64::NAN
-        };
-        let ops = self.model.ops().clone();
         let grads: Vec<&Buffer> = self.grads.buffers();
-        let grad_norm = self.optimizer.grad_norm(&ops, &grads)?;
-        let skipped = !(loss.is_finite() && grad_norm.is_finite());
-        if skipped {
+        let params = trained_params(&mut self.model, &self.grads);
+        self.optimizer
+            .step(&ops, params, &grads, step, total == 0)?;
+        let report = self.optimizer.read_step()?;
+        self.state.step = step;
+        self.state.cursor = data.next;
+        Ok(PendingStep {
+            step,
+            report,
+            tokens: total,
+            input_tokens,
+            micro_batches: batches.len(),
+            submitted,
+        })
+    }
+
+    /// Waits for a step [`Trainer::submit`] queued (steps are collected in order) and returns its
+    /// metrics (without `eval_loss`). A step's time runs from the previous collect (or its
+    /// submission), so with one step queued ahead it is the device's pace.
+    pub fn collect(&mut self, pending: PendingStep) -> Result<StepMetrics> {
+        let block = pending.report.wait()?;
+        let report = StepReport::from_control(&block);
+        let now = Instant::now();
+        let since = match self.last_collect {
+            Some(t) if t > pending.submitted => t,
+            _ => pending.submitted,
+        };
+        self.last_collect = Some(now);
+        let seconds = now.duration_since(since).as_secs_f64();
+        self.state.elapsed_s += seconds;
+        if report.skipped {
             self.state.consecutive_skips += 1;
         } else {
             self.state.consecutive_skips = 0;
-            self.apply_update(step)?;
         }
-        self.state.step = step;
-        self.state.cursor = data.next;
-        self.state.updates = self.optimizer.updates;
-        ops.device().synchronize()?;
-        let seconds = start.elapsed().as_secs_f64();
-        self.state.elapsed_s += seconds;
+        self.optimizer.updates = report.updates;
+        self.state.updates = report.updates;
+        let loss = if pending.tokens > 0 {
+            report.loss_sum / pending.tokens as f64
+        } else {
+            f64::NAN
+        };
+        let device = self.model.ops().device().clone();
+        let device_peak = device.peak_memory_bytes(false)?.unwrap_or(0);
         Ok(StepMetrics {
-            step,
+            step: pending.step,
             loss,
-            grad_norm,
-            lr: self.optimizer.lr(step),
-            tokens: total,
-            input_tokens,
-            tokens_per_s: input_tokens as f64 / seconds.max(1e-9),
+            grad_norm: report.grad_norm,
+            lr: self.optimizer.lr(pending.step),
+            tokens: pending.tokens,
+            input_tokens: pending.input_tokens,
+            tokens_per_s: pending.input_tokens as f64 / seconds.max(1e-9),
             elapsed_s: self.state.elapsed_s,
-            peak_memory_bytes: peak_resident_bytes(),
-            skipped,
-            micro_batches: batches.len(),
+            peak_memory_bytes: peak_resident_bytes() + device_peak,
+            skipped: report.skipped,
+            micro_batches: pending.micro_batches,
             eval_loss: None,
         })
     }
 
-    fn apply_update(&mut self, step: usize) -> Result<()> {
-        let ops = self.model.ops().clone();
-        let grads: Vec<&Buffer> = self.grads.buffers();
-        let params = trained_params(&mut self.model, &self.grads);
-        self.optimizer.apply(&ops, params, &grads, step)
+    /// Whether the host must see step `step`'s results before queueing the next: it is
+    /// evaluated, checkpointed or the last.
+    fn needs_idle_after(&self, step: usize) -> bool {
+        let every = |n: usize| n > 0 && step % n == 0;
+        step >= self.total_steps || every(self.options.eval_every) || every(self.options.save_every)
     }
 
     /// The mean loss over the evaluation sequences, if there are any.
@@ -349,12 +425,30 @@ impl Trainer {
     ) -> Result<RunEnd> {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let mut log = MetricsLog::open(&out.join("metrics.jsonl"), self.state.step)?;
-        while self.state.step < self.total_steps {
-            if stop.load(Ordering::SeqCst) {
-                let checkpoint = self.save_checkpoint(out)?;
-                return Ok(RunEnd::Interrupted { checkpoint });
-            }
-            let mut m = self.step()?;
+        // One step queued ahead of the one being read, except where the host needs the device
+        // idle after a step (evaluation, a checkpoint, the end) and after a skipped step: a
+        // run of skips may end in a stop, whose checkpoint must be the last step logged.
+        let mut pending: Option<PendingStep> = None;
+        loop {
+            let hold = pending.as_ref().is_some_and(|p| {
+                self.needs_idle_after(p.step()) || self.state.consecutive_skips > 0
+            });
+            let next =
+                if !hold && self.state.step < self.total_steps && !stop.load(Ordering::SeqCst) {
+                    Some(self.submit()?)
+                } else {
+                    None
+                };
+            let Some(done) = pending.take() else {
+                match next {
+                    Some(n) => {
+                        pending = Some(n);
+                        continue;
+                    }
+                    None => break,
+                }
+            };
+            let mut m = self.collect(done)?;
             let every = self.options.eval_every;
             if (every > 0 && m.step % every == 0) || m.step == self.total_steps {
                 m.eval_loss = self.evaluate()?;
@@ -362,15 +456,19 @@ impl Trainer {
             log.write(&m)?;
             on_step(&m);
             if self.state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
+                // The step before this one was skipped, so nothing was queued behind it.
+                debug_assert!(next.is_none());
+                let stopped = m;
                 let checkpoint = self.save_checkpoint(out)?;
                 return Err(Error::Training(format!(
                     "steps {}..={} all had a non-finite loss or gradient norm (last: loss {}, \
-                     grad norm {}); no update was applied in them. Stopped; the weights before \
-                     them are in {} (try a lower --lr or check the data)",
-                    m.step + 1 - MAX_CONSECUTIVE_SKIPS,
-                    m.step,
-                    m.loss,
-                    m.grad_norm,
+                     grad norm {}); no update was applied in them. Stopped; the weights after \
+                     step {} are in {} (try a lower --lr or check the data)",
+                    stopped.step + 1 - MAX_CONSECUTIVE_SKIPS,
+                    stopped.step,
+                    stopped.loss,
+                    stopped.grad_norm,
+                    self.state.step,
                     checkpoint.display()
                 )));
             }
@@ -378,6 +476,12 @@ impl Trainer {
             if save_every > 0 && m.step % save_every == 0 {
                 self.save_checkpoint(out)?;
             }
+            pending = next;
+        }
+        if self.state.step < self.total_steps {
+            // Only a stop request ends the loop early.
+            let checkpoint = self.save_checkpoint(out)?;
+            return Ok(RunEnd::Interrupted { checkpoint });
         }
         let output = self.save_outputs(out)?;
         Ok(RunEnd::Finished { output })
@@ -429,7 +533,7 @@ impl Trainer {
         self.optimizer.load_masters(&ops, params, &values)?;
         let moments = checkpoint::tensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
         self.optimizer.load_moments(&ops, &moments)?;
-        self.optimizer.updates = state.updates;
+        self.optimizer.set_updates(state.updates)?;
         self.state = state;
         Ok(())
     }

@@ -1,16 +1,23 @@
-//! Fused AdamW on f32 master weights, with gradient clipping by the global norm computed on the
-//! device (no host synchronisation) and learning rates per parameter group, so LoRA+ is a group
-//! whose rate is `ratio x lr`.
+//! Fused AdamW on f32 master weights, with gradient clipping by the global norm, the decision to
+//! skip a non-finite step and Adam's bias corrections all computed on the device, so a training
+//! step queues its update without waiting for the GPU; learning rates are per parameter group,
+//! so LoRA+ is a group whose rate is `ratio x lr`.
 //!
-//! A step: [`GradNorm::new`], [`GradNorm::add`] for every gradient, [`GradNorm::finish`] (the
-//! clipping factor, on the device), then [`AdamW::update`] for every parameter tensor with its
-//! group's learning rate.
+//! A step: [`StepControl::begin`]; [`StepControl::add_loss`] for every micro-batch's loss
+//! totals; [`StepControl::add_grad`] for every gradient; [`StepControl::finish`] (the control
+//! block: clipping factor, norm, whether to apply, t and the bias corrections); then
+//! [`AdamW::update`] for every parameter tensor with its group's learning rate. The metrics
+//! are read back from [`StepControl::control`] whenever the caller likes
+//! ([`kiln_runtime::Buffer::read_later`]).
+//!
+//! Deterministic: the norm is summed from per-block partial sums in a fixed order (no float
+//! atomics), so two runs on the same device give the same updates bit for bit.
 
 use kiln_compiler::DType;
 use kiln_runtime::{Args, Buffer, BufferView, BufferViewMut};
 
 use crate::context::{expect, KernelConfig, Ops};
-use crate::Result;
+use crate::{Error, Result};
 
 const FILE: &str = "adamw.kiln";
 /// One 16-byte vector of each f32 stream per thread: the fastest measured on the H200.
@@ -18,6 +25,20 @@ const BLOCK: usize = 1024;
 const WARPS: u32 = 8;
 /// Gradient elements per program of the sum of squares.
 const SQ_SUM_BLOCK: usize = 4096;
+
+/// The fields of the control block `step_control` writes (see `adamw.kiln`).
+pub mod control {
+    pub const CLIP: usize = 0;
+    pub const GRAD_NORM: usize = 1;
+    pub const APPLY: usize = 2;
+    pub const LOSS_SUM: usize = 3;
+    pub const PREDICTED: usize = 4;
+    pub const UPDATES: usize = 5;
+    pub const BIAS1: usize = 6;
+    pub const BIAS2_SQRT: usize = 7;
+    /// Its length in f32s.
+    pub const LEN: usize = 8;
+}
 
 /// AdamW hyper-parameters shared by every group (the learning rate is per update).
 #[derive(Clone, Copy, Debug)]
@@ -54,20 +75,19 @@ pub struct ParamState<'a> {
 }
 
 impl AdamW {
-    /// Updates one tensor at step `step` (1-based) with learning rate `lr`, its gradient
-    /// multiplied by `grad_scale[0]` (the factor from [`GradNorm::finish`]). `param`,
-    /// `exp_avg` and `exp_avg_sq` are updated in place (passed to the kernel with `in_out`);
-    /// `param_copy`, if any, is overwritten with the new weights in its own type.
-    pub fn update<'a>(
+    /// Updates one tensor with learning rate `lr`, its gradient clipped, and Adam's `t` and bias
+    /// corrections taken, from `control` (the block [`StepControl::finish`] wrote); when that
+    /// says the step is skipped the kernel changes nothing. `param`, `exp_avg` and `exp_avg_sq`
+    /// are updated in place (passed to the kernel with `in_out`); `param_copy`, if any, is
+    /// overwritten with the new weights in its own type.
+    pub fn update(
         &self,
         ops: &Ops,
         state: &mut ParamState<'_>,
-        grad_scale: impl Into<BufferView<'a>>,
+        control: &StepControl,
         lr: f32,
-        step: u32,
     ) -> Result<()> {
         const OP: &str = "adamw";
-        let grad_scale = grad_scale.into();
         let n = state.param.len();
         expect(OP, "param", &state.param, DType::F32, n)?;
         expect(OP, "grad", &state.grad, DType::F32, n)?;
@@ -78,15 +98,8 @@ impl AdamW {
                 expect(OP, "param_copy", copy, DType::Bf16, n)?;
             }
         }
-        if grad_scale.dtype() != DType::F32 || grad_scale.is_empty() {
-            expect(OP, "grad_scale", &grad_scale, DType::F32, 1)?;
-        }
-        // The scalars PyTorch computes on the host, in f64, before its element loop.
-        let step = step.max(1) as i32;
-        let bias1 = 1.0 - (self.beta1 as f64).powi(step);
-        let bias2 = 1.0 - (self.beta2 as f64).powi(step);
+        // The one scalar PyTorch computes on the host that does not depend on t.
         let decay = 1.0 - lr as f64 * self.weight_decay as f64;
-        let step_size = lr as f64 / bias1;
         let kernel = if state.param_copy.is_some() {
             "adamw"
         } else {
@@ -100,13 +113,12 @@ impl AdamW {
             .input("grad", state.grad)
             .in_out("exp_avg", &mut state.exp_avg)
             .in_out("exp_avg_sq", &mut state.exp_avg_sq)
-            .input("grad_scale", grad_scale)
+            .input("control", &control.control)
             .i64("n", n as i64)
             .f32("decay", decay as f32)
-            .f32("step_size", step_size as f32)
+            .f32("lr", lr)
             .f32("beta1", self.beta1)
             .f32("beta2", self.beta2)
-            .f32("bias2_sqrt", bias2.sqrt() as f32)
             .f32("eps", self.eps);
         if let Some(copy) = &mut state.param_copy {
             config = config.elem(copy.dtype());
@@ -116,55 +128,135 @@ impl AdamW {
     }
 }
 
-/// The global gradient norm of a step, accumulated on the device.
-pub struct GradNorm {
-    sum_sq: Buffer,
-    /// `[clipping factor, norm]`, written by [`GradNorm::finish`].
-    scale: Buffer,
+/// The device-side control of optimizer steps: the step's loss and gradient norm, accumulated
+/// on the device, and the control block every [`AdamW::update`] of the step reads.
+pub struct StepControl {
+    /// One partial sum of squares per block of SQ_SUM_BLOCK gradient elements.
+    partial: Buffer,
+    /// Blocks of `partial` written this step (the next gradient's first block).
+    blocks: usize,
+    /// `[loss sum, predicted tokens]` of the step so far.
+    loss: Buffer,
+    /// The control block (see [`control`]); its t persists across steps.
+    control: Buffer,
+    /// `[_, _, 1 - beta1^t, sqrt(1 - beta2^t)]` for t = 0 ..= max_updates (t = 0 unused).
+    bias: Buffer,
+    max_updates: usize,
 }
 
-impl GradNorm {
-    /// A zeroed accumulator on `ops`' device.
-    pub fn new(ops: &Ops) -> Result<GradNorm> {
-        Ok(GradNorm {
-            sum_sq: ops.scratch(DType::F32, 1)?,
-            scale: ops.scratch(DType::F32, 2)?,
+impl StepControl {
+    /// State for steps of at most `max_updates` updates, over gradients of at most
+    /// `grad_elements` elements in all (counting each tensor's last partial block in full:
+    /// pass the tensors' lengths), with the betas of `adamw`.
+    pub fn new(
+        ops: &Ops,
+        adamw: &AdamW,
+        grad_lens: &[usize],
+        max_updates: usize,
+    ) -> Result<StepControl> {
+        let blocks: usize = grad_lens.iter().map(|n| n.div_ceil(SQ_SUM_BLOCK)).sum();
+        let mut bias = vec![0.0f32; 2 * (max_updates + 1)];
+        for t in 1..=max_updates {
+            // In f64 as torch.optim.AdamW computes them (it raises the f32-rounded betas).
+            let t32 = t as i32;
+            bias[2 * t] = (1.0 - (adamw.beta1 as f64).powi(t32)) as f32;
+            bias[2 * t + 1] = (1.0 - (adamw.beta2 as f64).powi(t32)).sqrt() as f32;
+        }
+        let device = ops.device();
+        let mut control = device.alloc(DType::F32, control::LEN)?;
+        control.zero()?;
+        let mut loss = device.alloc(DType::F32, 2)?;
+        loss.zero()?;
+        Ok(StepControl {
+            partial: device.alloc(DType::F32, blocks.max(1))?,
+            blocks: 0,
+            loss,
+            control,
+            bias: device.upload(&bias)?,
+            max_updates,
         })
     }
 
-    /// Adds `grad`'s sum of squares (f32 gradient) to the accumulator, in place.
-    pub fn add<'a>(&mut self, ops: &Ops, grad: impl Into<BufferView<'a>>) -> Result<()> {
+    /// Starts a step: no loss, no gradients yet (t carries over).
+    pub fn begin(&mut self) -> Result<()> {
+        self.blocks = 0;
+        Ok(self.loss.zero()?)
+    }
+
+    /// Adds a micro-batch's loss totals (f32 `[sum of losses, counted tokens, ..]`, as
+    /// cut cross-entropy leaves them) to the step's.
+    pub fn add_loss(&mut self, ops: &Ops, totals: &Buffer) -> Result<()> {
+        if totals.dtype() != DType::F32 || totals.len() < 2 {
+            return Err(Error::shape(
+                "step loss",
+                format!(
+                    "`totals` must be at least 2 x f32, got {} x {}",
+                    totals.len(),
+                    totals.dtype()
+                ),
+            ));
+        }
+        let config = KernelConfig::new(FILE, "step_loss_add").warps(1);
+        let args = Args::new()
+            .input("totals", totals)
+            .in_out("loss", &mut self.loss);
+        ops.launch(&config, [1, 1, 1], &args)
+    }
+
+    /// Adds `grad`'s sum of squares (f32 gradient) to the step's.
+    pub fn add_grad<'a>(&mut self, ops: &Ops, grad: impl Into<BufferView<'a>>) -> Result<()> {
         let grad = grad.into();
         expect("grad norm", "grad", &grad, DType::F32, grad.len())?;
-        let config = KernelConfig::new(FILE, "grad_sq_sum")
+        let config = KernelConfig::new(FILE, "grad_sq_partial")
             .int("BLOCK", SQ_SUM_BLOCK)
             .warps(8);
+        let programs = config.programs("BLOCK", grad.len());
+        if self.blocks + programs > self.partial.len() {
+            return Err(Error::shape(
+                "grad norm",
+                format!(
+                    "more gradient elements than the {} blocks of {SQ_SUM_BLOCK} this step control was made for",
+                    self.partial.len()
+                ),
+            ));
+        }
         let args = Args::new()
             .input("grad", grad)
-            .in_out("acc", &mut self.sum_sq)
-            .i64("n", grad.len() as i64);
-        ops.launch(&config, [config.programs("BLOCK", grad.len()), 1, 1], &args)
+            .output("partial", &mut self.partial)
+            .i64("n", grad.len() as i64)
+            .i32("first_block", self.blocks as i32);
+        ops.launch(&config, [programs, 1, 1], &args)?;
+        self.blocks += programs;
+        Ok(())
     }
 
-    /// Computes the clipping factor `min(1, max_norm / norm)` (1 when `max_norm` is `None`)
-    /// and returns the buffer `[factor, norm]` to pass to [`AdamW::update`] as `grad_scale`.
-    pub fn finish(&mut self, ops: &Ops, max_norm: Option<f32>) -> Result<&Buffer> {
-        let config = KernelConfig::new(FILE, "clip_scale").warps(1);
+    /// Writes the control block from the step's norm and loss: clipping to `max_norm` (`None`:
+    /// no clipping), applied only if both are finite and `skip` is false, t advanced if applied.
+    pub fn finish(&mut self, ops: &Ops, max_norm: Option<f32>, skip: bool) -> Result<()> {
+        let config = KernelConfig::new(FILE, "step_control")
+            .int("BLOCK", 1024)
+            .warps(8);
         let args = Args::new()
-            .input("acc", &self.sum_sq)
-            .output("scale", &mut self.scale)
-            .f32("max_norm", max_norm.unwrap_or(f32::INFINITY));
-        ops.launch(&config, [1, 1, 1], &args)?;
-        Ok(&self.scale)
+            .input("partial", &self.partial)
+            .i32("blocks", self.blocks as i32)
+            .input("loss", &self.loss)
+            .in_out("control", &mut self.control)
+            .input("bias", &self.bias)
+            .f32("max_norm", max_norm.unwrap_or(f32::INFINITY))
+            .i32("skip", i32::from(skip))
+            .i32("max_t", self.max_updates as i32);
+        ops.launch(&config, [1, 1, 1], &args)
     }
 
-    /// Zeroes the accumulator for the next step.
-    pub fn reset(&mut self) -> Result<()> {
-        Ok(self.sum_sq.zero()?)
+    /// The control block (f32, [`control::LEN`]; read it with `read_later` to log the step).
+    pub fn control(&self) -> &Buffer {
+        &self.control
     }
 
-    /// The `[factor, norm]` buffer (read it to log the norm; that synchronises).
-    pub fn scale(&self) -> &Buffer {
-        &self.scale
+    /// Sets t, the updates applied so far (resuming a run). Waits for the device.
+    pub fn set_updates(&mut self, updates: u32) -> Result<()> {
+        let mut block = self.control.download::<f32>()?;
+        block[control::UPDATES] = updates as f32;
+        Ok(self.control.write(&block)?)
     }
 }

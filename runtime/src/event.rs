@@ -54,9 +54,14 @@ impl Event {
                 Ok(stop.saturating_duration_since(*start).as_secs_f32() * 1e3)
             }
             #[cfg(feature = "cuda")]
-            (Point::Cuda(start), Point::Cuda(stop)) if self.device == end.device => start
-                .elapsed_ms(stop)
-                .map_err(|e| Error::cuda("timing events", e)),
+            (Point::Cuda(start), Point::Cuda(stop)) if self.device == end.device => {
+                if let Inner::Cuda(d) = self.device.inner() {
+                    d.count_wait();
+                }
+                start
+                    .elapsed_ms(stop)
+                    .map_err(|e| Error::cuda("timing events", e))
+            }
             #[cfg(feature = "cuda")]
             _ => Err(Error::Unsupported(format!(
                 "timing between events of different devices ({} and {})",

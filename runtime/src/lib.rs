@@ -56,7 +56,7 @@ mod kernel;
 pub mod launch;
 pub mod profile;
 
-pub use buffer::{trim_host_pool, Buffer, BufferView, BufferViewMut};
+pub use buffer::{trim_host_pool, Buffer, BufferView, BufferViewMut, PendingRead};
 pub use cache::{
     BoundsChecks, CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact,
     Specialization,

@@ -7,7 +7,7 @@
 
 use super::gpu::{err, median_ms, rand_bf16, rand_f32};
 use kiln::compiler::DType;
-use kiln::ops::adamw::{AdamW, ParamState};
+use kiln::ops::adamw::{AdamW, ParamState, StepControl};
 use kiln::ops::rmsnorm::RmsNorm;
 use kiln::ops::rope::Rope;
 use kiln::ops::{swiglu, Ops};
@@ -346,7 +346,6 @@ fn adamw(ops: &Ops, runs: usize, n: usize) -> Result<Row, String> {
     let mut exp_avg = rand_f32(dev, n, 11, 1e-3, false)?;
     let mut exp_avg_sq = rand_f32(dev, n, 12, 1e-5, true)?;
     let mut param_bf16 = alloc(dev, DType::Bf16, n)?;
-    let scale = dev.upload(&[1.0f32, 0.0]).map_err(err)?;
     let mut state = ParamState {
         param: param.view_mut(),
         grad: grad.view(),
@@ -358,9 +357,15 @@ fn adamw(ops: &Ops, runs: usize, n: usize) -> Result<Row, String> {
         weight_decay: 0.01,
         ..AdamW::default()
     };
-    let ms = median_ms(dev, runs, |i| {
+    // One finished step control (applied, t = 1) that every timed update reads.
+    let mut control = StepControl::new(ops, &adamw, &[n], 1).map_err(|e| e.to_string())?;
+    control.add_grad(ops, &grad).map_err(|e| e.to_string())?;
+    control
+        .finish(ops, None, false)
+        .map_err(|e| e.to_string())?;
+    let ms = median_ms(dev, runs, |_| {
         adamw
-            .update(ops, &mut state, &scale, 1e-5, i as u32 + 1)
+            .update(ops, &mut state, &control, 1e-5)
             .map_err(|e| e.to_string())
     })?;
     Ok(Row {

@@ -2,22 +2,30 @@
 //! transformers (+ PEFT for LoRA), eager, on the same model, shapes and machine, in one command
 //! (`../shared/bench/peer_cpu_train.py`, or `--peer SCRIPT`). Each mode runs Kiln, then the
 //! peer, so a drift in the machine's speed touches both; only the ratio of one run means much.
+//! (On the GPU, `scripts/gpu-check train` runs the GPU peers, `peer_hf.py`, in the same call.)
 //!
-//! A step is `batch` sequences of `seq` random tokens (every token real: no padding), packed
-//! into one micro-batch; forward, backward, clipping and AdamW. The median step time over
-//! `steps` steps after one warm-up step is reported.
+//! A step is `batch` x `seq` tokens, every one real (no padding), packed into one micro-batch:
+//! `--data fixed` gives `batch` sequences of exactly `seq` random tokens, `--data varlen`
+//! sequences of log-normal lengths in [32, seq] (median ~seq/4, `peer_hf.py`'s distribution)
+//! packed Best-Fit-Decreasing into steps of at most `batch` x `seq` tokens. Forward, backward,
+//! clipping and AdamW, with one step queued ahead of the one being read (as `kiln train` runs).
+//! The median over `steps` steps after one warm-up step is reported: real tokens/s, the peak
+//! memory (the device's pool on a GPU, the process's RSS on the CPU) and the model FLOPs
+//! utilisation on a GPU (against 790 TFLOP/s, the H200's dense bf16 peak).
 
 use std::path::{Path, PathBuf};
 
 use kiln::models::adapters::{LoraSpec, Target};
 use kiln::models::batch::Sequence;
+use kiln::models::config::ModelConfig;
 use kiln::models::data_plan::Examples;
 use kiln::models::metrics::peak_resident_bytes;
 use kiln::models::model::Model;
 use kiln::models::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use kiln::models::precision::Precision;
 use kiln::models::rng::SplitMix64;
-use kiln::models::trainer::{Length, LoraOptions, TrainOptions, Trainer};
+use kiln::models::trainer::{Length, LoraOptions, PendingStep, TrainOptions, Trainer};
+use kiln::models::HostTensor;
 use serde_json::Value;
 
 /// The arguments of `kiln bench train`.
@@ -58,7 +66,16 @@ pub struct TrainBenchArgs {
     /// Measure Kiln only.
     #[arg(long)]
     no_peer: bool,
+    /// The sequences: fixed (`batch` x `seq` tokens) or varlen (log-normal lengths, packed).
+    #[arg(long, default_value = "fixed", value_parser = ["fixed", "varlen"])]
+    data: String,
+    /// Recompute each layer's activations in the backward pass (activation checkpointing).
+    #[arg(long)]
+    recompute: bool,
 }
+
+/// The H200's dense bf16 tensor-core peak, the denominator of the reported MFU.
+const PEAK_FLOPS: f64 = 790e12;
 
 /// One measured configuration.
 struct Row {
@@ -68,45 +85,83 @@ struct Row {
     step_s: f64,
     tokens_per_s: f64,
     peak_bytes: Option<u64>,
+    mfu: Option<f64>,
 }
 
 pub fn run(args: TrainBenchArgs) -> Result<String, String> {
     let ops = crate::commands::device::parse_device(Some(&args.device))?;
-    let random_dir;
-    let model_dir = match (&args.model, &args.random) {
-        (Some(m), _) => m.clone(),
+    let on_gpu = ops.device().name().starts_with("cuda");
+    let folder;
+    // A random model is drawn tensor by tensor as it is uploaded (a 7B-class model never sits
+    // on the host whole); it is written to a folder only for a peer that reads one.
+    let (model_dir, random) = match (&args.model, &args.random) {
+        (Some(m), _) => (m.clone(), None),
         (None, Some(config)) => {
-            random_dir = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
-            random_model(config, random_dir.path())?;
-            random_dir.path().to_path_buf()
+            folder = tempfile::tempdir().map_err(|e| format!("a temporary folder: {e}"))?;
+            std::fs::copy(config, folder.path().join("config.json"))
+                .map_err(|e| format!("{}: {e}", config.display()))?;
+            let config = ModelConfig::load(folder.path()).map_err(|e| e.to_string())?;
+            if !args.no_peer {
+                random_model(folder.path())?;
+            }
+            (folder.path().to_path_buf(), Some(config))
         }
-        (None, None) => default_model()?,
+        (None, None) => (default_model()?, None),
     };
     let mut rows: Vec<Row> = vec![];
     let mut out = format!(
-        "kiln bench train: {} on {}, {} x {} tokens a step, LoRA r{} on all 7 projections\n",
-        model_dir.display(),
+        "kiln bench train: {} on {}, {} data, {} x {} tokens a step, LoRA r{} on all 7 \
+         projections{}\n",
+        args.random.as_ref().unwrap_or(&model_dir).display(),
         ops.device().name(),
+        args.data,
         args.batch,
         args.seq,
-        args.lora_rank
+        args.lora_rank,
+        if args.recompute {
+            ", activations recomputed"
+        } else {
+            ""
+        },
     );
+    let vocab = ModelConfig::load(&model_dir)
+        .map_err(|e| e.to_string())?
+        .vocab;
+    let sequences = bench_sequences(&args, vocab);
     for mode in &args.modes {
         if mode != "lora" && mode != "full" {
             return Err(format!("--modes: unknown mode `{mode}` (lora, full)"));
         }
         for &precision in &args.precisions {
-            let model =
-                Model::load(&model_dir, ops.clone(), precision).map_err(|e| e.to_string())?;
-            let (step_s, norm) = kiln_steps(model, &model_dir, mode, &args)?;
-            eprintln!("kiln {mode} {precision}: {step_s:.3} s a step (last grad norm {norm:.4})");
+            let model = match &random {
+                Some(config) => Model::from_tensors(config.clone(), ops.clone(), precision, |n| {
+                    Ok(random_tensor(config, n))
+                }),
+                None => Model::load(&model_dir, ops.clone(), precision),
+            }
+            .map_err(|e| e.to_string())?;
+            let flops_per_token = model_flops_per_token(&model.config, mode, &sequences);
+            ops.device()
+                .peak_memory_bytes(true)
+                .map_err(|e| e.to_string())?;
+            let kiln = kiln_steps(model, &model_dir, mode, &args, &sequences, random.as_ref())?;
+            let device_peak = ops
+                .device()
+                .peak_memory_bytes(false)
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "kiln {mode} {precision}: {:.3} s a step, {:.0} tokens/s (last grad norm {:.4}, \
+                 loss {:.4} -> {:.4})",
+                kiln.step_s, kiln.tokens_per_s, kiln.grad_norm, kiln.first_loss, kiln.last_loss
+            );
             rows.push(Row {
                 who: "kiln".into(),
                 mode: mode.clone(),
                 precision: precision.to_string(),
-                step_s,
-                tokens_per_s: (args.batch * args.seq) as f64 / step_s,
-                peak_bytes: Some(peak_resident_bytes()),
+                step_s: kiln.step_s,
+                tokens_per_s: kiln.tokens_per_s,
+                peak_bytes: Some(device_peak.unwrap_or_else(peak_resident_bytes)),
+                mfu: on_gpu.then(|| kiln.tokens_per_s * flops_per_token / PEAK_FLOPS),
             });
         }
         if !args.no_peer {
@@ -122,12 +177,13 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
                 step_s,
                 tokens_per_s: (args.batch * args.seq) as f64 / step_s,
                 peak_bytes: None,
+                mfu: None,
             });
         }
     }
     out.push_str(&format!(
-        "{:<14} {:<5} {:<5} {:>9} {:>10} {:>9} {:>12}\n",
-        "who", "mode", "prec", "step s", "tokens/s", "vs peer", "peak RSS"
+        "{:<14} {:<5} {:<5} {:>9} {:>10} {:>9} {:>12} {:>6}\n",
+        "who", "mode", "prec", "step s", "tokens/s", "vs peer", "peak memory", "MFU"
     ));
     for r in &rows {
         let peer = rows
@@ -135,7 +191,7 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
             .find(|p| p.who != "kiln" && p.mode == r.mode)
             .map(|p| r.tokens_per_s / p.tokens_per_s);
         out.push_str(&format!(
-            "{:<14} {:<5} {:<5} {:>9.3} {:>10.1} {:>9} {:>12}\n",
+            "{:<14} {:<5} {:<5} {:>9.3} {:>10.1} {:>9} {:>12} {:>6}\n",
             r.who,
             r.mode,
             r.precision,
@@ -145,26 +201,90 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
             r.peak_bytes
                 .map(|b| format!("{:.0} MiB", b as f64 / (1u64 << 20) as f64))
                 .unwrap_or_default(),
+            r.mfu
+                .map(|m| format!("{:.1}%", 100.0 * m))
+                .unwrap_or_default(),
         ));
     }
-    out.push_str(
-        "peak RSS is the Kiln process's high-water mark so far (it includes earlier rows)\n",
-    );
+    out.push_str(if on_gpu {
+        "peak memory: the device pool's high-water mark during that row's steps\n"
+    } else {
+        "peak memory: the Kiln process's RSS high-water mark so far (it includes earlier rows)\n"
+    });
     Ok(out)
 }
 
-/// Kiln's median step seconds (and the last gradient norm, a sanity check) for `mode`.
+/// The benchmark's sequences, enough for the warm-up and timed steps: `--data fixed` gives
+/// `batch` sequences of `seq` tokens a step; `--data varlen` lengths drawn log-normally (mean
+/// of the log ln(max(32, seq / 4)), deviation 0.8, clamped to [32, seq]) as `peer_hf.py` draws
+/// them. Token ids are uniform over the vocabulary.
+fn bench_sequences(args: &TrainBenchArgs, vocab: usize) -> Vec<Sequence> {
+    let mut rng = SplitMix64::new(1);
+    let step_tokens = args.batch * args.seq;
+    // Best-Fit-Decreasing leaves a little of each step empty: draw half as many again.
+    let wanted = (args.steps + 1) * step_tokens * 3 / 2;
+    let mut sequences = vec![];
+    let mut total = 0;
+    while total < wanted {
+        let len = match args.data.as_str() {
+            "varlen" => {
+                let mu = (args.seq as f64 / 4.0).max(32.0).ln();
+                // Box-Muller: one standard normal from two uniforms.
+                let (u1, u2) = (1.0 - rng.next_f64(), rng.next_f64());
+                let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                ((mu + 0.8 * z).exp() as usize).clamp(32.min(args.seq), args.seq)
+            }
+            _ => args.seq,
+        };
+        total += len;
+        sequences.push(Sequence::new(
+            (0..len).map(|_| rng.below(vocab as u64) as u32).collect(),
+        ));
+    }
+    sequences
+}
+
+/// Model FLOPs a real token costs in one training step (the convention of MFU: recomputation
+/// is not counted). Every projection and the vocabulary projection cost 2 FLOPs per weight
+/// forward, 2 for the input gradient and, when the weight is trained, 2 for its gradient;
+/// causal attention 4 x head_dim x heads per attended key and layer forward, twice that
+/// backward. LoRA's own low-rank products are left out (under 1% at rank 32).
+fn model_flops_per_token(c: &ModelConfig, mode: &str, sequences: &[Sequence]) -> f64 {
+    let (h, q, kv) = (
+        c.hidden as f64,
+        (c.heads * c.head_dim) as f64,
+        (c.kv_heads * c.head_dim) as f64,
+    );
+    let per_layer = h * q * 2.0 + h * kv * 2.0 + 3.0 * h * c.intermediate as f64;
+    let matmul = c.layers as f64 * per_layer + h * c.vocab as f64;
+    let per_weight = if mode == "full" { 6.0 } else { 4.0 };
+    // Attended keys per token: a sequence of n tokens attends n (n + 1) / 2 pairs.
+    let (pairs, tokens) = sequences.iter().fold((0.0, 0.0), |(p, t), s| {
+        let n = s.input_ids.len() as f64;
+        (p + n * (n + 1.0) / 2.0, t + n)
+    });
+    let attention = 12.0 * q * c.layers as f64 * pairs / tokens;
+    per_weight * matmul + attention
+}
+
+/// What Kiln's timed steps measured.
+struct KilnSteps {
+    step_s: f64,
+    tokens_per_s: f64,
+    grad_norm: f64,
+    first_loss: f64,
+    last_loss: f64,
+}
+
+/// Runs Kiln's warm-up and timed steps of `mode`, one queued ahead of the one being read.
 fn kiln_steps(
     model: Model,
     dir: &Path,
     mode: &str,
     args: &TrainBenchArgs,
-) -> Result<(f64, f64), String> {
-    let vocab = model.config.vocab as u64;
-    let mut rng = SplitMix64::new(1);
-    let sequences: Vec<Sequence> = (0..(args.steps + 1) * args.batch)
-        .map(|_| Sequence::new((0..args.seq).map(|_| rng.below(vocab) as u32).collect()))
-        .collect();
+    sequences: &[Sequence],
+    random: Option<&ModelConfig>,
+) -> Result<KilnSteps, String> {
     let lora = (mode == "lora").then(|| LoraOptions {
         spec: LoraSpec {
             rank: args.lora_rank,
@@ -198,31 +318,47 @@ fn kiln_steps(
         length: Length::Steps(args.steps + 1),
         warmup_steps: Some(0),
         seed: 1,
-        recompute: false,
+        recompute: args.recompute,
         eval_every: 0,
         save_every: 0,
         keep: 0,
     };
-    let examples = Examples::from_sequences(&sequences).map_err(|e| e.to_string())?;
-    let mut trainer =
-        Trainer::new(model, dir, options, examples, None).map_err(|e| e.to_string())?;
-    let mut times = vec![];
-    let mut norm = 0.0;
-    for i in 0..=args.steps {
-        let m = trainer.step().map_err(|e| e.to_string())?;
-        if !(m.grad_norm.is_finite() && m.grad_norm > 0.0) {
-            return Err(format!(
-                "kiln {mode}: step {} has gradient norm {}",
-                m.step, m.grad_norm
-            ));
+    let examples = Examples::from_sequences(sequences).map_err(|e| e.to_string())?;
+    let mut trainer = match random {
+        Some(config) => Trainer::with_masters(
+            model,
+            dir,
+            |name| Ok(random_tensor(config, name)),
+            options,
+            examples,
+            None,
+        ),
+        None => Trainer::new(model, dir, options, examples, None),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut metrics = vec![];
+    let mut pending: Option<PendingStep> = None;
+    for i in 0..=args.steps + 1 {
+        // Queue step i + 1 (1-based) before reading step i.
+        let next = if i <= args.steps {
+            Some(trainer.submit().map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        if let Some(done) = pending.take() {
+            let m = trainer.collect(done).map_err(|e| e.to_string())?;
+            if !(m.grad_norm.is_finite() && m.grad_norm > 0.0) || m.skipped {
+                return Err(format!(
+                    "kiln {mode}: step {} has gradient norm {} (skipped: {})",
+                    m.step, m.grad_norm, m.skipped
+                ));
+            }
+            if m.step == 1 {
+                kiln::runtime::profile::reset(); // KILN_PROFILE: the timed steps only
+            }
+            metrics.push(m);
         }
-        norm = m.grad_norm;
-        if i > 0 {
-            times.push(m.input_tokens as f64 / m.tokens_per_s);
-        }
-        if i == 0 {
-            kiln::runtime::profile::reset(); // KILN_PROFILE: the timed steps only
-        }
+        pending = next;
     }
     if kiln::runtime::profile::enabled() {
         eprintln!(
@@ -231,8 +367,23 @@ fn kiln_steps(
             kiln::runtime::profile::report()
         );
     }
-    times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], norm))
+    let timed = &metrics[1..];
+    let median = |mut x: Vec<f64>| {
+        x.sort_by(f64::total_cmp);
+        x[x.len() / 2]
+    };
+    Ok(KilnSteps {
+        step_s: median(
+            timed
+                .iter()
+                .map(|m| m.input_tokens as f64 / m.tokens_per_s)
+                .collect(),
+        ),
+        tokens_per_s: median(timed.iter().map(|m| m.tokens_per_s).collect()),
+        grad_norm: metrics.last().map_or(0.0, |m| m.grad_norm),
+        first_loss: metrics[0].loss,
+        last_loss: metrics.last().map_or(0.0, |m| m.loss),
+    })
 }
 
 /// Runs the peer script for one mode and returns its JSON line.
@@ -259,14 +410,40 @@ fn peer_step(args: &TrainBenchArgs, model: &Path, mode: &str) -> Result<Value, S
     super::run_peer(&args.python, &args.peer, &peer_args)
 }
 
-/// A model folder in `dir` of the config `config` with seeded random weights (uniform, standard
-/// deviation 0.02; norms 1), as the peers' speed runs use.
-fn random_model(config: &Path, dir: &Path) -> Result<(), String> {
-    std::fs::copy(config, dir.join("config.json"))
-        .map_err(|e| format!("{}: {e}", config.display()))?;
-    // Uniform of standard deviation 0.02: half-width 0.02 · √3.
-    kiln::models::random_init::save_random_model(dir, 5, 0.02 * 3f32.sqrt())
-        .map_err(|e| e.to_string())
+/// Writes `dir/model.safetensors` for `dir/config.json` with [`random_tensor`]'s weights.
+fn random_model(dir: &Path) -> Result<(), String> {
+    let config = ModelConfig::load(dir).map_err(|e| e.to_string())?;
+    let tensors: Vec<(String, HostTensor)> = config
+        .parameters()
+        .into_iter()
+        .map(|(name, _)| {
+            let t = random_tensor(&config, &name);
+            (name, t)
+        })
+        .collect();
+    let named: Vec<(&str, &HostTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    kiln::models::weights::save(
+        dir.join("model.safetensors"),
+        &named,
+        kiln::models::weights::SaveDtype::F32,
+        &Default::default(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// `name`'s tensor of a random model of `config`, as the peers' speed runs use: uniform of
+/// standard deviation 0.02 (half-width 0.02 x sqrt 3), norms 1, seeded by the name.
+fn random_tensor(config: &ModelConfig, name: &str) -> HostTensor {
+    let shape = config
+        .parameters()
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, s)| s)
+        .unwrap_or_default();
+    let seed = name
+        .bytes()
+        .fold(5u64, |h, b| kiln::models::rng::mix(h ^ b as u64));
+    kiln::models::random_init::random_tensor(&shape, name, seed, 0.02 * 3f32.sqrt())
 }
 
 /// SmolLM2-135M-Instruct as a Hugging Face folder, imported once from the fetched GGUF.

@@ -608,3 +608,59 @@ fn bad_settings_and_data_are_refused_with_the_reason() {
             .contains("40 tokens")
     );
 }
+
+/// Queued steps: the host never waits for the device inside [`Trainer::submit`] (on the GPU,
+/// every blocking wait is counted by the device), and steps queued back to back, collected
+/// later, give the losses and norms of steps run one at a time.
+#[test]
+fn submitted_steps_do_not_wait_for_the_device_and_match_steps_run_one_at_a_time() {
+    let adapter = fixture_dir("llama_gqa_tied").join("train_adapter");
+    for ops in crate::devices("submitted_steps_do_not_wait_for_the_device") {
+        let run = || {
+            trainer_on(
+                &ops,
+                "llama_gqa_tied",
+                Precision::F32,
+                options(Some(lora_plus_from(adapter.clone(), 0.0)), 4, 64, 32),
+                random_data(24, 256, 9),
+            )
+        };
+        let mut one_at_a_time = run();
+        let want: Vec<_> = (0..4).map(|_| one_at_a_time.step().unwrap()).collect();
+
+        let mut queued = run();
+        // The first step compiles the kernels and sizes the buffers: count from the second.
+        let first = queued.submit().unwrap();
+        let before = ops.device().host_waits();
+        let pending: Vec<_> = (0..3).map(|_| queued.submit().unwrap()).collect();
+        let waits = ops.device().host_waits() - before;
+        assert_eq!(
+            waits,
+            0,
+            "{}: the host waited inside submit",
+            ops.device().name()
+        );
+        let got: Vec<_> = std::iter::once(first)
+            .chain(pending)
+            .map(|p| queued.collect(p).unwrap())
+            .collect();
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((g.step, g.tokens, g.skipped), (w.step, w.tokens, w.skipped));
+            // The gradients and the update are deterministic; the loss total is summed with
+            // atomics on the GPU, so it may differ in its last bits.
+            assert_eq!(
+                g.grad_norm.to_bits(),
+                w.grad_norm.to_bits(),
+                "step {}",
+                g.step
+            );
+            assert!(
+                rel(g.loss, w.loss) < 1e-6,
+                "step {}: {} vs {}",
+                g.step,
+                g.loss,
+                w.loss
+            );
+        }
+    }
+}

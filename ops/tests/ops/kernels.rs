@@ -286,9 +286,11 @@ fn adamw_step() {
             h.f32_buf(&v0),
         );
         let mut pb = h.poisoned_bf16(n);
-        let s = h.f32_buf(&[scale]);
         let b1 = 1.0 - hp.beta1.powi(hp.step);
         let b2 = 1.0 - hp.beta2.powi(hp.step);
+        // The control block `step_control` would write: clip, norm, apply, loss, tokens, t,
+        // bias1, bias2_sqrt.
+        let control = h.f32_buf(&[scale, 1.0, 1.0, 0.0, 0.0, hp.step as f64, b1, b2.sqrt()]);
         h.launch(
             "adamw.kiln",
             "adamw",
@@ -300,13 +302,12 @@ fn adamw_step() {
                 .in_out("exp_avg", &mut m)
                 .in_out("exp_avg_sq", &mut v)
                 .output("param_copy", &mut pb)
-                .input("grad_scale", &s)
+                .input("control", &control)
                 .i64("n", n as i64)
                 .f32("decay", (1.0 - hp.lr * hp.weight_decay) as f32)
-                .f32("step_size", (hp.lr / b1) as f32)
+                .f32("lr", hp.lr as f32)
                 .f32("beta1", hp.beta1 as f32)
                 .f32("beta2", hp.beta2 as f32)
-                .f32("bias2_sqrt", b2.sqrt() as f32)
                 .f32("eps", hp.eps as f32),
         );
         h.assert_close("exp_avg", &h.read(&m), &m_ref, F32);

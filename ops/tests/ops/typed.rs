@@ -7,11 +7,12 @@ use crate::gradcheck::{added, dot, numeric_grad};
 use crate::harness::{for_each_device, Harness, Tol};
 use crate::reference as r;
 use kiln_compiler::DType;
-use kiln_ops::adamw::{AdamW, GradNorm, ParamState};
+use kiln_ops::adamw::{control as c, AdamW, ParamState, StepControl};
 use kiln_ops::embedding::Embedding;
 use kiln_ops::rmsnorm::RmsNorm;
 use kiln_ops::rope::Rope;
 use kiln_ops::{elementwise, swiglu, Error};
+use kiln_runtime::Buffer;
 
 const BF16: Tol = Tol {
     rel: 1e-2,
@@ -413,18 +414,23 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
         assert!(norm > max_norm as f64, "the test must clip");
         let factor = max_norm as f64 / (norm + 1e-6);
 
-        let mut gn = GradNorm::new(&h.ops).unwrap();
+        let mut control = StepControl::new(&h.ops, &adamw, &sizes, 4).unwrap();
         let mut bufs: Vec<[_; 4]> = tensors
             .iter()
             .map(|t| t.each_ref().map(|v| h.f32_buf(v)))
             .collect();
         let mut copies: Vec<_> = sizes.iter().map(|&n| h.poisoned_bf16(n)).collect();
+        // Two micro-batches' loss totals per step: [sum of losses, counted tokens, z-loss].
+        let totals = [h.f32_buf(&[2.5, 3.0, 0.0]), h.f32_buf(&[1.25, 2.0, 0.0])];
         for step in [1u32, 2] {
-            gn.reset().unwrap();
-            for b in &bufs {
-                gn.add(&h.ops, &b[1]).unwrap();
+            control.begin().unwrap();
+            for t in &totals {
+                control.add_loss(&h.ops, t).unwrap();
             }
-            let scale = gn.finish(&h.ops, Some(max_norm)).unwrap();
+            for b in &bufs {
+                control.add_grad(&h.ops, &b[1]).unwrap();
+            }
+            control.finish(&h.ops, Some(max_norm), false).unwrap();
             for (([p, g, m, v], copy), &lr) in bufs.iter_mut().zip(&mut copies).zip(&lrs) {
                 let mut state = ParamState {
                     param: p.view_mut(),
@@ -433,27 +439,24 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
                     exp_avg_sq: v.view_mut(),
                     param_copy: Some(copy.view_mut()),
                 };
-                adamw.update(&h.ops, &mut state, scale, lr, step).unwrap();
+                adamw.update(&h.ops, &mut state, &control, lr).unwrap();
             }
-            let got_norm = h.read(gn.scale());
-            h.assert_close(
-                "grad norm",
-                &got_norm[1..],
-                &[norm],
-                Tol {
-                    rel: 1e-5,
-                    abs: 0.0,
-                },
-            );
-            h.assert_close(
-                "clip factor",
-                &got_norm[..1],
-                &[factor],
-                Tol {
-                    rel: 1e-5,
-                    abs: 0.0,
-                },
-            );
+            let block = h.read(control.control());
+            let exact = Tol { rel: 0.0, abs: 0.0 };
+            let close = Tol {
+                rel: 1e-5,
+                abs: 0.0,
+            };
+            h.assert_close("grad norm", &block[c::GRAD_NORM..][..1], &[norm], close);
+            h.assert_close("clip factor", &block[c::CLIP..][..1], &[factor], close);
+            h.assert_close("applied", &block[c::APPLY..][..1], &[1.0], exact);
+            h.assert_close("step loss", &block[c::LOSS_SUM..][..2], &[3.75, 5.0], exact);
+            h.assert_close("t", &block[c::UPDATES..][..1], &[step as f64], exact);
+            let bias = [
+                1.0 - 0.9f64.powi(step as i32),
+                (1.0 - 0.95f64.powi(step as i32)).sqrt(),
+            ];
+            h.assert_close("bias corrections", &block[c::BIAS1..][..2], &bias, close);
         }
         for (i, t) in tensors.iter().enumerate() {
             let (mut p, mut m, mut v) = (t[0].clone(), t[2].clone(), t[3].clone());
@@ -476,6 +479,87 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
             h.assert_close("exp_avg", &h.read(&bufs[i][2]), &m, tol);
             h.assert_close("param_copy", &h.read(&copies[i]), &p, BF16);
         }
+    });
+}
+
+#[test]
+fn adamw_skips_non_finite_steps_on_the_device_and_counts_only_applied_updates() {
+    for_each_device(|h| {
+        let adamw = AdamW::default();
+        let n = 3000;
+        let (p0, g, m0, v0) = (
+            h.rand_f32(n, 1.0),
+            h.rand_f32(n, 0.5),
+            h.rand_f32(n, 0.1),
+            h.rand_f32(n, 0.01)
+                .iter()
+                .map(|x| x * x)
+                .collect::<Vec<_>>(),
+        );
+        let mut poisoned = g.clone();
+        poisoned[1234] = f64::NAN;
+        let mut control = StepControl::new(&h.ops, &adamw, &[n], 8).unwrap();
+        let [mut p, mut m, mut v] = [&p0, &m0, &v0].map(|x| h.f32_buf(x));
+        // The tensors as f32 holds them: a skipped step must leave exactly these.
+        let [p0, m0, v0] = [&p, &m, &v].map(|b| h.read(b));
+        let (good, bad) = (h.f32_buf(&g), h.f32_buf(&poisoned));
+        let totals = h.f32_buf(&[4.0, 2.0, 0.0]);
+        let lr = 1e-3;
+        let mut step =
+            |grad: &Buffer, skip: bool, p: &mut Buffer, m: &mut Buffer, v: &mut Buffer| {
+                control.begin().unwrap();
+                control.add_loss(&h.ops, &totals).unwrap();
+                control.add_grad(&h.ops, grad).unwrap();
+                control.finish(&h.ops, None, skip).unwrap();
+                let mut state = ParamState {
+                    param: p.view_mut(),
+                    grad: grad.view(),
+                    exp_avg: m.view_mut(),
+                    exp_avg_sq: v.view_mut(),
+                    param_copy: None,
+                };
+                adamw.update(&h.ops, &mut state, &control, lr).unwrap();
+                h.read(control.control())
+            };
+        let exact = Tol { rel: 0.0, abs: 0.0 };
+        // A NaN in the gradient, and a step the caller skips: nothing changes, t stays 0.
+        for (grad, skip) in [(&bad, false), (&good, true)] {
+            let block = step(grad, skip, &mut p, &mut m, &mut v);
+            assert_eq!(block[c::APPLY], 0.0, "skipped (skip = {skip})");
+            assert_eq!(block[c::UPDATES], 0.0);
+            h.assert_close("param unchanged", &h.read(&p), &p0, exact);
+            h.assert_close("exp_avg unchanged", &h.read(&m), &m0, exact);
+            h.assert_close("exp_avg_sq unchanged", &h.read(&v), &v0, exact);
+        }
+        // The first applied step is AdamW's step 1 (its bias corrections), not step 3.
+        let block = step(&good, false, &mut p, &mut m, &mut v);
+        assert_eq!(block[c::APPLY], 1.0);
+        assert_eq!(block[c::UPDATES], 1.0);
+        let (mut pw, mut mw, mut vw) = (p0.clone(), m0.clone(), v0.clone());
+        let hp = r::AdamW {
+            lr: lr as f64,
+            beta1: 0.9f32 as f64,
+            beta2: 0.999f32 as f64,
+            eps: 1e-8f32 as f64,
+            weight_decay: 0.0,
+            step: 1,
+        };
+        r::adamw(&mut pw, &g, &mut mw, &mut vw, 1.0, &hp);
+        let tol = Tol {
+            rel: 1e-5,
+            abs: 1e-6,
+        };
+        h.assert_close("param after step 1", &h.read(&p), &pw, tol);
+        h.assert_close("exp_avg_sq after step 1", &h.read(&v), &vw, tol);
+        // An infinite loss skips too.
+        let inf_totals = h.f32_buf(&[f64::INFINITY, 2.0, 0.0]);
+        control.begin().unwrap();
+        control.add_loss(&h.ops, &inf_totals).unwrap();
+        control.add_grad(&h.ops, &good).unwrap();
+        control.finish(&h.ops, None, false).unwrap();
+        let block = h.read(control.control());
+        assert_eq!(block[c::APPLY], 0.0);
+        assert_eq!(block[c::UPDATES], 1.0);
     });
 }
 

@@ -3,6 +3,7 @@
 use cudarc::driver::{CudaSlice, DevicePtr};
 
 use crate::device::cuda::CudaDevice;
+pub(super) use crate::device::staging::Pending;
 use crate::{Error, Result};
 
 pub(super) fn zeros(device: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
@@ -24,8 +25,13 @@ pub(super) fn address(slice: &CudaSlice<u8>) -> u64 {
     ptr
 }
 
+/// Uploads up to this size go through pinned staging and do not wait; larger ones (weights,
+/// loaded once) are copied synchronously rather than held twice in pinned memory.
+const STAGED_UPLOAD_MAX: usize = 16 << 20;
+
 /// Copies `slice` into `dst` (same length) and waits for the copy.
 pub(super) fn read_into(device: &CudaDevice, slice: &CudaSlice<u8>, dst: &mut [u8]) -> Result<()> {
+    device.count_wait();
     let stream = device.stream();
     stream
         .memcpy_dtoh(slice, dst)
@@ -33,9 +39,21 @@ pub(super) fn read_into(device: &CudaDevice, slice: &CudaSlice<u8>, dst: &mut [u
         .map_err(|e| Error::cuda(format!("downloading {} bytes", dst.len()), e))
 }
 
-/// Copies `src` (same length) into `slice` and waits for the copy.
+/// Queues a copy of `slice` into pinned memory; [`Pending`] waits for it.
+pub(super) fn read_later(device: &CudaDevice, slice: &CudaSlice<u8>) -> Result<Pending> {
+    device
+        .downloads()
+        .download(device.stream(), address(slice), slice.len())
+}
+
+/// Copies `src` (same length) into `slice`. Small copies are staged through pinned memory and
+/// return once queued; large ones wait for the copy.
 pub(super) fn write_from(device: &CudaDevice, slice: &mut CudaSlice<u8>, src: &[u8]) -> Result<()> {
     let stream = device.stream();
+    if src.len() <= STAGED_UPLOAD_MAX {
+        return device.uploads().upload(stream, address(slice), src);
+    }
+    device.count_wait();
     // The driver only promises that an asynchronous copy from pageable memory *may* return
     // before `src` has been read: wait, so the caller may free or reuse `src` at once.
     stream

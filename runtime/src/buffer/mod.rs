@@ -113,6 +113,26 @@ impl Buffer {
         Ok(out)
     }
 
+    /// Queues a copy of the contents to the host without waiting for it (on a GPU, into pinned
+    /// memory, ordered after the work queued so far); [`PendingRead::wait`] returns them. This is
+    /// how a training step's metrics are read a step later, so the host never stalls the GPU.
+    /// On the CPU the values are read at once.
+    pub fn read_later<T: Element>(&self) -> Result<PendingRead<T>> {
+        self.check_dtype::<T>()?;
+        let state = match &self.storage {
+            Storage::Host(_) => Pending::Ready(self.download()?),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(slice) => Pending::Cuda(
+                cuda::read_later(self.cuda_device()?, slice)?,
+                self.device.clone(),
+            ),
+        };
+        Ok(PendingRead {
+            len: self.len,
+            state,
+        })
+    }
+
     /// Overwrites the contents with `data`, which must have the buffer's element type and length.
     pub fn write<T: Element>(&mut self, data: &[T]) -> Result<()> {
         self.check_dtype::<T>()?;
@@ -181,6 +201,46 @@ fn device_of(device: &Device) -> Result<&crate::device::cuda::CudaDevice> {
         Inner::Cpu { .. } => Err(Error::Unsupported(
             "a CUDA buffer on a CPU device (internal error)".into(),
         )),
+    }
+}
+
+/// A download queued by [`Buffer::read_later`].
+pub struct PendingRead<T: Element> {
+    len: usize,
+    state: Pending<T>,
+}
+
+enum Pending<T> {
+    Ready(Vec<T>),
+    #[cfg(feature = "cuda")]
+    Cuda(cuda::Pending, Device),
+}
+
+impl<T: Element> PendingRead<T> {
+    /// Whether [`PendingRead::wait`] would return without blocking.
+    pub fn is_ready(&self) -> bool {
+        match &self.state {
+            Pending::Ready(_) => true,
+            #[cfg(feature = "cuda")]
+            Pending::Cuda(p, _) => p.is_ready(),
+        }
+    }
+
+    /// The values, waiting for the copy if it has not finished (counted in
+    /// [`Device::host_waits`] then).
+    pub fn wait(self) -> Result<Vec<T>> {
+        match self.state {
+            Pending::Ready(values) => Ok(values),
+            #[cfg(feature = "cuda")]
+            Pending::Cuda(pending, device) => {
+                if !pending.is_ready() {
+                    device_of(&device)?.count_wait();
+                }
+                let mut out = vec![zeroed::<T>(); self.len];
+                pending.wait_into(as_bytes_mut(&mut out))?;
+                Ok(out)
+            }
+        }
     }
 }
 

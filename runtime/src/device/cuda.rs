@@ -1,9 +1,12 @@
 //! A CUDA GPU: its context and the one stream all of the runtime's work goes to.
 
 use std::panic::catch_unwind;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaContext, CudaStream};
+
+use super::staging::Pool;
 
 use crate::{Error, Result};
 
@@ -16,6 +19,11 @@ pub(crate) struct CudaDevice {
     compute_capability: (u32, u32),
     /// cuBLASLt's handle, workspace and algorithm cache, made by the first GEMM.
     gemm: crate::gemm::cublaslt::Slot,
+    /// Pinned slots for uploads that do not wait, and for downloads read later.
+    uploads: Arc<Pool>,
+    downloads: Arc<Pool>,
+    /// Times the host has blocked on this device's work (see [`crate::Device::host_waits`]).
+    host_waits: AtomicU64,
 }
 
 impl CudaDevice {
@@ -36,11 +44,14 @@ impl CudaDevice {
         // runs before any buffer of this context is created by us.
         unsafe { ctx.disable_event_tracking() };
         Ok(CudaDevice {
+            uploads: Pool::uploads(&ctx),
+            downloads: Pool::downloads(&ctx),
             ctx,
             stream,
             name,
             compute_capability: (major.max(0) as u32, minor.max(0) as u32),
             gemm: Default::default(),
+            host_waits: AtomicU64::new(0),
         })
     }
 
@@ -75,7 +86,62 @@ impl CudaDevice {
         &self.gemm
     }
 
+    pub(crate) fn uploads(&self) -> &Pool {
+        &self.uploads
+    }
+
+    pub(crate) fn downloads(&self) -> &Arc<Pool> {
+        &self.downloads
+    }
+
+    /// Counts one wait of the host for the device's work.
+    pub(crate) fn count_wait(&self) {
+        self.host_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn host_waits(&self) -> u64 {
+        self.host_waits.load(Ordering::Relaxed)
+    }
+
+    /// The high-water mark of the bytes allocated from the device's memory pool (every buffer
+    /// of this runtime is allocated from it, stream-ordered), and a reset of it.
+    pub(crate) fn pool_high_water(&self, reset: bool) -> Result<u64> {
+        let failed = |e: sys::CUresult| {
+            Error::cuda(
+                format!("querying the memory pool of cuda:{}", self.ordinal()),
+                cudarc::driver::DriverError(e),
+            )
+        };
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| Error::cuda("binding the CUDA context", e))?;
+        let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+        // SAFETY: plain queries of the device's default pool into locals of the right types.
+        unsafe {
+            let r = sys::cuDeviceGetDefaultMemPool(&mut pool, self.ctx.cu_device());
+            if r != sys::CUresult::CUDA_SUCCESS {
+                return Err(failed(r));
+            }
+            let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+            let mut high: u64 = 0;
+            let r = sys::cuMemPoolGetAttribute(pool, attr, &mut high as *mut u64 as *mut _);
+            if r != sys::CUresult::CUDA_SUCCESS {
+                return Err(failed(r));
+            }
+            if reset {
+                // The only value the driver accepts: 0 resets the mark to the current use.
+                let mut zero: u64 = 0;
+                let r = sys::cuMemPoolSetAttribute(pool, attr, &mut zero as *mut u64 as *mut _);
+                if r != sys::CUresult::CUDA_SUCCESS {
+                    return Err(failed(r));
+                }
+            }
+            Ok(high)
+        }
+    }
+
     pub(crate) fn synchronize(&self) -> Result<()> {
+        self.count_wait();
         self.stream
             .synchronize()
             .map_err(|e| Error::cuda(format!("synchronizing cuda:{}", self.ordinal()), e))

@@ -2,6 +2,8 @@
 
 #[cfg(feature = "cuda")]
 pub(crate) mod cuda;
+#[cfg(feature = "cuda")]
+pub(crate) mod staging;
 
 use std::fmt;
 use std::sync::Arc;
@@ -163,6 +165,32 @@ impl Device {
             Inner::Cpu { .. } => Ok(()),
             #[cfg(feature = "cuda")]
             Inner::Cuda(d) => d.synchronize(),
+        }
+    }
+
+    /// How many times the host has blocked until this device's queued work finished: every
+    /// [`Device::synchronize`], [`Buffer::download`], upload too large to stage, timing of
+    /// [`Event`]s, and [`crate::PendingRead::wait`] that found its copy unfinished. Always 0 on
+    /// the CPU, where there is no queue. A training step that keeps the GPU busy adds none.
+    pub fn host_waits(&self) -> u64 {
+        match &*self.inner {
+            Inner::Cpu { .. } => 0,
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.host_waits(),
+        }
+    }
+
+    /// The most bytes of device memory this runtime's buffers (and cuBLASLt's workspace) held
+    /// at once since the device was opened or the last reset (`reset`: start a new mark).
+    /// `None` on the CPU.
+    pub fn peak_memory_bytes(&self, reset: bool) -> Result<Option<u64>> {
+        match &*self.inner {
+            Inner::Cpu { .. } => {
+                let _ = reset;
+                Ok(None)
+            }
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => d.pool_high_water(reset).map(Some),
         }
     }
 
