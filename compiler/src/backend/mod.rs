@@ -43,3 +43,68 @@ impl AccessKind {
         }
     }
 }
+
+/// The IR of `k` annotated with what the backends decide for each instruction before they emit
+/// code (`kiln compile --emit layouts`): after `gpu:`, the layout of each tile, the width of
+/// each memory access, the path of each `dot` (FMA loop, `mma.sync` or `wgmma`) and the
+/// pipeline of each loop, for the options `gpu`; after `cpu:`, which tiles Cranelift fuses into
+/// their users and which loops run four lanes at a time. Where an optimisation the GPU options
+/// ask for does not apply, a `note:` line says which and why. The text still parses as IR.
+pub fn print_layouts(
+    k: &crate::ir::Kernel,
+    #[cfg(feature = "nvptx")] gpu: Option<&nvptx::PtxOptions>,
+) -> String {
+    let cpu = cranelift::Annotations::new(k);
+    #[cfg(feature = "nvptx")]
+    let gpu = gpu.map(|o| nvptx::Annotations::new(k, o));
+    #[cfg(not(feature = "nvptx"))]
+    let gpu: Option<NoGpu> = None;
+    let mut out = String::from("; layouts: ");
+    if let Some(g) = &gpu {
+        out += &format!("gpu {} | ", g.header());
+    }
+    out += "cpu cranelift\n";
+    for n in gpu.iter().flat_map(|g| g.kernel_notes()) {
+        out += &format!("; note: {n}\n");
+    }
+    out += &crate::ir::print_kernel_annotated(k, &mut |inst| {
+        let facts: Vec<String> = [
+            gpu.as_ref()
+                .and_then(|g| g.facts(inst))
+                .map(|f| format!("gpu: {f}")),
+            cpu.facts(inst).map(|f| format!("cpu: {f}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let mut lines = vec![];
+        if !facts.is_empty() {
+            lines.push(facts.join(" | "));
+        }
+        if let Some(g) = &gpu {
+            lines.extend(g.notes(inst).map(|n| format!("note: {n}")));
+        }
+        lines
+    });
+    out
+}
+
+/// Stands for the GPU annotations in a build without the GPU backend.
+#[cfg(not(feature = "nvptx"))]
+struct NoGpu;
+
+#[cfg(not(feature = "nvptx"))]
+impl NoGpu {
+    fn header(&self) -> &str {
+        ""
+    }
+    fn kernel_notes(&self) -> std::iter::Empty<&str> {
+        std::iter::empty()
+    }
+    fn facts(&self, _: &crate::ir::Inst) -> Option<String> {
+        None
+    }
+    fn notes(&self, _: &crate::ir::Inst) -> std::iter::Empty<&str> {
+        std::iter::empty()
+    }
+}
