@@ -820,11 +820,19 @@ impl Checker<'_> {
                     match v {
                         Val::Const(c) if c.weak || c.dtype == d => Val::Const(c.cast(d)),
                         other if self.dtype_of(&other) == Some(d) => other,
+                        // Widened as a binary operation widens its operands.
+                        other
+                            if self
+                                .dtype_of(&other)
+                                .is_some_and(|from| super::rules::promote(from, d) == Ok(d)) =>
+                        {
+                            Val::tile(self.scalar_operand(&other, d, s)?)
+                        }
                         other => {
                             return Err(Diagnostic::new(
                                 s,
                                 format!(
-                                    "`{}` expects `{d}` for `{}`, found {}",
+                                    "`{}` expects `{d}` for `{}`, found {}; cast it with `as {d}`",
                                     f.name.name,
                                     p.name.name,
                                     self.describe(&other)
