@@ -102,3 +102,20 @@ mod gpu {
         assert!(llvm.contains("select i1"), "{llvm}");
     }
 }
+
+/// The README says how data of each element type moves between Rust and a kernel (bf16 as
+/// `half::bf16` slices), names every `DType`, and documents `--emit layouts` and
+/// `--print-after-all`.
+#[test]
+fn the_readme_documents_the_rust_side_types_and_the_decision_printers() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    assert!(readme.contains("`half::bf16` slices"));
+    for d in kiln_compiler::DType::ALL {
+        assert!(readme.contains(&format!("`DType::{d:?}`")), "DType::{d:?}");
+        assert!(readme.contains(&format!("`{}`", d.name())), "{}", d.name());
+    }
+    for flag in ["--emit layouts", "--print-after-all", "`-v`"] {
+        assert!(readme.contains(flag), "{flag}");
+    }
+}
