@@ -149,7 +149,7 @@ fn output(f: &CheckFile) -> String {
     match f.emit.as_str() {
         "layouts" => kernels
             .iter()
-            .map(|k| kiln_compiler::backend::print_layouts(k, Some(&opts(k))))
+            .map(|k| kiln_compiler::backend::print_layouts_gpu(k, &opts(k)))
             .collect::<Vec<_>>()
             .join("\n"),
         _ => {

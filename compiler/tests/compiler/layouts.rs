@@ -37,7 +37,7 @@ fn layouts(k: &kiln_compiler::ir::Kernel) -> String {
         num_stages: 3,
         ..PtxOptions::new(Arch::Sm90a, 4)
     };
-    kiln_compiler::backend::print_layouts(k, Some(&opts))
+    kiln_compiler::backend::print_layouts_gpu(k, &opts)
 }
 
 #[cfg(not(feature = "nvptx"))]

@@ -3,7 +3,7 @@
 //! [`AxisAnalysis`]), whether each `dot` runs as an FMA loop, `mma.sync` or `wgmma`, and how
 //! each loop is pipelined (see `pipeline`). The lowering reads its choices from here, and
 //! [`Annotations`] prints the same facts next to the IR (`kiln compile --emit layouts`, through
-//! `backend::print_layouts`), so what is printed is what is compiled.
+//! `backend::print_layouts_gpu`), so what is printed is what is compiled.
 //!
 //! Where an optimisation the options ask for does not apply (loop pipelining with
 //! `num_stages > 1`, vector accesses with alignment specialisation, `wgmma` on sm_90a), a
