@@ -165,9 +165,7 @@ fn aligned_mask(k: &ir::Kernel, ints: Option<&[String]>) -> u64 {
     k.params
         .iter()
         .enumerate()
-        .filter(|(_, p)| {
-            matches!(p.kind, ir::ParamKind::Ptr { .. }) || ints.iter().any(|n| *n == p.name)
-        })
+        .filter(|(_, p)| matches!(p.kind, ir::ParamKind::Ptr { .. }) || ints.contains(&p.name))
         .fold(0, |m, (i, _)| m | 1 << i)
 }
 
