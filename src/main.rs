@@ -38,17 +38,26 @@ enum Command {
         /// Print the IR as the checker produced it, before any pass.
         #[arg(long)]
         no_passes: bool,
-        /// GPU target for `--emit llvm|ptx`: sm_80, sm_90 or sm_90a (H100/H200, with `wgmma`).
+        /// Print the IR after each pass of the pass list (widen_offsets, cse, dce) to stderr,
+        /// starting with the checker's, each headed by `; after NAME`.
+        #[arg(long)]
+        print_after_all: bool,
+        /// Say on stderr which optimisations the GPU options ask for do not apply, and why
+        /// (`--num-stages`, `--aligned`, `wgmma` on sm_90a); `--emit layouts` shows them inline.
+        #[arg(short, long)]
+        verbose: bool,
+        /// GPU target for `--emit layouts|llvm|ptx`: sm_80, sm_90 or sm_90a (H100/H200, with
+        /// `wgmma`).
         #[arg(long, default_value = "sm_90")]
         arch: String,
-        /// Warps per program for `--emit llvm|ptx`.
+        /// Warps per program for `--emit layouts|llvm|ptx`.
         #[arg(long, default_value_t = 4)]
         num_warps: u32,
-        /// For `--emit llvm|ptx`: stages of the software pipeline of loops that load tiles for
+        /// For `--emit layouts|llvm|ptx`: stages of the software pipeline of loops that load tiles for
         /// tensor-core dots (1: no pipelining).
         #[arg(long, default_value_t = 1)]
         num_stages: u32,
-        /// For `--emit llvm|ptx`: compile as a launch whose pointers are all 16-byte aligned
+        /// For `--emit layouts|llvm|ptx`: compile as a launch whose pointers are all 16-byte aligned
         /// and whose integer parameters named here are multiples of 16 (`--aligned n,vocab`),
         /// the specialisation that enables 16-byte vector loads and stores.
         #[arg(long, value_name = "INT_PARAMS", num_args = 0..=1, default_missing_value = "")]
@@ -132,6 +141,10 @@ enum Emit {
     Ast,
     /// The tile IR.
     Ir,
+    /// The tile IR annotated with the backends' decisions: each tile's GPU layout, the width
+    /// of each memory access, `mma.sync`/`wgmma`/FMA for each `dot`, each loop's pipeline,
+    /// Cranelift's fusion and four-lane loops, and notes on what does not apply.
+    Layouts,
     /// Cranelift IR (the CPU backend).
     Clif,
     /// LLVM IR for NVPTX, after optimisation.
@@ -211,6 +224,8 @@ fn run(cli: Cli) -> Result<String, String> {
             define,
             kernel,
             no_passes,
+            print_after_all,
+            verbose,
             arch,
             num_warps,
             num_stages,
@@ -220,40 +235,60 @@ fn run(cli: Cli) -> Result<String, String> {
                 .map_err(|e| format!("error: cannot read {}: {e}", file.display()))?;
             let src = Source::new(file.display().to_string(), text);
             let defines = parse_defines(&define)?;
-            match emit {
-                Emit::Ast => {
-                    let module = compiler::parse(&src).map_err(|e| e.to_string())?;
-                    Ok(compiler::syntax::print_module(&module))
+            if let Emit::Ast = emit {
+                let module = compiler::parse(&src).map_err(|e| e.to_string())?;
+                return Ok(compiler::syntax::print_module(&module));
+            }
+            let checked = compiler::check(&src, &defines).map_err(|e| e.to_string())?;
+            let checked: Vec<_> = select(&checked, kernel.as_deref())?
+                .into_iter()
+                .cloned()
+                .collect();
+            if print_after_all {
+                let listing: Vec<String> = checked
+                    .iter()
+                    .map(compiler::passes::print_after_all)
+                    .collect();
+                eprint!("{}", listing.join("\n"));
+            }
+            let mut kernels = checked;
+            if !no_passes {
+                for k in &mut kernels {
+                    compiler::passes::run_all(k);
                 }
-                Emit::Clif | Emit::Llvm | Emit::Ptx => {
-                    let kernels =
-                        compiler::compile_to_ir(&src, &defines).map_err(|e| e.to_string())?;
+            }
+            let target = GpuTarget {
+                arch: &arch,
+                num_warps,
+                num_stages,
+                aligned: aligned.as_deref(),
+                verbose,
+            };
+            match emit {
+                Emit::Ast => unreachable!("printed above"),
+                Emit::Ir => Ok(kernels
+                    .iter()
+                    .map(compiler::ir::print_kernel)
+                    .collect::<Vec<_>>()
+                    .join("\n")),
+                Emit::Layouts => {
                     let mut out = vec![];
-                    for k in select(&kernels, kernel.as_deref())? {
-                        let target = GpuTarget {
-                            arch: &arch,
-                            num_warps,
-                            num_stages,
-                            divisible_by_16: aligned_mask(k, aligned.as_deref())?,
-                        };
-                        out.push(backend_text(k, emit, &target)?);
+                    for k in &kernels {
+                        out.push(layouts(k, &target)?);
                     }
                     Ok(out.join("\n"))
                 }
-                Emit::Ir => {
-                    let kernels = if no_passes {
-                        compiler::check(&src, &defines)
-                    } else {
-                        compiler::compile_to_ir(&src, &defines)
+                Emit::Clif => {
+                    let mut out = vec![];
+                    for k in &kernels {
+                        out.push(
+                            compiler::backend::cranelift::emit_clif(k, Default::default())
+                                .map_err(|e| format!("error: {e}"))?,
+                        );
                     }
-                    .map_err(|e| e.to_string())?;
-                    let selected = select(&kernels, kernel.as_deref())?;
-                    Ok(selected
-                        .iter()
-                        .map(|k| compiler::ir::print_kernel(k))
-                        .collect::<Vec<_>>()
-                        .join("\n"))
+                    Ok(out.join("\n"))
                 }
+                Emit::Llvm | Emit::Ptx => gpu_text(&kernels, emit, &target),
             }
         }
     }
@@ -264,40 +299,90 @@ struct GpuTarget<'a> {
     arch: &'a str,
     num_warps: u32,
     num_stages: u32,
-    divisible_by_16: u64,
+    /// `--aligned`'s integer parameters (`Some("")`: pointers only).
+    aligned: Option<&'a str>,
+    verbose: bool,
 }
 
-fn backend_text(
-    k: &compiler::ir::Kernel,
-    emit: Emit,
-    target: &GpuTarget<'_>,
-) -> Result<String, String> {
-    let err = |e: compiler::backend::BackendError| format!("error: {e}");
-    if let Emit::Clif = emit {
-        return compiler::backend::cranelift::emit_clif(k, Default::default()).map_err(err);
-    }
-    #[cfg(feature = "cuda")]
-    {
-        use compiler::backend::nvptx::{self, Arch, PtxOptions};
-        let arch = Arch::from_name(target.arch).ok_or_else(|| {
+#[cfg(feature = "cuda")]
+impl GpuTarget<'_> {
+    /// The options kernel `k` is compiled with.
+    fn options(
+        &self,
+        k: &compiler::ir::Kernel,
+    ) -> Result<compiler::backend::nvptx::PtxOptions, String> {
+        use compiler::backend::nvptx::{Arch, PtxOptions};
+        let arch = Arch::from_name(self.arch).ok_or_else(|| {
             format!(
                 "error: unknown --arch `{}` (sm_80, sm_90 or sm_90a)",
-                target.arch
+                self.arch
             )
         })?;
-        let opts = PtxOptions {
-            divisible_by_16: target.divisible_by_16,
-            num_stages: target.num_stages.max(1),
-            ..PtxOptions::new(arch, target.num_warps)
-        };
-        match emit {
-            Emit::Llvm => nvptx::emit_llvm(k, &opts).map_err(err),
-            _ => nvptx::compile_ptx(k, &opts).map(|p| p.ptx).map_err(err),
-        }
+        Ok(PtxOptions {
+            divisible_by_16: aligned_mask(k, self.aligned)?,
+            num_stages: self.num_stages.max(1),
+            ..PtxOptions::new(arch, self.num_warps)
+        })
+    }
+}
+
+/// `--emit layouts` for one kernel.
+fn layouts(k: &compiler::ir::Kernel, target: &GpuTarget<'_>) -> Result<String, String> {
+    #[cfg(feature = "cuda")]
+    {
+        let opts = target.options(k)?;
+        Ok(compiler::backend::print_layouts_gpu(k, &opts))
     }
     #[cfg(not(feature = "cuda"))]
     {
         let _ = target;
+        Ok(compiler::backend::print_layouts(k))
+    }
+}
+
+/// `--emit llvm|ptx`: LLVM IR one module per kernel; PTX as one module of every kernel (one
+/// `.entry` each), which `ptxas` takes as it is. With `-v`, the notes on optimisations that do
+/// not apply go to stderr; without, a line says how many there are.
+fn gpu_text(
+    kernels: &[compiler::ir::Kernel],
+    emit: Emit,
+    target: &GpuTarget<'_>,
+) -> Result<String, String> {
+    #[cfg(feature = "cuda")]
+    {
+        use compiler::backend::nvptx;
+        let err = |e: compiler::backend::BackendError| format!("error: {e}");
+        let mut compiled = vec![];
+        let mut notes = vec![];
+        for k in kernels {
+            let opts = target.options(k)?;
+            notes.extend(nvptx::render_notes(k, &opts));
+            compiled.push((k, opts));
+        }
+        if target.verbose {
+            for n in &notes {
+                eprintln!("note: {n}");
+            }
+        } else if !notes.is_empty() {
+            eprintln!(
+                "note: {} of the optimisations asked for do not apply; -v says which and why",
+                notes.len()
+            );
+        }
+        match emit {
+            Emit::Llvm => {
+                let mut out = vec![];
+                for (k, opts) in &compiled {
+                    out.push(nvptx::emit_llvm(k, opts).map_err(err)?);
+                }
+                Ok(out.join("\n"))
+            }
+            _ => nvptx::compile_ptx_module(&compiled).map_err(err),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (kernels, emit, target);
         Err("error: this kiln was built without the GPU backend (feature `cuda`)".into())
     }
 }

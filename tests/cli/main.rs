@@ -1,12 +1,14 @@
 //! The `kiln` command line, run as a user runs it: `kiln eval` on the committed Hugging Face
 //! fixtures against their float64 references, and bad input (a malformed config, a missing
-//! tensor, a token id past the vocabulary) exiting 1 with a message that names the file.
+//! tensor, a token id past the vocabulary) exiting 1 with a message that names the file; `kiln
+//! compile`'s decision printers (`compile`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod compile;
 mod main_job;
 mod train;
 

@@ -20,16 +20,20 @@
 //! - `load` with a mask reads only where the mask is true and yields `other` elsewhere (zero when
 //!   there is no `other`); `store` and `atomic_add` with a mask write only where it is true.
 //! - `exp`, `log`, ... may use hardware approximations whose error is within a few ulp of f32.
+//! - A `for` whose step is 0 or negative (known only at run time: the checker refuses such a
+//!   constant) runs its body zero times: its results are its initial values.
 
 mod builder;
+mod defuse;
 mod parser;
 mod printer;
 mod provenance;
 mod verify;
 
 pub use builder::Builder;
+pub use defuse::{DefUse, Site, Use, UseKind};
 pub use parser::{parse_kernel, IrParseError};
-pub use printer::print_kernel;
+pub use printer::{print_kernel, print_kernel_annotated, value_names, Annotator};
 pub use provenance::{ParamSet, Provenance};
 pub use verify::{verify, VerifyError};
 
@@ -382,7 +386,8 @@ pub enum Op {
         b: Value,
         acc: Value,
     },
-    /// `for iv in lo..hi step step`, iv an i32 or i64 scalar, step > 0. `body.args` are the
+    /// `for iv in lo..hi step step`, iv an i32 or i64 scalar; a step <= 0 runs the body zero
+    /// times (see the module docs). `body.args` are the
     /// induction variable followed by the carried values, initialised from `init`; the body ends
     /// with a `yield` of the next carried values; the results are the final carried values.
     For {

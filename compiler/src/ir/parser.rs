@@ -16,13 +16,14 @@ pub struct IrParseError {
     pub message: String,
 }
 
-/// Parses one kernel in the IR text form. Lines starting with `;` are comments.
+/// Parses one kernel in the IR text form. A `;` starts a comment that runs to the end of the
+/// line (the annotations of `--emit layouts` are comments).
 pub fn parse_kernel(text: &str) -> Result<Kernel, IrParseError> {
     let lines: Vec<(usize, &str)> = text
         .lines()
         .enumerate()
-        .map(|(i, l)| (i + 1, l.trim()))
-        .filter(|(_, l)| !l.is_empty() && !l.starts_with(';'))
+        .map(|(i, l)| (i + 1, l.split(';').next().unwrap_or("").trim()))
+        .filter(|(_, l)| !l.is_empty())
         .collect();
     let mut p = IrParser {
         lines,

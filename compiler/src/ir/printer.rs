@@ -16,24 +16,51 @@ use std::fmt::Write;
 
 /// Prints a kernel in the IR text form.
 pub fn print_kernel(k: &Kernel) -> String {
-    let mut p = Printer {
-        kernel: k,
-        names: HashMap::new(),
-        next: 0,
-        out: String::new(),
-    };
+    let mut p = Printer::new(k, None);
     p.kernel();
     p.out
 }
 
-struct Printer<'a> {
+/// What an annotator says about one instruction: comment lines for [`print_kernel_annotated`].
+pub type Annotator<'f> = dyn FnMut(&Inst) -> Vec<String> + 'f;
+
+/// Prints a kernel in the IR text form with comments from `annotate` on each instruction: the
+/// first line of what it returns ends the instruction's line (`  ; ...`), the others follow on
+/// lines of their own; for a `for` or an `if`, all of them come before it. Comments do not
+/// change the text's meaning: it still parses as the same kernel.
+pub fn print_kernel_annotated(k: &Kernel, annotate: &mut Annotator<'_>) -> String {
+    let mut p = Printer::new(k, Some(annotate));
+    p.kernel();
+    p.out
+}
+
+/// The name every value has in the text form of `k` (`%x` for parameter `x`, `%0`, `%1`, ...
+/// in definition order).
+pub fn value_names(k: &Kernel) -> HashMap<Value, String> {
+    let mut p = Printer::new(k, None);
+    p.kernel();
+    p.names
+}
+
+struct Printer<'a, 'f> {
     kernel: &'a Kernel,
     names: HashMap<Value, String>,
     next: usize,
     out: String,
+    annotate: Option<&'a mut Annotator<'f>>,
 }
 
-impl Printer<'_> {
+impl<'a, 'f> Printer<'a, 'f> {
+    fn new(kernel: &'a Kernel, annotate: Option<&'a mut Annotator<'f>>) -> Self {
+        Printer {
+            kernel,
+            names: HashMap::new(),
+            next: 0,
+            out: String::new(),
+            annotate,
+        }
+    }
+
     fn kernel(&mut self) {
         let k = self.kernel;
         write!(self.out, "kernel @{}", k.name).unwrap();
@@ -98,7 +125,22 @@ impl Printer<'_> {
         }
     }
 
+    fn comment(&mut self, line: &str, depth: usize) {
+        self.indent(depth);
+        writeln!(self.out, "; {line}").unwrap();
+    }
+
     fn inst(&mut self, inst: &Inst, depth: usize) {
+        let notes = match &mut self.annotate {
+            Some(f) => f(inst),
+            None => vec![],
+        };
+        let nested = !inst.op.blocks().is_empty();
+        if nested {
+            for n in &notes {
+                self.comment(n, depth);
+            }
+        }
         self.indent(depth);
         // Results are numbered before the nested blocks of a `for` or `if`, so numbers follow
         // the text from top to bottom.
@@ -116,7 +158,17 @@ impl Printer<'_> {
                 .collect();
             write!(self.out, " : {}", tys.join(", ")).unwrap();
         }
+        if nested {
+            self.out.push('\n');
+            return;
+        }
+        if let Some(first) = notes.first() {
+            write!(self.out, "  ; {first}").unwrap();
+        }
         self.out.push('\n');
+        for n in notes.iter().skip(1) {
+            self.comment(n, depth);
+        }
     }
 
     fn op_text(&mut self, op: &Op, depth: usize) -> String {

@@ -1,24 +1,17 @@
 //! Dead code elimination: drops instructions without side effects whose results are unused.
 
-use crate::ir::{Block, Kernel, Value};
+use crate::ir::{Block, DefUse, Kernel, Value};
 use std::collections::HashSet;
 
 /// Removes dead instructions until none is left.
 pub fn dce(k: &mut Kernel) {
     loop {
-        let mut used = HashSet::new();
-        collect_uses(&k.body, &mut used);
+        let used: HashSet<Value> = {
+            let du = DefUse::new(&k.body);
+            du.defined().filter(|&v| du.is_used(v)).collect()
+        };
         if !remove_dead(&mut k.body, &used) {
             break;
-        }
-    }
-}
-
-fn collect_uses(b: &Block, used: &mut HashSet<Value>) {
-    for inst in &b.insts {
-        used.extend(inst.op.operands());
-        for nested in inst.op.blocks() {
-            collect_uses(nested, used);
         }
     }
 }

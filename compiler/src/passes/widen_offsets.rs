@@ -7,22 +7,26 @@
 //! elsewhere keep their `i32` definition; the widened copy is placed right after the original.
 
 use crate::ir::BinaryOp;
-use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, Type, UnaryOp, Value};
+use crate::ir::{Block, ConstValue, DefUse, Elem, Inst, Kernel, Op, Type, UnaryOp, Value};
 use crate::types::DType;
 use std::collections::HashMap;
 
 /// Rewrites every `ptr_add` with an `i32` offset to use an `i64` offset.
 pub fn widen_offsets(k: &mut Kernel) {
-    let mut defs = HashMap::new();
-    collect_defs(&k.body, &mut defs);
+    let du = DefUse::new(&k.body);
+    let offsets: Vec<Value> = du
+        .insts()
+        .filter_map(|(_, inst)| match inst.op {
+            Op::PtrAdd(_, off) => Some(off),
+            _ => None,
+        })
+        .collect();
     let mut w = Widener {
-        defs,
+        du: &du,
         values: &mut k.values,
         widened: HashMap::new(),
         insert_after: HashMap::new(),
     };
-    let mut offsets = vec![];
-    collect_offsets(&k.body, &mut offsets);
     for off in offsets {
         if w.values[off.index()].elem == Elem::Scalar(DType::I32) {
             w.widen(off);
@@ -32,41 +36,8 @@ pub fn widen_offsets(k: &mut Kernel) {
     rebuild(&mut k.body, &widened, &mut insert_after);
 }
 
-/// Where a value comes from: the op that defines it, or `None` for block arguments.
-type Defs = HashMap<Value, Option<Op>>;
-
-fn collect_defs(b: &Block, defs: &mut Defs) {
-    for &a in &b.args {
-        defs.insert(a, None);
-    }
-    for inst in &b.insts {
-        // Only single-result leaf ops are ever rebuilt; loops and ifs count as opaque leaves.
-        let leaf = match (&inst.op, &inst.results[..]) {
-            (Op::For { .. } | Op::If { .. }, _) | (_, [_, _, ..]) => None,
-            (op, _) => Some(op.clone()),
-        };
-        for &r in &inst.results {
-            defs.insert(r, leaf.clone());
-        }
-        for nested in inst.op.blocks() {
-            collect_defs(nested, defs);
-        }
-    }
-}
-
-fn collect_offsets(b: &Block, out: &mut Vec<Value>) {
-    for inst in &b.insts {
-        if let Op::PtrAdd(_, off) = inst.op {
-            out.push(off);
-        }
-        for nested in inst.op.blocks() {
-            collect_offsets(nested, out);
-        }
-    }
-}
-
-struct Widener<'a> {
-    defs: Defs,
+struct Widener<'a, 'k> {
+    du: &'a DefUse<'k>,
     values: &'a mut Vec<Type>,
     /// i32 value -> its i64 twin.
     widened: HashMap<Value, Value>,
@@ -74,13 +45,26 @@ struct Widener<'a> {
     insert_after: HashMap<Value, Vec<Inst>>,
 }
 
-impl Widener<'_> {
+impl Widener<'_, '_> {
+    /// The op defining `v` if it may be rebuilt: single-result ops only; block arguments,
+    /// loops and ifs are opaque leaves.
+    fn leaf(&self, v: Value) -> Option<Op> {
+        match self.du.def(v)? {
+            Inst {
+                op: Op::For { .. } | Op::If { .. },
+                ..
+            } => None,
+            Inst { results, op } if results.len() == 1 => Some(op.clone()),
+            _ => None,
+        }
+    }
+
     fn widen(&mut self, v: Value) -> Value {
         if let Some(&w) = self.widened.get(&v) {
             return w;
         }
         let ty = self.values[v.index()].with_dtype(DType::I64);
-        let op = match self.defs.get(&v).cloned().flatten() {
+        let op = match self.leaf(v) {
             Some(Op::Binary(op @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul), a, b)) => {
                 Op::Binary(op, self.widen(a), self.widen(b))
             }

@@ -1,24 +1,24 @@
 //! Calls: builtins (`load`, `sum`, `dot`, ...) and inlined helper functions.
 
 use super::checker::{shape_text, Checker, R};
-use super::rules::{broadcasts_to, is_pow2, too_many_elems, MAX_TILE_ELEMS};
+use super::rules::{is_pow2, too_many_elems, MAX_TILE_ELEMS};
 use super::type_params::ResolvedType;
 use super::value::{Const, Val};
 use crate::diag::Diagnostic;
-use crate::ir::{BinaryOp, ConstValue, Elem, Op, ReduceOp, Type, UnaryOp, Value};
-use crate::syntax::ast::{Arg, BinOp, Ident, Span};
+use crate::ir::{ConstValue, Elem, Op, ReduceOp, Type, UnaryOp, Value};
+use crate::syntax::ast::{Arg, Ident, Span};
 use crate::types::DType;
 
 /// The arguments of one call, checked, with their spans.
-struct Args {
+pub(super) struct Args {
     callee: String,
-    span: Span,
-    positional: Vec<(Val, Span)>,
+    pub(super) span: Span,
+    pub(super) positional: Vec<(Val, Span)>,
     named: Vec<(String, Val, Span)>,
 }
 
 impl Args {
-    fn expect_count(&self, min: usize, max: usize) -> R<()> {
+    pub(super) fn expect_count(&self, min: usize, max: usize) -> R<()> {
         let n = self.positional.len();
         if n < min || n > max {
             let want = if min == max {
@@ -38,7 +38,7 @@ impl Args {
         Ok(())
     }
 
-    fn expect_named(&self, allowed: &[&str]) -> R<()> {
+    pub(super) fn expect_named(&self, allowed: &[&str]) -> R<()> {
         for (name, _, span) in &self.named {
             if !allowed.contains(&name.as_str()) {
                 let hint = if allowed.is_empty() {
@@ -55,14 +55,14 @@ impl Args {
         Ok(())
     }
 
-    fn named(&self, name: &str) -> Option<(Val, Span)> {
+    pub(super) fn named(&self, name: &str) -> Option<(Val, Span)> {
         self.named
             .iter()
             .find(|(n, _, _)| n == name)
             .map(|(_, v, s)| (v.clone(), *s))
     }
 
-    fn arg(&self, i: usize) -> (Val, Span) {
+    pub(super) fn arg(&self, i: usize) -> (Val, Span) {
         self.positional[i].clone()
     }
 }
@@ -101,271 +101,9 @@ impl Checker<'_> {
         }
         let a = checked;
         let name = callee.name.as_str();
-        if let Some(u) = unary_math(name) {
-            a.expect_named(&[])?;
-            a.expect_count(1, 1)?;
-            return self.math1(u, a.arg(0), name);
-        }
-        match name {
-            "program_id" | "num_programs" => {
-                a.expect_named(&[])?;
-                a.expect_count(1, 1)?;
-                let (v, s) = a.arg(0);
-                let axis = self.const_int(&v, s, "the grid axis")?;
-                if !(0..3).contains(&axis) {
-                    return Err(Diagnostic::new(
-                        s,
-                        format!("grid axis must be 0, 1 or 2, found {axis}"),
-                    ));
-                }
-                let op = if name == "program_id" {
-                    Op::ProgramId(axis as u8)
-                } else {
-                    Op::NumPrograms(axis as u8)
-                };
-                Ok(Val::tile(self.b.push(op, Type::scalar(DType::I32))))
-            }
-            "range" => {
-                a.expect_named(&[])?;
-                a.expect_count(1, 1)?;
-                let (v, s) = a.arg(0);
-                let n = self.const_int(&v, s, "the length of `range`")?;
-                let n = self.tile_dim(n, s)?;
-                Ok(Val::tile(
-                    self.b.push(Op::Range(n), Type::tile(DType::I32, &[n])),
-                ))
-            }
-            "zeros" | "full" => {
-                a.expect_named(&[])?;
-                let n = if name == "zeros" { 2 } else { 3 };
-                a.expect_count(n, n)?;
-                let shape = self.shape_arg(a.arg(0))?;
-                let (dv, ds) = a.arg(n - 1);
-                let Val::DType(d) = dv else {
-                    return Err(Diagnostic::new(
-                        ds,
-                        format!(
-                            "expected an element type such as `f32`, found {}",
-                            self.describe(&dv)
-                        ),
-                    ));
-                };
-                let fill = if name == "zeros" {
-                    Val::Const(Const::weak_int(0))
-                } else {
-                    a.arg(1).0
-                };
-                let (fs, fspan) = (fill, a.positional.get(1).map_or(span, |p| p.1));
-                match fs {
-                    Val::Const(c) => Ok(Val::tile(self.materialize(c, d, &shape))),
-                    other => {
-                        let v = self.exact_operand(&other, d, fspan)?;
-                        let v = self.broadcast_value(v, &shape, fspan, "the fill value")?;
-                        Ok(Val::tile(v))
-                    }
-                }
-            }
-            "load" => self.load(&a),
-            "store" | "atomic_add" => self.store(&a, name == "atomic_add"),
-            "where" => {
-                a.expect_named(&[])?;
-                a.expect_count(3, 3)?;
-                let ((c, sc), (x, sx), (y, sy)) = (a.arg(0), a.arg(1), a.arg(2));
-                if let Val::Const(Const {
-                    value: ConstValue::Bool(b),
-                    ..
-                }) = c
-                {
-                    return Ok(if b { x } else { y });
-                }
-                if self.dtype_of(&c) != Some(DType::Bool) {
-                    return Err(Diagnostic::new(
-                        sc,
-                        format!(
-                            "the condition of `where` must be `bool`, found {}",
-                            self.describe(&c)
-                        ),
-                    ));
-                }
-                let d = self.join_dtypes(&x, &y, sx.to(sy))?;
-                let shape = self.common_shape(&[(&c, sc), (&x, sx), (&y, sy)])?;
-                let cv = self.operand(&c, DType::Bool, &shape, sc, "the condition")?;
-                let xv = self.operand(&x, d, &shape, sx, "the first value")?;
-                let yv = self.operand(&y, d, &shape, sy, "the second value")?;
-                Ok(Val::tile(
-                    self.b.push(Op::Select(cv, xv, yv), Type::tile(d, &shape)),
-                ))
-            }
-            "fma" => {
-                a.expect_named(&[])?;
-                a.expect_count(3, 3)?;
-                let ((x, sx), (y, sy), (z, sz)) = (a.arg(0), a.arg(1), a.arg(2));
-                let d = self.join_dtypes(&x, &y, sx.to(sy))?;
-                let d = self.join_dtypes(
-                    &Val::Const(Const {
-                        value: ConstValue::Float(0.0),
-                        dtype: d,
-                        weak: false,
-                    }),
-                    &z,
-                    sx.to(sz),
-                )?;
-                if !d.is_float() {
-                    return Err(Diagnostic::new(
-                        span,
-                        format!("`fma` needs float operands, found `{d}`"),
-                    ));
-                }
-                let shape = self.common_shape(&[(&x, sx), (&y, sy), (&z, sz)])?;
-                let xv = self.operand(&x, d, &shape, sx, "the first operand")?;
-                let yv = self.operand(&y, d, &shape, sy, "the second operand")?;
-                let zv = self.operand(&z, d, &shape, sz, "the third operand")?;
-                Ok(Val::tile(
-                    self.b.push(Op::Fma(xv, yv, zv), Type::tile(d, &shape)),
-                ))
-            }
-            "max" | "min" if a.positional.len() == 2 => {
-                a.expect_named(&[])?;
-                let ((x, sx), (y, sy)) = (a.arg(0), a.arg(1));
-                if let (Val::Const(p), Val::Const(q)) = (&x, &y) {
-                    let lt = super::fold::fold_binary(BinOp::Lt, *p, *q)
-                        .map_err(|m| Diagnostic::new(span, m))?;
-                    let p_smaller = lt.value == ConstValue::Bool(true);
-                    return Ok(if (name == "min") == p_smaller { x } else { y });
-                }
-                let d = self.join_dtypes(&x, &y, span)?;
-                if d == DType::Bool {
-                    return Err(Diagnostic::new(
-                        span,
-                        format!("`{name}` needs numbers, found `bool`"),
-                    ));
-                }
-                let shape = self.common_shape(&[(&x, sx), (&y, sy)])?;
-                let xv = self.operand(&x, d, &shape, sx, "the first operand")?;
-                let yv = self.operand(&y, d, &shape, sy, "the second operand")?;
-                let op = if name == "max" {
-                    BinaryOp::Max
-                } else {
-                    BinaryOp::Min
-                };
-                Ok(Val::tile(
-                    self.b.push(Op::Binary(op, xv, yv), Type::tile(d, &shape)),
-                ))
-            }
-            "sum" | "max" | "min" | "argmax" => {
-                a.expect_named(&["axis"])?;
-                a.expect_count(1, 1)?;
-                let op = match name {
-                    "sum" => ReduceOp::Sum,
-                    "max" => ReduceOp::Max,
-                    "min" => ReduceOp::Min,
-                    _ => ReduceOp::Argmax,
-                };
-                let axis = match a.named("axis") {
-                    Some((v, s)) => Some((self.const_int(&v, s, "the reduction axis")?, s)),
-                    None => None,
-                };
-                self.reduce(op, a.arg(0), axis, name)
-            }
-            "abs" => {
-                a.expect_named(&[])?;
-                a.expect_count(1, 1)?;
-                let (v, s) = a.arg(0);
-                if let Val::Const(c) = v {
-                    let f = super::fold::fold_unary(crate::syntax::ast::UnOp::Neg, c)
-                        .map_err(|m| Diagnostic::new(s, m))?;
-                    return Ok(Val::Const(if c.as_f64() < 0.0 { f } else { c }));
-                }
-                let value = self.number_tile(&v, s, "abs")?;
-                let ty = self.ty(value);
-                if ty.dtype() == Some(DType::Bool) {
-                    return Err(Diagnostic::new(s, "`abs` needs a number, found `bool`"));
-                }
-                Ok(Val::tile(self.b.push(Op::Unary(UnaryOp::Abs, value), ty)))
-            }
-            "reshape" | "broadcast" => {
-                a.expect_named(&[])?;
-                a.expect_count(2, 2)?;
-                let (v, s) = a.arg(0);
-                let shape = self.shape_arg(a.arg(1))?;
-                let (value, mutable_ptr) = self.any_tile(v, s)?;
-                let ty = self.ty(value);
-                if name == "reshape" {
-                    let n: u64 = shape.iter().map(|&d| d as u64).product();
-                    if n != ty.numel() {
-                        return Err(Diagnostic::new(
-                            span,
-                            format!(
-                                "cannot reshape {} ({} elements) to {} ({n} elements)",
-                                shape_text(&ty.shape),
-                                ty.numel(),
-                                shape_text(&shape)
-                            ),
-                        ));
-                    }
-                    let r = self.b.push(Op::Reshape(value), ty.with_shape(&shape));
-                    return Ok(Val::Tile {
-                        value: r,
-                        mutable_ptr,
-                    });
-                }
-                if !broadcasts_to(&ty.shape, &shape) {
-                    return Err(Diagnostic::new(
-                        span,
-                        format!(
-                            "cannot broadcast {} to {}",
-                            shape_text(&ty.shape),
-                            shape_text(&shape)
-                        ),
-                    ));
-                }
-                let r = self.broadcast_value(value, &shape, s, "the tile")?;
-                Ok(Val::Tile {
-                    value: r,
-                    mutable_ptr,
-                })
-            }
-            "trans" => {
-                a.expect_named(&[])?;
-                a.expect_count(1, 1)?;
-                let (v, s) = a.arg(0);
-                let (value, mutable_ptr) = self.any_tile(v, s)?;
-                let ty = self.ty(value);
-                if ty.shape.len() != 2 {
-                    return Err(Diagnostic::new(
-                        s,
-                        format!(
-                            "`trans` needs a 2-D tile, found shape {}",
-                            shape_text(&ty.shape)
-                        ),
-                    ));
-                }
-                let r = self
-                    .b
-                    .push(Op::Trans(value), ty.with_shape(&[ty.shape[1], ty.shape[0]]));
-                Ok(Val::Tile {
-                    value: r,
-                    mutable_ptr,
-                })
-            }
-            "dot" => self.dot(&a),
-            "cdiv" => {
-                a.expect_named(&[])?;
-                a.expect_count(2, 2)?;
-                let ((x, sx), (y, sy)) = (a.arg(0), a.arg(1));
-                let d = self.join_dtypes(&x, &y, span)?;
-                if !d.is_int() {
-                    return Err(Diagnostic::new(
-                        span,
-                        format!("`cdiv` needs integers, found `{d}`"),
-                    ));
-                }
-                let one = Val::Const(Const::weak_int(1));
-                let t = self.binary(BinOp::Add, (x, sx), (y.clone(), sy), span)?;
-                let t = self.binary(BinOp::Sub, (t, span), (one, span), span)?;
-                self.binary(BinOp::Div, (t, span), (y, sy), span)
-            }
-            _ => {
+        match super::builtin_table::lookup(name, &a) {
+            Some(builtin) => (builtin.check)(self, &a, name),
+            None => {
                 let mut d = Diagnostic::new(callee.span, format!("unknown function `{name}`"))
                     .with_label("not a builtin or a helper in this file");
                 if name == "maximum" || name == "minimum" {
@@ -394,7 +132,7 @@ impl Checker<'_> {
     }
 
     /// `[A, B]` or a single constant.
-    fn shape_arg(&self, (v, span): (Val, Span)) -> R<Vec<u32>> {
+    pub(super) fn shape_arg(&self, (v, span): (Val, Span)) -> R<Vec<u32>> {
         let dims = match v {
             Val::List(items) => items,
             other => vec![(other, span)],
@@ -418,7 +156,7 @@ impl Checker<'_> {
         Ok(shape)
     }
 
-    fn any_tile(&mut self, v: Val, span: Span) -> R<(Value, bool)> {
+    pub(super) fn any_tile(&mut self, v: Val, span: Span) -> R<(Value, bool)> {
         match v {
             Val::Tile { value, mutable_ptr } => Ok((value, mutable_ptr)),
             Val::Const(c) => Ok((self.materialize(c, c.dtype, &[]), false)),
@@ -429,7 +167,7 @@ impl Checker<'_> {
         }
     }
 
-    fn number_tile(&mut self, v: &Val, span: Span, what: &str) -> R<Value> {
+    pub(super) fn number_tile(&mut self, v: &Val, span: Span, what: &str) -> R<Value> {
         match v {
             Val::Tile { value, .. } if self.b.ty(*value).dtype().is_some() => Ok(*value),
             Val::Const(c) => Ok(self.materialize(*c, c.dtype, &[])),
@@ -442,7 +180,7 @@ impl Checker<'_> {
 
     /// An operand that must already have element type `d` (no implicit conversion except for
     /// weak literals).
-    fn exact_operand(&mut self, v: &Val, d: DType, span: Span) -> R<Value> {
+    pub(super) fn exact_operand(&mut self, v: &Val, d: DType, span: Span) -> R<Value> {
         if let Val::Const(c) = v {
             if c.weak || c.dtype == d {
                 return Ok(self.materialize(*c, d, &[]));
@@ -460,7 +198,7 @@ impl Checker<'_> {
         self.scalar_operand(v, d, span)
     }
 
-    fn math1(&mut self, u: UnaryOp, (v, s): (Val, Span), name: &str) -> R<Val> {
+    pub(super) fn math1(&mut self, u: UnaryOp, (v, s): (Val, Span), name: &str) -> R<Val> {
         if let Val::Const(c) = v {
             if c.dtype.is_float() || c.weak {
                 let x = c.as_f64();
@@ -507,7 +245,7 @@ impl Checker<'_> {
         Ok(Val::tile(self.b.push(Op::Unary(u, value), ty)))
     }
 
-    fn reduce(
+    pub(super) fn reduce(
         &mut self,
         op: ReduceOp,
         (v, s): (Val, Span),
@@ -617,7 +355,7 @@ impl Checker<'_> {
         }
     }
 
-    fn load(&mut self, a: &Args) -> R<Val> {
+    pub(super) fn load(&mut self, a: &Args) -> R<Val> {
         a.expect_named(&["mask", "other"])?;
         a.expect_count(1, 1)?;
         let (pv, ps) = a.arg(0);
@@ -653,7 +391,7 @@ impl Checker<'_> {
         Ok(Val::tile(r))
     }
 
-    fn store(&mut self, a: &Args, atomic: bool) -> R<Val> {
+    pub(super) fn store(&mut self, a: &Args, atomic: bool) -> R<Val> {
         let what = if atomic { "`atomic_add`" } else { "`store`" };
         a.expect_named(&["mask"])?;
         a.expect_count(2, 2)?;
@@ -699,7 +437,7 @@ impl Checker<'_> {
         Ok(Val::Unit)
     }
 
-    fn dot(&mut self, a: &Args) -> R<Val> {
+    pub(super) fn dot(&mut self, a: &Args) -> R<Val> {
         a.expect_named(&[])?;
         a.expect_count(2, 3)?;
         let ((x, sx), (y, sy)) = (a.arg(0), a.arg(1));
@@ -820,11 +558,19 @@ impl Checker<'_> {
                     match v {
                         Val::Const(c) if c.weak || c.dtype == d => Val::Const(c.cast(d)),
                         other if self.dtype_of(&other) == Some(d) => other,
+                        // Widened as a binary operation widens its operands.
+                        other
+                            if self
+                                .dtype_of(&other)
+                                .is_some_and(|from| super::rules::promote(from, d) == Ok(d)) =>
+                        {
+                            Val::tile(self.scalar_operand(&other, d, s)?)
+                        }
                         other => {
                             return Err(Diagnostic::new(
                                 s,
                                 format!(
-                                    "`{}` expects `{d}` for `{}`, found {}",
+                                    "`{}` expects `{d}` for `{}`, found {}; cast it with `as {d}`",
                                     f.name.name,
                                     p.name.name,
                                     self.describe(&other)
@@ -858,7 +604,7 @@ impl Val {
     }
 }
 
-fn unary_math(name: &str) -> Option<UnaryOp> {
+pub(super) fn unary_math(name: &str) -> Option<UnaryOp> {
     Some(match name {
         "exp" => UnaryOp::Exp,
         "exp2" => UnaryOp::Exp2,

@@ -5,6 +5,8 @@
 //! (literals, constants, and what folds from them) stay out of the IR until an operand needs them,
 //! so `BLOCK / 32` can size a tile and `if HAS_BIAS { .. }` compiles only the branch taken.
 
+mod builtin_ops;
+pub mod builtin_table;
 mod builtins;
 mod checker;
 mod expr;

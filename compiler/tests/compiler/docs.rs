@@ -43,3 +43,26 @@ fn documented_kernels_compile() {
     }
     assert!(checked >= 2, "only {checked} documented kernels found");
 }
+
+/// The builtins section of docs/LANGUAGE.md is the table the checker dispatches on, rendered
+/// (`kiln_compiler::sema::builtin_table::reference`). `KILN_UPDATE_DOCS=1` rewrites it.
+#[test]
+fn the_builtins_reference_is_generated_from_the_table() {
+    const START: &str = "this part) -->\n";
+    const END: &str = "<!-- end of builtins -->";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/LANGUAGE.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find(START).expect("the builtins start marker") + START.len();
+    let end = text.find(END).expect("the builtins end marker");
+    let want = kiln_compiler::sema::builtin_table::reference();
+    if std::env::var("KILN_UPDATE_DOCS").as_deref() == Ok("1") {
+        let updated = format!("{}{want}{}", &text[..start], &text[end..]);
+        std::fs::write(&path, updated).unwrap();
+        return;
+    }
+    assert!(
+        text[start..end] == want,
+        "docs/LANGUAGE.md's builtins differ from the table; run \
+         KILN_UPDATE_DOCS=1 cargo test -p kiln-compiler --test compiler docs\n--- generated ---\n{want}"
+    );
+}

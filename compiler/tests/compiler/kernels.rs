@@ -1,6 +1,7 @@
-//! Every shipped kernel parses and checks with its defaults; its AST and IR are snapshotted.
+//! Every shipped kernel parses and checks with its defaults; its AST and its IR after each pass
+//! are snapshotted.
 
-use kiln_compiler::{compile_to_ir, ir, parse, syntax, Defines, Source};
+use kiln_compiler::{compile_to_ir, ir, parse, passes, syntax, Defines, Source};
 
 fn source(path: &std::path::Path) -> Source {
     let text = std::fs::read_to_string(path).unwrap();
@@ -16,16 +17,20 @@ fn shipped_kernels_ast() {
     });
 }
 
+/// The IR of every shipped kernel after the checker and after each pass (`kiln compile
+/// --print-after-all`): its last section is the IR the backends get (`--emit ir`).
 #[test]
-fn shipped_kernels_ir() {
+fn shipped_kernels_print_after_all() {
     insta::glob!("../../../ops/kernels", "*.kiln", |path| {
         let src = source(path);
-        let kernels = compile_to_ir(&src, &Defines::new()).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!kernels.is_empty(), "{} has no kernel", src.name);
-        for k in &kernels {
+        let checked = kiln_compiler::check(&src, &Defines::new()).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!checked.is_empty(), "{} has no kernel", src.name);
+        let text: Vec<String> = checked.iter().map(passes::print_after_all).collect();
+        let compiled = compile_to_ir(&src, &Defines::new()).unwrap();
+        for (k, listing) in compiled.iter().zip(&text) {
             ir::verify(k).unwrap();
+            assert!(listing.contains(&ir::print_kernel(k)), "{}", k.name);
         }
-        let text: Vec<String> = kernels.iter().map(ir::print_kernel).collect();
         insta::assert_snapshot!(text.join("\n"));
     });
 }

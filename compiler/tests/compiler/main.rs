@@ -1,5 +1,7 @@
 //! The compiler's integration tests, in one binary (linking is slow; one binary links once).
 
+#[cfg(feature = "nvptx")]
+mod checks;
 mod cranelift;
 mod docs;
 mod errors;
@@ -7,6 +9,7 @@ mod fuzz;
 mod fuzz_valid;
 mod generic;
 mod kernels;
+mod layouts;
 #[cfg(feature = "nvptx")]
 mod nvptx;
 #[cfg(feature = "nvptx")]
@@ -23,6 +26,7 @@ mod nvptx_ptxas;
 mod nvptx_robustness;
 #[cfg(feature = "nvptx")]
 mod nvptx_snapshots;
+mod papercuts;
 mod parse;
 mod passes;
 mod sema;

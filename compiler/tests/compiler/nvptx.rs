@@ -315,13 +315,6 @@ fn bad_warp_count_is_an_error() {
 }
 
 #[test]
-fn ptx_snapshot_add_aligned() {
-    let k = &kernels("add", KERNELS[0].1)[0];
-    let ptx = compile(k, Arch::Sm90, u64::MAX).ptx;
-    insta::assert_snapshot!(ptx);
-}
-
-#[test]
 fn ptxas_stats_parse() {
     let text = "ptxas info    : Used 18 registers, used 1 barriers, 380 bytes cmem[0]\n\
                 ptxas info    : Function properties for add\n    \

@@ -359,7 +359,7 @@ const DOT: &str = include_str!("nvptx_kernels/dot.kiln");
 #[test]
 fn the_accumulator_stays_in_fragments_through_the_loop_and_the_epilogue() {
     let k = dot_kernel("dot_loop", &[]);
-    let a = Assignment::run(&k, 128, false);
+    let a = Assignment::run(&k, &kiln_compiler::ir::DefUse::new(&k.body), 128, false);
     let is_mma = |v: Value| matches!(a.layout(&k, v), Layout::Mma(_));
     for (v, op) in results(&k) {
         let dtype = k.ty(v).dtype();
@@ -397,7 +397,7 @@ fn a_transposed_operand_is_never_materialised() {
                 ("K", ConstValue::Int(32)),
             ],
         );
-        let a = Assignment::run(&k, 128, false);
+        let a = Assignment::run(&k, &kiln_compiler::ir::DefUse::new(&k.body), 128, false);
         let trans: Vec<Value> = results(&k)
             .into_iter()
             .filter(|(_, op)| matches!(op, Op::Trans(_)))

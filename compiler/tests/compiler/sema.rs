@@ -255,6 +255,35 @@ fn helpers_are_generic_over_shapes() {
 }
 
 #[test]
+fn typed_helpers_widen_16_bit_floats_as_binary_operations_do() {
+    let k = kernel(
+        "fn gelu(x: f32) { x * sigmoid(1.702 * x) }
+        kernel k(x: *bf16, y: *mut f32) {
+            let v = load(x + range(8));
+            store(y + range(8), gelu(v));
+        }",
+    );
+    kiln_compiler::ir::verify(&k).unwrap();
+    let casts = result_types(&k, |op| matches!(op, Op::Cast(_)));
+    assert_eq!(casts, [Type::tile(DType::F32, &[8])]);
+}
+
+#[test]
+fn typed_helpers_hint_a_cast_when_they_cannot_widen() {
+    let src = "fn gelu(x: f32) { x * sigmoid(1.702 * x) }
+        kernel k(x: *i32, y: *mut f32) {
+            store(y + range(8), gelu(load(x + range(8))));
+        }";
+    let e = check(&Source::new("test.kiln", src), &Defines::new()).unwrap_err();
+    let message = &e.diagnostics[0].message;
+    assert!(
+        message.starts_with("`gelu` expects `f32` for `x`, found"),
+        "{e}"
+    );
+    assert!(message.ends_with("i32>`; cast it with `as f32`"), "{e}");
+}
+
+#[test]
 fn offsets_are_widened_to_i64() {
     let src = Source::new(
         "t.kiln",

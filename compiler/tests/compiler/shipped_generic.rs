@@ -1,6 +1,7 @@
 //! The shipped activation kernels are generic over their element type (`T: type = bf16`): their
-//! f32 and f16 specialisations check too; f32 IR and PTX are snapshotted next to the default
-//! (bf16) ones of `kernels.rs` and `nvptx_snapshots.rs`, and the GPU specialisations assemble.
+//! f32 and f16 specialisations check too; f32 IR is snapshotted next to the default (bf16) one of
+//! `kernels.rs`, the GPU specialisations assemble, and their PTX is checked line by line for
+//! what sets it apart from the bf16 PTX snapshotted in `nvptx_snapshots.rs`.
 
 use kiln_compiler::{compile_to_ir, ir, ConstValue, DType, Defines, Source};
 
@@ -71,15 +72,15 @@ fn shipped_kernels_ir_f32() {
 
 #[cfg(feature = "nvptx")]
 #[test]
-fn gpu_specialisations_assemble_and_f32_ptx_is_snapshotted() {
+fn gpu_specialisations_assemble_and_keep_to_their_type() {
     use kiln_compiler::backend::nvptx::{compile_ptx, Arch, PtxOptions};
     let ptxas = crate::nvptx_ptxas::require();
     for src in generic_files() {
         for d in [DType::F16, DType::F32] {
-            let mut ptx = vec![];
             for k in specialised(&src, d) {
-                // Unaligned sm_90 (snapshotted), and aligned (vector accesses) sm_80 and sm_90a
-                // (wgmma, with attention's two-stage pipeline), as the ops launch them.
+                let generic = k.consts.iter().any(|(n, _)| n == "T");
+                // Unaligned sm_90, and aligned (vector accesses) sm_80 and sm_90a (wgmma, with
+                // attention's two-stage pipeline), as the ops launch them.
                 for (arch, divisible_by_16, num_stages) in [
                     (Arch::Sm90, 0, 1),
                     (Arch::Sm80, u64::MAX, 1),
@@ -95,16 +96,37 @@ fn gpu_specialisations_assemble_and_f32_ptx_is_snapshotted() {
                     if let Some(ptxas) = &ptxas {
                         crate::nvptx_ptxas::assemble(ptxas, &p.ptx, arch.name(), &k.name);
                     }
-                    if divisible_by_16 == 0 {
-                        ptx.push(p.ptx);
+                    if generic {
+                        keeps_to(d, &k.name, &p.ptx);
                     }
                 }
             }
-            if d == DType::F32 {
-                insta::assert_snapshot!(format!("ptx_sm90_f32_{}", src.name), ptx.join("\n"));
-            }
         }
     }
+}
+
+/// The check lines of a kernel specialised to `d`: no bf16 anywhere; in f32, no 16-bit memory
+/// accesses or conversions and no tensor-core instructions (f32 dots are FMA loops).
+#[cfg(feature = "nvptx")]
+fn keeps_to(d: DType, name: &str, ptx: &str) {
+    let forbidden: &[&str] = match d {
+        DType::F32 => &[
+            "bf16",
+            ".f16",
+            "ld.global.b16",
+            "st.global.b16",
+            "mma",
+            "ldmatrix",
+            "cp.async",
+        ],
+        _ => &["bf16"],
+    };
+    for f in forbidden {
+        if let Some(line) = ptx.lines().find(|l| l.contains(f)) {
+            panic!("{name} in {d}: `{f}` in the PTX: {line}");
+        }
+    }
+    assert_eq!(ptx.matches(".entry").count(), 1, "{name} in {d}");
 }
 
 /// f32 attention on the GPU (FMA dots, f32 tiles in shared memory) at the head dimensions and

@@ -18,10 +18,11 @@ impl Lowerer<'_, '_> {
         if let Some(&slot) = self.slots.get(&v) {
             return Ok(self.slot_load(slot, cl_type(self.k.ty(v).elem), i));
         }
-        if self.plan.is_virtual(v) {
-            let op = *self
-                .defs
-                .get(&v)
+        if self.facts.is_virtual(v) {
+            let op = self
+                .facts
+                .du
+                .def_op(v)
                 .ok_or("virtual value without a definition")?;
             return self.op_elem(op, v, i);
         }

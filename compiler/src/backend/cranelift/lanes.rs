@@ -12,10 +12,12 @@
 //! Anything else (`i64` or pointer arithmetic that is not a sequence, gathers, `trans`, integer
 //! division, bool tiles in memory) leaves the loop to the scalar path.
 
-use super::lower::Lowerer;
-use crate::ir::{BinaryOp, Elem, Op, UnaryOp, Value};
+use super::plan::{plan, Plan};
+use crate::ir::{BinaryOp, DefUse, Elem, Kernel, Op, UnaryOp, Value};
 use crate::types::DType;
 use cranelift_codegen::ir::{types, Type as ClType};
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 /// Elements per group.
 pub(super) const LANES: u64 = 4;
@@ -70,18 +72,42 @@ fn binary_ok(op: BinaryOp, d: DType, uniform_rhs: bool) -> bool {
     }
 }
 
-impl Lowerer<'_, '_> {
+/// What the CPU backend decides before emitting code: which tiles are fused into their users
+/// (see `plan`), and the four-lane form of every value.
+pub(super) struct LanePlan<'a> {
+    pub(super) k: &'a Kernel,
+    pub(super) du: DefUse<'a>,
+    pub(super) fusion: Plan,
+    /// The form of each virtual value, once asked for.
+    forms: RefCell<HashMap<Value, Option<Form>>>,
+}
+
+impl<'a> LanePlan<'a> {
+    pub(super) fn new(k: &'a Kernel) -> LanePlan<'a> {
+        let du = DefUse::new(&k.body);
+        LanePlan {
+            fusion: plan(k, &du),
+            k,
+            du,
+            forms: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Whether `v` is computed inside the loops of its users rather than stored.
+    pub(super) fn is_virtual(&self, v: Value) -> bool {
+        self.fusion.is_virtual(v)
+    }
+
     /// The form of `v` over a group, or `None` if it cannot be computed four lanes at a time.
+    /// Scalars are uniform; stored tiles (in stack slots) are read as lanes where their
+    /// element type allows.
     pub(super) fn form(&self, v: Value) -> Option<Form> {
         let ty = self.k.ty(v);
-        if ty.is_scalar() || self.scalars.contains_key(&v) {
+        if ty.is_scalar() {
             return Some(Form::Uniform);
         }
-        if self.slots.contains_key(&v) {
+        if !self.fusion.is_virtual(v) {
             return self.slot_lanes_ok(v).then_some(Form::Lanes);
-        }
-        if !self.plan.is_virtual(v) {
-            return None;
         }
         // A virtual value's form follows from its operands', which are all defined before it is
         // asked for; remembering it keeps deep expressions linear (each level asks several
@@ -89,7 +115,7 @@ impl Lowerer<'_, '_> {
         if let Some(&form) = self.forms.borrow().get(&v) {
             return form;
         }
-        let form = self.op_form(self.defs.get(&v)?, v);
+        let form = self.op_form(self.du.def_op(v)?, v);
         self.forms.borrow_mut().insert(v, form);
         form
     }
@@ -228,5 +254,32 @@ impl Lowerer<'_, '_> {
             && self.slot_lanes_ok(value)
             && self.lanes_ok(value)
             && mask.is_none_or(|m| self.lanes_ok(m))
+    }
+}
+
+impl super::lower::Lowerer<'_, '_> {
+    /// See [`LanePlan::form`].
+    pub(super) fn form(&self, v: Value) -> Option<Form> {
+        self.facts.form(v)
+    }
+
+    /// See [`LanePlan::op_form`].
+    pub(super) fn op_form(&self, op: &Op, r: Value) -> Option<Form> {
+        self.facts.op_form(op, r)
+    }
+
+    /// See [`LanePlan::lanes_ok`].
+    pub(super) fn lanes_ok(&self, v: Value) -> bool {
+        self.facts.lanes_ok(v)
+    }
+
+    /// See [`LanePlan::slot_lanes_ok`].
+    pub(super) fn slot_lanes_ok(&self, v: Value) -> bool {
+        self.facts.slot_lanes_ok(v)
+    }
+
+    /// See [`LanePlan::store_vectorizes`].
+    pub(super) fn store_vectorizes(&self, ptr: Value, value: Value, mask: Option<Value>) -> bool {
+        self.facts.store_vectorizes(ptr, value, mask)
     }
 }

@@ -3,9 +3,9 @@
 //! reductions in `reduce`, `dot` in `tile_dot`.
 
 use super::bounds::Bounds;
+use super::lanes::LanePlan;
 use super::lanes::LANES;
 use super::math::MathFn;
-use super::plan::Plan;
 use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, ParamKind, Provenance, Value};
 use crate::types::DType;
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -24,14 +24,13 @@ pub(super) type Res<T> = Result<T, String>;
 pub(super) struct Lowerer<'a, 'f> {
     pub(super) k: &'a Kernel,
     pub(super) b: FunctionBuilder<'f>,
-    pub(super) plan: Plan,
+    /// The fusion and lane decisions, and the definitions and uses they were made from.
+    pub(super) facts: LanePlan<'a>,
     module: &'a mut JITModule,
     math_ids: &'a HashMap<MathFn, FuncId>,
     math_refs: HashMap<MathFn, FuncRef>,
     dot_id: FuncId,
     dot_ref: Option<FuncRef>,
-    /// The defining op of every value.
-    pub(super) defs: HashMap<Value, &'a Op>,
     /// Scalars, as SSA values.
     pub(super) scalars: HashMap<Value, ClValue>,
     /// Materialised tiles.
@@ -48,8 +47,6 @@ pub(super) struct Lowerer<'a, 'f> {
     pub(super) bounds: Vec<Option<Bounds>>,
     /// The fault record, when the kernel is compiled with bounds checks.
     pub(super) fault_ptr: Option<ClValue>,
-    /// The four-lane form of each virtual value, once asked for (see `lanes`).
-    pub(super) forms: std::cell::RefCell<HashMap<Value, Option<super::lanes::Form>>>,
 }
 
 /// The most bytes of tile arrays one program's frame may hold. Cranelift addresses stack slots
@@ -70,17 +67,6 @@ pub(super) fn cl_type(e: Elem) -> ClType {
     }
 }
 
-fn collect_defs<'a>(b: &'a Block, defs: &mut HashMap<Value, &'a Op>) {
-    for inst in &b.insts {
-        for &r in &inst.results {
-            defs.insert(r, &inst.op);
-        }
-        for nested in inst.op.blocks() {
-            collect_defs(nested, defs);
-        }
-    }
-}
-
 impl<'a, 'f> Lowerer<'a, 'f> {
     /// Emits the whole function: entry block, parameters, body, return.
     pub(super) fn lower_kernel(
@@ -95,18 +81,15 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         b.append_block_params_for_function_params(entry);
         b.switch_to_block(entry);
         let p = b.block_params(entry).to_vec();
-        let mut defs = HashMap::new();
-        collect_defs(&k.body, &mut defs);
         let mut l = Lowerer {
             k,
             b,
-            plan: super::plan::plan(k),
+            facts: LanePlan::new(k),
             module,
             math_ids,
             math_refs: HashMap::new(),
             dot_id,
             dot_ref: None,
-            defs,
             scalars: HashMap::new(),
             slots: HashMap::new(),
             scratch: None,
@@ -116,7 +99,6 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             provenance: Provenance::of(k)?,
             bounds: vec![],
             fault_ptr: bounds_checks.then_some(p[4]),
-            forms: Default::default(),
         };
         l.params(p[0], p[1])?;
         if l.block(&k.body)?.is_some() {
@@ -278,7 +260,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
                     let zero = self.b.ins().iconst(types::I64, 0);
                     let v = self.op_elem(op, r, zero)?;
                     self.scalars.insert(r, v);
-                } else if !self.plan.is_virtual(r) {
+                } else if !self.facts.is_virtual(r) {
                     let slot = self.slot_of(r)?;
                     self.materialize(r, slot)?;
                 }
@@ -292,7 +274,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
     pub(super) fn materialize(&mut self, v: Value, slot: StackSlot) -> Res<()> {
         let n = self.k.ty(v).numel();
         let own = self.slots.get(&v) == Some(&slot);
-        let op = self.defs.get(&v).copied();
+        let op = self.facts.du.def_op(v);
         let form = match op {
             Some(op) if own => self.op_form(op, v),
             _ => self.form(v),
@@ -357,6 +339,11 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             .ok_or_else(|| format!("scalar v{} used before it is defined", v.0))
     }
 
+    /// Whether a loop step is a positive constant (then no run-time guard is needed).
+    pub(super) fn step_known_positive(&self, step: Value) -> bool {
+        matches!(self.facts.du.def_op(step), Some(Op::Const(ConstValue::Int(s))) if *s > 0)
+    }
+
     fn for_loop(
         &mut self,
         lo: Value,
@@ -366,7 +353,15 @@ impl<'a, 'f> Lowerer<'a, 'f> {
         body: &'a Block,
         results: &[Value],
     ) -> Res<()> {
+        let positive = self.step_known_positive(step);
         let (lo, hi, step) = (self.scalar(lo)?, self.scalar(hi)?, self.scalar(step)?);
+        // A step <= 0 runs the body zero times: the loop starts at its end.
+        let lo = if positive {
+            lo
+        } else {
+            let forward = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, step, 0);
+            self.b.ins().select(forward, lo, hi)
+        };
         let iv_ty = self.b.func.dfg.value_type(lo);
         let carried = &body.args[1..];
         let header = self.b.create_block();
@@ -416,7 +411,7 @@ impl<'a, 'f> Lowerer<'a, 'f> {
             }
         }
         self.assign_tiles(&tile_next)?;
-        // The next induction value; stepping past the type's range (or a step <= 0) ends the loop.
+        // The next induction value; stepping past the type's range ends the loop.
         let next = self.b.ins().iadd(iv, step);
         let advanced = self.b.ins().icmp(IntCC::SignedGreaterThan, next, iv);
         let mut header_args = vec![BlockArg::from(next)];

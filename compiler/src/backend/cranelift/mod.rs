@@ -259,3 +259,62 @@ pub fn emit_clif(k: &Kernel, options: CpuOptions) -> Result<String, BackendError
     let (ctx, _) = translate(k, &mut module, options)?;
     Ok(ctx.func.display().to_string())
 }
+
+/// The fusion and four-lane decisions about each instruction of a kernel, as `kiln compile
+/// --emit layouts` prints them: whether a tile is *fused* (recomputed inside the loops that
+/// read it) or *stored* (in a stack array), and whether the loop that computes or stores it
+/// runs four lanes at a time (`x4`) or one element at a time (`scalar`). These are the
+/// decisions the lowering reads (see `plan` and `lanes`).
+pub struct Annotations<'a> {
+    plan: lanes::LanePlan<'a>,
+}
+
+impl<'a> Annotations<'a> {
+    pub fn new(k: &'a Kernel) -> Annotations<'a> {
+        Annotations {
+            plan: lanes::LanePlan::new(k),
+        }
+    }
+
+    /// What was decided about `inst`, if anything (scalars live in registers: nothing to say).
+    pub fn facts(&self, inst: &crate::ir::Inst) -> Option<String> {
+        use crate::ir::Op;
+        let p = &self.plan;
+        let lanes = |ok: bool| if ok { "x4" } else { "scalar" };
+        match &inst.op {
+            Op::Store { ptr, value, mask } => {
+                let tile = !p.k.ty(*ptr).is_scalar();
+                tile.then(|| format!("store {}", lanes(p.store_vectorizes(*ptr, *value, *mask))))
+            }
+            Op::AtomicAdd { ptr, .. } => {
+                (!p.k.ty(*ptr).is_scalar()).then(|| "atomic scalar".into())
+            }
+            Op::For { .. } | Op::If { .. } | Op::Yield(_) => None,
+            op => {
+                let &r = inst.results.first()?;
+                let ty = p.k.ty(r);
+                if ty.is_scalar() {
+                    return None;
+                }
+                if p.is_virtual(r) {
+                    return Some(match p.form(r) {
+                        Some(lanes::Form::Lanes) => "fused x4".into(),
+                        Some(lanes::Form::Uniform) => "fused uniform".into(),
+                        Some(lanes::Form::Seq { .. }) => "fused sequence".into(),
+                        None => "fused scalar".into(),
+                    });
+                }
+                let computed_in_place = !matches!(
+                    op,
+                    Op::Reduce { .. } | Op::Dot { .. } | Op::Trans(_) | Op::Broadcast(_)
+                );
+                if !computed_in_place {
+                    return Some("stored".into());
+                }
+                let x4 =
+                    ty.numel() >= lanes::LANES && p.op_form(op, r).is_some() && p.slot_lanes_ok(r);
+                Some(format!("stored {}", lanes(x4)))
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@
 //! would exceed [`MAX_EXPANSION`] operations is stored instead: `let b = a + a;` repeated
 //! doubles the expansion at every step, and lowering must stay linear in the program's size.
 
-use crate::ir::{Block, Kernel, Op, UnaryOp, Value};
+use crate::ir::{DefUse, Kernel, Op, Site, UnaryOp, UseKind, Value};
 use std::collections::{HashMap, HashSet};
 
 /// The fusion decisions for one kernel.
@@ -32,12 +32,6 @@ impl Plan {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Site {
-    block: usize,
-    inst: usize,
-}
-
 struct Use {
     at: Site,
     fusing: bool,
@@ -48,7 +42,6 @@ struct Use {
 /// The most operations one element of a virtual tile may expand to.
 const MAX_EXPANSION: u64 = 64;
 
-#[derive(Default)]
 struct Facts<'a> {
     defs: HashMap<Value, (Site, &'a Op)>,
     /// Defined values in program order (operands before the values that use them).
@@ -72,38 +65,53 @@ fn reads_elementwise(op: &Op) -> bool {
 }
 
 impl<'a> Facts<'a> {
-    fn block(&mut self, b: &'a Block) {
-        let id = self.effects.len();
-        self.effects.push(vec![]);
-        for (i, inst) in b.insts.iter().enumerate() {
-            let at = Site { block: id, inst: i };
-            let effect = !matches!(inst.op, Op::Yield(_)) && inst.op.has_side_effects();
-            self.effects[id].push(effect);
-            for v in inst.op.operands() {
-                // A dot's accumulator is read elementwise, into the product's destination.
-                let fusing = reads_elementwise(&inst.op)
-                    || matches!(inst.op, Op::Dot { acc, a, b } if acc == v && a != v && b != v);
-                self.uses.entry(v).or_default().push(Use {
-                    at,
-                    fusing,
-                    result: inst.results.first().copied(),
-                });
-            }
-            for &r in &inst.results {
-                self.defs.insert(r, (at, &inst.op));
-                self.order.push(r);
-            }
-            for nested in inst.op.blocks() {
-                self.block(nested);
-            }
+    fn new(du: &DefUse<'a>) -> Facts<'a> {
+        let mut facts = Facts {
+            defs: HashMap::new(),
+            order: du.defined().collect(),
+            uses: HashMap::new(),
+            effects: (0..du.num_blocks() as u32)
+                .map(|b| {
+                    du.block_at(b)
+                        .insts
+                        .iter()
+                        .map(|i| !matches!(i.op, Op::Yield(_)) && i.op.has_side_effects())
+                        .collect()
+                })
+                .collect(),
+        };
+        for &v in &facts.order {
+            let site = du.def_site(v).expect("a defined value has a site");
+            let op = du.def_op(v).expect("a defined value has an op");
+            facts.defs.insert(v, (site, op));
+            let uses = du
+                .uses(v)
+                .iter()
+                .map(|u| {
+                    let op = &u.inst.op;
+                    // A dot's accumulator is read elementwise, into the product's destination.
+                    let fusing = u.kind == UseKind::Operand
+                        && (reads_elementwise(op)
+                            || matches!(op, Op::Dot { acc, a, b } if *acc == v && *a != v && *b != v));
+                    Use {
+                        at: u.site,
+                        fusing,
+                        result: match u.kind {
+                            UseKind::Operand => u.inst.results.first().copied(),
+                            UseKind::Flow(_) => None,
+                        },
+                    }
+                })
+                .collect();
+            facts.uses.insert(v, uses);
         }
+        facts
     }
 }
 
 /// Decides which values are virtual.
-pub(super) fn plan(k: &Kernel) -> Plan {
-    let mut facts = Facts::default();
-    facts.block(&k.body);
+pub(super) fn plan(k: &Kernel, du: &DefUse<'_>) -> Plan {
+    let facts = Facts::new(du);
     let is_tile = |v: Value| !k.ty(v).is_scalar();
 
     let mut cheap: HashSet<Value> = HashSet::new();
@@ -196,7 +204,7 @@ pub(super) fn plan(k: &Kernel) -> Plan {
         .filter(|&v| {
             let def = facts.defs[&v].0;
             let end = root(v);
-            facts.effects[def.block][def.inst + 1..end.inst]
+            facts.effects[def.block as usize][def.index as usize + 1..end.index as usize]
                 .iter()
                 .any(|&e| e)
         })

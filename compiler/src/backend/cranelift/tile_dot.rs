@@ -145,8 +145,8 @@ impl Lowerer<'_, '_> {
                     cols_stride: 1,
                 });
             }
-            if let Some(Op::Trans(x)) = self.defs.get(&v).copied() {
-                if self.plan.is_virtual(v) {
+            if let Some(Op::Trans(x)) = self.facts.du.def_op(v) {
+                if self.facts.is_virtual(v) {
                     if let Some(&slot) = self.slots.get(x) {
                         // v[p, q] = x[q, p], and x is [cols, rows].
                         let addr = self.b.ins().stack_addr(types::I64, slot, 0);
@@ -184,7 +184,7 @@ impl Lowerer<'_, '_> {
 
     /// Whether `v` is a constant zero tile (`zeros(...)` as a dot's accumulator).
     fn is_zero(&self, v: Value) -> bool {
-        match self.defs.get(&v).copied() {
+        match self.facts.du.def_op(v) {
             Some(Op::Const(ConstValue::Float(x))) => *x == 0.0 && x.is_sign_positive(),
             Some(Op::Const(ConstValue::Int(0))) => true,
             Some(Op::Splat(s)) => self.is_zero(*s),

@@ -43,8 +43,8 @@ impl Lowerer<'_, '_> {
             let flags = MemFlagsData::new().with_notrap();
             return Ok(Group::Lanes(self.load_lanes(addr, e, flags)));
         }
-        match self.defs.get(&v) {
-            Some(&op) if self.plan.is_virtual(v) => self.op_group(op, v, i),
+        match self.facts.du.def_op(v) {
+            Some(op) if self.facts.is_virtual(v) => self.op_group(op, v, i),
             _ => Err(format!("value v{} used before it is defined", v.0)),
         }
     }

@@ -17,9 +17,9 @@
 use super::layout::{Blocked, Layout};
 use super::mma::{MmaLayout, MmaRows, ATOM_K, ATOM_M};
 use super::remat::rematerialisable;
-use crate::ir::{Inst, Kernel, Op, Value};
+use crate::ir::{DefUse, Inst, Kernel, Op, Use, UseKind, Value};
 use crate::types::DType;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// The layout of every value of a kernel.
 pub struct Assignment {
@@ -34,6 +34,8 @@ pub struct Assignment {
     rows_first: bool,
     /// Every tensor-core accumulator is a `wgmma` accumulator (see [`fits_warpgroups`]).
     warpgroups: bool,
+    /// Why not, when the target has `wgmma` and the kernel has tensor-core dots.
+    not_warpgroups: Option<String>,
     free_trans: HashSet<Value>,
 }
 
@@ -43,14 +45,13 @@ impl Assignment {
     /// warpgroups of rows, and whose accumulators fit the threads' registers
     /// ([`warpgroup_accumulators_fit`]), get the rows-first layout too: it is the `wgmma`
     /// accumulator layout.
-    pub fn run(k: &Kernel, threads: u32, warpgroups: bool) -> Assignment {
-        let g = Graph::new(k);
-        let defs = super::lower::definitions(&k.body);
+    pub fn run(k: &Kernel, du: &DefUse<'_>, threads: u32, warpgroups: bool) -> Assignment {
+        let g = Graph::new(du);
         let mut mma = HashSet::new();
         loop {
             let before = mma.len();
             forward(k, &g, threads, &mut mma);
-            backward(k, &g, &defs, &mut mma);
+            backward(k, &g, &mut mma);
             if mma.len() == before {
                 break;
             }
@@ -66,10 +67,24 @@ impl Assignment {
             .filter(|i| matches!(i.op, Op::Dot { .. }) && mma.contains(&i.results[0]))
             .map(|i| k.ty(i.results[0]).shape.clone())
             .collect();
-        let warpgroup_tiles = warpgroups
-            && !dots.is_empty()
-            && dots.iter().all(|s| fits_warpgroups(s[0], s[1], threads))
-            && warpgroup_accumulators_fit(&dots, threads);
+        let not_warpgroups = match dots.iter().find(|s| !fits_warpgroups(s[0], s[1], threads)) {
+            _ if !warpgroups || dots.is_empty() => None,
+            Some(s) => Some(format!(
+                "the {} x {} accumulator does not fill whole warpgroups of {} warps (wgmma \
+                 needs rows in multiples of 64, at most 16 per warp, num_warps a multiple of \
+                 4, and at most 256 columns)",
+                s[0],
+                s[1],
+                threads / 32
+            )),
+            None if !warpgroup_accumulators_fit(&dots, threads) => Some(format!(
+                "the accumulators need more than the {} registers a thread of {threads} may \
+                 have (wgmma accumulators cannot spill)",
+                register_budget(threads)
+            )),
+            None => None,
+        };
+        let warpgroup_tiles = warpgroups && !dots.is_empty() && not_warpgroups.is_none();
         let rows_first = rows_first || warpgroup_tiles;
         let warpgroups = warpgroup_tiles;
         let mut rows = HashSet::new();
@@ -77,7 +92,7 @@ impl Assignment {
             loop {
                 let before = rows.len();
                 rows_forward(k, &g, &mma, &mut rows);
-                rows_backward(k, &g, &defs, &mma, &mut rows);
+                rows_backward(k, &g, &mma, &mut rows);
                 if rows.len() == before {
                     break;
                 }
@@ -89,16 +104,13 @@ impl Assignment {
             .filter(|i| matches!(i.op, Op::Trans(_)))
             .map(|i| i.results[0])
             .filter(|&t| {
-                let uses = g.uses.get(&t).map_or(&[][..], |u| &u[..]);
+                let uses = du.uses(t);
                 !uses.is_empty()
-                    && uses.iter().all(|u| match u {
-                        Use::Inst(i) => match &i.op {
-                            Op::Dot { a, b, acc } => {
-                                mma.contains(&i.results[0]) && (*a == t || *b == t) && *acc != t
-                            }
-                            _ => false,
-                        },
-                        Use::Flow(_) => false,
+                    && uses.iter().all(|u| match (u.kind, &u.inst.op) {
+                        (UseKind::Operand, Op::Dot { a, b, acc }) => {
+                            mma.contains(&u.inst.results[0]) && (*a == t || *b == t) && *acc != t
+                        }
+                        _ => false,
                     })
             })
             .collect();
@@ -108,8 +120,15 @@ impl Assignment {
             rows,
             rows_first,
             warpgroups,
+            not_warpgroups,
             free_trans,
         }
+    }
+
+    /// Why the tensor-core dots do not run as `wgmma` although the target has it (`None` when
+    /// they do, or when there are none).
+    pub fn why_not_warpgroups(&self) -> Option<String> {
+        self.not_warpgroups.clone()
     }
 
     /// The layout of `v`.
@@ -218,13 +237,7 @@ fn rows_forward(k: &Kernel, g: &Graph, mma: &HashSet<Value>, rows: &mut HashSet<
     }
 }
 
-fn rows_backward(
-    k: &Kernel,
-    g: &Graph,
-    defs: &HashMap<Value, &Op>,
-    mma: &HashSet<Value>,
-    rows: &mut HashSet<Value>,
-) {
+fn rows_backward(k: &Kernel, g: &Graph, mma: &HashSet<Value>, rows: &mut HashSet<Value>) {
     for inst in g.insts.iter().rev() {
         let [r] = inst.results[..] else { continue };
         if rows.contains(&r) || !row_shape(&k.ty(r).shape) {
@@ -235,17 +248,17 @@ fn rows_backward(
             Op::Load { ptr, mask, other } => [Some(ptr), mask.as_ref(), other.as_ref()]
                 .into_iter()
                 .flatten()
-                .all(|v| rows.contains(v) || rematerialisable(k, defs, *v)),
+                .all(|v| rows.contains(v) || rematerialisable(k, g.du, *v)),
             op => op.is_elementwise(),
         };
-        let Some(uses) = g.uses.get(&r) else { continue };
-        let wants = |u: &Use| match u {
-            Use::Flow(to) => rows.contains(to),
-            Use::Inst(i) => match &i.op {
+        let uses = g.du.uses(r);
+        let wants = |u: &Use| match u.kind {
+            UseKind::Flow(to) => rows.contains(&to),
+            UseKind::Operand => match &u.inst.op {
                 op if op.is_elementwise() || matches!(op, Op::Reshape(_)) => {
-                    rows.contains(&i.results[0])
+                    rows.contains(&u.inst.results[0])
                 }
-                Op::Broadcast(_) => mma.contains(&i.results[0]),
+                Op::Broadcast(_) => mma.contains(&u.inst.results[0]),
                 _ => false,
             },
         };
@@ -264,74 +277,21 @@ pub fn on_tensor_cores(k: &Kernel, a: Value, b: Value, threads: u32) -> bool {
         && MmaLayout::new(ta.shape[0], tb.shape[1], threads).is_some()
 }
 
-/// A use of a value.
-enum Use<'a> {
-    /// An operand of this instruction (not a yield or a loop's initial value).
-    Inst(&'a Inst),
-    /// Becomes this value: a loop's initial or yielded value, or an `if`'s yielded value.
-    Flow(Value),
+/// The instructions of a kernel in program order (yields left out: their values are flows),
+/// and its definitions and uses.
+struct Graph<'a, 'k> {
+    insts: Vec<&'k Inst>,
+    du: &'a DefUse<'k>,
 }
 
-struct Graph<'a> {
-    /// Every instruction, nested ones included, in program order.
-    insts: Vec<&'a Inst>,
-    uses: HashMap<Value, Vec<Use<'a>>>,
-}
-
-impl<'a> Graph<'a> {
-    fn new(k: &'a Kernel) -> Graph<'a> {
-        let mut g = Graph {
-            insts: vec![],
-            uses: HashMap::new(),
-        };
-        g.block(&k.body.insts);
-        g
-    }
-
-    fn block(&mut self, insts: &'a [Inst]) {
-        for inst in insts {
-            match &inst.op {
-                Op::Yield(_) => continue, // recorded as flows by the owner
-                Op::For {
-                    lo,
-                    hi,
-                    step,
-                    init,
-                    body,
-                } => {
-                    for v in [lo, hi, step] {
-                        self.uses.entry(*v).or_default().push(Use::Inst(inst));
-                    }
-                    for (v, arg) in init.iter().zip(&body.args[1..]) {
-                        self.uses.entry(*v).or_default().push(Use::Flow(*arg));
-                    }
-                    for (v, arg) in yields(&body.insts).iter().zip(&body.args[1..]) {
-                        self.uses.entry(*v).or_default().push(Use::Flow(*arg));
-                    }
-                }
-                Op::If {
-                    then_block,
-                    else_block,
-                    cond,
-                } => {
-                    self.uses.entry(*cond).or_default().push(Use::Inst(inst));
-                    for b in [then_block, else_block] {
-                        for (v, r) in yields(&b.insts).iter().zip(&inst.results) {
-                            self.uses.entry(*v).or_default().push(Use::Flow(*r));
-                        }
-                    }
-                }
-                op => {
-                    for v in op.operands() {
-                        self.uses.entry(v).or_default().push(Use::Inst(inst));
-                    }
-                }
-            }
-            self.insts.push(inst);
-            for b in inst.op.blocks() {
-                self.block(&b.insts);
-            }
-        }
+impl<'a, 'k> Graph<'a, 'k> {
+    fn new(du: &'a DefUse<'k>) -> Graph<'a, 'k> {
+        let insts = du
+            .insts()
+            .map(|(_, i)| i)
+            .filter(|i| !matches!(i.op, Op::Yield(_)))
+            .collect();
+        Graph { insts, du }
     }
 }
 
@@ -394,7 +354,7 @@ fn forward(k: &Kernel, g: &Graph, threads: u32, mma: &mut HashSet<Value>) {
     }
 }
 
-fn backward(k: &Kernel, g: &Graph, defs: &HashMap<Value, &Op>, mma: &mut HashSet<Value>) {
+fn backward(k: &Kernel, g: &Graph, mma: &mut HashSet<Value>) {
     for inst in g.insts.iter().rev() {
         let [r] = inst.results[..] else { continue };
         if mma.contains(&r) {
@@ -405,10 +365,10 @@ fn backward(k: &Kernel, g: &Graph, defs: &HashMap<Value, &Op>, mma: &mut HashSet
             Op::Load { ptr, mask, other } => [Some(ptr), mask.as_ref(), other.as_ref()]
                 .into_iter()
                 .flatten()
-                .all(|v| mma.contains(v) || rematerialisable(k, defs, *v)),
+                .all(|v| mma.contains(v) || rematerialisable(k, g.du, *v)),
             op => op.is_elementwise(),
         };
-        let Some(uses) = g.uses.get(&r) else { continue };
+        let uses = g.du.uses(r);
         if candidate && !uses.is_empty() && uses.iter().all(|u| feeds_mma(u, r, mma)) {
             mma.insert(r);
         }
@@ -417,11 +377,11 @@ fn backward(k: &Kernel, g: &Graph, defs: &HashMap<Value, &Op>, mma: &mut HashSet
 
 /// Whether use `u` of `v` wants `v` in the MMA layout.
 fn feeds_mma(u: &Use, v: Value, mma: &HashSet<Value>) -> bool {
-    match u {
-        Use::Flow(to) => mma.contains(to),
-        Use::Inst(i) => match &i.op {
-            op if op.is_elementwise() => mma.contains(&i.results[0]),
-            Op::Dot { acc, .. } => *acc == v && mma.contains(&i.results[0]),
+    match u.kind {
+        UseKind::Flow(to) => mma.contains(&to),
+        UseKind::Operand => match &u.inst.op {
+            op if op.is_elementwise() => mma.contains(&u.inst.results[0]),
+            Op::Dot { acc, .. } => *acc == v && mma.contains(&u.inst.results[0]),
             Op::Store { value, .. } | Op::AtomicAdd { value, .. } => {
                 *value != v && mma.contains(value)
             }

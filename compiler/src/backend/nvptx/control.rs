@@ -4,7 +4,7 @@
 //! it are legal.
 
 use super::lower::{LowerError, Lowerer, Regs, Res};
-use crate::ir::{Block, Value};
+use crate::ir::{Block, ConstValue, Op, Value};
 use inkwell::values::BasicValue;
 use inkwell::IntPredicate;
 
@@ -18,18 +18,33 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         body: &Block,
         results: &[Value],
     ) -> Res<()> {
+        let positive = matches!(self.def(step), Some(Op::Const(ConstValue::Int(s))) if *s > 0);
         let (lo, hi, step) = (
             self.scalar(lo)?.into_int_value(),
             self.scalar(hi)?.into_int_value(),
             self.scalar(step)?.into_int_value(),
         );
+        // A step <= 0 runs the body zero times: the loop starts at its end.
+        let lo = if positive {
+            lo
+        } else {
+            let zero = step.get_type().const_zero();
+            let forward = self
+                .b
+                .build_int_compare(IntPredicate::SGT, step, zero, "forward")?;
+            self.b.build_select(forward, lo, hi, "lo")?.into_int_value()
+        };
         let layouts: Vec<_> = body.args[1..].iter().map(|&a| self.layout(a)).collect();
         let init: Vec<Regs> = init
             .iter()
             .zip(&layouts)
             .map(|(&v, l)| self.pack(self.regs_as(v, l)?))
             .collect::<Res<_>>()?;
-        let plan = self.plan_pipeline(body)?;
+        let report = self.d.pipeline_report(body);
+        if let Some(e) = report.error {
+            return Err(LowerError(e));
+        }
+        let plan = report.plan;
         let region = plan.as_ref().map(|p| self.claim_ring(p)).transpose()?;
         if let (Some(p), Some(r)) = (&plan, region) {
             self.pipeline_prologue(body, p, r, (lo, hi, step))?;

@@ -73,7 +73,10 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .filter(|s| !s.piped)
             .map(|s| s.tile.base + s.tile.bytes())
             .max();
-        let warpgroups = self.wgmma_fits(l, sa.as_ref(), &sb);
+        let warpgroups = matches!(
+            self.d.dot_path(a, b, r),
+            super::decisions::DotPath::Wgmma { .. }
+        );
         if let Some(end) = written {
             self.claim_shared(end);
             if warpgroups {
@@ -142,18 +145,10 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     /// elementwise ops) whose warps hold exactly the rows of result layout `l` and the whole
     /// depth: then its accumulator atoms are the `a` fragments, two atoms per 16-deep step.
     fn a_in_registers(&self, a: Value, l: &MmaLayout) -> Res<Option<(MmaLayout, Regs<'ctx>)>> {
-        let Layout::Mma(la) = self.layout(a) else {
-            return Ok(None);
-        };
-        let fits = la.warps_n == 1
-            && la.warp_row_term() == l.warp_row_term()
-            && la.atoms_m() == l.atoms_m()
-            && la.warps_m * la.warps_n == l.warps_m * l.warps_n
-            && la.n % ATOM_K == 0;
-        if !fits {
-            return Ok(None);
+        match self.d.a_in_registers(a, l) {
+            Some(la) => Ok(Some((la, self.regs(a)?))),
+            None => Ok(None),
         }
-        Ok(Some((la, self.regs(a)?)))
     }
 
     /// The `a` fragment of rows `16 i ..` and depth `k0 ..` of a warp from the registers of

@@ -1,13 +1,12 @@
 //! The walk over the IR: one LLVM function per kernel, one LLVM value per register of each tile,
 //! structured control flow as LLVM blocks and phis.
 
-use super::assign::Assignment;
-use super::axis::AxisAnalysis;
 use super::bounds::Checks;
+use super::decisions::Decisions;
 use super::layout::{Blocked, Layout, TidTerm};
 use super::{error, intrinsics, Arch, PtxOptions, MAX_STAGES, MAX_TILE_REGS};
 use crate::backend::BackendError;
-use crate::ir::{Block, ConstValue, Elem, Inst, Kernel, Op, ParamKind, Value};
+use crate::ir::{Block, ConstValue, DefUse, Elem, Inst, Kernel, Op, ParamKind, Value};
 use crate::types::DType;
 use inkwell::builder::{Builder, BuilderError};
 use inkwell::context::Context;
@@ -111,7 +110,8 @@ pub(super) struct Lowerer<'a, 'ctx> {
     pub b: Builder<'ctx>,
     pub func: FunctionValue<'ctx>,
     pub k: &'a Kernel,
-    pub axis: AxisAnalysis,
+    /// What the lowering does with each value, decided before any code is emitted.
+    pub d: Decisions<'a>,
     pub threads: u32,
     /// `%tid.x`, an i32.
     pub tid: IntValue<'ctx>,
@@ -128,8 +128,6 @@ pub(super) struct Lowerer<'a, 'ctx> {
     pub pipe_bytes: Cell<u32>,
     /// Loads the current loop pipeline copies to shared memory: where this iteration's copy is.
     pub piped: HashMap<Value, (PointerValue<'ctx>, super::mma::SharedTile)>,
-    /// [`PtxOptions::num_stages`].
-    pub num_stages: u32,
     /// The target (its shared-memory limit bounds the pipeline rings).
     pub arch: Arch,
     /// Dots whose `wgmma`s stay in flight at the end of their loop's iteration (see
@@ -137,15 +135,9 @@ pub(super) struct Lowerer<'a, 'ctx> {
     pub in_flight: HashSet<Value>,
     /// The bounds checks of a checked kernel ([`PtxOptions::bounds_checks`]).
     pub checks: Option<Checks<'ctx>>,
-    /// Tensor-core dots may run as `wgmma` (see `wgmma`, [`Assignment::warpgroups`]).
+    /// Tensor-core dots may run as `wgmma` (see `wgmma`, `Assignment::warpgroups`).
     pub wgmma: bool,
-    /// Which values are in which layout.
-    pub assign: Assignment,
     vals: HashMap<Value, Regs<'ctx>>,
-    /// Values that are constant positive zeros (a masked load's `other` that needs no select:
-    /// the load already yields zero bits where the mask is false).
-    pub zeros: HashSet<Value>,
-    defs: HashMap<Value, &'a Op>,
 }
 
 impl<'a, 'ctx> Lowerer<'a, 'ctx> {
@@ -191,14 +183,14 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             true => Some(Checks::new(ctx, &b, func, k)?),
             false => None,
         };
-        let assign = Assignment::run(k, threads, opts.arch.has_wgmma());
-        let wgmma = assign.warpgroups();
+        let d = Decisions::new(k, opts);
         Ok(Lowerer {
             ctx,
             b,
             func,
             k,
-            axis: AxisAnalysis::run(k, opts),
+            wgmma: d.wgmma,
+            d,
             threads,
             tid,
             smem,
@@ -206,15 +198,10 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             pipe,
             pipe_bytes: Cell::new(0),
             piped: HashMap::new(),
-            num_stages: opts.num_stages,
             arch: opts.arch,
             in_flight: HashSet::new(),
             checks,
-            assign,
-            wgmma,
             vals: HashMap::new(),
-            zeros: zero_constants(&k.body),
-            defs: definitions(&k.body),
             module,
         })
     }
@@ -280,7 +267,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
 
     /// The layout of value `v`.
     pub fn layout(&self, v: Value) -> Layout {
-        self.assign.layout(self.k, v)
+        self.d.layout(v)
     }
 
     /// The blocked layout of a tile shaped like `v`.
@@ -312,7 +299,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
         if self.k.ty(v).numel() == 1 {
             return Ok(vec![self.scalar(v)?; to.regs() as usize]);
         }
-        if super::remat::rematerialisable(self.k, self.defs(), v) {
+        if super::remat::rematerialisable(self.k, self.du(), v) {
             return (0..to.regs())
                 .map(|r| self.remat_at(v, self.flat_index(to, r)?))
                 .collect();
@@ -506,7 +493,7 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
                 _ => self.regs_as(*v, &Layout::Blocked(self.blocked(*v)))?,
             },
             Op::Broadcast(v) => self.broadcast(*v, r)?,
-            Op::Trans(_) if self.assign.is_free_trans(r) => vec![],
+            Op::Trans(_) if self.d.assign.is_free_trans(r) => vec![],
             Op::Trans(v) => self.transpose(*v, r)?,
             Op::Unary(op, v) => {
                 let d = self.dtype(*v)?;
@@ -599,11 +586,12 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
 
     /// The op that defines `v`, if an instruction does (not a block argument).
     pub fn def(&self, v: Value) -> Option<&'a Op> {
-        self.defs.get(&v).copied()
+        self.d.def(v)
     }
 
-    pub fn defs(&self) -> &HashMap<Value, &'a Op> {
-        &self.defs
+    /// The definitions and uses of the kernel's values.
+    pub fn du(&self) -> &DefUse<'a> {
+        &self.d.du
     }
 
     pub(super) fn sreg(&self, name: &str, axis: u8) -> Res<BasicValueEnum<'ctx>> {
@@ -638,38 +626,6 @@ impl<'a, 'ctx> Lowerer<'a, 'ctx> {
             .get_insert_block()
             .ok_or_else(|| LowerError("builder has no block".into()))
     }
-}
-
-/// The op defining each value of a block and the blocks nested in it.
-pub fn definitions(b: &Block) -> HashMap<Value, &Op> {
-    let mut map = HashMap::new();
-    for inst in &b.insts {
-        for &r in &inst.results {
-            map.insert(r, &inst.op);
-        }
-        for nested in inst.op.blocks() {
-            map.extend(definitions(nested));
-        }
-    }
-    map
-}
-
-fn zero_constants(b: &Block) -> HashSet<Value> {
-    let mut set = HashSet::new();
-    for inst in &b.insts {
-        let zero = match inst.op {
-            Op::Const(ConstValue::Int(0)) | Op::Const(ConstValue::Bool(false)) => true,
-            Op::Const(ConstValue::Float(f)) => f == 0.0 && f.is_sign_positive(),
-            _ => false,
-        };
-        if zero {
-            set.extend(inst.results.iter().copied());
-        }
-        for nested in inst.op.blocks() {
-            set.extend(zero_constants(nested));
-        }
-    }
-    set
 }
 
 /// A shared-memory global that stands for a buffer until the kernel is lowered.

@@ -13,22 +13,11 @@ use inkwell::IntPredicate;
 type V<'ctx> = BasicValueEnum<'ctx>;
 
 impl<'ctx> Lowerer<'_, 'ctx> {
-    /// Elements per memory access through `ptr` in layout `l` (1, or a power of two up to 16
-    /// bytes).
+    /// Elements per memory access through `ptr` in layout `l` (see [`Decisions`]).
+    ///
+    /// [`Decisions`]: super::decisions::Decisions
     pub fn vector_width(&self, l: &Layout, ptr: Value, mask: Option<Value>, d: DType) -> u32 {
-        if d == DType::Bool {
-            return 1;
-        }
-        let info = self.axis.get(ptr);
-        let esize = d.size_bytes() as u64;
-        let mut w = l.vec().min(info.contig).min((16 / esize) as u32);
-        if let Some(m) = mask {
-            w = w.min(self.axis.get(m).constancy);
-        }
-        while w > 1 && info.div < w as u64 * esize {
-            w /= 2;
-        }
-        w.max(1)
+        self.d.vector_width(l, ptr, mask, d)
     }
 
     /// Emits `if cond { body }`; returns the body's value merged with `default` by a phi.
@@ -88,7 +77,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         let ptrs = self.regs_as(ptr, &l)?;
         let masks = mask.map(|m| self.regs_as(m, &l)).transpose()?;
         // A zero `other` is what the masked load yields anyway.
-        let other = other.filter(|o| !self.zeros.contains(o));
+        let other = other.filter(|o| !self.d.zeros.contains(o));
         let others = other.map(|o| self.regs_as(o, &l)).transpose()?;
         let mty = memory_type(self.ctx, d);
         let zero = super::lower::scalar_type(self.ctx, d).const_zero();
@@ -166,10 +155,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             .elem
             .pointee()
             .ok_or("store to a non-pointer".to_string())?;
-        let l = match self.layout(value) {
-            l @ Layout::Mma(_) => l,
-            Layout::Blocked(_) | Layout::Rows(_) => self.layout(ptr),
-        };
+        let l = self.d.store_layout(ptr, value);
         let w = if atomic {
             1
         } else {

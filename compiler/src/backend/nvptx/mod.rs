@@ -33,6 +33,7 @@ pub mod assign;
 pub mod axis;
 mod bounds;
 mod control;
+pub mod decisions;
 mod dot;
 mod intrinsics;
 pub mod layout;
@@ -199,6 +200,42 @@ pub fn compile_ptx(k: &Kernel, opts: &PtxOptions) -> Result<PtxKernel, BackendEr
         threads_per_block: 32 * opts.num_warps,
         shared_bytes: built.shared_bytes,
     })
+}
+
+pub use decisions::{render_notes, Annotations};
+
+/// Compiles several kernels into one PTX module, one `.entry` each (what `kiln compile --emit
+/// ptx` prints for a file of several kernels: PTX text that `ptxas` accepts as it is). Each
+/// kernel has its own options (its alignment specialisation, say), but they must all target
+/// one architecture.
+pub fn compile_ptx_module(kernels: &[(&Kernel, PtxOptions)]) -> Result<String, BackendError> {
+    let Some((first, opts)) = kernels.first() else {
+        return Err(BackendError {
+            backend: "nvptx",
+            kernel: String::new(),
+            message: "a PTX module needs at least one kernel".into(),
+        });
+    };
+    let context = Context::create();
+    let module = lower::build_module(&context, first, opts)?.module;
+    for (k, o) in &kernels[1..] {
+        if o.arch != opts.arch {
+            return Err(error(
+                k,
+                format!(
+                    "one PTX module has one target, but this kernel is for {} and `{}` for {}",
+                    o.arch.name(),
+                    first.name,
+                    opts.arch.name()
+                ),
+            ));
+        }
+        let built = lower::build_module(&context, k, o)?;
+        module
+            .link_in_module(built.module)
+            .map_err(|e| error(k, format!("linking into one module: {e}")))?;
+    }
+    target::emit_ptx(&module, opts).map_err(|m| error(first, m))
 }
 
 /// The optimised LLVM IR of a kernel, as text (`kiln compile --emit llvm`).

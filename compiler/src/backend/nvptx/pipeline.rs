@@ -39,6 +39,7 @@
 //! against the target's shared memory when it is claimed, before any copy is unrolled.
 
 use super::bounds::AccessKind;
+use super::decisions::{Decisions, WidthLimit};
 use super::layout::Layout;
 use super::lower::{LowerError, Lowerer, Res};
 use super::mma::SharedTile;
@@ -77,15 +78,65 @@ struct PipedLoad {
     width: u32,
 }
 
-impl<'ctx> Lowerer<'_, 'ctx> {
-    /// The pipelining of the loop with body `body`, if any of its loads qualify; an error if
-    /// one stage of them cannot fit in shared memory.
-    pub fn plan_pipeline(&self, body: &Block) -> Res<Option<LoopPlan>> {
+/// What the pipeline makes of one loop.
+pub struct PipelineReport {
+    /// The plan, if any load qualifies.
+    pub plan: Option<LoopPlan>,
+    /// Loads used only as tensor-core dot operands that are not pipelined, and why.
+    pub skipped: Vec<(Value, String)>,
+    /// How many loads are used only as tensor-core dot operands (pipelined or not).
+    pub candidates: usize,
+    /// Why the loop cannot be compiled as asked: one stage does not fit in shared memory.
+    pub error: Option<String>,
+}
+
+impl LoopPlan {
+    /// The plan as `--emit layouts` prints it after the loop.
+    pub fn describe(&self) -> String {
+        let mut text = format!(
+            "pipeline: {} stages, copies {} iteration{} ahead, {} bytes a stage",
+            self.stages,
+            self.ahead,
+            if self.ahead == 1 { "" } else { "s" },
+            self.stage_bytes
+        );
+        if self.in_flight.is_some() {
+            text += ", wgmma left in flight across iterations";
+        }
+        text
+    }
+
+    /// Each pipelined load and how it is copied, as `--emit layouts` prints it.
+    pub fn piped_loads(&self) -> impl Iterator<Item = (Value, String)> + '_ {
+        self.loads.iter().map(|l| {
+            (
+                l.value,
+                format!(
+                    "cp.async {} bytes a copy into the ring at stage offset {}, {} ahead",
+                    2 * l.width,
+                    l.tile.base,
+                    self.ahead
+                ),
+            )
+        })
+    }
+}
+
+impl Decisions<'_> {
+    /// How the loop with body `body` is pipelined: the plan if any of its loads qualify, the
+    /// dot operand loads that do not and why, or an error if one stage of them cannot fit in
+    /// shared memory.
+    pub fn pipeline_report(&self, body: &Block) -> PipelineReport {
+        let mut report = PipelineReport {
+            plan: None,
+            skipped: vec![],
+            candidates: 0,
+            error: None,
+        };
         let stages = self.num_stages;
         if stages < 2 {
-            return Ok(None);
+            return report;
         }
-        let uses = use_counts(body);
         let top: HashMap<Value, usize> = body
             .insts
             .iter()
@@ -100,13 +151,26 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 continue;
             };
             let x = inst.results[0];
-            if other.is_some_and(|o| !self.zeros.contains(&o))
-                || uses.get(&x) != Some(&self.dot_operand_uses(body, x, &uses))
-            {
+            let dot_uses = self.dot_operand_uses(body, x);
+            if dot_uses == 0 {
                 continue;
             }
-            let Some(width) = self.copy_width(x, *ptr, *mask) else {
+            let mut skip = |why: String| report.skipped.push((x, why));
+            if self.du.use_count(x) != dot_uses {
+                skip("it is also used other than as a tensor-core dot operand".into());
                 continue;
+            }
+            report.candidates += 1;
+            if other.is_some_and(|o| !self.zeros.contains(&o)) {
+                skip("its `other:` value is not zero (cp.async fills with zeros)".into());
+                continue;
+            }
+            let width = match self.copy_width(x, *ptr, *mask) {
+                Ok(w) => w,
+                Err(why) => {
+                    skip(why);
+                    continue;
+                }
             };
             let mut needs = HashSet::new();
             let invariant = [*ptr]
@@ -114,16 +178,23 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 .chain(*mask)
                 .all(|v| cone_of(body, &top, v, &mut needs));
             if !invariant {
+                skip(
+                    "its address or mask depends on a loop-carried value or on another load".into(),
+                );
                 continue;
             }
             cone.extend(needs);
-            let shape = &self.k.ty(x).shape;
             let tile = SharedTile {
-                rows: shape[0],
-                cols: shape[1],
                 base: offset,
+                ..self.shared_tile(x)
             };
-            offset = self.stage_end(offset, &tile)?;
+            offset = match self.stage_end(offset, &tile) {
+                Ok(end) => end,
+                Err(e) => {
+                    report.error = Some(e);
+                    return report;
+                }
+            };
             loads.push(PipedLoad {
                 value: x,
                 ptr: *ptr,
@@ -133,36 +204,37 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             });
         }
         if loads.is_empty() {
-            return Ok(None);
+            return report;
         }
         let mut cone: Vec<usize> = cone.into_iter().collect();
         cone.sort_unstable();
         let in_flight = match stages {
-            3.. => self.accumulation_in_flight(body, &loads, &uses),
+            3.. => self.accumulation_in_flight(body, &loads),
             _ => None,
         };
-        Ok(Some(LoopPlan {
+        report.plan = Some(LoopPlan {
             stages,
             ahead: stages - 1 - u32::from(in_flight.is_some()),
             in_flight,
             cone,
             loads,
             stage_bytes: offset,
-        }))
+        });
+        report
     }
 
     /// Where the next tile of a stage may start after `tile`; an error once the stage no
     /// longer fits in shared memory (so that every offset stays far from overflowing).
-    fn stage_end(&self, offset: u32, tile: &SharedTile) -> Res<u32> {
+    fn stage_end(&self, offset: u32, tile: &SharedTile) -> Result<u32, String> {
         let limit = self.arch.max_shared_bytes();
         let end = u64::from(offset) + u64::from(tile.rows) * u64::from(tile.cols) * 2;
         match u32::try_from(end) {
             Ok(end) if end <= limit => Ok(align_tile(end)),
-            _ => Err(LowerError(format!(
+            _ => Err(format!(
                 "one stage of the loop pipeline needs more than the {limit} bytes of shared \
                  memory a block may have on {}; use smaller tiles or num_stages = 1",
                 self.arch.name()
-            ))),
+            )),
         }
     }
 
@@ -171,12 +243,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     /// acc)`, the value yielded straight back), both operands are pipelined loads, and it runs
     /// as `wgmma`. The next iteration's own `wgmma`s queue behind it on the same registers; the
     /// ring then keeps one more stage for the tiles it is still reading.
-    fn accumulation_in_flight(
-        &self,
-        body: &Block,
-        loads: &[PipedLoad],
-        uses: &HashMap<Value, usize>,
-    ) -> Option<(Value, usize)> {
+    fn accumulation_in_flight(&self, body: &Block, loads: &[PipedLoad]) -> Option<(Value, usize)> {
         if !self.wgmma {
             return None;
         }
@@ -184,10 +251,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
             return None;
         };
         let piped = |v: Value| {
-            let src = match self.def(v) {
-                Some(Op::Trans(x)) => *x,
-                _ => v,
-            };
+            let src = self.staged_source(v);
             loads
                 .iter()
                 .find(|l| l.value == src)
@@ -203,8 +267,8 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 return None;
             };
             let fits = yielded.get(carried) == Some(&r)
-                && uses.get(&r) == Some(&1)
-                && uses.get(acc) == Some(&1)
+                && self.du.use_count(r) == 1
+                && self.du.use_count(*acc) == 1
                 && piped(*a) == Some(true)
                 && piped(*b) == Some(true)
                 && is_warpgroup_accumulator(&l);
@@ -214,7 +278,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
 
     /// How many of `x`'s uses are as the operand of a tensor-core dot at the top of `body`,
     /// directly or through a `trans` that such dots alone use.
-    fn dot_operand_uses(&self, body: &Block, x: Value, uses: &HashMap<Value, usize>) -> usize {
+    fn dot_operand_uses(&self, body: &Block, x: Value) -> usize {
         let mut n = 0;
         for inst in &body.insts {
             match &inst.op {
@@ -223,7 +287,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
                 }
                 Op::Trans(v) if *v == x && self.assign.is_free_trans(inst.results[0]) => {
                     let t = inst.results[0];
-                    if uses.get(&t) == Some(&self.dot_operand_uses(body, t, uses)) {
+                    if self.du.use_count(t) == self.dot_operand_uses(body, t) {
                         n += 1;
                     }
                 }
@@ -234,21 +298,42 @@ impl<'ctx> Lowerer<'_, 'ctx> {
     }
 
     /// Elements per `cp.async` for load `x` (which must be a 16-bit tile in the blocked layout
-    /// whose vectors are at least 4 bytes).
-    fn copy_width(&self, x: Value, ptr: Value, mask: Option<Value>) -> Option<u32> {
+    /// whose vectors are at least 4 bytes), or why it cannot be copied so.
+    fn copy_width(&self, x: Value, ptr: Value, mask: Option<Value>) -> Result<u32, String> {
         let l = self.layout(x);
-        let d = self.dtype(x).ok()?;
+        let d = self.k.ty(x).dtype().ok_or("it loads pointers")?;
         let shape = &self.k.ty(x).shape;
         if !matches!(l, Layout::Blocked(_)) || d.size_bytes() != 2 || shape.len() != 2 {
-            return None;
+            return Err(format!(
+                "cp.async copies 2-D 16-bit tiles in the blocked layout, not a {}",
+                self.k.ty(x)
+            ));
         }
-        let w = self
-            .vector_width(&l, ptr, mask, d)
-            .min(SharedTile::CHUNK)
-            .min(shape[1]);
-        (w >= 2).then_some(w)
+        let access = self.access_width(&l, ptr, mask, d);
+        let w = access.width.min(SharedTile::CHUNK).min(shape[1]);
+        if w >= 2 {
+            return Ok(w);
+        }
+        let mut why = match access.limit {
+            Some(WidthLimit::Alignment(_)) if !self.aligned => {
+                "its addresses are not known to be 4-byte aligned".to_string()
+            }
+            Some(limit) => limit.to_string(),
+            None => "its rows are one element wide".into(),
+        };
+        if !self.aligned && access.limit.is_some() {
+            // Alignment and the masks' runs both follow from the launch's specialisation.
+            why += " (compile with --aligned and the integer parameters that are multiples of \
+                    16, or launch with 16-byte aligned pointers and sizes)";
+        }
+        Err(format!(
+            "cp.async copies at least 4 bytes, and its accesses are {} element wide: {why}",
+            w
+        ))
     }
+}
 
+impl<'ctx> Lowerer<'_, 'ctx> {
     /// Claims `plan`'s ring in the pipeline region; returns its offset there. Refused, before
     /// any copy is unrolled, when the rings would not fit in shared memory.
     pub fn claim_ring(&self, plan: &LoopPlan) -> Res<u32> {
@@ -501,23 +586,6 @@ impl<'ctx> Lowerer<'_, 'ctx> {
 /// type (`i32` or `i64`).
 fn like<'ctx>(x: IntValue<'ctx>, c: u32) -> IntValue<'ctx> {
     x.get_type().const_int(c as u64, false)
-}
-
-/// How many times each value is read in `b`, nested blocks and yields included.
-fn use_counts(b: &Block) -> HashMap<Value, usize> {
-    let mut counts = HashMap::new();
-    fn walk(b: &Block, counts: &mut HashMap<Value, usize>) {
-        for inst in &b.insts {
-            for v in inst.op.operands() {
-                *counts.entry(v).or_default() += 1;
-            }
-            for nested in inst.op.blocks() {
-                walk(nested, counts);
-            }
-        }
-    }
-    walk(b, &mut counts);
-    counts
 }
 
 /// Adds to `needs` the top-level instructions of `body` that `v` depends on; false if it

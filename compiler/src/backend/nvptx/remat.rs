@@ -4,21 +4,19 @@
 
 use super::layout::dim_shifts;
 use super::lower::{Lowerer, Res};
-use crate::ir::{Kernel, Op, Value};
+use crate::ir::{DefUse, Kernel, Op, Value};
 use inkwell::values::{BasicValue, BasicValueEnum, IntValue};
-use std::collections::HashMap;
 
 /// The most ops one rematerialised element may take (the expression counted as a tree).
 const BUDGET: usize = 48;
 
-/// True if `v` can be evaluated at any element index within the op budget. `defs` maps values
-/// to the ops that define them.
-pub fn rematerialisable(k: &Kernel, defs: &HashMap<Value, &Op>, v: Value) -> bool {
+/// True if `v` can be evaluated at any element index within the op budget.
+pub fn rematerialisable(k: &Kernel, du: &DefUse<'_>, v: Value) -> bool {
     let mut budget = BUDGET;
-    cost(k, defs, v, &mut budget)
+    cost(k, du, v, &mut budget)
 }
 
-fn cost(k: &Kernel, defs: &HashMap<Value, &Op>, v: Value, budget: &mut usize) -> bool {
+fn cost(k: &Kernel, du: &DefUse<'_>, v: Value, budget: &mut usize) -> bool {
     if *budget == 0 {
         return false;
     }
@@ -26,8 +24,8 @@ fn cost(k: &Kernel, defs: &HashMap<Value, &Op>, v: Value, budget: &mut usize) ->
     if k.ty(v).numel() == 1 {
         return true;
     }
-    let Some(op) = defs.get(&v) else { return false };
-    let mut ok = |a: &Value| cost(k, defs, *a, budget);
+    let Some(op) = du.def_op(v) else { return false };
+    let mut ok = |a: &Value| cost(k, du, *a, budget);
     match op {
         Op::Const(_) | Op::Range(_) | Op::Splat(_) => true,
         Op::Unary(_, a) | Op::Cast(a) | Op::Reshape(a) | Op::Broadcast(a) => ok(a),

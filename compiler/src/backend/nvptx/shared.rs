@@ -145,7 +145,7 @@ impl<'ctx> Lowerer<'_, 'ctx> {
         }
         let s_shape = self.k.ty(src).shape.clone();
         let d_shape = self.k.ty(dst).shape.clone();
-        if super::remat::rematerialisable(self.k, self.defs(), src) {
+        if super::remat::rematerialisable(self.k, self.du(), src) {
             return (0..l.regs())
                 .map(|r| {
                     let i = self.broadcast_index(&s_shape, &d_shape, self.flat_index(&l, r)?)?;

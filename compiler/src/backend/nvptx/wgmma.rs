@@ -57,20 +57,6 @@ pub(super) enum WgmmaA<'a, 'ctx> {
 const GROUP_ROWS: u32 = 64;
 
 impl<'ctx> Lowerer<'_, 'ctx> {
-    /// Whether a dot with accumulator layout `l`, `a` staged as `a` (or in registers when
-    /// None) and `b` staged as `b` runs as `wgmma`.
-    pub(super) fn wgmma_fits(
-        &self,
-        l: &MmaLayout,
-        a: Option<&Staged<'ctx>>,
-        b: &Staged<'ctx>,
-    ) -> bool {
-        self.wgmma
-            && is_warpgroup_accumulator(l)
-            && a.is_none_or(|a| has_descriptor(&a.tile))
-            && has_descriptor(&b.tile)
-    }
-
     /// `fence.proxy.async.shared::cta`: this thread's shared-memory writes become visible to
     /// `wgmma` (after the next barrier, for the other threads' reads).
     pub(super) fn fence_async_proxy(&self) -> Res<()> {
