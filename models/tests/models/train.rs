@@ -352,20 +352,44 @@ fn a_resumed_run_is_bit_identical_to_a_straight_one() {
         let a_losses = losses(straight.path());
         let c_losses = losses(resumed.path());
         assert_eq!(a_losses.len(), 6);
-        assert_eq!(
-            a_losses[3..],
-            c_losses[..],
-            "{label}: steps 4-6 differ after the resume"
-        );
         let (x, y) = (a.trained_tensors().unwrap(), c.trained_tensors().unwrap());
-        for ((name, p), (_, q)) in x.iter().zip(&y) {
-            assert!(
-                p.data
+        if ops.device().name().starts_with("cpu") {
+            assert_eq!(
+                a_losses[3..],
+                c_losses[..],
+                "{label}: steps 4-6 differ after the resume"
+            );
+            for ((name, p), (_, q)) in x.iter().zip(&y) {
+                assert!(
+                    p.data
+                        .iter()
+                        .zip(&q.data)
+                        .all(|(u, v)| u.to_bits() == v.to_bits()),
+                    "{label}: `{name}` differs after the resume"
+                );
+            }
+        } else {
+            // On a GPU the loss totals and the embedding's gradient add with float atomics
+            // (docs/TRAINING.md): the resumed run follows the straight one to rounding.
+            for (&u, &v) in a_losses[3..].iter().zip(&c_losses) {
+                let (u, v) = (f64::from_bits(u), f64::from_bits(v));
+                assert!(
+                    rel(v, u) < 1e-5,
+                    "{label}: loss {v} after the resume, {u} straight"
+                );
+            }
+            for ((name, p), (_, q)) in x.iter().zip(&y) {
+                let worst = p
+                    .data
                     .iter()
                     .zip(&q.data)
-                    .all(|(u, v)| u.to_bits() == v.to_bits()),
-                "{label}: `{name}` differs after the resume"
-            );
+                    .map(|(u, v)| (u - v).abs() as f64 / (u.abs() as f64).max(1e-3))
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst < 1e-4,
+                    "{label}: `{name}` differs after the resume by {worst}"
+                );
+            }
         }
         // A resume with other settings is refused, naming the setting.
         let mut other = opts.clone();
