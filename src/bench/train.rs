@@ -90,7 +90,7 @@ struct Row {
 
 pub fn run(args: TrainBenchArgs) -> Result<String, String> {
     let ops = crate::commands::device::parse_device(Some(&args.device))?;
-    let on_gpu = ops.device().name().starts_with("cuda");
+    let on_gpu = ops.device().kind() == kiln::runtime::DeviceKind::Cuda;
     let folder;
     // A random model is drawn tensor by tensor as it is uploaded (a 7B-class model never sits
     // on the host whole); it is written to a folder only for a peer that reads one.

@@ -353,7 +353,7 @@ fn a_resumed_run_is_bit_identical_to_a_straight_one() {
         let c_losses = losses(resumed.path());
         assert_eq!(a_losses.len(), 6);
         let (x, y) = (a.trained_tensors().unwrap(), c.trained_tensors().unwrap());
-        if ops.device().name().starts_with("cpu") {
+        if ops.device().kind() == kiln_runtime::DeviceKind::Cpu {
             assert_eq!(
                 a_losses[3..],
                 c_losses[..],
