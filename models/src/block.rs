@@ -20,11 +20,11 @@ use kiln_ops::rope::Rope;
 use kiln_ops::{elementwise, swiglu, Ops};
 use kiln_runtime::{Buffer, BufferView, BufferViewMut};
 
-use crate::adapters::{LayerLora, Target};
+use crate::adapters::{LayerLora, LoraPair, Target};
 use crate::batch::DeviceBatch;
 use crate::config::ModelConfig;
 use crate::layers::linear::{Linear, Write};
-use crate::layers::lora::{AdapterActs, LayerAdapters};
+use crate::layers::lora::{AdapterActs, LayerAdapters, LoraPath};
 use crate::params::LayerWeights;
 use crate::Result;
 
@@ -333,28 +333,19 @@ impl<'a> Block<'a> {
             .add_forward(ops, &attn_out, x, &mut h, &w.post_norm, &mut n2, &mut rstd2)?;
 
         let (mut gate, mut up, mut act) = (self.alloc(ti)?, self.alloc(ti)?, self.alloc(ti)?);
-        let up_proj = &self.up_proj;
-        self.project(
-            Target::Gate,
-            up_proj,
-            lora,
-            &mut acts,
-            &n2,
-            &w.gate,
-            None,
-            &mut gate,
-        )?;
-        self.project(
-            Target::Up,
-            up_proj,
-            lora,
-            &mut acts,
-            &n2,
-            &w.up,
-            None,
-            &mut up,
-        )?;
-        swiglu::forward(ops, &gate, &up, &mut act)?;
+        if let Some([(g_path, g_pair), (u_path, u_pair)]) = self.mlp_adapters(lora) {
+            // Both adapted: the adapters' `s · u Bᵀ` is added inside the SwiGLU kernel.
+            let up_proj = &self.up_proj;
+            up_proj.forward(ops, &n2, &w.gate, None, &mut gate)?;
+            up_proj.forward(ops, &n2, &w.up, None, &mut up)?;
+            acts.set(Target::Gate, g_path.project_down(ops, g_pair, &n2)?);
+            acts.set(Target::Up, u_path.project_down(ops, u_pair, &n2)?);
+            let terms = mlp_terms(&acts, [g_pair, u_pair], &g_path)?;
+            swiglu::forward_lora(ops, t, &gate, &up, &terms, &mut act)?;
+        } else {
+            self.project_gate_up(w, lora, &mut acts, &n2, &mut gate, &mut up)?;
+            swiglu::forward(ops, &gate, &up, &mut act)?;
+        }
         let mut mlp_out = attn_out; // the attention's output is in h now; reuse its memory
         let down = &self.down_proj;
         self.project(
@@ -377,6 +368,34 @@ impl<'a> Block<'a> {
             act,
             lora: acts,
         })
+    }
+
+    /// The adapters of gate and up when the layer has both: the MLP then runs the fused LoRA
+    /// SwiGLU ([`swiglu::forward_lora`]); the forward and the backward decide alike.
+    fn mlp_adapters<'l>(
+        &self,
+        lora: Option<&LayerAdapters<'l>>,
+    ) -> Option<[(LoraPath, &'l LoraPair<Buffer>); 2]> {
+        let lora = lora?;
+        Some([
+            lora.path(Target::Gate, self.up_proj)?,
+            lora.path(Target::Up, self.up_proj)?,
+        ])
+    }
+
+    /// `gate` and `up` projected from `n2`, each with its adapter's output added if it has one.
+    fn project_gate_up(
+        &self,
+        w: &LayerWeights<Buffer>,
+        lora: Option<&LayerAdapters<'_>>,
+        acts: &mut AdapterActs,
+        n2: &Buffer,
+        gate: &mut Buffer,
+        up: &mut Buffer,
+    ) -> Result<()> {
+        let up_proj = &self.up_proj;
+        self.project(Target::Gate, up_proj, lora, acts, n2, &w.gate, None, gate)?;
+        self.project(Target::Up, up_proj, lora, acts, n2, &w.up, None, up)
     }
 
     /// From `d_out` (the gradient of the block's output), overwrites `dx` with the gradient of
@@ -430,7 +449,14 @@ impl<'a> Block<'a> {
             Write::Overwrite,
         )?;
         let (mut d_gate, mut d_up) = (self.alloc(ti)?, self.alloc(ti)?);
-        swiglu::backward(ops, &after.gate, &after.up, &d_act, &mut d_gate, &mut d_up)?;
+        match self.mlp_adapters(lora) {
+            Some([(g_path, g_pair), (_, u_pair)]) => {
+                let terms = mlp_terms(&after.lora, [g_pair, u_pair], &g_path)?;
+                let (gate, up) = (&after.gate, &after.up);
+                swiglu::backward_lora(ops, t, gate, up, &terms, &d_act, &mut d_gate, &mut d_up)?
+            }
+            None => swiglu::backward(ops, &after.gate, &after.up, &d_act, &mut d_gate, &mut d_up)?,
+        }
         drop(d_act);
         let mut d_n2 = self.alloc(th)?;
         let up_proj = &self.up_proj;
@@ -576,4 +602,25 @@ impl<'a> Block<'a> {
             )
             .map_err(Into::into)
     }
+}
+
+/// The fused LoRA SwiGLU's low-rank terms: the saved `u` of gate and up and their B.
+fn mlp_terms<'a>(
+    acts: &'a AdapterActs,
+    [gate, up]: [&'a LoraPair<Buffer>; 2],
+    path: &LoraPath,
+) -> Result<swiglu::LoraTerms<'a>> {
+    let saved = |target| {
+        acts.get(target).ok_or_else(|| {
+            crate::Error::Invalid(format!("the {target:?} adapter's activation was not saved"))
+        })
+    };
+    Ok(swiglu::LoraTerms {
+        u_gate: saved(Target::Gate)?.view(),
+        b_gate: gate.b.view(),
+        u_up: saved(Target::Up)?.view(),
+        b_up: up.b.view(),
+        rank: path.rank,
+        scale: path.scale,
+    })
 }

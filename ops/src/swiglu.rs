@@ -3,8 +3,11 @@
 //!
 //! Layout: `gate` and `up` are separate `[tokens, intermediate]` buffers (two GEMM outputs, or
 //! two halves of one allocation); the backward writes `dgate` and `dup` the same way, ready
-//! for the two weight-gradient GEMMs.
+//! for the two weight-gradient GEMMs. With LoRA on both projections, [`forward_lora`] and
+//! [`backward_lora`] add the adapters' low-rank terms inside the kernel, so the adapters' outputs
+//! never make a round trip through memory.
 
+use kiln_compiler::DType;
 use kiln_runtime::{Args, BufferView, BufferViewMut};
 
 use crate::context::{activation_type, expect, KernelConfig, Ops};
@@ -73,4 +76,139 @@ pub fn backward<'a>(
         .output("dup", dup)
         .i64("n", len as i64);
     ops.launch(&config, [config.programs("BLOCK", len), 1, 1], &args)
+}
+
+/// The low-rank terms of LoRA-adapted gate and up projections, for [`forward_lora`] and
+/// [`backward_lora`]: `scale · u Bᵀ` of each, with `u = dropout(x) Aᵀ` (`[tokens, rank]`) and
+/// `B` (`[intermediate, rank]`), both of the activations' element type.
+#[derive(Clone, Copy)]
+pub struct LoraTerms<'a> {
+    pub u_gate: BufferView<'a>,
+    pub b_gate: BufferView<'a>,
+    pub u_up: BufferView<'a>,
+    pub b_up: BufferView<'a>,
+    pub rank: usize,
+    pub scale: f32,
+}
+
+/// Tile of the fused kernels: BM x BN elements on 4 warps.
+const LORA_TILE: [usize; 2] = [64, 64];
+
+impl LoraTerms<'_> {
+    /// Checks the terms against `[tokens, cols]` activations of `dtype`.
+    fn check(&self, op: &'static str, dtype: DType, tokens: usize, cols: usize) -> Result<()> {
+        if self.rank == 0 {
+            return Err(crate::Error::shape(op, "the LoRA rank must be positive"));
+        }
+        expect(op, "u_gate", &self.u_gate, dtype, tokens * self.rank)?;
+        expect(op, "u_up", &self.u_up, dtype, tokens * self.rank)?;
+        expect(op, "b_gate", &self.b_gate, dtype, cols * self.rank)?;
+        expect(op, "b_up", &self.b_up, dtype, cols * self.rank)?;
+        Ok(())
+    }
+
+    fn config(&self, kernel: &'static str, dtype: DType) -> KernelConfig {
+        KernelConfig::new(FILE, kernel)
+            .elem(dtype)
+            .int("BM", LORA_TILE[0])
+            .int("BN", LORA_TILE[1])
+            .int("R", self.rank.next_power_of_two().max(16))
+            .warps(4)
+    }
+
+    fn args<'b>(&self, args: Args<'b>, tokens: usize, cols: usize) -> Args<'b>
+    where
+        Self: 'b,
+    {
+        args.input("u_gate", self.u_gate)
+            .input("b_gate", self.b_gate)
+            .input("u_up", self.u_up)
+            .input("b_up", self.b_up)
+            .i32("n_rows", tokens as i32)
+            .i32("n_cols", cols as i32)
+            .i32("rank", self.rank as i32)
+            .f32("scale", self.scale)
+    }
+}
+
+/// `out = silu(gate + s·u_g B_gᵀ) * (up + s·u_u B_uᵀ)` over `[tokens, cols]` (`cols` =
+/// `gate.len() / tokens`), where `gate` and `up` are the base projections' outputs.
+pub fn forward_lora<'a>(
+    ops: &Ops,
+    tokens: usize,
+    gate: impl Into<BufferView<'a>>,
+    up: impl Into<BufferView<'a>>,
+    lora: &LoraTerms<'_>,
+    out: impl Into<BufferViewMut<'a>>,
+) -> Result<()> {
+    const OP: &str = "swiglu forward (LoRA)";
+    let (gate, up, out) = (gate.into(), up.into(), out.into());
+    let dtype = activation_type(OP, "gate", &gate)?;
+    let cols = lora_cols(OP, tokens, gate.len())?;
+    expect(OP, "up", &up, dtype, tokens * cols)?;
+    expect(OP, "out", &out, dtype, tokens * cols)?;
+    lora.check(OP, dtype, tokens, cols)?;
+    let config = lora.config("swiglu_lora_fwd", dtype);
+    let args = lora.args(
+        Args::new().input("gate", gate).input("up", up),
+        tokens,
+        cols,
+    );
+    let args = args.output("out", out);
+    ops.launch(&config, lora_grid(&config, tokens, cols), &args)
+}
+
+/// The backward of [`forward_lora`]: the gradients of both sums (`dgate`, `dup`), which are
+/// those of the base projections' outputs and of the adapters' alike.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_lora<'a>(
+    ops: &Ops,
+    tokens: usize,
+    gate: impl Into<BufferView<'a>>,
+    up: impl Into<BufferView<'a>>,
+    lora: &LoraTerms<'_>,
+    dout: impl Into<BufferView<'a>>,
+    dgate: impl Into<BufferViewMut<'a>>,
+    dup: impl Into<BufferViewMut<'a>>,
+) -> Result<()> {
+    const OP: &str = "swiglu backward (LoRA)";
+    let (gate, up, dout) = (gate.into(), up.into(), dout.into());
+    let (dgate, dup) = (dgate.into(), dup.into());
+    let dtype = activation_type(OP, "gate", &gate)?;
+    let cols = lora_cols(OP, tokens, gate.len())?;
+    for (what, b) in [("up", &up), ("dout", &dout)] {
+        expect(OP, what, b, dtype, tokens * cols)?;
+    }
+    expect(OP, "dgate", &dgate, dtype, tokens * cols)?;
+    expect(OP, "dup", &dup, dtype, tokens * cols)?;
+    lora.check(OP, dtype, tokens, cols)?;
+    let config = lora.config("swiglu_lora_bwd", dtype);
+    let args = Args::new()
+        .input("gate", gate)
+        .input("up", up)
+        .input("dout", dout);
+    let args = lora
+        .args(args, tokens, cols)
+        .output("dgate", dgate)
+        .output("dup", dup);
+    ops.launch(&config, lora_grid(&config, tokens, cols), &args)
+}
+
+/// The columns of `[tokens, cols]` activations of `len` elements.
+fn lora_cols(op: &'static str, tokens: usize, len: usize) -> Result<usize> {
+    if tokens == 0 || len % tokens != 0 || len / tokens > i32::MAX as usize {
+        return Err(crate::Error::shape(
+            op,
+            format!("{len} elements are not [{tokens}, columns] activations"),
+        ));
+    }
+    Ok(len / tokens)
+}
+
+fn lora_grid(config: &KernelConfig, tokens: usize, cols: usize) -> [usize; 3] {
+    [
+        config.programs("BM", tokens),
+        config.programs("BN", cols),
+        1,
+    ]
 }

@@ -155,7 +155,12 @@ impl Kernel {
             (Code::Cuda(code), Inner::Cuda(cuda)) => {
                 // SAFETY: as above. A buffer dropped before the kernel finishes is freed in
                 // stream order (`cuMemFreeAsync` on the same stream), after the kernel.
-                unsafe { code.launch(&self.name, cuda, grid, &bound)? }
+                crate::profile::timed_gpu(
+                    cuda.stream(),
+                    || self.name.clone(),
+                    // SAFETY: as above.
+                    || unsafe { code.launch(&self.name, cuda, grid, &bound) },
+                )?
             }
             #[cfg(feature = "cuda")]
             _ => {

@@ -1,9 +1,11 @@
-//! Where a CPU run's time goes: wall time and call counts per kernel and per GEMM shape.
+//! Where a run's time goes: time and call counts per kernel and per GEMM shape.
 //!
-//! Off unless `KILN_PROFILE` is set (checked once); then every CPU kernel launch and CPU GEMM
-//! adds its wall time under its name (`gemm MxNxK`, with `ᵀ` marking a transposed operand).
-//! CPU launches are synchronous, so the times are exact; GPU work is not recorded (its launches
-//! return before the kernel runs). [`report`] formats the table, largest total first.
+//! Off unless `KILN_PROFILE` is set (checked once); then every kernel launch and GEMM adds its
+//! time under its name (`gemm MxNxK`, with `ᵀ` marking a transposed operand). CPU launches are
+//! synchronous, so their wall time is exact. A GPU launch returns before the work runs, so it is
+//! bracketed by two CUDA events on the device's stream and resolved (device time) when the table
+//! is read: the sum is the device's busy time, and the launch gaps between kernels are what the
+//! step's wall time adds to it. [`report`] formats the table, largest total first.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -35,8 +37,68 @@ pub(crate) fn timed<T>(name: impl FnOnce() -> String, f: impl FnOnce() -> T) -> 
     out
 }
 
+/// A GPU launch bracketed by events, whose time is read when the table is.
+#[cfg(feature = "cuda")]
+struct PendingGpu {
+    name: String,
+    start: cudarc::driver::CudaEvent,
+    end: cudarc::driver::CudaEvent,
+}
+
+#[cfg(feature = "cuda")]
+fn pending() -> &'static Mutex<Vec<PendingGpu>> {
+    static PENDING: OnceLock<Mutex<Vec<PendingGpu>>> = OnceLock::new();
+    PENDING.get_or_init(Default::default)
+}
+
+/// Queues `f` (GPU work on `stream`) between two events when profiling is on; its device time
+/// is added under `name()` when the table is read. An event that cannot be recorded only loses
+/// that entry: profiling never fails a launch.
+#[cfg(feature = "cuda")]
+pub(crate) fn timed_gpu<T>(
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    name: impl FnOnce() -> String,
+    f: impl FnOnce() -> T,
+) -> T {
+    if !enabled() {
+        return f();
+    }
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = stream.record_event(flags).ok();
+    let out = f();
+    if let (Some(start), Ok(end)) = (start, stream.record_event(flags)) {
+        pending()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(PendingGpu {
+                name: name(),
+                start,
+                end,
+            });
+    }
+    out
+}
+
+/// Waits for the recorded GPU launches and moves their device times into the table.
+fn resolve_gpu() {
+    #[cfg(feature = "cuda")]
+    {
+        let done: Vec<PendingGpu> =
+            std::mem::take(&mut *pending().lock().unwrap_or_else(PoisonError::into_inner));
+        let mut t = table().lock().unwrap_or_else(PoisonError::into_inner);
+        for p in done {
+            if let Ok(ms) = p.start.elapsed_ms(&p.end) {
+                let e = t.entry(p.name).or_default();
+                e.0 += 1;
+                e.1 += Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
+            }
+        }
+    }
+}
+
 /// Forgets everything recorded so far (to profile only the steps after a warm-up).
 pub fn reset() {
+    resolve_gpu();
     table()
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -45,6 +107,7 @@ pub fn reset() {
 
 /// The recorded entries, largest total time first: name, calls, total time.
 pub fn entries() -> Vec<(String, u64, Duration)> {
+    resolve_gpu();
     let t = table().lock().unwrap_or_else(PoisonError::into_inner);
     let mut v: Vec<_> = t.iter().map(|(k, &(n, d))| (k.clone(), n, d)).collect();
     v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));

@@ -72,6 +72,11 @@ pub struct TrainBenchArgs {
     /// Recompute each layer's activations in the backward pass (activation checkpointing).
     #[arg(long)]
     recompute: bool,
+    /// Split each step into micro-batches of at most this many tokens (`kiln train`'s
+    /// --max-seq-len; the step's gradient is the same): less activation memory, smaller GEMMs.
+    /// Default: the whole step in one micro-batch. At least --seq.
+    #[arg(long, value_name = "TOKENS")]
+    micro_batch_tokens: Option<usize>,
 }
 
 /// The H200's dense bf16 tensor-core peak, the denominator of the reported MFU.
@@ -89,6 +94,14 @@ struct Row {
 }
 
 pub fn run(args: TrainBenchArgs) -> Result<String, String> {
+    if let Some(m) = args.micro_batch_tokens {
+        if m < args.seq {
+            return Err(format!(
+                "--micro-batch-tokens {m} is shorter than a sequence (--seq {})",
+                args.seq
+            ));
+        }
+    }
     let ops = crate::commands::device::parse_device(Some(&args.device))?;
     let on_gpu = ops.device().kind() == kiln::runtime::DeviceKind::Cuda;
     let folder;
@@ -124,6 +137,9 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
             ""
         },
     );
+    if let Some(m) = args.micro_batch_tokens {
+        out.push_str(&format!("micro-batches of at most {m} tokens\n"));
+    }
     let vocab = ModelConfig::load(&model_dir)
         .map_err(|e| e.to_string())?
         .vocab;
@@ -221,8 +237,13 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
 fn bench_sequences(args: &TrainBenchArgs, vocab: usize) -> Vec<Sequence> {
     let mut rng = SplitMix64::new(1);
     let step_tokens = args.batch * args.seq;
-    // Best-Fit-Decreasing leaves a little of each step empty: draw half as many again.
-    let wanted = (args.steps + 1) * step_tokens * 3 / 2;
+    // Fixed lengths fill every step exactly (an epoch's last step must not be a partial one,
+    // which the shuffled bins would put among the timed steps); Best-Fit-Decreasing leaves a
+    // little of each varlen step empty: draw half as many again.
+    let wanted = match args.data.as_str() {
+        "varlen" => (args.steps + 1) * step_tokens * 3 / 2,
+        _ => (args.steps + 2) * step_tokens,
+    };
     let mut sequences = vec![];
     let mut total = 0;
     while total < wanted {
@@ -313,7 +334,7 @@ fn kiln_steps(
                 floor: 0.0,
             },
         },
-        max_seq_len: tokens,
+        max_seq_len: args.micro_batch_tokens.unwrap_or(tokens),
         tokens_per_step: tokens,
         length: Length::Steps(args.steps + 1),
         warmup_steps: Some(0),

@@ -40,6 +40,24 @@ impl LoraPath {
         })
     }
 
+    /// `u = dropout(x) Aᵀ` (`[T, r]`), the adapter's rank-wide activation, which the forward
+    /// multiplies by `s · Bᵀ` and the backward keeps.
+    pub fn project_down<'a>(
+        &self,
+        ops: &Ops,
+        pair: &LoraPair<Buffer>,
+        x: impl Into<BufferView<'a>>,
+    ) -> Result<Buffer> {
+        let (t, r) = (self.linear.tokens, self.rank);
+        let x = x.into();
+        let device = ops.device();
+        let mut u = device.alloc(x.dtype(), t * r)?;
+        let xd = self.input(ops, x)?;
+        let gemm = Gemm::new(t, r, self.linear.inputs).transpose_b();
+        device.gemm(&gemm, xd.view(), &pair.a, &mut u, None)?;
+        Ok(u)
+    }
+
     /// `y += s · (dropout(x) Aᵀ) Bᵀ`; returns `u = dropout(x) Aᵀ` for the backward.
     pub fn forward<'a>(
         &self,
@@ -49,12 +67,8 @@ impl LoraPath {
         y: impl Into<BufferViewMut<'a>>,
     ) -> Result<Buffer> {
         let (t, r) = (self.linear.tokens, self.rank);
-        let x = x.into();
         let device = ops.device();
-        let mut u = device.alloc(x.dtype(), t * r)?;
-        let xd = self.input(ops, x)?;
-        let gemm = Gemm::new(t, r, self.linear.inputs).transpose_b();
-        device.gemm(&gemm, xd.view(), &pair.a, &mut u, None)?;
+        let u = self.project_down(ops, pair, x)?;
         let gemm = Gemm::new(t, self.linear.outputs, r)
             .transpose_b()
             .with_alpha(self.scale)

@@ -144,6 +144,13 @@ fn attention_matches_the_reference_on_a_packed_batch() {
             head_dim: 16,
         };
         check_against_reference(h, attn, &[1, 70, 17, 64, 3, 130]);
+        // Without grouping, dk/dv take the kernel that owns whole key/value heads.
+        let ungrouped = Attention {
+            q_heads: 2,
+            kv_heads: 2,
+            head_dim: 16,
+        };
+        check_against_reference(h, ungrouped, &[1, 70, 17, 130]);
         if h.device.is_gpu() {
             for head_dim in [64, 128] {
                 let qwen = Attention {

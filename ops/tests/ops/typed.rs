@@ -212,6 +212,114 @@ fn swiglu_forward_and_backward() {
     });
 }
 
+/// `x + scale · u bᵀ` over `[rows, cols]`, with `u` `[rows, rank]` and `b` `[cols, rank]`.
+fn plus_low_rank(x: &[f64], u: &[f64], b: &[f64], rank: usize, scale: f64) -> Vec<f64> {
+    let cols = b.len() / rank;
+    (0..x.len())
+        .map(|i| {
+            let (row, col) = (i / cols, i % cols);
+            let term: f64 = (0..rank)
+                .map(|k| u[row * rank + k] * b[col * rank + k])
+                .sum();
+            x[i] + scale * term
+        })
+        .collect()
+}
+
+/// The fused LoRA SwiGLU against the plain one applied to `gate + s·u_g b_gᵀ` and
+/// `up + s·u_u b_uᵀ` (f64), and its `dgate` against finite differences in the base `gate`.
+fn swiglu_lora_case(h: &Harness, d: DType, tokens: usize, cols: usize, rank: usize, fd: bool) {
+    let len = tokens * cols;
+    let scale = 0.75;
+    let (g, p, dout) = (
+        h.rand(d, len, 3.0),
+        h.rand(d, len, 2.0),
+        h.rand(d, len, 1.0),
+    );
+    let (ug, uu) = (h.rand(d, tokens * rank, 1.0), h.rand(d, tokens * rank, 1.0));
+    let (bg, bu) = (h.rand(d, cols * rank, 0.5), h.rand(d, cols * rank, 0.5));
+    let bufs = [&g, &p, &dout, &ug, &uu, &bg, &bu].map(|v| h.buf(d, v));
+    let [gb, pb, db, ugb, uub, bgb, bub] = &bufs;
+    let terms = swiglu::LoraTerms {
+        u_gate: ugb.view(),
+        b_gate: bgb.view(),
+        u_up: uub.view(),
+        b_up: bub.view(),
+        rank,
+        scale: scale as f32,
+    };
+    let g_tot = plus_low_rank(&g, &ug, &bg, rank, scale);
+    let p_tot = plus_low_rank(&p, &uu, &bu, rank, scale);
+    let what = format!("swiglu lora {d} {tokens}x{cols} r{rank}");
+    let mut out = h.poisoned(d, len);
+    swiglu::forward_lora(&h.ops, tokens, gb, pb, &terms, &mut out).unwrap();
+    let want = r::swiglu_fwd(&g_tot, &p_tot);
+    h.assert_close(
+        &format!("{what} out"),
+        &h.read(&out),
+        &want,
+        grad_tol(d, 4.0),
+    );
+    let (mut dg, mut dp) = (h.poisoned(d, len), h.poisoned(d, len));
+    swiglu::backward_lora(&h.ops, tokens, gb, pb, &terms, db, &mut dg, &mut dp).unwrap();
+    let (dg_want, dp_want) = r::swiglu_bwd(&g_tot, &p_tot, &dout);
+    h.assert_close(
+        &format!("{what} dgate"),
+        &h.read(&dg),
+        &dg_want,
+        grad_tol(d, 4.0),
+    );
+    h.assert_close(
+        &format!("{what} dup"),
+        &h.read(&dp),
+        &dp_want,
+        grad_tol(d, 4.0),
+    );
+    if fd {
+        let loss = |g: &[f64]| {
+            let g_tot = plus_low_rank(g, &ug, &bg, rank, scale);
+            dot(&r::swiglu_fwd(&g_tot, &p_tot), &dout)
+        };
+        let numeric = numeric_grad(&g, loss);
+        h.assert_close(
+            &format!("{what} dgate (fd)"),
+            &h.read(&dg),
+            &numeric,
+            grad_tol(d, 4.0),
+        );
+    }
+}
+
+#[test]
+fn swiglu_with_lora_terms_fused() {
+    for_each_device(|h| {
+        for d in ELEMENT_TYPES {
+            // Ragged tiles on both axes, and ranks below, at and off a power of two.
+            swiglu_lora_case(h, d, 5, 7, 3, true);
+            swiglu_lora_case(h, d, 70, 130, 16, false);
+            swiglu_lora_case(h, d, 65, 67, 24, false);
+        }
+        if h.device.is_gpu() {
+            swiglu_lora_case(h, DType::Bf16, 1024, 4864, 32, false);
+        }
+        // Shapes that do not fit are errors naming the argument.
+        let (a, b) = (h.poisoned_bf16(12), h.poisoned_bf16(12));
+        let (u, w) = (h.poisoned_bf16(8), h.poisoned_bf16(5));
+        let terms = swiglu::LoraTerms {
+            u_gate: u.view(),
+            b_gate: w.view(),
+            u_up: u.view(),
+            b_up: w.view(),
+            rank: 2,
+            scale: 1.0,
+        };
+        let err = swiglu::forward_lora(&h.ops, 4, &a, &b, &terms, &mut h.poisoned_bf16(12));
+        assert!(err.unwrap_err().to_string().contains("`b_gate`"));
+        let err = swiglu::forward_lora(&h.ops, 5, &a, &b, &terms, &mut h.poisoned_bf16(12));
+        assert!(err.is_err());
+    });
+}
+
 #[test]
 fn residual_add() {
     for_each_device(|h| {

@@ -185,23 +185,24 @@ impl Device {
         if spec.m == 0 || spec.n == 0 {
             return Ok(());
         }
+        let name = || {
+            let t = |x: bool| if x { "ᵀ" } else { "" };
+            format!(
+                "gemm {}x{}x{} A{} B{}{}",
+                spec.m,
+                spec.n,
+                spec.k,
+                t(spec.trans_a),
+                t(spec.trans_b),
+                if spec.beta != 0.0 { " +C" } else { "" }
+            )
+        };
         match self.inner() {
-            Inner::Cpu { .. } => crate::profile::timed(
-                || {
-                    let t = |x: bool| if x { "ᵀ" } else { "" };
-                    format!(
-                        "gemm {}x{}x{} A{} B{}",
-                        spec.m,
-                        spec.n,
-                        spec.k,
-                        t(spec.trans_a),
-                        t(spec.trans_b)
-                    )
-                },
-                || cpu::run(spec, a, b, c, bias),
-            ),
+            Inner::Cpu { .. } => crate::profile::timed(name, || cpu::run(spec, a, b, c, bias)),
             #[cfg(feature = "cuda")]
-            Inner::Cuda(d) => cublaslt::run(d, spec, a, b, c, bias),
+            Inner::Cuda(d) => crate::profile::timed_gpu(d.stream(), name, || {
+                cublaslt::run(d, spec, a, b, c, bias)
+            }),
         }
     }
 }
