@@ -434,26 +434,64 @@ impl<'a> Block<'a> {
 
         // out = h + mlp: d_out reaches both h (through the residual) and the MLP.
         let mut d_act = self.alloc(ti)?;
-        let dw = base.as_deref_mut().map(|g| (&mut g.down, None, ones));
         let down = &self.down_proj;
-        self.project_backward(
-            Target::Down,
-            down,
-            &w.down,
-            dw,
-            lora_of!(),
-            &after.lora,
-            &after.act,
-            d_out,
-            &mut d_act,
-            Write::Overwrite,
-        )?;
+        let mlp = self.mlp_adapters(lora);
+        // With the fused LoRA SwiGLU and an adapter on down without dropout, the adapter's
+        // part of d(act), du A, is added inside the SwiGLU backward (`down_du` keeps du).
+        let fused_down = match (
+            mlp.is_some(),
+            lora.and_then(|l| l.path(Target::Down, *down)),
+        ) {
+            (true, Some((path, pair))) if path.dropout.is_none() => Some((path, pair)),
+            _ => None,
+        };
+        let mut down_du = None;
+        match (fused_down, lora_grads.as_deref_mut()) {
+            (Some((path, pair)), Some(grads)) => {
+                down.backward_input(ops, d_out, &w.down, &mut d_act, Write::Overwrite)?;
+                if let Some(g) = base.as_deref_mut() {
+                    down.backward_params(ops, &after.act, d_out, &mut g.down, None)?;
+                }
+                let missing = |what: &str| {
+                    crate::Error::Invalid(format!("the down adapter's {what} is missing"))
+                };
+                let u = after
+                    .lora
+                    .get(Target::Down)
+                    .ok_or_else(|| missing("activation"))?;
+                let g = grads
+                    .get_mut(Target::Down)
+                    .ok_or_else(|| missing("gradient"))?;
+                let du = path.backward_params(ops, pair, g, &after.act, u, d_out)?;
+                down_du = Some((du, pair));
+            }
+            _ => {
+                let dw = base.as_deref_mut().map(|g| (&mut g.down, None, ones));
+                self.project_backward(
+                    Target::Down,
+                    down,
+                    &w.down,
+                    dw,
+                    lora_of!(),
+                    &after.lora,
+                    &after.act,
+                    d_out,
+                    &mut d_act,
+                    Write::Overwrite,
+                )?;
+            }
+        }
         let (mut d_gate, mut d_up) = (self.alloc(ti)?, self.alloc(ti)?);
-        match self.mlp_adapters(lora) {
+        match mlp {
             Some([(g_path, g_pair), (_, u_pair)]) => {
                 let terms = mlp_terms(&after.lora, [g_pair, u_pair], &g_path)?;
                 let (gate, up) = (&after.gate, &after.up);
-                swiglu::backward_lora(ops, t, gate, up, &terms, &d_act, &mut d_gate, &mut d_up)?
+                let down_term = down_du.as_ref().map(|(du, pair)| swiglu::DownTerm {
+                    du: du.view(),
+                    a: pair.a.view(),
+                });
+                let (dg, du) = (&mut d_gate, &mut d_up);
+                swiglu::backward_lora(ops, t, gate, up, &terms, down_term, &d_act, dg, du)?
             }
             None => swiglu::backward(ops, &after.gate, &after.up, &d_act, &mut d_gate, &mut d_up)?,
         }

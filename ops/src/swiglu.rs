@@ -158,8 +158,17 @@ pub fn forward_lora<'a>(
     ops.launch(&config, lora_grid(&config, tokens, cols), &args)
 }
 
+/// The down projection's adapter input gradient for [`backward_lora`]: `d(act) += du A`, with
+/// `du` `[tokens, rank]` (already scaled) and `A` `[rank, intermediate]`, of the LoRA terms' rank.
+#[derive(Clone, Copy)]
+pub struct DownTerm<'a> {
+    pub du: BufferView<'a>,
+    pub a: BufferView<'a>,
+}
+
 /// The backward of [`forward_lora`]: the gradients of both sums (`dgate`, `dup`), which are
-/// those of the base projections' outputs and of the adapters' alike.
+/// those of the base projections' outputs and of the adapters' alike. With `down`, `dout` is
+/// the down projection base's part of `d(act)` and its adapter's part is added in the kernel.
 #[allow(clippy::too_many_arguments)]
 pub fn backward_lora<'a>(
     ops: &Ops,
@@ -167,6 +176,7 @@ pub fn backward_lora<'a>(
     gate: impl Into<BufferView<'a>>,
     up: impl Into<BufferView<'a>>,
     lora: &LoraTerms<'_>,
+    down: Option<DownTerm<'a>>,
     dout: impl Into<BufferView<'a>>,
     dgate: impl Into<BufferViewMut<'a>>,
     dup: impl Into<BufferViewMut<'a>>,
@@ -182,11 +192,20 @@ pub fn backward_lora<'a>(
     expect(OP, "dgate", &dgate, dtype, tokens * cols)?;
     expect(OP, "dup", &dup, dtype, tokens * cols)?;
     lora.check(OP, dtype, tokens, cols)?;
-    let config = lora.config("swiglu_lora_bwd", dtype);
-    let args = Args::new()
+    let kernel = match down {
+        Some(_) => "swiglu_lora_bwd_down",
+        None => "swiglu_lora_bwd",
+    };
+    let config = lora.config(kernel, dtype);
+    let mut args = Args::new()
         .input("gate", gate)
         .input("up", up)
         .input("dout", dout);
+    if let Some(DownTerm { du, a }) = down {
+        expect(OP, "du_down", &du, dtype, tokens * lora.rank)?;
+        expect(OP, "a_down", &a, dtype, lora.rank * cols)?;
+        args = args.input("du_down", du).input("a_down", a);
+    }
     let args = lora
         .args(args, tokens, cols)
         .output("dgate", dgate)

@@ -89,9 +89,25 @@ impl LoraPath {
         dy: impl Into<BufferView<'a>>,
         dx: impl Into<BufferViewMut<'a>>,
     ) -> Result<()> {
+        let du = self.backward_params(ops, pair, grads, x, u, dy)?;
+        self.backward_input(ops, pair, &du, dx)
+    }
+
+    /// The part of [`LoraPath::backward`] that adds `grads` and returns `du = s · dy B`
+    /// (`[T, r]`), from which the input gradient is `dropoutᵀ(du A)`
+    /// ([`LoraPath::backward_input`], or a kernel that fuses it).
+    pub fn backward_params<'a>(
+        &self,
+        ops: &Ops,
+        pair: &LoraPair<Buffer>,
+        grads: &mut LoraPair<Buffer>,
+        x: impl Into<BufferView<'a>>,
+        u: &Buffer,
+        dy: impl Into<BufferView<'a>>,
+    ) -> Result<Buffer> {
         let (t, r) = (self.linear.tokens, self.rank);
         let (inputs, outputs) = (self.linear.inputs, self.linear.outputs);
-        let (x, dy, mut dx) = (x.into(), dy.into(), dx.into());
+        let (x, dy) = (x.into(), dy.into());
         let device = ops.device();
         let mut du = device.alloc(dy.dtype(), t * r)?;
         let gemm = Gemm::new(t, r, outputs).with_alpha(self.scale);
@@ -106,14 +122,26 @@ impl LoraPath {
         let xd = self.input(ops, x)?;
         let gemm = Gemm::new(r, inputs, t).transpose_a().with_beta(1.0);
         device.gemm(&gemm, &du, xd.view(), &mut grads.a, None)?;
-        drop(xd);
-        // dx[T, I] += dropoutᵀ(du[T, r] · A[r, I])
+        Ok(du)
+    }
+
+    /// `dx[T, I] += dropoutᵀ(du[T, r] · A[r, I])`.
+    pub fn backward_input<'a>(
+        &self,
+        ops: &Ops,
+        pair: &LoraPair<Buffer>,
+        du: &Buffer,
+        dx: impl Into<BufferViewMut<'a>>,
+    ) -> Result<()> {
+        let (t, r, inputs) = (self.linear.tokens, self.rank, self.linear.inputs);
+        let mut dx = dx.into();
+        let device = ops.device();
         let gemm = Gemm::new(t, inputs, r);
         match self.dropout {
-            None => device.gemm(&gemm.with_beta(1.0), &du, &pair.a, dx, None)?,
+            None => device.gemm(&gemm.with_beta(1.0), du, &pair.a, dx, None)?,
             Some(mask) => {
                 let mut dxd = device.alloc(dx.dtype(), t * inputs)?;
-                device.gemm(&gemm, &du, &pair.a, &mut dxd, None)?;
+                device.gemm(&gemm, du, &pair.a, &mut dxd, None)?;
                 mask.backward_add(ops, &dxd, dx.reborrow())?;
             }
         }

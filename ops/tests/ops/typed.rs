@@ -261,20 +261,44 @@ fn swiglu_lora_case(h: &Harness, d: DType, tokens: usize, cols: usize, rank: usi
         grad_tol(d, 4.0),
     );
     let (mut dg, mut dp) = (h.poisoned(d, len), h.poisoned(d, len));
-    swiglu::backward_lora(&h.ops, tokens, gb, pb, &terms, db, &mut dg, &mut dp).unwrap();
+    swiglu::backward_lora(&h.ops, tokens, gb, pb, &terms, None, db, &mut dg, &mut dp).unwrap();
     let (dg_want, dp_want) = r::swiglu_bwd(&g_tot, &p_tot, &dout);
+    let tol4 = grad_tol(d, 4.0);
+    h.assert_close(&format!("{what} dgate"), &h.read(&dg), &dg_want, tol4);
+    h.assert_close(&format!("{what} dup"), &h.read(&dp), &dp_want, tol4);
+    // With the down projection's adapter gradient du A ([rank, cols]) added to dout in the
+    // kernel: the same as the plain backward of dout + du A.
+    let (du, a) = (h.rand(d, tokens * rank, 0.5), h.rand(d, rank * cols, 0.5));
+    let (dub, ab) = (h.buf(d, &du), h.buf(d, &a));
+    let a_t: Vec<f64> = (0..cols * rank)
+        .map(|i| a[(i % rank) * cols + i / rank])
+        .collect();
+    let d_total = plus_low_rank(&dout, &du, &a_t, rank, 1.0);
+    let down = swiglu::DownTerm {
+        du: dub.view(),
+        a: ab.view(),
+    };
+    let (mut dg2, mut dp2) = (h.poisoned(d, len), h.poisoned(d, len));
+    swiglu::backward_lora(
+        &h.ops,
+        tokens,
+        gb,
+        pb,
+        &terms,
+        Some(down),
+        db,
+        &mut dg2,
+        &mut dp2,
+    )
+    .unwrap();
+    let (dg_want, dp_want) = r::swiglu_bwd(&g_tot, &p_tot, &d_total);
     h.assert_close(
-        &format!("{what} dgate"),
-        &h.read(&dg),
+        &format!("{what} dgate (down)"),
+        &h.read(&dg2),
         &dg_want,
-        grad_tol(d, 4.0),
+        tol4,
     );
-    h.assert_close(
-        &format!("{what} dup"),
-        &h.read(&dp),
-        &dp_want,
-        grad_tol(d, 4.0),
-    );
+    h.assert_close(&format!("{what} dup (down)"), &h.read(&dp2), &dp_want, tol4);
     if fd {
         let loss = |g: &[f64]| {
             let g_tot = plus_low_rank(g, &ug, &bg, rank, scale);
