@@ -376,7 +376,7 @@ impl<'a> Block<'a> {
         &self,
         lora: Option<&LayerAdapters<'l>>,
     ) -> Option<[(LoraPath, &'l LoraPair<Buffer>); 2]> {
-        let lora = lora?;
+        let lora = lora.filter(|_| lora_fusion() != LoraFusion::None)?;
         Some([
             lora.path(Target::Gate, self.up_proj)?,
             lora.path(Target::Up, self.up_proj)?,
@@ -438,10 +438,8 @@ impl<'a> Block<'a> {
         let mlp = self.mlp_adapters(lora);
         // With the fused LoRA SwiGLU and an adapter on down without dropout, the adapter's
         // part of d(act), du A, is added inside the SwiGLU backward (`down_du` keeps du).
-        let fused_down = match (
-            mlp.is_some(),
-            lora.and_then(|l| l.path(Target::Down, *down)),
-        ) {
+        let fuse_down = mlp.is_some() && lora_fusion() == LoraFusion::All;
+        let fused_down = match (fuse_down, lora.and_then(|l| l.path(Target::Down, *down))) {
             (true, Some((path, pair))) if path.dropout.is_none() => Some((path, pair)),
             _ => None,
         };
@@ -660,5 +658,28 @@ fn mlp_terms<'a>(
         b_up: up.b.view(),
         rank: path.rank,
         scale: path.scale,
+    })
+}
+
+/// Which LoRA fusions the MLP uses: all (the default), only gate and up in the SwiGLU kernels
+/// (`KILN_LORA_FUSION=mlp`), or none (`none`: every adapter's path as separate GEMMs). The
+/// results agree to rounding; the setting exists to measure each fusion (read once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LoraFusion {
+    All,
+    Mlp,
+    None,
+}
+
+fn lora_fusion() -> LoraFusion {
+    static FUSION: std::sync::OnceLock<LoraFusion> = std::sync::OnceLock::new();
+    *FUSION.get_or_init(|| match std::env::var("KILN_LORA_FUSION").as_deref() {
+        Ok("none") => LoraFusion::None,
+        Ok("mlp") => LoraFusion::Mlp,
+        Ok("all") | Err(_) => LoraFusion::All,
+        Ok(other) => {
+            eprintln!("warning: KILN_LORA_FUSION=`{other}` is not all, mlp or none; using all");
+            LoraFusion::All
+        }
     })
 }

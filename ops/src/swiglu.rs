@@ -91,8 +91,54 @@ pub struct LoraTerms<'a> {
     pub scale: f32,
 }
 
-/// Tile of the fused kernels: BM x BN elements on 4 warps.
-const LORA_TILE: [usize; 2] = [64, 64];
+/// Tile of the fused kernels: BM x BN elements on `warps` warps; `KILN_SWIGLU_LORA_TILE=BM,BN,W`
+/// overrides it (powers of two; for measuring, read once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LoraTile {
+    bm: usize,
+    bn: usize,
+    warps: u32,
+}
+
+const LORA_TILE: LoraTile = LoraTile {
+    bm: 64,
+    bn: 64,
+    warps: 4,
+};
+
+fn lora_tile() -> LoraTile {
+    static TILE: std::sync::OnceLock<LoraTile> = std::sync::OnceLock::new();
+    *TILE.get_or_init(|| {
+        let Ok(text) = std::env::var("KILN_SWIGLU_LORA_TILE") else {
+            return LORA_TILE;
+        };
+        let v: Vec<usize> = text
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .collect();
+        match v[..] {
+            [bm, bn, w]
+                if [bm, bn, w].iter().all(|x| x.is_power_of_two())
+                    && (16..=256).contains(&bm)
+                    && (16..=256).contains(&bn)
+                    && (1..=16).contains(&w) =>
+            {
+                LoraTile {
+                    bm,
+                    bn,
+                    warps: w as u32,
+                }
+            }
+            _ => {
+                eprintln!(
+                    "warning: KILN_SWIGLU_LORA_TILE=`{text}` is not BM,BN,WARPS (powers of two); \
+                     using {LORA_TILE:?}"
+                );
+                LORA_TILE
+            }
+        }
+    })
+}
 
 impl LoraTerms<'_> {
     /// Checks the terms against `[tokens, cols]` activations of `dtype`.
@@ -108,12 +154,13 @@ impl LoraTerms<'_> {
     }
 
     fn config(&self, kernel: &'static str, dtype: DType) -> KernelConfig {
+        let tile = lora_tile();
         KernelConfig::new(FILE, kernel)
             .elem(dtype)
-            .int("BM", LORA_TILE[0])
-            .int("BN", LORA_TILE[1])
+            .int("BM", tile.bm)
+            .int("BN", tile.bn)
             .int("R", self.rank.next_power_of_two().max(16))
-            .warps(4)
+            .warps(tile.warps)
     }
 
     fn args<'b>(&self, args: Args<'b>, tokens: usize, cols: usize) -> Args<'b>
