@@ -530,9 +530,12 @@ fn train_with_env(extra: &[&str], env: &[(&str, &str)]) -> std::process::Output 
     run
 }
 
+/// Flags, launcher environment, and what the error must say.
+type BadLaunch<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 #[test]
 fn bad_data_parallel_launches_exit_1_with_the_reason() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[BadLaunch] = &[
         (
             &["--gpus", "0"],
             &[],

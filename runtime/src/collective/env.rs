@@ -3,6 +3,10 @@
 
 use crate::{Error, Result};
 
+/// Overrides the port rank 0 listens on (default `MASTER_PORT`, or the port after it under
+/// torchrun, whose agent serves its own store on `MASTER_PORT`).
+pub const PORT_OVERRIDE: &str = "KILN_MASTER_PORT";
+
 /// This process's place in a data-parallel run: its rank, the number of ranks, its rank on
 /// this host (which GPU it drives), and rank 0's rendezvous address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +87,22 @@ impl DistEnv {
                 Error::Distributed(format!("MASTER_PORT={port}: expected a TCP port number"))
             })?
         };
+        // torchrun's agent serves its own store on MASTER_PORT (and says so in this variable):
+        // Kiln's rank 0 then listens on the next port, unless KILN_MASTER_PORT names one.
+        let master_port = match var(PORT_OVERRIDE) {
+            Some(p) => p.trim().parse::<u16>().map_err(|_| {
+                Error::Distributed(format!("{PORT_OVERRIDE}={p}: expected a TCP port number"))
+            })?,
+            None if var("TORCHELASTIC_USE_AGENT_STORE").as_deref() == Some("True") => {
+                master_port.checked_add(1).ok_or_else(|| {
+                    Error::Distributed(format!(
+                        "MASTER_PORT={master_port} is torchrun's; set {PORT_OVERRIDE} to a free \
+                         port for Kiln's rendezvous"
+                    ))
+                })?
+            }
+            None => master_port,
+        };
         Ok(Some(DistEnv {
             rank,
             world_size,
@@ -133,6 +153,12 @@ mod tests {
         slurm.extend(MASTER);
         let e = env(&slurm).unwrap().unwrap();
         assert_eq!((e.rank, e.world_size, e.local_rank), (1, 2, 1));
+        // Under torchrun its agent's store holds MASTER_PORT: Kiln meets on the next one.
+        let mut torchrun = vars.clone();
+        torchrun.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
+        assert_eq!(env(&torchrun).unwrap().unwrap().master_port, 29501);
+        torchrun.push(("KILN_MASTER_PORT", "31000"));
+        assert_eq!(env(&torchrun).unwrap().unwrap().master_port, 31000);
         // One rank needs no rendezvous address.
         let e = env(&[("WORLD_SIZE", "1"), ("RANK", "0")]).unwrap().unwrap();
         assert_eq!((e.world_size, e.local_rank), (1, 0));
