@@ -175,13 +175,14 @@ pub fn launch(n: usize) -> Result<String, String> {
         paths.extend(std::env::split_paths(&library_path));
         library_path = std::env::join_paths(paths).map_err(|e| format!("--gpus: {e}"))?;
     }
-    // The terminal's Ctrl-C reaches every rank (one process group): the launcher waits for
-    // their checkpoint and exit. A SIGTERM sent to the launcher alone is passed on.
+    // The terminal's Ctrl-C reaches every rank (one process group): the launcher only waits
+    // for their checkpoint and exit (passing it on would be a second signal, which makes a
+    // rank exit at once). A SIGTERM sent to the launcher is passed on.
+    let interrupted = Arc::new(AtomicBool::new(false));
     let signalled = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, signalled.clone())
-            .map_err(|e| format!("cannot handle signals: {e}"))?;
-    }
+    signal_hook::flag::register(signal_hook::consts::SIGINT, interrupted)
+        .and_then(|_| signal_hook::flag::register(signal_hook::consts::SIGTERM, signalled.clone()))
+        .map_err(|e| format!("cannot handle signals: {e}"))?;
     let mut children: Vec<Child> = vec![];
     let mut forwarders = vec![];
     for rank in 0..n {

@@ -188,10 +188,30 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
         }
         Role::Launcher(n) => distributed::launch(n),
         Role::Rank(env) => {
+            if env.local_rank == 0 {
+                // Each host's first rank fills the token cache before the ranks meet, so its
+                // other ranks read it instead of tokenizing (and writing it) all at once.
+                warm_token_cache(&args)?;
+            }
             let (ops, rank) = distributed::join(env)?;
             train(args, ops, Some(&rank)).map_err(|e| rank.fail(e))
         }
     }
+}
+
+/// Tokenizes --data into the token cache (a no-op when it is there already).
+fn warm_token_cache(args: &TrainArgs) -> Result<(), String> {
+    let config = kiln::models::config::ModelConfig::load(args.model.join("config.json"))
+        .map_err(|e| e.to_string())?;
+    let tokenizer = data::tokenizer(&args.model)?;
+    data::read_cached(
+        &args.data,
+        tokenizer.as_ref(),
+        config.vocab,
+        &args.data_args,
+        args.quiet,
+    )
+    .map(|_| ())
 }
 
 /// The run on `ops`, alone or as `rank` of a data-parallel run (only rank 0 prints progress

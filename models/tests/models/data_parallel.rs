@@ -238,6 +238,16 @@ fn assert_same_steps(label: &str, got: &[StepMetrics], want: &[StepMetrics], tol
 }
 
 fn assert_same_tensors(label: &str, got: &[(String, HostTensor)], want: &[(String, HostTensor)]) {
+    assert_close_tensors(label, got, want, 1e-5);
+}
+
+/// Every tensor of `got` within `tol` of `want`'s, relative to the tensor's largest element.
+fn assert_close_tensors(
+    label: &str,
+    got: &[(String, HostTensor)],
+    want: &[(String, HostTensor)],
+    tol: f64,
+) {
     assert_eq!(got.len(), want.len(), "{label}");
     for ((name, g), (wname, w)) in got.iter().zip(want) {
         assert_eq!(name, wname, "{label}");
@@ -262,7 +272,7 @@ fn assert_same_tensors(label: &str, got: &[(String, HostTensor)], want: &[(Strin
             .map(|(i, (a, b))| format!("element {i}: {a} vs {b}, tensor max {scale}"))
             .unwrap_or_default();
         assert!(
-            worst < 1e-5,
+            worst < tol,
             "{label}: `{name}` differs by {worst:e} ({at})"
         );
     }
@@ -482,10 +492,12 @@ mod gpu {
         let Some(gpus) = gpus("dp_gpu_one_nccl_rank_trains_like_the_plain_trainer", 1) else {
             return;
         };
-        for case in [lora_f32(48), bf16_full()] {
+        // bf16 full fine-tuning adds the embedding's gradient with float atomics
+        // (docs/TRAINING.md): to rounding, compounded over the steps.
+        for (case, tol) in [(lora_f32(48), 1e-5), (bf16_full(), 1e-3)] {
             let (want, _) = single_on(&gpus[0], &case, 4);
             let got = run_nccl(&case, &gpus, Zero::Off, 4, None, None);
-            assert_same_steps("1 NCCL rank", &got[0].metrics, &want, 1e-5);
+            assert_same_steps("1 NCCL rank", &got[0].metrics, &want, tol);
         }
     }
 
@@ -512,12 +524,13 @@ mod gpu {
         let Some(gpus) = gpus("dp_gpu_zero_1_equals_plain_data_parallel", 2) else {
             return;
         };
-        for case in [bf16_full(), lora_f32(48)] {
+        // Float atomics in the loss total and, in full fine-tuning, the embedding's gradient
+        // (docs/TRAINING.md): to rounding, not bits.
+        for (case, tol) in [(bf16_full(), 1e-3), (lora_f32(48), 1e-4)] {
             let dp = run_nccl(&case, &gpus, Zero::Off, 4, None, None);
             let zero = run_nccl(&case, &gpus, Zero::One, 4, None, None);
-            // Float atomics in the loss total (docs/TRAINING.md): to rounding, not bits.
-            assert_same_steps("ZeRO-1 against DP", &zero[0].metrics, &dp[0].metrics, 1e-4);
-            assert_same_tensors("ZeRO-1 against DP", &zero[0].tensors, &dp[0].tensors);
+            assert_same_steps("ZeRO-1 against DP", &zero[0].metrics, &dp[0].metrics, tol);
+            assert_close_tensors("ZeRO-1 against DP", &zero[0].tensors, &dp[0].tensors, tol);
             let whole = dp[0].optimizer_bytes;
             let shares: Vec<usize> = zero.iter().map(|r| r.optimizer_bytes).collect();
             assert_eq!(shares.iter().sum::<usize>(), whole);
