@@ -161,6 +161,8 @@ pub enum RunEnd {
 pub struct PendingStep {
     step: usize,
     report: PendingRead<f32>,
+    /// The number of ranks that asked to stop when they queued this step (data parallel).
+    stop_votes: Option<PendingRead<f32>>,
     /// Predicted and input tokens, and micro-batches, counted on the host.
     tokens: usize,
     input_tokens: usize,
@@ -191,6 +193,11 @@ pub struct Trainer {
     last_collect: Option<Instant>,
     /// This trainer's part in a data-parallel run, if it is one.
     dist: Option<Distributed>,
+    /// Data parallel: whether this rank asks to stop with the next step it queues.
+    stop_vote: bool,
+    /// Data parallel: whether some rank asked to stop in a step collected since: every rank
+    /// learns it from the same step, so all stop after the same one.
+    stop_agreed: bool,
 }
 
 impl Trainer {
@@ -306,6 +313,8 @@ impl Trainer {
             total_steps,
             last_collect: None,
             dist: None,
+            stop_vote: false,
+            stop_agreed: false,
         })
     }
 
@@ -469,6 +478,7 @@ impl Trainer {
             };
             self.optimizer.add_loss(&ops, &pass_loss.totals)?;
         }
+        let mut votes = None;
         if let Some(dist) = &self.dist {
             if last.is_none() {
                 // No backward here this step: the zero gradients join every bucket's sum.
@@ -482,17 +492,25 @@ impl Trainer {
                     )?;
                 }
             }
-            dist.dp
-                .comm
-                .all_reduce_sum(&mut [self.optimizer.loss_mut()], "the step's loss")?;
+            // The stop votes ride along with the loss: no collective of their own.
+            let mut vote = ops
+                .device()
+                .upload(&[f32::from(u8::from(self.stop_vote))])?;
+            dist.dp.comm.all_reduce_sum(
+                &mut [self.optimizer.loss_mut(), &mut vote],
+                "the step's loss and stop votes",
+            )?;
+            votes = Some(vote);
         }
         self.update(&ops, step, total == 0)?;
         let report = self.optimizer.read_step()?;
+        let stop_votes = votes.map(|v| v.read_later::<f32>()).transpose()?;
         self.state.step = step;
         self.state.cursor = data.next;
         Ok(PendingStep {
             step,
             report,
+            stop_votes,
             tokens: total,
             input_tokens,
             micro_batches: sizes.len(),
@@ -555,6 +573,9 @@ impl Trainer {
     pub fn collect(&mut self, pending: PendingStep) -> Result<StepMetrics> {
         let block = pending.report.wait()?;
         let report = StepReport::from_control(&block);
+        if let Some(votes) = pending.stop_votes {
+            self.stop_agreed |= votes.wait()?.first().is_some_and(|&v| v > 0.0);
+        }
         let now = Instant::now();
         let since = match self.last_collect {
             Some(t) if t > pending.submitted => t,
@@ -637,12 +658,21 @@ impl Trainer {
             let hold = pending.as_ref().is_some_and(|p| {
                 self.needs_idle_after(p.step()) || self.state.consecutive_skips > 0
             });
-            let next =
-                if !hold && self.state.step < self.total_steps && !stop.load(Ordering::SeqCst) {
-                    Some(self.submit()?)
-                } else {
-                    None
-                };
+            // Alone, a stop request ends the run after the current step. With several ranks it
+            // is a vote carried by the next step queued; every rank reads the votes back from
+            // the same step and stops after the same one (the checkpoint is collective).
+            let stopping = match self.dist {
+                None => stop.load(Ordering::SeqCst),
+                Some(_) => {
+                    self.stop_vote = stop.load(Ordering::SeqCst);
+                    self.stop_agreed
+                }
+            };
+            let next = if !hold && self.state.step < self.total_steps && !stopping {
+                Some(self.submit()?)
+            } else {
+                None
+            };
             let Some(done) = pending.take() else {
                 match next {
                     Some(n) => {

@@ -271,10 +271,7 @@ fn assert_close_tensors(
             })
             .map(|(i, (a, b))| format!("element {i}: {a} vs {b}, tensor max {scale}"))
             .unwrap_or_default();
-        assert!(
-            worst < tol,
-            "{label}: `{name}` differs by {worst:e} ({at})"
-        );
+        assert!(worst < tol, "{label}: `{name}` differs by {worst:e} ({at})");
     }
 }
 
@@ -423,6 +420,63 @@ fn only_rank_0_writes_metrics_checkpoints_and_outputs() {
     assert!(dirs[0].join("adapter/adapter_model.safetensors").is_file());
     assert_eq!(kiln_models::checkpoint::list(&dirs[0]).unwrap().len(), 2);
     assert!(!dirs[1].exists(), "rank 1 wrote files");
+}
+
+#[test]
+fn a_stop_request_on_one_rank_stops_every_rank_after_the_same_step() {
+    let mut case = lora_f32(48);
+    case.options.length = Length::Steps(8);
+    let outs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let dirs: Vec<std::path::PathBuf> = outs.iter().map(|d| d.path().join("run")).collect();
+    let comms = LocalGroup::ranks(2, Duration::from_secs(120));
+    let threads: Vec<_> = comms
+        .into_iter()
+        .zip(dirs.clone())
+        .map(|(comm, out)| {
+            let case = case.clone();
+            std::thread::spawn(move || {
+                let rank = comm.rank();
+                let mut t = case.trainer(&cpu_ops());
+                t.set_data_parallel(DataParallel::new(Arc::new(comm), Zero::One))
+                    .unwrap();
+                // Only rank 1 is asked to stop, once it has seen step 2.
+                let stop = AtomicBool::new(false);
+                let end = t
+                    .run(&out, &stop, |m| {
+                        if rank == 1 && m.step == 2 {
+                            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    })
+                    .unwrap();
+                (end, t.state.step)
+            })
+        })
+        .collect();
+    let ends: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let (steps, kinds): (Vec<usize>, Vec<bool>) = ends
+        .iter()
+        .map(|(end, step)| {
+            (
+                *step,
+                matches!(end, kiln_models::trainer::RunEnd::Interrupted { .. }),
+            )
+        })
+        .unzip();
+    assert_eq!(kinds, vec![true, true], "both ranks stop early");
+    assert_eq!(steps[0], steps[1], "at the same step");
+    assert!(steps[0] > 2 && steps[0] < 8, "{steps:?}");
+    let saved: Vec<usize> = kiln_models::checkpoint::list(&dirs[0])
+        .unwrap()
+        .iter()
+        .map(|(s, _)| *s)
+        .collect();
+    assert_eq!(saved, vec![steps[0]]);
+    assert_eq!(
+        MetricsLog::read(&dirs[0].join("metrics.jsonl"))
+            .unwrap()
+            .len(),
+        steps[0]
+    );
 }
 
 /// The GPUs' rank makers: rank `r` on `cuda:r` with an NCCL communicator of `world` ranks, or
