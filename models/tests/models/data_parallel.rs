@@ -487,7 +487,8 @@ mod gpu {
     use kiln_runtime::collective::NcclCommunicator;
     use kiln_runtime::Device;
 
-    /// The ops of `cuda:0` .. `cuda:{world - 1}`, or `None` (printing the skip) with fewer GPUs.
+    /// The ops of `cuda:0` .. `cuda:{world - 1}`, or `None` (printing the skip) with fewer GPUs
+    /// or no NCCL.
     pub fn gpus(test: &str, world: usize) -> Option<Vec<Arc<Ops>>> {
         let mut all = vec![];
         for i in 0..world {
@@ -504,6 +505,10 @@ mod gpu {
                     return None;
                 }
             }
+        }
+        if let Err(e) = kiln_runtime::collective::nccl_library() {
+            println!("{test}: skipped: no NCCL ({e})");
+            return None;
         }
         Some(all)
     }

@@ -136,6 +136,10 @@ impl Rendezvous {
         let mut peers = vec![];
         for (peer, stream) in streams {
             stream.set_read_timeout(Some(timeout)).map_err(io)?;
+            // A peer that stops reading must not block the heartbeat, an abort or the goodbye.
+            stream
+                .set_write_timeout(Some(timeout.min(Duration::from_secs(5))))
+                .map_err(io)?;
             readers.push((peer, stream.try_clone().map_err(io)?));
             peers.push(Peer {
                 rank: peer,

@@ -171,13 +171,43 @@ fn ranks_meet_over_loopback_tcp_and_a_finished_peer_is_not_a_failure() {
     assert_eq!(wait_for_failure(&host, Duration::from_millis(500)), None);
 }
 
-/// The peer of [`a_peer_process_that_dies_is_reported_within_the_timeout`]: runs only as its
-/// child (`KILN_TEST_RENDEZVOUS_PORT` set), joins as rank 1 and exits without goodbye.
 #[test]
-fn rendezvous_child_rank() {
-    let Ok(port) = std::env::var("KILN_TEST_RENDEZVOUS_PORT") else {
-        return; // run by the parent test only
-    };
+fn a_failing_rank_tells_the_others_at_once_through_rank_0() {
+    let port = free_port();
+    let timeout = Duration::from_secs(20);
+    let joiners: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|rank| {
+            std::thread::spawn(move || {
+                Rendezvous::start(&env(rank, 3, port), || unreachable!(), timeout)
+                    .unwrap()
+                    .0
+            })
+        })
+        .collect();
+    let (host, _) = Rendezvous::start(&env(0, 3, port), || Ok(vec![1; 128]), timeout).unwrap();
+    let mut peers: Vec<Rendezvous> = joiners.into_iter().map(|t| t.join().unwrap()).collect();
+    let started = Instant::now();
+    peers[1].abort("cuda:2 is out of memory");
+    let relayed =
+        wait_for_failure(&peers[0], Duration::from_secs(5)).expect("rank 1 heard nothing");
+    let at_root = wait_for_failure(&host, Duration::from_secs(5)).expect("rank 0 heard nothing");
+    for f in [&relayed, &at_root] {
+        assert!(f.contains("rank 2 failed: cuda:2 is out of memory"), "{f}");
+    }
+    // Well within the 20 s timeout: the message, not the silence, stopped them.
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The hook sees the failure that happened before it was set.
+    let (tx, rx) = std::sync::mpsc::channel();
+    host.watch()
+        .on_failure(move |f| tx.send(f.to_string()).unwrap());
+    assert!(rx.recv().unwrap().contains("rank 2 failed"));
+    peers.clear();
+}
+
+/// The child process's part of [`a_peer_process_that_dies_is_reported_within_the_timeout`]:
+/// joins as rank 1 and exits without goodbye.
+fn dying_rank_1(port: &str) -> ! {
     let port: u16 = port.parse().unwrap();
     let (_meeting, id) =
         Rendezvous::start(&env(1, 2, port), || unreachable!(), Duration::from_secs(20)).unwrap();
@@ -188,13 +218,18 @@ fn rendezvous_child_rank() {
     std::process::exit(3);
 }
 
+/// Two processes: this test's binary runs itself again as rank 1, which dies after the
+/// rendezvous; rank 0 (here) is told within the timeout.
 #[test]
 fn a_peer_process_that_dies_is_reported_within_the_timeout() {
+    if let Ok(port) = std::env::var("KILN_TEST_RENDEZVOUS_PORT") {
+        dying_rank_1(&port);
+    }
     let port = free_port();
     let child = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
-            "collective::rendezvous_child_rank",
+            "collective::a_peer_process_that_dies_is_reported_within_the_timeout",
             "--nocapture",
         ])
         .env("KILN_TEST_RENDEZVOUS_PORT", port.to_string())
@@ -290,6 +325,10 @@ fn nccl_with_one_rank_all_reduces_on_the_gpu() {
     let Some(device) = crate::cuda_or_skip("nccl_with_one_rank_all_reduces_on_the_gpu") else {
         return;
     };
+    if let Err(e) = kiln_runtime::collective::nccl_library() {
+        println!("nccl_with_one_rank_all_reduces_on_the_gpu: skipped: no NCCL ({e})");
+        return;
+    }
     let id = NcclCommunicator::unique_id().unwrap();
     let comm = NcclCommunicator::new(&device, 0, 1, &id, Duration::from_secs(60)).unwrap();
     let mut a = device.upload(&[1.0f32, 2.0, 3.0]).unwrap();
