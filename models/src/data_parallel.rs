@@ -15,6 +15,7 @@ use kiln_runtime::collective::Communicator;
 use kiln_runtime::Buffer;
 
 use crate::model::GradsReady;
+use crate::optim::Optimizer;
 use crate::{Error, Result};
 
 /// How optimizer state is split across ranks (`--zero`).
@@ -229,6 +230,105 @@ pub fn reduce_bucket(
         }
     }
     Ok(())
+}
+
+/// A trainer's part in a data-parallel run: its communicator, the buckets and, under ZeRO-1,
+/// each tensor's owner.
+pub(crate) struct RankState {
+    pub dp: DataParallel,
+    buckets: Buckets,
+    owners: Option<Vec<usize>>,
+}
+
+impl RankState {
+    /// The state for tensors `names` of `lens` elements (the optimizer's order), and whether
+    /// this rank owns each under ZeRO-1 (all of them without it).
+    pub fn new(
+        dp: DataParallel,
+        names: &[String],
+        lens: &[usize],
+    ) -> Result<(RankState, Vec<bool>)> {
+        let buckets = Buckets::new(names, lens, dp.bucket_bytes)?;
+        let owners = (dp.zero == Zero::One).then(|| owners(lens, dp.world_size()));
+        let mine = match &owners {
+            Some(o) => o.iter().map(|&r| r == dp.rank()).collect(),
+            None => vec![true; lens.len()],
+        };
+        Ok((
+            RankState {
+                dp,
+                buckets,
+                owners,
+            },
+            mine,
+        ))
+    }
+
+    /// Whether the optimizer state is sharded (ZeRO-1).
+    pub fn sharded(&self) -> Option<&[usize]> {
+        self.owners.as_deref()
+    }
+
+    /// Sums the buckets that close at `point` across ranks.
+    pub fn reduce_at(&self, point: GradsReady, grads: &mut [&mut Buffer]) -> Result<()> {
+        for bucket in self.buckets.ready_at(point) {
+            reduce_bucket(&*self.dp.comm, bucket, self.owners.as_deref(), grads)?;
+        }
+        Ok(())
+    }
+
+    /// Sums every bucket across ranks, in order (a rank that ran no backward this step).
+    pub fn reduce_all(&self, grads: &mut [&mut Buffer]) -> Result<()> {
+        for bucket in &self.buckets.buckets {
+            reduce_bucket(&*self.dp.comm, bucket, self.owners.as_deref(), grads)?;
+        }
+        Ok(())
+    }
+
+    /// ZeRO-1's update, once the gradients are reduced to their owners: each rank sums the
+    /// squares of the gradients it owns, the partial sums are all-reduced (so every rank
+    /// computes the same norm, clip and skip), each owner updates its tensors and broadcasts
+    /// their new weights (`params`, the model's tensors in the optimizer's order).
+    pub fn sharded_update(
+        &self,
+        ops: &kiln_ops::Ops,
+        optimizer: &mut Optimizer,
+        params: &mut [&mut Buffer],
+        grads: &[&Buffer],
+        step: usize,
+        skip: bool,
+    ) -> Result<()> {
+        let comm = &*self.dp.comm;
+        let owners = self
+            .owners
+            .as_deref()
+            .ok_or_else(|| Error::Invalid("a sharded update without ZeRO-1".into()))?;
+        comm.join()?;
+        optimizer.add_grad_norms(ops, grads)?;
+        comm.all_reduce_sum(
+            &mut [optimizer.norm_partials_mut()],
+            "the gradient norm's partial sums",
+        )?;
+        comm.join()?;
+        optimizer.finish_step(ops, params, grads, step, skip)?;
+        if skip {
+            return Ok(());
+        }
+        let mut params: Vec<Option<&mut Buffer>> =
+            params.iter_mut().map(|p| Some(&mut **p)).collect();
+        for root in 0..comm.world_size() {
+            let mut theirs: Vec<&mut Buffer> = owners
+                .iter()
+                .zip(params.iter_mut())
+                .filter(|(&o, _)| o == root)
+                .filter_map(|(_, p)| p.take())
+                .collect();
+            if !theirs.is_empty() {
+                comm.broadcast(&mut theirs, root, &format!("rank {root}'s updated weights"))?;
+            }
+        }
+        Ok(comm.join()?)
+    }
 }
 
 #[cfg(test)]

@@ -291,7 +291,8 @@ impl Optimizer {
         skip: bool,
     ) -> Result<()> {
         self.add_grad_norms(ops, grads)?;
-        self.finish_step(ops, params, grads, step, skip)
+        let mut params = params;
+        self.finish_step(ops, &mut params, grads, step, skip)
     }
 
     /// The first half of [`Optimizer::step`]: the sums of squares of the gradients of the
@@ -326,7 +327,7 @@ impl Optimizer {
     pub fn finish_step(
         &mut self,
         ops: &Ops,
-        params: Vec<&mut Buffer>,
+        params: &mut [&mut Buffer],
         grads: &[&Buffer],
         step: usize,
         skip: bool,
@@ -339,7 +340,7 @@ impl Optimizer {
             return Ok(());
         }
         let lr = self.config.lr * self.config.schedule.factor(step);
-        for ((slot, param), grad) in self.slots.iter_mut().zip(params).zip(grads) {
+        for ((slot, param), grad) in self.slots.iter_mut().zip(params.iter_mut()).zip(grads) {
             let Some(local) = &mut slot.local else {
                 continue; // another rank's: its weights arrive by broadcast
             };

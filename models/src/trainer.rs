@@ -30,7 +30,7 @@ use kiln_runtime::{Buffer, PendingRead};
 use crate::adapters::{Lora, LoraSpec};
 use crate::batch::{Batch, Sequence};
 use crate::checkpoint::{self, CheckpointData, TrainerState};
-use crate::data_parallel::{self, Buckets, DataParallel, Zero};
+use crate::data_parallel::{self, DataParallel, RankState};
 use crate::data_plan::{predicted, DataPlan, Examples};
 use crate::eval::evaluate;
 use crate::metrics::{peak_resident_bytes, MetricsLog, StepMetrics};
@@ -122,24 +122,6 @@ fn params_of<'m>(model: &'m Model, grads: &Gradients) -> Vec<&'m Buffer> {
     }
 }
 
-/// A trainer's part in a data-parallel run.
-struct Distributed {
-    dp: DataParallel,
-    buckets: Buckets,
-    /// Each tensor's owner under ZeRO-1.
-    owners: Option<Vec<usize>>,
-}
-
-impl Distributed {
-    /// Sums the buckets that close at `point` across ranks.
-    fn reduce_at(&self, point: GradsReady, grads: &mut [&mut Buffer]) -> Result<()> {
-        for bucket in self.buckets.ready_at(point) {
-            data_parallel::reduce_bucket(&*self.dp.comm, bucket, self.owners.as_deref(), grads)?;
-        }
-        Ok(())
-    }
-}
-
 /// The model's trained tensors (its weights, or its adapters), in the optimizer's order.
 fn trained_params<'m>(model: &'m mut Model, grads: &Gradients) -> Vec<&'m mut Buffer> {
     match (&mut model.lora, grads) {
@@ -192,7 +174,7 @@ pub struct Trainer {
     /// When the last step's metrics were read (a step's time runs from there).
     last_collect: Option<Instant>,
     /// This trainer's part in a data-parallel run, if it is one.
-    dist: Option<Distributed>,
+    dist: Option<RankState>,
     /// Data parallel: whether this rank asks to stop with the next step it queues.
     stop_vote: bool,
     /// Data parallel: whether some rank asked to stop in a step collected since: every rank
@@ -334,22 +316,9 @@ impl Trainer {
             ));
         }
         let names: Vec<String> = self.optimizer.names().map(str::to_string).collect();
-        let lens = self.optimizer.lens();
-        let buckets = Buckets::new(&names, &lens, dp.bucket_bytes)?;
-        let owners = match dp.zero {
-            Zero::Off => None,
-            Zero::One => {
-                let owners = data_parallel::owners(&lens, dp.world_size());
-                let mine: Vec<bool> = owners.iter().map(|&o| o == dp.rank()).collect();
-                self.optimizer.keep_only(&mine)?;
-                Some(owners)
-            }
-        };
-        self.dist = Some(Distributed {
-            dp,
-            buckets,
-            owners,
-        });
+        let (state, mine) = RankState::new(dp, &names, &self.optimizer.lens())?;
+        self.optimizer.keep_only(&mine)?;
+        self.dist = Some(state);
         Ok(())
     }
 
@@ -482,15 +451,7 @@ impl Trainer {
         if let Some(dist) = &self.dist {
             if last.is_none() {
                 // No backward here this step: the zero gradients join every bucket's sum.
-                let mut grads = self.grads.buffers_mut();
-                for bucket in &dist.buckets.buckets {
-                    data_parallel::reduce_bucket(
-                        &*dist.dp.comm,
-                        bucket,
-                        dist.owners.as_deref(),
-                        &mut grads,
-                    )?;
-                }
+                dist.reduce_all(&mut self.grads.buffers_mut())?;
             }
             // The stop votes ride along with the loss: no collective of their own.
             let mut vote = ops
@@ -519,52 +480,20 @@ impl Trainer {
     }
 
     /// Queues the step's update from the (summed) gradients: the norm, the control block and
-    /// AdamW. Under ZeRO-1 each rank sums the squares of the gradients it owns, the partial
-    /// sums are all-reduced (so every rank computes the same norm and decisions), each owner
-    /// updates its tensors and broadcasts their new weights.
+    /// AdamW (under ZeRO-1 [`RankState::sharded_update`]'s).
     fn update(&mut self, ops: &kiln_ops::Ops, step: usize, skip: bool) -> Result<()> {
-        let Some(dist) = &self.dist else {
-            let grads: Vec<&Buffer> = self.grads.buffers();
-            let params = trained_params(&mut self.model, &self.grads);
-            return self.optimizer.step(ops, params, &grads, step, skip);
-        };
-        let comm = &*dist.dp.comm;
-        let Some(owners) = &dist.owners else {
-            comm.join()?;
-            let grads: Vec<&Buffer> = self.grads.buffers();
-            let params = trained_params(&mut self.model, &self.grads);
-            return self.optimizer.step(ops, params, &grads, step, skip);
-        };
         let grads: Vec<&Buffer> = self.grads.buffers();
-        comm.join()?;
-        self.optimizer.add_grad_norms(ops, &grads)?;
-        comm.all_reduce_sum(
-            &mut [self.optimizer.norm_partials_mut()],
-            "the gradient norm's partial sums",
-        )?;
-        comm.join()?;
-        let params = trained_params(&mut self.model, &self.grads);
-        self.optimizer
-            .finish_step(ops, params, &grads, step, skip)?;
-        if !skip {
-            let mut params: Vec<Option<&mut Buffer>> = trained_params(&mut self.model, &self.grads)
-                .into_iter()
-                .map(Some)
-                .collect();
-            for root in 0..comm.world_size() {
-                let mut theirs: Vec<&mut Buffer> = owners
-                    .iter()
-                    .zip(params.iter_mut())
-                    .filter(|(&o, _)| o == root)
-                    .filter_map(|(_, p)| p.take())
-                    .collect();
-                if !theirs.is_empty() {
-                    comm.broadcast(&mut theirs, root, &format!("rank {root}'s updated weights"))?;
-                }
+        let mut params = trained_params(&mut self.model, &self.grads);
+        match &self.dist {
+            Some(d) if d.sharded().is_some() => {
+                d.sharded_update(ops, &mut self.optimizer, &mut params, &grads, step, skip)
             }
-            comm.join()?;
+            Some(d) => {
+                d.dp.comm.join()?; // the summed gradients and loss
+                self.optimizer.step(ops, params, &grads, step, skip)
+            }
+            None => self.optimizer.step(ops, params, &grads, step, skip),
         }
-        Ok(())
     }
 
     /// Waits for a step [`Trainer::submit`] queued (steps are collected in order) and returns its
@@ -727,14 +656,9 @@ impl Trainer {
     /// The full optimizer state on rank 0 (gathered from the owners under ZeRO-1: every rank
     /// must call it then); `None` on the other ranks.
     fn full_state(&mut self) -> Result<Option<FullState>> {
-        if let Some(Distributed {
-            dp,
-            owners: Some(owners),
-            ..
-        }) = &self.dist
-        {
+        if let Some((dist, owners)) = self.dist.as_ref().and_then(|d| Some((d, d.sharded()?))) {
             let params = params_of(&self.model, &self.grads);
-            return self.optimizer.gather(&*dp.comm, owners, &params);
+            return self.optimizer.gather(&*dist.dp.comm, owners, &params);
         }
         if !self.is_root() {
             return Ok(None);
@@ -836,11 +760,9 @@ impl Trainer {
     /// The f32 values of the trained tensors by name (for checks and exports). Under ZeRO-1
     /// in bf16 every rank must call it (it gathers the masters); the other ranks get `[]`.
     pub fn trained_tensors(&mut self) -> Result<Vec<(String, HostTensor)>> {
-        match &self.dist {
-            Some(Distributed {
-                owners: Some(_), ..
-            }) => Ok(self.full_state()?.map(|s| s.masters).unwrap_or_default()),
-            _ => self.optimizer.masters(&self.params()),
+        match self.dist.as_ref().and_then(RankState::sharded) {
+            Some(_) => Ok(self.full_state()?.map(|s| s.masters).unwrap_or_default()),
+            None => self.optimizer.masters(&self.params()),
         }
     }
 
