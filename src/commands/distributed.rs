@@ -58,13 +58,14 @@ pub fn role(gpus: Option<usize>, device: Option<&str>) -> Result<Role, String> {
         return Ok(Role::Rank(env));
     }
     match gpus {
-        None | Some(1) => Ok(Role::Single),
+        None => Ok(Role::Single),
         Some(0) => Err(
-            "--gpus 0: a run needs at least one GPU (leave --gpus out to train \
-                        in one process)"
+            "--gpus 0: a run needs at least one GPU (leave --gpus out to train in one process)"
                 .into(),
         ),
         Some(_) if cpu => Err(data_parallel_on_cpu()),
+        // One GPU: this process trains on it (the caller picks `cuda` unless --device says).
+        Some(1) => Ok(Role::Single),
         Some(n) => {
             let count = Device::cuda_count().map_err(|e| format!("--gpus {n}: {e}"))?;
             if n > count {

@@ -183,7 +183,9 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
     }
     match distributed::role(args.gpus, args.device.as_deref())? {
         Role::Single => {
-            let ops = parse_device(args.device.as_deref())?;
+            // `--gpus 1` asks for a GPU: never the CPU fallback.
+            let device = args.device.as_deref().or(args.gpus.map(|_| "cuda"));
+            let ops = parse_device(device)?;
             train(args, ops, None)
         }
         Role::Launcher(n) => distributed::launch(n),

@@ -546,6 +546,11 @@ fn bad_data_parallel_launches_exit_1_with_the_reason() {
             &[],
             "runs on CUDA GPUs",
         ),
+        (
+            &["--gpus", "1", "--device", "cpu"],
+            &[],
+            "runs on CUDA GPUs",
+        ),
         // More GPUs than any machine has (or no driver at all): refused, naming the flag.
         (&["--gpus", "64"], &[], "--gpus 64: "),
         (
@@ -634,6 +639,12 @@ fn bad_data_parallel_launches_exit_1_with_the_reason() {
         assert_eq!(run.status.code(), Some(1), "{flags:?} {env:?}: {e}");
         assert!(e.contains(want), "{flags:?} {env:?}: {e}");
         assert!(started.elapsed().as_secs() < 30, "{flags:?} {env:?}");
+    }
+    // One GPU asked for and none there: no silent fallback to the CPU.
+    if kiln::runtime::Device::cuda(0).is_err() {
+        let run = train_with_env(&["--gpus", "1"], &[]);
+        assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+        assert!(stderr(&run).contains("--device cuda"), "{}", stderr(&run));
     }
     // --zero takes 0 or 1 (a usage error otherwise).
     let run = train_with_env(&["--zero", "2"], &[]);
