@@ -38,8 +38,9 @@ pub use nccl::NcclCommunicator;
 pub use nccl_load::{nccl_library, nccl_link_dir};
 pub use rendezvous::{PeerWatch, Rendezvous, UNIQUE_ID_BYTES};
 
-/// How long a collective or the rendezvous waits for the other ranks by default.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a collective or the rendezvous waits for the other ranks by default: PyTorch's
+/// NCCL default. The others wait this long while rank 0 evaluates or writes a checkpoint.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The environment variable that sets the timeout, in seconds.
 pub const TIMEOUT_VAR: &str = "KILN_DIST_TIMEOUT_S";
