@@ -123,6 +123,12 @@ pub fn join(env: DistEnv) -> Result<(Arc<Ops>, Rank), String> {
 pub fn join(env: DistEnv) -> Result<(Arc<Ops>, Rank), String> {
     let what = format!("rank {} of {}", env.rank, env.world_size);
     let timeout = timeout_from_env().map_err(|e| e.to_string())?;
+    // Said up front: a stray WORLD_SIZE in the environment would otherwise wait in silence.
+    eprintln!(
+        "{what}: meeting the other ranks at {} (for up to {:.0} s)",
+        env.master(),
+        timeout.as_secs_f64()
+    );
     // The ranks meet first, so that one that cannot open its GPU stops the others at once.
     let (meeting, id) = Rendezvous::start(&env, NcclCommunicator::unique_id, timeout)
         .map_err(|e| format!("{what}: {e}"))?;
