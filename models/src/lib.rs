@@ -28,6 +28,7 @@ pub mod block;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod data_parallel;
 pub mod data_plan;
 mod error;
 pub mod eval;

@@ -54,6 +54,23 @@ pub struct PassLoss {
     pub losses: Buffer,
 }
 
+/// A point of a training pass's backward after which some trained tensors' gradients are
+/// final for the pass, in the order the backward reaches them: the output projection (after
+/// the loss; `lm_head` when untied), the final norm, each block from the last to the first, and
+/// the embedding (which, when tied, also holds the output projection's gradient). Data
+/// parallelism starts a bucket's all-reduce there ([`Model::train_pass_hooked`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GradsReady {
+    Output,
+    Norm,
+    Layer(usize),
+    Embedding,
+}
+
+/// Called at every [`GradsReady`] point of a backward with the gradients the pass adds to.
+pub type BackwardHook<'h> = dyn FnMut(GradsReady, Option<&mut Weights<Buffer>>, Option<&mut Lora<Buffer>>) -> Result<()>
+    + 'h;
+
 /// The result of [`Model::forward`]: the loss, and the activations the backward needs.
 pub struct Forward {
     /// The mean loss over the predicted tokens (0 if none).
@@ -408,7 +425,9 @@ impl Model {
             output_grad,
             true,
         )?;
-        self.backward_trunk(batch, trunk, pass, lora_seed, d_hidden, grads, lora_grads)
+        self.backward_trunk(
+            batch, trunk, pass, lora_seed, d_hidden, grads, lora_grads, None,
+        )
     }
 
     /// The gradient buffer of the output projection: the lm_head's, or the embedding's when
@@ -432,7 +451,28 @@ impl Model {
         token_grad: f32,
         grads: &mut Weights<Buffer>,
     ) -> Result<PassLoss> {
-        self.train_pass_into(batch, pass, token_grad, Some(grads), None)
+        self.train_pass_into(batch, pass, token_grad, Some(grads), None, None)
+    }
+
+    /// [`Model::train_pass`] (full fine-tuning: `grads`) or [`Model::train_pass_lora`]
+    /// (`lora_grads`) that calls `hook` at every [`GradsReady`] point of the backward, in
+    /// order, with the gradients, once the work that makes them final is queued.
+    pub fn train_pass_hooked(
+        &self,
+        batch: &DeviceBatch,
+        pass: Pass,
+        token_grad: f32,
+        grads: Option<&mut Weights<Buffer>>,
+        lora_grads: Option<&mut Lora<Buffer>>,
+        hook: &mut BackwardHook<'_>,
+    ) -> Result<PassLoss> {
+        if lora_grads.is_some() == grads.is_some() || (lora_grads.is_some() && self.lora.is_none())
+        {
+            return Err(Error::Invalid(
+                "a training pass trains either the weights or the attached adapters".into(),
+            ));
+        }
+        self.train_pass_into(batch, pass, token_grad, grads, lora_grads, Some(hook))
     }
 
     /// [`Model::train_pass`] for LoRA training: the gradients go to the attached adapters.
@@ -448,7 +488,7 @@ impl Model {
                 "train_pass_lora of a model without adapters (attach_lora first)".into(),
             ));
         }
-        self.train_pass_into(batch, pass, token_grad, None, Some(grads))
+        self.train_pass_into(batch, pass, token_grad, None, Some(grads), None)
     }
 
     fn train_pass_into(
@@ -457,7 +497,8 @@ impl Model {
         pass: Pass,
         token_grad: f32,
         mut grads: Option<&mut Weights<Buffer>>,
-        lora_grads: Option<&mut Lora<Buffer>>,
+        mut lora_grads: Option<&mut Lora<Buffer>>,
+        mut hook: Option<&mut BackwardHook<'_>>,
     ) -> Result<PassLoss> {
         if pass == Pass::Inference {
             return Err(Error::Invalid(
@@ -479,7 +520,16 @@ impl Model {
             output_grad,
             true,
         )?;
-        self.backward_trunk(batch, trunk, pass, lora_seed, d_hidden, grads, lora_grads)?;
+        if let Some(hook) = hook.as_deref_mut() {
+            hook(
+                GradsReady::Output,
+                grads.as_deref_mut(),
+                lora_grads.as_deref_mut(),
+            )?;
+        }
+        self.backward_trunk(
+            batch, trunk, pass, lora_seed, d_hidden, grads, lora_grads, hook,
+        )?;
         Ok(PassLoss {
             totals: ce.totals,
             predicted: batch.predicted,
@@ -499,7 +549,15 @@ impl Model {
         d_hidden: Buffer,
         mut grads: Option<&mut Weights<Buffer>>,
         mut lora_grads: Option<&mut Lora<Buffer>>,
+        mut hook: Option<&mut BackwardHook<'_>>,
     ) -> Result<()> {
+        let mut ready =
+            |point: GradsReady, g: Option<&mut Weights<Buffer>>, l: Option<&mut Lora<Buffer>>| {
+                match hook.as_deref_mut() {
+                    Some(h) => h(point, g, l),
+                    None => Ok(()),
+                }
+            };
         let (ops, t, dtype) = (&*self.ops, batch.tokens, self.dtype());
         let th = t * self.config.hidden;
         let device = ops.device();
@@ -525,6 +583,11 @@ impl Model {
             },
         )?;
         drop((d_hidden, hidden, last));
+        ready(
+            GradsReady::Norm,
+            grads.as_deref_mut(),
+            lora_grads.as_deref_mut(),
+        )?;
 
         let block = Block::new(ops, &self.config, dtype, t);
         let mut ones = device.alloc(dtype, t)?;
@@ -559,12 +622,17 @@ impl Model {
                 &ones,
             )?;
             std::mem::swap(&mut d_x, &mut d_prev);
+            ready(
+                GradsReady::Layer(l),
+                grads.as_deref_mut(),
+                lora_grads.as_deref_mut(),
+            )?;
         }
-        if let Some(g) = grads {
+        if let Some(g) = grads.as_deref_mut() {
             self.embedding()
                 .backward(ops, &batch.input_ids, &d_x, &mut g.embed)?;
         }
-        Ok(())
+        ready(GradsReady::Embedding, grads, lora_grads)
     }
 }
 

@@ -14,6 +14,7 @@ use std::str::FromStr;
 use kiln_compiler::DType;
 use kiln_ops::adamw::{control, AdamW, ParamState, StepControl};
 use kiln_ops::Ops;
+use kiln_runtime::collective::Communicator;
 use kiln_runtime::{Buffer, PendingRead};
 
 use crate::precision;
@@ -148,10 +149,23 @@ struct Slot {
     len: usize,
     lr_multiplier: f64,
     decay: bool,
+    /// The state this rank holds; `None` where another rank owns the tensor (ZeRO-1).
+    local: Option<Local>,
+}
+
+/// The optimizer state of a tensor this rank updates.
+struct Local {
     /// f32 master weights when the model computes in another type.
     master: Option<Buffer>,
     exp_avg: Buffer,
     exp_avg_sq: Buffer,
+}
+
+/// The full optimizer state by name, gathered to one rank ([`Optimizer::gather`]): the f32
+/// masters and the moments (`exp_avg.NAME`, `exp_avg_sq.NAME`).
+pub struct FullState {
+    pub masters: Vec<(String, HostTensor)>,
+    pub moments: Vec<(String, HostTensor)>,
 }
 
 /// AdamW over a list of tensors, in a fixed order: every call passes the model's parameters
@@ -159,6 +173,8 @@ struct Slot {
 pub struct Optimizer {
     pub config: OptimizerConfig,
     adamw: AdamW,
+    /// The type the model computes in (f32: the model's weights are the masters).
+    compute: DType,
     slots: Vec<Slot>,
     control: StepControl,
     /// Updates applied so far (AdamW's `t`; a skipped step does not count), as of the last
@@ -221,9 +237,11 @@ impl Optimizer {
                 len,
                 lr_multiplier: p.lr_multiplier,
                 decay: p.decay,
-                master,
-                exp_avg: zeros()?,
-                exp_avg_sq: zeros()?,
+                local: Some(Local {
+                    master,
+                    exp_avg: zeros()?,
+                    exp_avg_sq: zeros()?,
+                }),
             });
         }
         let adamw = AdamW {
@@ -237,6 +255,7 @@ impl Optimizer {
         Ok(Optimizer {
             config,
             adamw,
+            compute,
             slots,
             control,
             updates: 0,
@@ -271,18 +290,60 @@ impl Optimizer {
         step: usize,
         skip: bool,
     ) -> Result<()> {
+        self.add_grad_norms(ops, grads)?;
+        let mut params = params;
+        self.finish_step(ops, &mut params, grads, step, skip)
+    }
+
+    /// The first half of [`Optimizer::step`]: the sums of squares of the gradients of the
+    /// tensors this rank updates (the others' blocks stay zero until the partial sums are
+    /// all-reduced: [`Optimizer::norm_partials_mut`]).
+    pub fn add_grad_norms(&mut self, ops: &Ops, grads: &[&Buffer]) -> Result<()> {
+        self.check_len(grads.len())?;
+        for (slot, g) in self.slots.iter().zip(grads) {
+            match slot.local {
+                Some(_) => self.control.add_grad(ops, *g)?,
+                None => self.control.reserve_grad(slot.len)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The step's per-block sums of squares of the gradients (f32), to all-reduce across
+    /// ranks between [`Optimizer::add_grad_norms`] and [`Optimizer::finish_step`] when each
+    /// rank holds only some of the state (ZeRO-1).
+    pub fn norm_partials_mut(&mut self) -> &mut Buffer {
+        self.control.partials_mut()
+    }
+
+    /// The step's `[loss sum, predicted tokens]` (f32), to all-reduce across ranks before
+    /// [`Optimizer::finish_step`].
+    pub fn loss_mut(&mut self) -> &mut Buffer {
+        self.control.loss_mut()
+    }
+
+    /// The second half of [`Optimizer::step`]: the control block from the norm and loss, then
+    /// AdamW on every tensor this rank holds state for (`params` and `grads` are all of them).
+    pub fn finish_step(
+        &mut self,
+        ops: &Ops,
+        params: &mut [&mut Buffer],
+        grads: &[&Buffer],
+        step: usize,
+        skip: bool,
+    ) -> Result<()> {
         self.check_len(params.len())?;
         self.check_len(grads.len())?;
-        for g in grads {
-            self.control.add_grad(ops, *g)?;
-        }
         let max = self.config.max_grad_norm.map(|n| n as f32);
         self.control.finish(ops, max, skip)?;
         if skip {
             return Ok(());
         }
         let lr = self.config.lr * self.config.schedule.factor(step);
-        for ((slot, param), grad) in self.slots.iter_mut().zip(params).zip(grads) {
+        for ((slot, param), grad) in self.slots.iter_mut().zip(params.iter_mut()).zip(grads) {
+            let Some(local) = &mut slot.local else {
+                continue; // another rank's: its weights arrive by broadcast
+            };
             let adamw = AdamW {
                 weight_decay: if slot.decay {
                     self.adamw.weight_decay
@@ -291,19 +352,19 @@ impl Optimizer {
                 },
                 ..self.adamw
             };
-            let mut state = match &mut slot.master {
+            let mut state = match &mut local.master {
                 Some(master) => ParamState {
                     param: master.view_mut(),
                     grad: grad.view(),
-                    exp_avg: slot.exp_avg.view_mut(),
-                    exp_avg_sq: slot.exp_avg_sq.view_mut(),
+                    exp_avg: local.exp_avg.view_mut(),
+                    exp_avg_sq: local.exp_avg_sq.view_mut(),
                     param_copy: Some(param.view_mut()),
                 },
                 None => ParamState {
                     param: param.view_mut(),
                     grad: grad.view(),
-                    exp_avg: slot.exp_avg.view_mut(),
-                    exp_avg_sq: slot.exp_avg_sq.view_mut(),
+                    exp_avg: local.exp_avg.view_mut(),
+                    exp_avg_sq: local.exp_avg_sq.view_mut(),
                     param_copy: None,
                 },
             };
@@ -332,14 +393,26 @@ impl Optimizer {
     }
 
     /// The f32 weights of every tensor: the masters, or `params` (the model's f32 weights)
-    /// where the model's own weights are the masters.
+    /// where the model's own weights are the masters. With sharded state (ZeRO-1) in bf16
+    /// this rank lacks others' masters: use [`Optimizer::gather`].
     pub fn masters(&self, params: &[&Buffer]) -> Result<Vec<(String, HostTensor)>> {
         self.check_len(params.len())?;
         self.slots
             .iter()
             .zip(params)
             .map(|(slot, param)| {
-                let buffer = slot.master.as_ref().unwrap_or(param);
+                let buffer = match &slot.local {
+                    Some(Local {
+                        master: Some(m), ..
+                    }) => m,
+                    _ if self.compute == DType::F32 => param,
+                    _ => {
+                        return Err(Error::Invalid(format!(
+                            "`{}`'s master weights are another rank's (gather them)",
+                            slot.name
+                        )))
+                    }
+                };
                 Ok((
                     slot.name.clone(),
                     HostTensor::new(slot.shape.clone(), precision::download(buffer)?),
@@ -369,7 +442,11 @@ impl Optimizer {
                 )));
             }
             let host = HostTensor::new(slot.shape.clone(), data);
-            if let Some(master) = &mut slot.master {
+            if let Some(Local {
+                master: Some(master),
+                ..
+            }) = &mut slot.local
+            {
                 *master = precision::upload(device, &host, DType::F32)?;
             }
             *param = precision::upload(device, &host, param.dtype())?;
@@ -381,7 +458,16 @@ impl Optimizer {
     pub fn moments(&self) -> Result<Vec<(String, HostTensor)>> {
         let mut out = vec![];
         for slot in &self.slots {
-            for (kind, b) in [("exp_avg", &slot.exp_avg), ("exp_avg_sq", &slot.exp_avg_sq)] {
+            let Some(local) = &slot.local else {
+                return Err(Error::Invalid(format!(
+                    "`{}`'s moments are another rank's (gather them)",
+                    slot.name
+                )));
+            };
+            for (kind, b) in [
+                ("exp_avg", &local.exp_avg),
+                ("exp_avg_sq", &local.exp_avg_sq),
+            ] {
                 out.push((
                     format!("{kind}.{}", slot.name),
                     HostTensor::new(slot.shape.clone(), precision::download(b)?),
@@ -399,9 +485,12 @@ impl Optimizer {
     ) -> Result<()> {
         let device = ops.device();
         for slot in &mut self.slots {
+            let Some(local) = &mut slot.local else {
+                continue; // another rank's
+            };
             for (kind, b) in [
-                ("exp_avg", &mut slot.exp_avg),
-                ("exp_avg_sq", &mut slot.exp_avg_sq),
+                ("exp_avg", &mut local.exp_avg),
+                ("exp_avg_sq", &mut local.exp_avg_sq),
             ] {
                 let name = format!("{kind}.{}", slot.name);
                 let data = values(&name)?;
@@ -422,8 +511,112 @@ impl Optimizer {
     pub fn state_bytes(&self) -> usize {
         self.slots
             .iter()
-            .map(|s| s.len * 4 * (2 + usize::from(s.master.is_some())))
+            .filter_map(|s| s.local.as_ref().map(|l| (s.len, l)))
+            .map(|(len, l)| len * 4 * (2 + usize::from(l.master.is_some())))
             .sum()
+    }
+
+    /// The number of elements of each tensor, in order.
+    pub fn lens(&self) -> Vec<usize> {
+        self.slots.iter().map(|s| s.len).collect()
+    }
+
+    /// Keeps the state of the tensors where `keep` is true only (ZeRO-1: the tensors this rank
+    /// owns); the others' masters and moments are freed, and [`Optimizer::finish_step`] leaves
+    /// those tensors to their owners.
+    pub fn keep_only(&mut self, keep: &[bool]) -> Result<()> {
+        self.check_len(keep.len())?;
+        for (slot, &k) in self.slots.iter_mut().zip(keep) {
+            if !k {
+                slot.local = None;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gathers the full state to rank 0 from the tensors' owners (`owners[i]`, in order),
+    /// through `comm`: every rank must call it. `params` are the model's tensors (the masters,
+    /// when the model computes in f32, complete on every rank). Returns the state on rank 0,
+    /// `None` elsewhere.
+    pub fn gather(
+        &mut self,
+        comm: &dyn Communicator,
+        owners: &[usize],
+        params: &[&Buffer],
+    ) -> Result<Option<FullState>> {
+        self.check_len(owners.len())?;
+        self.check_len(params.len())?;
+        let root = comm.rank() == 0;
+        let device = params
+            .first()
+            .map(|p| p.device().clone())
+            .ok_or_else(|| Error::Invalid("no tensors to gather".into()))?;
+        let mut masters = vec![];
+        let mut moments = vec![];
+        let f32_compute = self.compute == DType::F32;
+        for ((slot, &owner), param) in self.slots.iter_mut().zip(owners).zip(params) {
+            let shape = slot.shape.clone();
+            let host = |b: &Buffer| -> Result<HostTensor> {
+                Ok(HostTensor::new(shape.clone(), precision::download(b)?))
+            };
+            // The master (unless the model's weights are the masters) and the two moments, as
+            // rank 0 receives them; only the owner holds them, and only if it is not rank 0
+            // do they travel.
+            let what = format!("the state of `{}`", slot.name);
+            let mut fetched: Vec<HostTensor> = vec![];
+            if owner == 0 || comm.rank() == owner {
+                if let Some(local) = &mut slot.local {
+                    let mut mine: Vec<&mut Buffer> = vec![];
+                    if let Some(m) = &mut local.master {
+                        mine.push(m);
+                    }
+                    mine.push(&mut local.exp_avg);
+                    mine.push(&mut local.exp_avg_sq);
+                    if owner != 0 {
+                        comm.broadcast(&mut mine, owner, &what)?;
+                    } else if root {
+                        for b in mine {
+                            fetched.push(host(b)?);
+                        }
+                    }
+                } else if root {
+                    return Err(Error::Invalid(format!(
+                        "rank 0 owns `{}` but holds no state for it",
+                        slot.name
+                    )));
+                }
+            } else {
+                let n = 2 + usize::from(!f32_compute);
+                let mut temps = (0..n)
+                    .map(|_| device.alloc(DType::F32, slot.len))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                let mut refs: Vec<&mut Buffer> = temps.iter_mut().collect();
+                comm.broadcast(&mut refs, owner, &what)?;
+                comm.join()?;
+                if root {
+                    for b in &temps {
+                        fetched.push(host(b)?);
+                    }
+                }
+            }
+            if !root {
+                continue;
+            }
+            let mut fetched = fetched.into_iter();
+            let missing = || Error::Invalid(format!("`{}`: state missing", slot.name));
+            let master = if f32_compute {
+                host(param)?
+            } else {
+                fetched.next().ok_or_else(missing)?
+            };
+            masters.push((slot.name.clone(), master));
+            for kind in ["exp_avg", "exp_avg_sq"] {
+                let m = fetched.next().ok_or_else(missing)?;
+                moments.push((format!("{kind}.{}", slot.name), m));
+            }
+        }
+        comm.join()?;
+        Ok(root.then_some(FullState { masters, moments }))
     }
 
     fn check_len(&self, n: usize) -> Result<()> {

@@ -8,6 +8,11 @@
 //!     → gradients of Σ token losses / N, the step's loss, however the tokens are split
 //! norm = ‖g‖ (on the device)   skip if the loss or norm is not finite, else AdamW (clipped)
 //! ```
+//! With [`Trainer::set_data_parallel`] the trainer is one rank of a data-parallel run (see
+//! [`crate::data_parallel`]): the step is the global one, this rank trains its share of the
+//! micro-batches, gradients and the loss are summed across ranks before the update (which is
+//! then the same on every rank), and only rank 0 writes metrics, checkpoints and outputs.
+//!
 //! The skip decision, the clipping and Adam's step count live on the device, so the host queues
 //! a whole step without waiting for the GPU ([`Trainer::submit`]) and reads its metrics later
 //! ([`Trainer::collect`]); [`Trainer::run`] keeps one step queued ahead of the one it reads.
@@ -25,11 +30,12 @@ use kiln_runtime::{Buffer, PendingRead};
 use crate::adapters::{Lora, LoraSpec};
 use crate::batch::{Batch, Sequence};
 use crate::checkpoint::{self, CheckpointData, TrainerState};
-use crate::data_plan::{DataPlan, Examples};
+use crate::data_parallel::{self, DataParallel, RankState};
+use crate::data_plan::{predicted, DataPlan, Examples};
 use crate::eval::evaluate;
 use crate::metrics::{peak_resident_bytes, MetricsLog, StepMetrics};
-use crate::model::{Model, Pass};
-use crate::optim::{Optimizer, OptimizerConfig, ParamSpec, StepReport};
+use crate::model::{GradsReady, Model, Pass};
+use crate::optim::{FullState, Optimizer, OptimizerConfig, ParamSpec, StepReport};
 use crate::params::Weights;
 use crate::rng::{derive, SplitMix64};
 use crate::weights::SafeTensors;
@@ -95,6 +101,25 @@ impl Gradients {
         };
         named.into_iter().map(|(_, b)| b).collect()
     }
+
+    /// Every gradient, mutably, in the optimizer's order.
+    fn buffers_mut(&mut self) -> Vec<&mut Buffer> {
+        match self {
+            Gradients::Full(g) => g.all_mut(),
+            Gradients::Lora(g) => g.all_mut(),
+        }
+    }
+}
+
+/// The model's trained tensors, in the optimizer's order.
+fn params_of<'m>(model: &'m Model, grads: &Gradients) -> Vec<&'m Buffer> {
+    match grads {
+        Gradients::Full(_) => model.weights.named().into_iter().map(|(_, b)| b).collect(),
+        Gradients::Lora(_) => match &model.lora {
+            Some(lora) => lora.weights.named().into_iter().map(|(_, b)| b).collect(),
+            None => vec![],
+        },
+    }
 }
 
 /// The model's trained tensors (its weights, or its adapters), in the optimizer's order.
@@ -118,6 +143,8 @@ pub enum RunEnd {
 pub struct PendingStep {
     step: usize,
     report: PendingRead<f32>,
+    /// The number of ranks that asked to stop when they queued this step (data parallel).
+    stop_votes: Option<PendingRead<f32>>,
     /// Predicted and input tokens, and micro-batches, counted on the host.
     tokens: usize,
     input_tokens: usize,
@@ -146,6 +173,13 @@ pub struct Trainer {
     pub total_steps: usize,
     /// When the last step's metrics were read (a step's time runs from there).
     last_collect: Option<Instant>,
+    /// This trainer's part in a data-parallel run, if it is one.
+    dist: Option<RankState>,
+    /// Data parallel: whether this rank asks to stop with the next step it queues.
+    stop_vote: bool,
+    /// Data parallel: whether some rank asked to stop in a step collected since: every rank
+    /// learns it from the same step, so all stop after the same one.
+    stop_agreed: bool,
 }
 
 impl Trainer {
@@ -260,23 +294,47 @@ impl Trainer {
             state,
             total_steps,
             last_collect: None,
+            dist: None,
+            stop_vote: false,
+            stop_agreed: false,
         })
     }
 
     fn params(&self) -> Vec<&Buffer> {
-        match &self.grads {
-            Gradients::Full(_) => self
-                .model
-                .weights
-                .named()
-                .into_iter()
-                .map(|(_, b)| b)
-                .collect(),
-            Gradients::Lora(_) => match &self.model.lora {
-                Some(lora) => lora.weights.named().into_iter().map(|(_, b)| b).collect(),
-                None => vec![],
-            },
+        params_of(&self.model, &self.grads)
+    }
+
+    /// Makes this trainer rank `dp.rank()` of a data-parallel run of `dp.world_size()` ranks,
+    /// each with a trainer made from the same model, options and data. With ZeRO-1 it keeps
+    /// the optimizer state of the tensors it owns only. Call it before the first step (before
+    /// or after [`Trainer::resume`]: a checkpoint holds the full state, whatever world size
+    /// wrote it).
+    pub fn set_data_parallel(&mut self, dp: DataParallel) -> Result<()> {
+        if self.dist.is_some() {
+            return Err(Error::Invalid(
+                "the trainer is already part of a data-parallel run".into(),
+            ));
         }
+        let names: Vec<String> = self.optimizer.names().map(str::to_string).collect();
+        let (state, mine) = RankState::new(dp, &names, &self.optimizer.lens())?;
+        self.optimizer.keep_only(&mine)?;
+        self.dist = Some(state);
+        Ok(())
+    }
+
+    /// This trainer's rank (0 when it is not part of a data-parallel run).
+    pub fn rank(&self) -> usize {
+        self.dist.as_ref().map_or(0, |d| d.dp.rank())
+    }
+
+    /// The number of ranks training together (1 without data parallelism).
+    pub fn world_size(&self) -> usize {
+        self.dist.as_ref().map_or(1, |d| d.dp.world_size())
+    }
+
+    /// Whether this trainer writes the run's files (metrics, checkpoints, outputs): rank 0.
+    pub fn is_root(&self) -> bool {
+        self.rank() == 0
     }
 
     /// One optimizer step on the next sequences; returns its metrics (without `eval_loss`).
@@ -295,22 +353,42 @@ impl Trainer {
         let step = self.state.step + 1;
         let data = self.plan.step(self.state.cursor);
         let vocab = self.model.config.vocab;
-        let batches = data
+        let examples = &self.plan.examples;
+        // The whole step's counts come from the plan every rank shares, so the loss's
+        // normaliser (all ranks' predicted tokens) needs no collective.
+        let sizes: Vec<(usize, usize)> = data
             .micro_batches
             .iter()
             .map(|members| {
-                let seqs: Vec<Sequence> =
-                    members.iter().map(|&i| self.plan.examples.get(i)).collect();
-                Batch::pack(&seqs.iter().collect::<Vec<_>>(), vocab)
+                members.iter().fold((0, 0), |(t, p), &i| {
+                    (t + examples.example_len(i), p + predicted(&examples.get(i)))
+                })
             })
-            .collect::<Result<Vec<Batch>>>()?;
-        let total: usize = batches.iter().map(Batch::predicted).sum();
-        let input_tokens: usize = batches.iter().map(Batch::tokens).sum();
+            .collect();
+        let total: usize = sizes.iter().map(|&(_, p)| p).sum();
+        let input_tokens: usize = sizes.iter().map(|&(t, _)| t).sum();
+        let mine: Vec<usize> = match &self.dist {
+            Some(d) => {
+                let tokens: Vec<usize> = sizes.iter().map(|&(t, _)| t).collect();
+                data_parallel::shard(&tokens, d.dp.world_size(), d.dp.rank())
+            }
+            None => (0..sizes.len()).collect(),
+        };
+        let batches = mine
+            .iter()
+            .map(|&k| {
+                let seqs: Vec<Sequence> = data.micro_batches[k]
+                    .iter()
+                    .map(|&i| examples.get(i))
+                    .collect();
+                Ok((k, Batch::pack(&seqs.iter().collect::<Vec<_>>(), vocab)?))
+            })
+            .collect::<Result<Vec<(usize, Batch)>>>()?;
 
-        match &mut self.grads {
-            Gradients::Full(g) => g.all_mut().into_iter().try_for_each(|b| b.zero())?,
-            Gradients::Lora(g) => g.all_mut().into_iter().try_for_each(|b| b.zero())?,
-        }
+        self.grads
+            .buffers_mut()
+            .into_iter()
+            .try_for_each(|b| b.zero())?;
         self.optimizer.begin_step()?;
         let pass = if self.options.recompute {
             Pass::TrainRecompute
@@ -318,40 +396,104 @@ impl Trainer {
             Pass::Train
         };
         let ops = self.model.ops().clone();
-        for (k, batch) in batches.iter().enumerate() {
+        // With data parallelism the last pass's backward starts each bucket's reduction as soon
+        // as it has finished the bucket's gradients.
+        let last = batches.iter().rposition(|(_, b)| b.predicted() > 0);
+        for (j, (k, batch)) in batches.iter().enumerate() {
             if batch.predicted() == 0 {
                 continue; // nothing to learn from; its share of the loss is zero
             }
             if let Some(lora) = &mut self.model.lora {
-                lora.seed = derive(self.options.seed, &[0xd0, step as u64, k as u64]);
+                lora.seed = derive(self.options.seed, &[0xd0, step as u64, *k as u64]);
             }
             let device_batch = batch.upload(&ops)?;
             // The step's loss is the sum over all its predicted tokens over their count.
             let token_grad = 1.0 / total as f32;
-            let pass_loss = match &mut self.grads {
-                Gradients::Full(g) => self.model.train_pass(&device_batch, pass, token_grad, g)?,
-                Gradients::Lora(g) => {
-                    self.model
-                        .train_pass_lora(&device_batch, pass, token_grad, g)?
+            let pass_loss = match (&self.dist, Some(j) == last) {
+                (Some(dist), true) => {
+                    let mut hook =
+                        |point: GradsReady,
+                         g: Option<&mut Weights<Buffer>>,
+                         l: Option<&mut Lora<Buffer>>| {
+                            let mut grads = match (g, l) {
+                                (Some(g), _) => g.all_mut(),
+                                (None, Some(l)) => l.all_mut(),
+                                (None, None) => vec![],
+                            };
+                            dist.reduce_at(point, &mut grads)
+                        };
+                    let (g, l) = match &mut self.grads {
+                        Gradients::Full(g) => (Some(g), None),
+                        Gradients::Lora(l) => (None, Some(l)),
+                    };
+                    self.model.train_pass_hooked(
+                        &device_batch,
+                        pass,
+                        token_grad,
+                        g,
+                        l,
+                        &mut hook,
+                    )?
                 }
+                _ => match &mut self.grads {
+                    Gradients::Full(g) => {
+                        self.model.train_pass(&device_batch, pass, token_grad, g)?
+                    }
+                    Gradients::Lora(g) => {
+                        self.model
+                            .train_pass_lora(&device_batch, pass, token_grad, g)?
+                    }
+                },
             };
             self.optimizer.add_loss(&ops, &pass_loss.totals)?;
         }
-        let grads: Vec<&Buffer> = self.grads.buffers();
-        let params = trained_params(&mut self.model, &self.grads);
-        self.optimizer
-            .step(&ops, params, &grads, step, total == 0)?;
+        let mut votes = None;
+        if let Some(dist) = &self.dist {
+            if last.is_none() {
+                // No backward here this step: the zero gradients join every bucket's sum.
+                dist.reduce_all(&mut self.grads.buffers_mut())?;
+            }
+            // The stop votes ride along with the loss: no collective of their own.
+            let mut vote = ops
+                .device()
+                .upload(&[f32::from(u8::from(self.stop_vote))])?;
+            dist.dp.comm.all_reduce_sum(
+                &mut [self.optimizer.loss_mut(), &mut vote],
+                "the step's loss and stop votes",
+            )?;
+            votes = Some(vote);
+        }
+        self.update(&ops, step, total == 0)?;
         let report = self.optimizer.read_step()?;
+        let stop_votes = votes.map(|v| v.read_later::<f32>()).transpose()?;
         self.state.step = step;
         self.state.cursor = data.next;
         Ok(PendingStep {
             step,
             report,
+            stop_votes,
             tokens: total,
             input_tokens,
-            micro_batches: batches.len(),
+            micro_batches: sizes.len(),
             submitted,
         })
+    }
+
+    /// Queues the step's update from the (summed) gradients: the norm, the control block and
+    /// AdamW (under ZeRO-1 [`RankState::sharded_update`]'s).
+    fn update(&mut self, ops: &kiln_ops::Ops, step: usize, skip: bool) -> Result<()> {
+        let grads: Vec<&Buffer> = self.grads.buffers();
+        let mut params = trained_params(&mut self.model, &self.grads);
+        match &self.dist {
+            Some(d) if d.sharded().is_some() => {
+                d.sharded_update(ops, &mut self.optimizer, &mut params, &grads, step, skip)
+            }
+            Some(d) => {
+                d.dp.comm.join()?; // the summed gradients and loss
+                self.optimizer.step(ops, params, &grads, step, skip)
+            }
+            None => self.optimizer.step(ops, params, &grads, step, skip),
+        }
     }
 
     /// Waits for a step [`Trainer::submit`] queued (steps are collected in order) and returns its
@@ -360,6 +502,9 @@ impl Trainer {
     pub fn collect(&mut self, pending: PendingStep) -> Result<StepMetrics> {
         let block = pending.report.wait()?;
         let report = StepReport::from_control(&block);
+        if let Some(votes) = pending.stop_votes {
+            self.stop_agreed |= votes.wait()?.first().is_some_and(|&v| v > 0.0);
+        }
         let now = Instant::now();
         let since = match self.last_collect {
             Some(t) if t > pending.submitted => t,
@@ -416,15 +561,24 @@ impl Trainer {
 
     /// Runs the remaining steps, writing `out/metrics.jsonl`, checkpoints and, at the end, the
     /// outputs; `on_step` sees every step's metrics. Setting `stop` (from a signal handler)
-    /// ends the run after the current step with a checkpoint.
+    /// ends the run after the current step with a checkpoint. In a data-parallel run every
+    /// rank calls it; only rank 0 evaluates and writes files (checkpoints and outputs gather
+    /// ZeRO-1's sharded state first, which takes every rank).
     pub fn run(
         &mut self,
         out: &Path,
         stop: &AtomicBool,
         mut on_step: impl FnMut(&StepMetrics),
     ) -> Result<RunEnd> {
-        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-        let mut log = MetricsLog::open(&out.join("metrics.jsonl"), self.state.step)?;
+        let mut log = if self.is_root() {
+            std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+            Some(MetricsLog::open(
+                &out.join("metrics.jsonl"),
+                self.state.step,
+            )?)
+        } else {
+            None
+        };
         // One step queued ahead of the one being read, except where the host needs the device
         // idle after a step (evaluation, a checkpoint, the end) and after a skipped step: a
         // run of skips may end in a stop, whose checkpoint must be the last step logged.
@@ -433,12 +587,21 @@ impl Trainer {
             let hold = pending.as_ref().is_some_and(|p| {
                 self.needs_idle_after(p.step()) || self.state.consecutive_skips > 0
             });
-            let next =
-                if !hold && self.state.step < self.total_steps && !stop.load(Ordering::SeqCst) {
-                    Some(self.submit()?)
-                } else {
-                    None
-                };
+            // Alone, a stop request ends the run after the current step. With several ranks it
+            // is a vote carried by the next step queued; every rank reads the votes back from
+            // the same step and stops after the same one (the checkpoint is collective).
+            let stopping = match self.dist {
+                None => stop.load(Ordering::SeqCst),
+                Some(_) => {
+                    self.stop_vote = stop.load(Ordering::SeqCst);
+                    self.stop_agreed
+                }
+            };
+            let next = if !hold && self.state.step < self.total_steps && !stopping {
+                Some(self.submit()?)
+            } else {
+                None
+            };
             let Some(done) = pending.take() else {
                 match next {
                     Some(n) => {
@@ -450,10 +613,13 @@ impl Trainer {
             };
             let mut m = self.collect(done)?;
             let every = self.options.eval_every;
-            if (every > 0 && m.step % every == 0) || m.step == self.total_steps {
+            if self.is_root() && ((every > 0 && m.step % every == 0) || m.step == self.total_steps)
+            {
                 m.eval_loss = self.evaluate()?;
             }
-            log.write(&m)?;
+            if let Some(log) = &mut log {
+                log.write(&m)?;
+            }
             on_step(&m);
             if self.state.consecutive_skips >= MAX_CONSECUTIVE_SKIPS {
                 // The step before this one was skipped, so nothing was queued behind it.
@@ -487,10 +653,29 @@ impl Trainer {
         Ok(RunEnd::Finished { output })
     }
 
-    /// Writes `out/checkpoint-STEP/` (see [`checkpoint`]) and prunes old ones.
-    pub fn save_checkpoint(&self, out: &Path) -> Result<PathBuf> {
-        let masters = self.optimizer.masters(&self.params())?;
-        let moments = self.optimizer.moments()?;
+    /// The full optimizer state on rank 0 (gathered from the owners under ZeRO-1: every rank
+    /// must call it then); `None` on the other ranks.
+    fn full_state(&mut self) -> Result<Option<FullState>> {
+        if let Some((dist, owners)) = self.dist.as_ref().and_then(|d| Some((d, d.sharded()?))) {
+            let params = params_of(&self.model, &self.grads);
+            return self.optimizer.gather(&*dist.dp.comm, owners, &params);
+        }
+        if !self.is_root() {
+            return Ok(None);
+        }
+        Ok(Some(FullState {
+            masters: self.optimizer.masters(&self.params())?,
+            moments: self.optimizer.moments()?,
+        }))
+    }
+
+    /// Writes `out/checkpoint-STEP/` (see [`checkpoint`]) and prunes old ones; returns its
+    /// path. In a data-parallel run every rank calls it and rank 0 writes the full state, so
+    /// any number of ranks can resume from it.
+    pub fn save_checkpoint(&mut self, out: &Path) -> Result<PathBuf> {
+        let Some(FullState { masters, moments }) = self.full_state()? else {
+            return Ok(checkpoint::dir_of(out, self.state.step));
+        };
         let adapter = |dir: &Path| self.adapter_from(&masters)?.save_peft(dir, None);
         let is_lora = matches!(self.grads, Gradients::Lora(_));
         let data = CheckpointData {
@@ -539,12 +724,16 @@ impl Trainer {
     }
 
     /// Writes the trained result: LoRA → `out/adapter/` (PEFT), full → `out/model/` (a
-    /// Hugging Face folder with the base's config and tokenizer). Returns its path.
-    pub fn save_outputs(&self, out: &Path) -> Result<PathBuf> {
-        let masters = self.optimizer.masters(&self.params())?;
+    /// Hugging Face folder with the base's config and tokenizer). Returns its path. In a
+    /// data-parallel run every rank calls it and rank 0 writes.
+    pub fn save_outputs(&mut self, out: &Path) -> Result<PathBuf> {
+        let is_lora = matches!(self.grads, Gradients::Lora(_));
+        let dir = out.join(if is_lora { "adapter" } else { "model" });
+        let Some(FullState { masters, .. }) = self.full_state()? else {
+            return Ok(dir);
+        };
         match self.grads {
             Gradients::Lora(_) => {
-                let dir = out.join("adapter");
                 let adapter = self.adapter_from(&masters)?;
                 let base = self.base_dir.display().to_string();
                 crate::atomic::write_dir(
@@ -555,7 +744,6 @@ impl Trainer {
                 Ok(dir)
             }
             Gradients::Full(_) => {
-                let dir = out.join("model");
                 let tensors: Vec<(&str, &HostTensor)> =
                     masters.iter().map(|(n, t)| (n.as_str(), t)).collect();
                 crate::export::write_model_folder(
@@ -569,9 +757,13 @@ impl Trainer {
         }
     }
 
-    /// The f32 values of the trained tensors by name (for checks and exports).
-    pub fn trained_tensors(&self) -> Result<Vec<(String, HostTensor)>> {
-        self.optimizer.masters(&self.params())
+    /// The f32 values of the trained tensors by name (for checks and exports). Under ZeRO-1
+    /// in bf16 every rank must call it (it gathers the masters); the other ranks get `[]`.
+    pub fn trained_tensors(&mut self) -> Result<Vec<(String, HostTensor)>> {
+        match self.dist.as_ref().and_then(RankState::sharded) {
+            Some(_) => Ok(self.full_state()?.map(|s| s.masters).unwrap_or_default()),
+            None => self.optimizer.masters(&self.params()),
+        }
     }
 
     /// The gradients of the last step, by name (f32 on the host; for checks).

@@ -177,10 +177,42 @@ impl StepControl {
         })
     }
 
-    /// Starts a step: no loss, no gradients yet (t carries over).
+    /// Starts a step: no loss, no gradients yet (t carries over). The partial sums start at
+    /// zero, so blocks that [`StepControl::reserve_grad`] skips add nothing.
     pub fn begin(&mut self) -> Result<()> {
         self.blocks = 0;
+        self.partial.zero()?;
         Ok(self.loss.zero()?)
+    }
+
+    /// Keeps the blocks of a gradient of `len` elements that another rank sums (ZeRO: the
+    /// gradient's owner), leaving them zero here; all-reducing [`StepControl::partials_mut`]
+    /// then fills them, and every rank's norm is the same.
+    pub fn reserve_grad(&mut self, len: usize) -> Result<()> {
+        let programs = len.div_ceil(SQ_SUM_BLOCK);
+        if self.blocks + programs > self.partial.len() {
+            return Err(Error::shape(
+                "grad norm",
+                format!(
+                    "more gradient elements than the {} blocks of {SQ_SUM_BLOCK} this step control was made for",
+                    self.partial.len()
+                ),
+            ));
+        }
+        self.blocks += programs;
+        Ok(())
+    }
+
+    /// The per-block sums of squares of the step's gradients (f32), to all-reduce across ranks
+    /// before [`StepControl::finish`] when each rank summed only some gradients.
+    pub fn partials_mut(&mut self) -> &mut Buffer {
+        &mut self.partial
+    }
+
+    /// The step's `[loss sum, predicted tokens]` so far (f32), to all-reduce across ranks
+    /// before [`StepControl::finish`].
+    pub fn loss_mut(&mut self) -> &mut Buffer {
+        &mut self.loss
     }
 
     /// Adds a micro-batch's loss totals (f32 `[sum of losses, counted tokens, ..]`, as

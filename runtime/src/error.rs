@@ -94,6 +94,11 @@ pub enum Error {
     #[error("unsupported: {0}")]
     Unsupported(String),
 
+    /// A collective, the rendezvous of the ranks of a data-parallel run, or their launch
+    /// environment failed; the message names the operation, the ranks and the limit at fault.
+    #[error("{0}")]
+    Distributed(String),
+
     /// A file of the on-disk kernel cache could not be read or written.
     #[error("kernel cache: {path}: {source}")]
     Io {

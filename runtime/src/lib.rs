@@ -41,12 +41,17 @@
 //! directly; [`KernelCache::launch`] looks the kernel up on every call (a few microseconds to
 //! build its key).
 //!
+//! Data-parallel training's collectives live in [`collective`]: a [`collective::Communicator`]
+//! over NCCL on GPUs, an in-process stand-in for tests on CPU devices, and the TCP rendezvous
+//! that starts ranks the way torchrun and SLURM set them up.
+//!
 //! GPU tests skip with "skipped: no CUDA device" where there is none. To run them on a GPU
 //! machine without a Rust toolchain, build the test binary here
 //! (`cargo test -p kiln-runtime --test runtime --no-run`) and run it there.
 
 mod buffer;
 pub mod cache;
+pub mod collective;
 mod device;
 mod element;
 mod error;

@@ -12,12 +12,20 @@
 //! The median over `steps` steps after one warm-up step is reported: real tokens/s, the peak
 //! memory (the device's pool on a GPU, the process's RSS on the CPU) and the model FLOPs
 //! utilisation on a GPU (against 790 TFLOP/s, the H200's dense bf16 peak).
+//!
+//! `--gpus N` (with `--device cuda`) measures data-parallel training on N GPUs, one process
+//! each as `kiln train --gpus N` runs them: every GPU trains `batch` x `seq` tokens a step (the
+//! global step is N times that), and the tokens/s reported are the global step's; the peak
+//! memory is rank 0's GPU's. `scripts/gpu-check dp` runs PyTorch DDP beside it.
 
 use std::path::{Path, PathBuf};
+
+use std::sync::Arc;
 
 use kiln::models::adapters::{LoraSpec, Target};
 use kiln::models::batch::Sequence;
 use kiln::models::config::ModelConfig;
+use kiln::models::data_parallel::{DataParallel, Zero};
 use kiln::models::data_plan::Examples;
 use kiln::models::metrics::peak_resident_bytes;
 use kiln::models::model::Model;
@@ -26,6 +34,7 @@ use kiln::models::precision::Precision;
 use kiln::models::rng::SplitMix64;
 use kiln::models::trainer::{Length, LoraOptions, PendingStep, TrainOptions, Trainer};
 use kiln::models::HostTensor;
+use kiln::runtime::collective::Communicator;
 use serde_json::Value;
 
 /// The arguments of `kiln bench train`.
@@ -77,6 +86,13 @@ pub struct TrainBenchArgs {
     /// Default: the whole step in one micro-batch. At least --seq.
     #[arg(long, value_name = "TOKENS")]
     micro_batch_tokens: Option<usize>,
+    /// Data-parallel on this host's first N GPUs (with --device cuda and --no-peer): `batch` x
+    /// `seq` tokens per GPU a step.
+    #[arg(long, value_name = "N")]
+    gpus: Option<usize>,
+    /// With --gpus: the optimizer state on every GPU (0) or sharded (1, ZeRO-1).
+    #[arg(long, default_value = "0", value_name = "STAGE")]
+    zero: Zero,
 }
 
 /// The H200's dense bf16 tensor-core peak, the denominator of the reported MFU.
@@ -102,7 +118,39 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
             ));
         }
     }
-    let ops = crate::commands::device::parse_device(Some(&args.device))?;
+    use crate::commands::distributed::{self, Role};
+    match distributed::role(args.gpus, Some(&args.device))? {
+        Role::Single => {
+            let ops = crate::commands::device::parse_device(Some(&args.device))?;
+            bench(args, ops, None)
+        }
+        Role::Launcher(n) => {
+            if !args.no_peer {
+                return Err(format!(
+                    "--gpus {n} measures Kiln only (--no-peer): scripts/gpu-check dp runs the \
+                     PyTorch DDP peer (bench/peer_ddp.py) under torchrun beside it"
+                ));
+            }
+            distributed::launch(n)
+        }
+        Role::Rank(env) => {
+            let (ops, rank) = distributed::join(env)?;
+            let dp = (rank.comm.clone(), rank.env.rank, rank.env.world_size);
+            bench(args, ops, Some(dp)).map_err(|e| rank.fail(e))
+        }
+    }
+}
+
+/// This process's part of a data-parallel benchmark: the communicator, its rank, the world.
+type Ranks = (Arc<dyn Communicator>, usize, usize);
+
+fn bench(
+    args: TrainBenchArgs,
+    ops: Arc<kiln::ops::Ops>,
+    dp: Option<Ranks>,
+) -> Result<String, String> {
+    let world = dp.as_ref().map_or(1, |d| d.2);
+    let is_root = dp.as_ref().is_none_or(|d| d.1 == 0);
     let on_gpu = ops.device().kind() == kiln::runtime::DeviceKind::Cuda;
     let folder;
     // A random model is drawn tensor by tensor as it is uploaded (a 7B-class model never sits
@@ -122,14 +170,19 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
         (None, None) => (default_model()?, None),
     };
     let mut rows: Vec<Row> = vec![];
+    let gpus = match world {
+        1 => String::new(),
+        n => format!(" x {n} GPUs (data parallel, ZeRO-{})", args.zero),
+    };
     let mut out = format!(
-        "kiln bench train: {} on {}, {} data, {} x {} tokens a step, LoRA r{} on all 7 \
-         projections{}\n",
+        "kiln bench train: {} on {}{gpus}, {} data, {} x {} tokens a step{}, LoRA r{} on all \
+         7 projections{}\n",
         args.random.as_ref().unwrap_or(&model_dir).display(),
         ops.device().name(),
         args.data,
         args.batch,
         args.seq,
+        if world > 1 { " per GPU" } else { "" },
         args.lora_rank,
         if args.recompute {
             ", activations recomputed"
@@ -143,7 +196,7 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
     let vocab = ModelConfig::load(&model_dir)
         .map_err(|e| e.to_string())?
         .vocab;
-    let sequences = bench_sequences(&args, vocab);
+    let sequences = bench_sequences(&args, vocab, world);
     for mode in &args.modes {
         if mode != "lora" && mode != "full" {
             return Err(format!("--modes: unknown mode `{mode}` (lora, full)"));
@@ -160,16 +213,26 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
             ops.device()
                 .peak_memory_bytes(true)
                 .map_err(|e| e.to_string())?;
-            let kiln = kiln_steps(model, &model_dir, mode, &args, &sequences, random.as_ref())?;
+            let kiln = kiln_steps(
+                model,
+                &model_dir,
+                mode,
+                &args,
+                &sequences,
+                random.as_ref(),
+                dp.as_ref(),
+            )?;
             let device_peak = ops
                 .device()
                 .peak_memory_bytes(false)
                 .map_err(|e| e.to_string())?;
-            eprintln!(
-                "kiln {mode} {precision}: {:.3} s a step, {:.0} tokens/s (last grad norm {:.4}, \
-                 loss {:.4} -> {:.4})",
-                kiln.step_s, kiln.tokens_per_s, kiln.grad_norm, kiln.first_loss, kiln.last_loss
-            );
+            if is_root {
+                eprintln!(
+                    "kiln {mode} {precision}: {:.3} s a step, {:.0} tokens/s (last grad norm \
+                     {:.4}, loss {:.4} -> {:.4})",
+                    kiln.step_s, kiln.tokens_per_s, kiln.grad_norm, kiln.first_loss, kiln.last_loss
+                );
+            }
             rows.push(Row {
                 who: "kiln".into(),
                 mode: mode.clone(),
@@ -177,7 +240,8 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
                 step_s: kiln.step_s,
                 tokens_per_s: kiln.tokens_per_s,
                 peak_bytes: Some(device_peak.unwrap_or_else(peak_resident_bytes)),
-                mfu: on_gpu.then(|| kiln.tokens_per_s * flops_per_token / PEAK_FLOPS),
+                mfu: on_gpu
+                    .then(|| kiln.tokens_per_s * flops_per_token / (PEAK_FLOPS * world as f64)),
             });
         }
         if !args.no_peer {
@@ -222,7 +286,13 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
                 .unwrap_or_default(),
         ));
     }
-    out.push_str(if on_gpu {
+    if !is_root {
+        return Ok(String::new());
+    }
+    out.push_str(if on_gpu && world > 1 {
+        "tokens/s: the global step's (all GPUs); peak memory: rank 0's GPU's pool high-water \
+         mark during that row's steps\n"
+    } else if on_gpu {
         "peak memory: the device pool's high-water mark during that row's steps\n"
     } else {
         "peak memory: the Kiln process's RSS high-water mark so far (it includes earlier rows)\n"
@@ -234,9 +304,9 @@ pub fn run(args: TrainBenchArgs) -> Result<String, String> {
 /// `batch` sequences of `seq` tokens a step; `--data varlen` lengths drawn log-normally (mean
 /// of the log ln(max(32, seq / 4)), deviation 0.8, clamped to [32, seq]) as `peer_hf.py` draws
 /// them. Token ids are uniform over the vocabulary.
-fn bench_sequences(args: &TrainBenchArgs, vocab: usize) -> Vec<Sequence> {
+fn bench_sequences(args: &TrainBenchArgs, vocab: usize, world: usize) -> Vec<Sequence> {
     let mut rng = SplitMix64::new(1);
-    let step_tokens = args.batch * args.seq;
+    let step_tokens = args.batch * args.seq * world;
     // Fixed lengths fill every step exactly (an epoch's last step must not be a partial one,
     // which the shuffled bins would put among the timed steps); Best-Fit-Decreasing leaves a
     // little of each varlen step empty: draw half as many again.
@@ -297,7 +367,8 @@ struct KilnSteps {
     last_loss: f64,
 }
 
-/// Runs Kiln's warm-up and timed steps of `mode`, one queued ahead of the one being read.
+/// Runs Kiln's warm-up and timed steps of `mode`, one queued ahead of the one being read; as
+/// one rank of `dp` when given (each rank trains one micro-batch of `batch` x `seq` a step).
 fn kiln_steps(
     model: Model,
     dir: &Path,
@@ -305,6 +376,7 @@ fn kiln_steps(
     args: &TrainBenchArgs,
     sequences: &[Sequence],
     random: Option<&ModelConfig>,
+    dp: Option<&Ranks>,
 ) -> Result<KilnSteps, String> {
     let lora = (mode == "lora").then(|| LoraOptions {
         spec: LoraSpec {
@@ -335,7 +407,7 @@ fn kiln_steps(
             },
         },
         max_seq_len: args.micro_batch_tokens.unwrap_or(tokens),
-        tokens_per_step: tokens,
+        tokens_per_step: tokens * dp.map_or(1, |d| d.2),
         length: Length::Steps(args.steps + 1),
         warmup_steps: Some(0),
         seed: 1,
@@ -357,6 +429,11 @@ fn kiln_steps(
         None => Trainer::new(model, dir, options, examples, None),
     }
     .map_err(|e| e.to_string())?;
+    if let Some((comm, _, _)) = dp {
+        trainer
+            .set_data_parallel(DataParallel::new(comm.clone(), args.zero))
+            .map_err(|e| e.to_string())?;
+    }
     let mut metrics = vec![];
     let mut pending: Option<PendingStep> = None;
     for i in 0..=args.steps + 1 {

@@ -3,6 +3,7 @@
 pub mod compare;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod eval;
 pub mod export;
 pub mod generate;

@@ -8,15 +8,18 @@ use std::sync::Arc;
 use kiln::models::adapters::{LoraSpec, Target};
 use kiln::models::batch::Sequence;
 use kiln::models::checkpoint;
+use kiln::models::data_parallel::{DataParallel, Zero};
 use kiln::models::data_plan::{Examples, LongExamples, Prepared};
 use kiln::models::model::Model;
 use kiln::models::optim::{OptimizerConfig, Schedule, ScheduleKind};
 use kiln::models::precision::Precision;
 use kiln::models::rng::{derive, SplitMix64};
 use kiln::models::trainer::{Length, LoraOptions, RunEnd, TrainOptions, Trainer};
+use kiln::ops::Ops;
 
 use super::data::{self, DataArgs};
 use super::device::parse_device;
+use super::distributed::{self, Rank, Role};
 use super::eval::parse_precision;
 
 /// The arguments of `kiln train`.
@@ -102,7 +105,8 @@ pub struct TrainArgs {
     /// so every target is kept) or refuse.
     #[arg(long, default_value = "truncate")]
     long_examples: LongExamples,
-    /// Tokens per optimizer step, over as many micro-batches as they need.
+    /// Tokens per optimizer step, over as many micro-batches as they need: the global budget,
+    /// of all ranks together when training data-parallel.
     #[arg(long, default_value_t = 8192)]
     tokens_per_step: usize,
     /// Refuse examples longer than --max-seq-len (--long-examples refuse).
@@ -126,6 +130,14 @@ pub struct TrainArgs {
     /// Recompute each block's activations in the backward (less memory, ~1/3 more compute).
     #[arg(long)]
     recompute: bool,
+    /// Train data-parallel on this host's first N GPUs, one process each (under torchrun or
+    /// srun, leave it out: their RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT are read).
+    #[arg(long, value_name = "N")]
+    gpus: Option<usize>,
+    /// Data-parallel optimizer state: 0 on every rank, 1 (ZeRO-1) sharded across ranks (each
+    /// tensor's masters and moments on one rank, which updates it and broadcasts it).
+    #[arg(long, default_value = "0", value_name = "STAGE")]
+    zero: Zero,
 
     /// Write a checkpoint every N steps (0: only when interrupted).
     #[arg(long, default_value_t = 100)]
@@ -162,7 +174,6 @@ pub struct TrainArgs {
 }
 
 pub fn run(args: TrainArgs) -> Result<String, String> {
-    let err = |e: kiln::models::Error| e.to_string();
     if !args.model.is_dir() {
         return Err(format!(
             "--model {}: no such folder (a Hugging Face model folder; `kiln import` makes one \
@@ -170,12 +181,52 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
             args.model.display()
         ));
     }
+    match distributed::role(args.gpus, args.device.as_deref())? {
+        Role::Single => {
+            // `--gpus 1` asks for a GPU: never the CPU fallback.
+            let device = args.device.as_deref().or(args.gpus.map(|_| "cuda"));
+            let ops = parse_device(device)?;
+            train(args, ops, None)
+        }
+        Role::Launcher(n) => distributed::launch(n),
+        Role::Rank(env) => {
+            if env.local_rank == 0 {
+                // Each host's first rank fills the token cache before the ranks meet, so its
+                // other ranks read it instead of tokenizing (and writing it) all at once.
+                warm_token_cache(&args)?;
+            }
+            let (ops, rank) = distributed::join(env)?;
+            train(args, ops, Some(&rank)).map_err(|e| rank.fail(e))
+        }
+    }
+}
+
+/// Tokenizes --data into the token cache (a no-op when it is there already).
+fn warm_token_cache(args: &TrainArgs) -> Result<(), String> {
+    let config = kiln::models::config::ModelConfig::load(args.model.join("config.json"))
+        .map_err(|e| e.to_string())?;
+    let tokenizer = data::tokenizer(&args.model)?;
+    data::read_cached(
+        &args.data,
+        tokenizer.as_ref(),
+        config.vocab,
+        &args.data_args,
+        args.quiet,
+    )
+    .map(|_| ())
+}
+
+/// The run on `ops`, alone or as `rank` of a data-parallel run (only rank 0 prints progress
+/// and writes to --out).
+fn train(args: TrainArgs, ops: Arc<Ops>, rank: Option<&Rank>) -> Result<String, String> {
+    let err = |e: kiln::models::Error| e.to_string();
+    let is_root = rank.is_none_or(|r| r.env.rank == 0);
+    let quiet = args.quiet || !is_root;
     // Refused before anything is read; with --overwrite, removed once the run is set up.
-    let replaced = match args.resume {
-        None => guard_out(&args.out, args.overwrite)?,
-        Some(_) => Vec::new(),
+    let replaced = match (&args.resume, is_root) {
+        (None, true) => guard_out(&args.out, args.overwrite)?,
+        _ => Vec::new(),
     };
-    let ops = parse_device(args.device.as_deref())?;
     let device_name = ops.device().name().to_string();
     let available = match ops.device().memory() {
         Ok(Some((free, _))) => Some((free as u64, ops.device().to_string())),
@@ -193,7 +244,7 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
         tokenizer.as_ref(),
         vocab,
         &args.data_args,
-        args.quiet,
+        quiet,
     )?;
     let long = if args.no_truncate {
         LongExamples::Refuse
@@ -207,7 +258,7 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
         (Some(path), _) => {
             let (store, report) =
                 data::read_small(path, tokenizer.as_ref(), vocab, &args.data_args)?;
-            if !args.quiet {
+            if !quiet {
                 eprintln!("{}", data::describe(path, &report, 0.0));
             }
             let at = path.display().to_string();
@@ -261,9 +312,14 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
         keep: args.keep,
     };
     let mut trainer = Trainer::new(model, &args.model, options, train, eval).map_err(err)?;
+    if let Some(rank) = rank {
+        trainer
+            .set_data_parallel(DataParallel::new(rank.comm.clone(), args.zero))
+            .map_err(err)?;
+    }
     let total = trainer.total_steps;
     remove_all(&replaced)?;
-    if !args.effective_config.is_empty() {
+    if is_root && !args.effective_config.is_empty() {
         std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
         kiln::models::atomic::write_file(
             &args.out.join("kiln-train.toml"),
@@ -274,7 +330,7 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
     if let Some(resume) = &args.resume {
         let dir = checkpoint::resolve(resume, &args.out).map_err(err)?;
         trainer.resume(&dir).map_err(err)?;
-        if !args.quiet {
+        if !quiet {
             eprintln!(
                 "resumed from {} at step {}",
                 dir.display(),
@@ -282,7 +338,7 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
             );
         }
     }
-    if !args.quiet {
+    if !quiet {
         let mode = match &trainer.options.lora {
             Some(l) => format!(
                 "LoRA r{} alpha {} on {} (LoRA+ ratio {})",
@@ -297,6 +353,13 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
                 l.plus_ratio
             ),
             None => "full fine-tuning".to_string(),
+        };
+        let device_name = match rank {
+            Some(r) => format!(
+                "{} GPUs ({device_name}, ...; data parallel, ZeRO-{})",
+                r.env.world_size, args.zero
+            ),
+            None => device_name,
         };
         eprintln!(
             "kiln train: {mode}, {} on {device_name}; {} examples{}, {} steps of up to {} \
@@ -318,16 +381,19 @@ pub fn run(args: TrainArgs) -> Result<String, String> {
             .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
             .map_err(|e| format!("cannot handle signals: {e}"))?;
     }
-    let progress = Progress::new(args.quiet, args.log_every, total, trainer.state.step);
+    let progress = Progress::new(quiet, args.log_every, total, trainer.state.step);
     let (out, save_every) = (args.out.clone(), args.save_every);
     let end = trainer.run(&args.out, &stop, |m| {
         progress.step(m);
-        if (save_every > 0 && m.step % save_every == 0) || m.step == total {
+        if is_root && ((save_every > 0 && m.step % save_every == 0) || m.step == total) {
             plot(&out, &progress);
         }
     });
     progress.finish();
     let end = end.map_err(err)?;
+    if !is_root {
+        return Ok(String::new());
+    }
     if matches!(end, RunEnd::Interrupted { .. }) {
         plot(&args.out, &progress);
     }

@@ -494,3 +494,160 @@ fn info_tells_the_parameters_and_the_memory_of_each_mode() {
         assert!(out.contains(row), "{row}: {out}");
     }
 }
+
+/// `kiln train` with `extra` flags and launcher environment `env`.
+fn train_with_env(extra: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("llama_gqa_tied");
+    let d = data(dir.path(), "train.jsonl", 4, 256);
+    let out = dir.path().join("out");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    command
+        .args(["train", "--model", model.to_str().unwrap()])
+        .args([
+            "--data",
+            d.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(extra)
+        .env("KILN_CACHE_DIR", dir.path().join("cache"));
+    for var in [
+        "WORLD_SIZE",
+        "RANK",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+        "SLURM_LOCALID",
+    ] {
+        command.env_remove(var);
+    }
+    command.envs(env.iter().copied());
+    let run = command.output().unwrap();
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+    run
+}
+
+/// Flags, launcher environment, and what the error must say.
+type BadLaunch<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+#[test]
+fn bad_data_parallel_launches_exit_1_with_the_reason() {
+    let cases: &[BadLaunch] = &[
+        (
+            &["--gpus", "0"],
+            &[],
+            "--gpus 0: a run needs at least one GPU",
+        ),
+        (
+            &["--gpus", "2", "--device", "cpu"],
+            &[],
+            "runs on CUDA GPUs",
+        ),
+        (
+            &["--gpus", "1", "--device", "cpu"],
+            &[],
+            "runs on CUDA GPUs",
+        ),
+        // More GPUs than any machine has (or no driver at all): refused, naming the flag.
+        (&["--gpus", "64"], &[], "--gpus 64: "),
+        (
+            &[],
+            &[("WORLD_SIZE", "2")],
+            "WORLD_SIZE=2 is set but RANK is not",
+        ),
+        (
+            &[],
+            &[("WORLD_SIZE", "2"), ("RANK", "2"), ("LOCAL_RANK", "0")],
+            "RANK=2 is not below WORLD_SIZE=2",
+        ),
+        (
+            &["--device", "cpu"],
+            &[
+                ("SLURM_NTASKS", "2"),
+                ("SLURM_PROCID", "1"),
+                ("SLURM_LOCALID", "1"),
+            ],
+            "MASTER_ADDR and MASTER_PORT must both be set",
+        ),
+        (
+            &["--gpus", "3"],
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("LOCAL_RANK", "1"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", "29400"),
+            ],
+            "--gpus 3 in a process of a run of WORLD_SIZE=2",
+        ),
+        (
+            &["--device", "cpu"],
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("LOCAL_RANK", "1"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", "29400"),
+            ],
+            "runs on CUDA GPUs",
+        ),
+        // Rank 1 of a run whose rank 0 is nowhere gives up after KILN_DIST_TIMEOUT_S.
+        (
+            &[],
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("LOCAL_RANK", "1"),
+                ("MASTER_ADDR", "no-such-host.invalid"),
+                ("MASTER_PORT", "29400"),
+                ("KILN_DIST_TIMEOUT_S", "1"),
+            ],
+            "rank 1 of 2: rendezvous: MASTER_ADDR no-such-host.invalid does not resolve",
+        ),
+        (
+            &[],
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("LOCAL_RANK", "1"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", "1"),
+                ("KILN_DIST_TIMEOUT_S", "1"),
+            ],
+            "could not reach rank 0 at 127.0.0.1:1",
+        ),
+        (
+            &[],
+            &[
+                ("WORLD_SIZE", "2"),
+                ("RANK", "1"),
+                ("LOCAL_RANK", "1"),
+                ("MASTER_ADDR", "127.0.0.1"),
+                ("MASTER_PORT", "1"),
+                ("KILN_DIST_TIMEOUT_S", "soon"),
+            ],
+            "KILN_DIST_TIMEOUT_S=soon",
+        ),
+    ];
+    for (flags, env, want) in cases {
+        let started = std::time::Instant::now();
+        let run = train_with_env(flags, env);
+        let e = stderr(&run);
+        assert_eq!(run.status.code(), Some(1), "{flags:?} {env:?}: {e}");
+        assert!(e.contains(want), "{flags:?} {env:?}: {e}");
+        assert!(started.elapsed().as_secs() < 30, "{flags:?} {env:?}");
+    }
+    // One GPU asked for and none there: no silent fallback to the CPU.
+    if kiln::runtime::Device::cuda(0).is_err() {
+        let run = train_with_env(&["--gpus", "1"], &[]);
+        assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+        assert!(stderr(&run).contains("--device cuda"), "{}", stderr(&run));
+    }
+    // --zero takes 0 or 1 (a usage error otherwise).
+    let run = train_with_env(&["--zero", "2"], &[]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(stderr(&run).contains("unknown ZeRO stage `2`"));
+}

@@ -8,6 +8,7 @@
 mod config;
 mod cross_device;
 mod data;
+mod data_parallel;
 mod export;
 mod gguf;
 mod hf;

@@ -178,6 +178,33 @@ impl Buffer {
         Ok(())
     }
 
+    /// The buffer's bytes, whatever its element type (waits for the device).
+    pub(crate) fn read_bytes(&self) -> Result<Vec<u8>> {
+        let mut out = vec![0u8; self.size_bytes()];
+        match &self.storage {
+            Storage::Host(mem) => mem.read_into(&mut out),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(slice) => cuda::read_into(self.cuda_device()?, slice, &mut out)?,
+        }
+        Ok(out)
+    }
+
+    /// Overwrites the buffer's bytes (exactly [`Buffer::size_bytes`] of them).
+    pub(crate) fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        if bytes.len() != self.size_bytes() {
+            return Err(Error::LengthMismatch {
+                buffer: self.size_bytes(),
+                host: bytes.len(),
+            });
+        }
+        match &mut self.storage {
+            Storage::Host(mem) => mem.write_from(bytes),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(slice) => cuda::write_from(device_of(&self.device)?, slice, bytes)?,
+        }
+        Ok(())
+    }
+
     fn check_dtype<T: Element>(&self) -> Result<()> {
         if T::DTYPE != self.dtype {
             return Err(Error::DTypeMismatch {

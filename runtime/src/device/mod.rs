@@ -48,6 +48,21 @@ impl Device {
         }
     }
 
+    /// The number of CUDA devices the driver reports, without opening any, or why there is no
+    /// usable driver ([`crate::Error::NoCudaDevice`]).
+    pub fn cuda_count() -> Result<usize> {
+        #[cfg(feature = "cuda")]
+        {
+            cuda::device_count().map_err(|reason| crate::Error::NoCudaDevice { reason })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            Err(crate::Error::NoCudaDevice {
+                reason: "kiln-runtime was built without its `cuda` feature".into(),
+            })
+        }
+    }
+
     /// CUDA device `ordinal`. Fails with [`crate::Error::NoCudaDevice`], saying why, when the
     /// driver library is missing, no such device exists, or this build has no CUDA support.
     ///

@@ -3,6 +3,7 @@
 mod args;
 mod buffer;
 mod cache_key;
+mod collective;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod device;
