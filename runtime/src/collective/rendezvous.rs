@@ -400,6 +400,12 @@ fn join(env: &DistEnv, deadline: Instant) -> Result<(TcpStream, Vec<u8>)> {
         let mut connected = None;
         for a in &addrs {
             match TcpStream::connect_timeout(a, attempt) {
+                // On loopback, connecting to a port nobody listens on yet can pick that very
+                // port as the local one and connect to itself (TCP simultaneous open), which
+                // would also keep rank 0 from listening there: drop it and retry.
+                Ok(s) if s.local_addr().ok() == s.peer_addr().ok() => {
+                    last_error = format!("{a}: connected to itself");
+                }
                 Ok(s) => {
                     connected = Some(s);
                     break;
