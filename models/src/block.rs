@@ -195,7 +195,9 @@ impl<'a> Block<'a> {
 
     /// The backward of [`Block::project`]: `dx` is overwritten or added to as `write` says;
     /// the base weight's gradient (and its bias's, from `ones`) is added to when `base` is given,
-    /// the adapter's when the projection has one.
+    /// the adapter's when the projection has one. With `defer_adapter_input`, the adapter's input
+    /// gradient `dropoutᵀ(du A)` is left out of `dx` and its `du` returned, for a kernel that
+    /// adds it.
     #[allow(clippy::too_many_arguments)]
     fn project_backward(
         &self,
@@ -209,7 +211,8 @@ impl<'a> Block<'a> {
         dy: &Buffer,
         dx: &mut Buffer,
         write: Write,
-    ) -> Result<()> {
+        defer_adapter_input: bool,
+    ) -> Result<Option<Buffer>> {
         let ops = self.ops;
         linear.backward_input(ops, dy, w, &mut *dx, write)?;
         if let Some((dw, db, ones)) = base {
@@ -222,10 +225,14 @@ impl<'a> Block<'a> {
                 acts.get(target),
                 grads.get_mut(target),
             ) {
-                path.backward(ops, pair, g, x, u, dy, dx)?;
+                let du = path.backward_params(ops, pair, g, x, u, dy)?;
+                if defer_adapter_input {
+                    return Ok(Some(du));
+                }
+                path.backward_input(ops, pair, &du, dx)?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     /// The attention's inputs: `n1 = rmsnorm(x)` (returned with its rstd), and q, k, v
@@ -438,56 +445,37 @@ impl<'a> Block<'a> {
         let mlp = self.mlp_adapters(lora);
         // With the fused LoRA SwiGLU and an adapter on down without dropout, the adapter's
         // part of d(act), du A, is added inside the SwiGLU backward (`down_du` keeps du).
-        let fuse_down = mlp.is_some() && lora_fusion() == LoraFusion::All;
-        let fused_down = match (fuse_down, lora.and_then(|l| l.path(Target::Down, *down))) {
-            (true, Some((path, pair))) if path.dropout.is_none() => Some((path, pair)),
-            _ => None,
-        };
-        let mut down_du = None;
-        match (fused_down, lora_grads.as_deref_mut()) {
-            (Some((path, pair)), Some(grads)) => {
-                down.backward_input(ops, d_out, &w.down, &mut d_act, Write::Overwrite)?;
-                if let Some(g) = base.as_deref_mut() {
-                    down.backward_params(ops, &after.act, d_out, &mut g.down, None)?;
-                }
-                let missing = |what: &str| {
-                    crate::Error::Invalid(format!("the down adapter's {what} is missing"))
-                };
-                let u = after
-                    .lora
-                    .get(Target::Down)
-                    .ok_or_else(|| missing("activation"))?;
-                let g = grads
-                    .get_mut(Target::Down)
-                    .ok_or_else(|| missing("gradient"))?;
-                let du = path.backward_params(ops, pair, g, &after.act, u, d_out)?;
-                down_du = Some((du, pair));
-            }
-            _ => {
-                let dw = base.as_deref_mut().map(|g| (&mut g.down, None, ones));
-                self.project_backward(
-                    Target::Down,
-                    down,
-                    &w.down,
-                    dw,
-                    lora_of!(),
-                    &after.lora,
-                    &after.act,
-                    d_out,
-                    &mut d_act,
-                    Write::Overwrite,
-                )?;
-            }
-        }
+        let down_adapter = lora.and_then(|l| l.path(Target::Down, *down));
+        let defer = mlp.is_some()
+            && lora_fusion() == LoraFusion::All
+            && down_adapter.is_some_and(|(path, _)| path.dropout.is_none());
+        let dw = base.as_deref_mut().map(|g| (&mut g.down, None, ones));
+        let down_du = self.project_backward(
+            Target::Down,
+            down,
+            &w.down,
+            dw,
+            lora_of!(),
+            &after.lora,
+            &after.act,
+            d_out,
+            &mut d_act,
+            Write::Overwrite,
+            defer,
+        )?;
         let (mut d_gate, mut d_up) = (self.alloc(ti)?, self.alloc(ti)?);
         match mlp {
             Some([(g_path, g_pair), (_, u_pair)]) => {
                 let terms = mlp_terms(&after.lora, [g_pair, u_pair], &g_path)?;
                 let (gate, up) = (&after.gate, &after.up);
-                let down_term = down_du.as_ref().map(|(du, pair)| swiglu::DownTerm {
-                    du: du.view(),
-                    a: pair.a.view(),
-                });
+                let down_term =
+                    down_du
+                        .as_ref()
+                        .zip(down_adapter)
+                        .map(|(du, (_, pair))| swiglu::DownTerm {
+                            du: du.view(),
+                            a: pair.a.view(),
+                        });
                 let (dg, du) = (&mut d_gate, &mut d_up);
                 swiglu::backward_lora(ops, t, gate, up, &terms, down_term, &d_act, dg, du)?
             }
@@ -508,6 +496,7 @@ impl<'a> Block<'a> {
             &d_gate,
             &mut d_n2,
             Write::Overwrite,
+            false,
         )?;
         let dw = base.as_deref_mut().map(|g| (&mut g.up, None, ones));
         self.project_backward(
@@ -521,6 +510,7 @@ impl<'a> Block<'a> {
             &d_up,
             &mut d_n2,
             Write::Accumulate,
+            false,
         )?;
         drop((d_gate, d_up));
 
@@ -557,6 +547,7 @@ impl<'a> Block<'a> {
             &d_h,
             &mut d_o,
             Write::Overwrite,
+            false,
         )?;
 
         let (mut dq, mut dk, mut dv) =
@@ -589,6 +580,7 @@ impl<'a> Block<'a> {
             &dq,
             &mut d_n1,
             Write::Overwrite,
+            false,
         )?;
         let dw = base
             .as_deref_mut()
@@ -604,6 +596,7 @@ impl<'a> Block<'a> {
             &dk,
             &mut d_n1,
             Write::Accumulate,
+            false,
         )?;
         let dw = base
             .as_deref_mut()
@@ -619,6 +612,7 @@ impl<'a> Block<'a> {
             &dv,
             &mut d_n1,
             Write::Accumulate,
+            false,
         )?;
         // x feeds the first norm and the residual: dx = rmsnorm's input gradient + d_h.
         let d_input_norm = match base {

@@ -77,25 +77,9 @@ impl LoraPath {
         Ok(u)
     }
 
-    /// From `dy`, adds the adapter's gradients to `grads` (f32) and its input gradient to `dx`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward<'a>(
-        &self,
-        ops: &Ops,
-        pair: &LoraPair<Buffer>,
-        grads: &mut LoraPair<Buffer>,
-        x: impl Into<BufferView<'a>>,
-        u: &Buffer,
-        dy: impl Into<BufferView<'a>>,
-        dx: impl Into<BufferViewMut<'a>>,
-    ) -> Result<()> {
-        let du = self.backward_params(ops, pair, grads, x, u, dy)?;
-        self.backward_input(ops, pair, &du, dx)
-    }
-
-    /// The part of [`LoraPath::backward`] that adds `grads` and returns `du = s · dy B`
-    /// (`[T, r]`), from which the input gradient is `dropoutᵀ(du A)`
-    /// ([`LoraPath::backward_input`], or a kernel that fuses it).
+    /// The adapter's backward but its input gradient: from `dy`, adds the adapter's gradients
+    /// to `grads` (f32) and returns `du = s · dy B` (`[T, r]`), from which the input gradient is
+    /// `dropoutᵀ(du A)` ([`LoraPath::backward_input`], or a kernel that fuses it).
     pub fn backward_params<'a>(
         &self,
         ops: &Ops,
