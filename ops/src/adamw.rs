@@ -190,6 +190,13 @@ impl StepControl {
     /// then fills them, and every rank's norm is the same.
     pub fn reserve_grad(&mut self, len: usize) -> Result<()> {
         let programs = len.div_ceil(SQ_SUM_BLOCK);
+        self.check_room(programs)?;
+        self.blocks += programs;
+        Ok(())
+    }
+
+    /// Refuses `programs` more blocks of partial sums than the step control has room for.
+    fn check_room(&self, programs: usize) -> Result<()> {
         if self.blocks + programs > self.partial.len() {
             return Err(Error::shape(
                 "grad norm",
@@ -199,7 +206,6 @@ impl StepControl {
                 ),
             ));
         }
-        self.blocks += programs;
         Ok(())
     }
 
@@ -243,15 +249,7 @@ impl StepControl {
             .int("BLOCK", SQ_SUM_BLOCK)
             .warps(8);
         let programs = config.programs("BLOCK", grad.len());
-        if self.blocks + programs > self.partial.len() {
-            return Err(Error::shape(
-                "grad norm",
-                format!(
-                    "more gradient elements than the {} blocks of {SQ_SUM_BLOCK} this step control was made for",
-                    self.partial.len()
-                ),
-            ));
-        }
+        self.check_room(programs)?;
         let args = Args::new()
             .input("grad", grad)
             .output("partial", &mut self.partial)

@@ -150,7 +150,8 @@ impl CudaDevice {
 
 /// The number of devices the driver reports, or why there is no usable driver.
 pub(crate) fn device_count() -> std::result::Result<usize, String> {
-    // cudarc loads libcuda on first use and panics if it is missing: look for it first.
+    // cudarc loads libcuda on first use and panics if it is missing: look for it first. A
+    // driver too old for the symbols cudarc binds panics too: keep that a clean error.
     // SAFETY: only tries to dlopen the driver library by its usual names.
     if !unsafe { sys::is_culib_present() } {
         return Err("the CUDA driver library (libcuda.so) could not be loaded; \
@@ -173,28 +174,7 @@ pub(crate) fn device_count() -> std::result::Result<usize, String> {
 
 /// The primary context of device `ordinal`, or why there is none.
 fn open_context(ordinal: usize) -> std::result::Result<Arc<CudaContext>, String> {
-    // cudarc loads libcuda on first use and panics if it is missing: look for it first.
-    // SAFETY: only tries to dlopen the driver library by its usual names.
-    if !unsafe { sys::is_culib_present() } {
-        return Err("the CUDA driver library (libcuda.so) could not be loaded; \
-                    is an NVIDIA driver installed?"
-            .into());
-    }
-    // A driver too old for the symbols cudarc binds panics too: keep that a clean error.
-    let started = catch_unwind(|| {
-        cudarc::driver::result::init()?;
-        CudaContext::device_count()
-    });
-    let count = match started {
-        Ok(Ok(count)) => usize::try_from(count).unwrap_or(0),
-        Ok(Err(e)) => return Err(format!("the CUDA driver failed to start: {e}")),
-        Err(panic) => {
-            return Err(format!(
-                "the CUDA driver library is unusable: {}",
-                panic_text(&*panic)
-            ))
-        }
-    };
+    let count = device_count()?;
     if ordinal >= count {
         return Err(format!(
             "device {ordinal} requested, but the driver reports {count} device(s)"
