@@ -500,6 +500,10 @@ mod gpu {
             };
             match ops {
                 Ok(ops) => all.push(ops),
+                Err(e) if i == 0 => {
+                    println!("{test}: skipped: no CUDA device ({e})");
+                    return None;
+                }
                 Err(e) => {
                     println!("{test}: skipped: fewer than {world} CUDA devices ({e})");
                     return None;
