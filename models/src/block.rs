@@ -125,12 +125,15 @@ impl<'a> Block<'a> {
         }
     }
 
+    /// An activation or gradient of the block's element type that a kernel or GEMM writes in
+    /// full: never zero-filled (see [`kiln_runtime::Device::alloc_uninit`]).
     fn alloc(&self, len: usize) -> Result<Buffer> {
-        Ok(self.ops.device().alloc(self.dtype, len)?)
+        Ok(self.ops.device().alloc_uninit(self.dtype, len)?)
     }
 
+    /// The same in f32 (rstd, lse).
     fn alloc_f32(&self, len: usize) -> Result<Buffer> {
-        Ok(self.ops.device().alloc(DType::F32, len)?)
+        Ok(self.ops.device().alloc_uninit(DType::F32, len)?)
     }
 
     /// `out = block(x)`; returns what the backward needs.
@@ -436,7 +439,7 @@ impl<'a> Block<'a> {
             };
         }
         // A frozen base still runs the norms' backward; their weight gradients land here.
-        let mut frozen_norm = self.alloc_f32(self.hidden)?;
+        let mut frozen_norm = self.ops.device().alloc(DType::F32, self.hidden)?;
         let after = &s.after;
 
         // out = h + mlp: d_out reaches both h (through the residual) and the MLP.

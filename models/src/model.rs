@@ -260,13 +260,13 @@ impl Model {
         let device = ops.device();
         let block = Block::new(ops, &self.config, dtype, t);
 
-        let mut x = device.alloc(dtype, th)?;
+        let mut x = device.alloc_uninit(dtype, th)?;
         self.embedding()
             .forward(ops, &batch.input_ids, &self.weights.embed, &mut x)?;
         let mut inputs = vec![];
         let mut saved = vec![];
         for (l, w) in self.weights.layers.iter().enumerate() {
-            let mut out = device.alloc(dtype, th)?;
+            let mut out = device.alloc_uninit(dtype, th)?;
             let lora = self.layer_adapters(l, pass, seed);
             let s = block.forward(w, lora.as_ref(), batch, &x, &mut out)?;
             let input = std::mem::replace(&mut x, out);
@@ -279,8 +279,8 @@ impl Model {
                 Pass::TrainRecompute => inputs.push(input),
             }
         }
-        let mut hidden = device.alloc(dtype, th)?;
-        let mut final_rstd = device.alloc(DType::F32, t)?;
+        let mut hidden = device.alloc_uninit(dtype, th)?;
+        let mut final_rstd = device.alloc_uninit(DType::F32, t)?;
         self.final_norm(t)
             .forward(ops, &x, &self.weights.norm, &mut hidden, &mut final_rstd)?;
         Ok(Trunk {
@@ -568,7 +568,7 @@ impl Model {
             final_rstd,
             hidden,
         } = trunk;
-        let mut d_x = device.alloc(dtype, th)?;
+        let mut d_x = device.alloc_uninit(dtype, th)?;
         let mut frozen_norm = device.alloc(DType::F32, self.config.hidden)?;
         self.final_norm(t).backward(
             ops,
@@ -590,18 +590,18 @@ impl Model {
         )?;
 
         let block = Block::new(ops, &self.config, dtype, t);
-        let mut ones = device.alloc(dtype, t)?;
+        let mut ones = device.alloc_uninit(dtype, t)?;
         match dtype {
             DType::F32 => ones.fill(1.0f32)?,
             _ => ones.fill(half::bf16::ONE)?,
         }
-        let mut d_prev = device.alloc(dtype, th)?;
+        let mut d_prev = device.alloc_uninit(dtype, th)?;
         for (l, x) in inputs.iter().enumerate().rev() {
             let lora = self.layer_adapters(l, pass, lora_seed);
             let s = match saved.pop() {
                 Some(s) => s,
                 None => {
-                    let mut scratch = device.alloc(dtype, th)?;
+                    let mut scratch = device.alloc_uninit(dtype, th)?;
                     let w = &self.weights.layers[l];
                     block.forward(w, lora.as_ref(), batch, x, &mut scratch)?
                 }

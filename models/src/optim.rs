@@ -12,7 +12,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use kiln_compiler::DType;
-use kiln_ops::adamw::{control, AdamW, ParamState, StepControl};
+use kiln_ops::adamw::{control, AdamW, MultiTensor, ParamState, StepControl};
 use kiln_ops::Ops;
 use kiln_runtime::collective::Communicator;
 use kiln_runtime::{Buffer, PendingRead};
@@ -161,6 +161,13 @@ struct Local {
     exp_avg_sq: Buffer,
 }
 
+/// The multi-tensor layout of the state and the parameter groups: the distinct (learning-rate
+/// multiple, decays) pairs of the tensors.
+struct Multi {
+    layout: MultiTensor,
+    groups: Vec<(f64, bool)>,
+}
+
 /// The full optimizer state by name, gathered to one rank ([`Optimizer::gather`]): the f32
 /// masters and the moments (`exp_avg.NAME`, `exp_avg_sq.NAME`).
 pub struct FullState {
@@ -170,6 +177,11 @@ pub struct FullState {
 
 /// AdamW over a list of tensors, in a fixed order: every call passes the model's parameters
 /// and gradients in the order the optimizer was made with.
+///
+/// The masters and moments of all tensors are parts of one allocation each
+/// ([`kiln_runtime::Device::alloc_parts`], aligned to [`MultiTensor::ALIGN`]); when the
+/// gradients and the model's tensors are laid out the same way ([`Optimizer::lay_out`]) the
+/// norm and the update are one launch each for the whole model, not two per tensor.
 pub struct Optimizer {
     pub config: OptimizerConfig,
     adamw: AdamW,
@@ -177,6 +189,9 @@ pub struct Optimizer {
     compute: DType,
     slots: Vec<Slot>,
     control: StepControl,
+    /// The tensors' layout as one span, and each tensor's group, while every tensor's state
+    /// is one of the parts (not after [`Optimizer::keep_only`]).
+    multi: Option<Multi>,
     /// Updates applied so far (AdamW's `t`; a skipped step does not count), as of the last
     /// step whose metrics were read ([`StepReport`]); the device's own count is ahead of it
     /// while steps are in flight.
@@ -219,38 +234,56 @@ impl Optimizer {
     ) -> Result<Optimizer> {
         config.validate()?;
         let device = ops.device();
+        let lens: Vec<usize> = params.iter().map(|p| p.initial.len()).collect();
+        let align = MultiTensor::ALIGN;
+        let parts = || device.alloc_parts(DType::F32, &lens, align);
+        let mut masters = match compute {
+            DType::F32 => None,
+            _ => Some(parts()?.into_iter()),
+        };
+        let (exp_avg, exp_avg_sq) = (parts()?, parts()?);
         let mut slots = Vec::with_capacity(params.len());
-        for p in params {
-            let len = p.initial.len();
-            let zeros = || -> Result<Buffer> {
-                let mut b = device.alloc(DType::F32, len)?;
-                b.zero()?;
-                Ok(b)
+        let mut groups: Vec<(f64, bool)> = vec![];
+        let mut group_of = Vec::with_capacity(params.len());
+        for ((p, exp_avg), exp_avg_sq) in params.into_iter().zip(exp_avg).zip(exp_avg_sq) {
+            let master = match &mut masters {
+                Some(parts) => {
+                    let mut m = parts.next().expect("one part per tensor");
+                    m.write(&p.initial.data)?;
+                    Some(m)
+                }
+                None => None,
             };
-            let master = match compute {
-                DType::F32 => None,
-                _ => Some(precision::upload(device, &p.initial, DType::F32)?),
+            let key = (p.lr_multiplier, p.decay);
+            let g = match groups.iter().position(|&k| k == key) {
+                Some(g) => g,
+                None => {
+                    groups.push(key);
+                    groups.len() - 1
+                }
             };
+            group_of.push(g as u32);
             slots.push(Slot {
                 name: p.name,
                 shape: p.initial.shape.clone(),
-                len,
+                len: p.initial.len(),
                 lr_multiplier: p.lr_multiplier,
                 decay: p.decay,
                 local: Some(Local {
                     master,
-                    exp_avg: zeros()?,
-                    exp_avg_sq: zeros()?,
+                    exp_avg,
+                    exp_avg_sq,
                 }),
             });
         }
+        let layout = MultiTensor::new(ops, &lens, &group_of, groups.len())?;
+        let multi = Some(Multi { layout, groups });
         let adamw = AdamW {
             beta1: config.beta1 as f32,
             beta2: config.beta2 as f32,
             eps: config.eps as f32,
             weight_decay: config.weight_decay as f32,
         };
-        let lens: Vec<usize> = slots.iter().map(|s| s.len).collect();
         let control = StepControl::new(ops, &adamw, &lens, config.schedule.total.max(1))?;
         Ok(Optimizer {
             config,
@@ -258,8 +291,31 @@ impl Optimizer {
             compute,
             slots,
             control,
+            multi,
             updates: 0,
         })
+    }
+
+    /// Moves `buffers` (the gradients or the model's trained tensors, in the optimizer's
+    /// order) into parts of one allocation laid out as the optimizer's state, keeping their
+    /// contents, so that the step's norm and update run as one launch each. Without this
+    /// (or where a buffer was replaced since) the optimizer updates tensor by tensor.
+    pub fn lay_out(&self, buffers: Vec<&mut Buffer>) -> Result<()> {
+        self.check_len(buffers.len())?;
+        let Some(first) = buffers.first() else {
+            return Ok(());
+        };
+        let (device, dtype) = (first.device().clone(), first.dtype());
+        if buffers.iter().any(|b| b.dtype() != dtype) {
+            return Ok(()); // mixed types cannot share one span: tensor by tensor
+        }
+        let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+        let parts = device.alloc_parts(dtype, &lens, MultiTensor::ALIGN)?;
+        for (buffer, mut part) in buffers.into_iter().zip(parts) {
+            part.copy_from(buffer)?;
+            *buffer = part;
+        }
+        Ok(())
     }
 
     /// The names of the tensors, in order.
@@ -300,6 +356,9 @@ impl Optimizer {
     /// all-reduced: [`Optimizer::norm_partials_mut`]).
     pub fn add_grad_norms(&mut self, ops: &Ops, grads: &[&Buffer]) -> Result<()> {
         self.check_len(grads.len())?;
+        if let Some(span) = self.multi.as_ref().and_then(|m| spanned(&m.layout, grads)) {
+            return Ok(self.control.add_grad(ops, &*span)?);
+        }
         for (slot, g) in self.slots.iter().zip(grads) {
             match slot.local {
                 Some(_) => self.control.add_grad(ops, *g)?,
@@ -340,6 +399,9 @@ impl Optimizer {
             return Ok(());
         }
         let lr = self.config.lr * self.config.schedule.factor(step);
+        if self.update_multi(ops, params, grads, lr)? {
+            return Ok(());
+        }
         for ((slot, param), grad) in self.slots.iter_mut().zip(params.iter_mut()).zip(grads) {
             let Some(local) = &mut slot.local else {
                 continue; // another rank's: its weights arrive by broadcast
@@ -372,6 +434,92 @@ impl Optimizer {
             adamw.update(ops, &mut state, &self.control, group_lr)?;
         }
         Ok(())
+    }
+
+    /// Whether the step's norm and update run as one launch each: `params` and `grads` (in
+    /// the optimizer's order) are laid out as the state ([`Optimizer::lay_out`]), which is all
+    /// on this rank.
+    pub fn laid_out(&self, params: &[&Buffer], grads: &[&Buffer]) -> bool {
+        self.multi.as_ref().is_some_and(|m| {
+            spanned(&m.layout, grads).is_some() && spanned(&m.layout, params).is_some()
+        })
+    }
+
+    /// AdamW on every tensor in one launch, if the gradients and `params` are laid out as the
+    /// state (see [`Optimizer::lay_out`]); returns whether it was queued.
+    fn update_multi(
+        &mut self,
+        ops: &Ops,
+        params: &mut [&mut Buffer],
+        grads: &[&Buffer],
+        lr: f64,
+    ) -> Result<bool> {
+        let Some(multi) = &self.multi else {
+            return Ok(false);
+        };
+        let Some(grad) = spanned(&multi.layout, grads) else {
+            return Ok(false);
+        };
+        let aligned = params.first().and_then(|p| p.part_alignment()) == Some(MultiTensor::ALIGN);
+        let Some(mut param) =
+            Buffer::span_mut(params).filter(|p| aligned && p.len() == multi.layout.len())
+        else {
+            return Ok(false);
+        };
+        let locals: Vec<&mut Local> = self
+            .slots
+            .iter_mut()
+            .map(|s| {
+                s.local
+                    .as_mut()
+                    .expect("all state is local while laid out as one span")
+            })
+            .collect();
+        let (mut masters, mut exp_avg, mut exp_avg_sq) = (vec![], vec![], vec![]);
+        for local in locals {
+            if let Some(m) = &mut local.master {
+                masters.push(m);
+            }
+            exp_avg.push(&mut local.exp_avg);
+            exp_avg_sq.push(&mut local.exp_avg_sq);
+        }
+        let span = |parts| {
+            Buffer::span_mut(parts).ok_or_else(|| {
+                Error::Invalid("the optimizer's state is not one span (internal error)".into())
+            })
+        };
+        let (mut exp_avg, mut exp_avg_sq) = (span(&mut exp_avg)?, span(&mut exp_avg_sq)?);
+        let mut master = match masters.is_empty() {
+            true => None,
+            false => Some(span(&mut masters)?),
+        };
+        let mut state = match &mut master {
+            Some(master) => ParamState {
+                param: master.view_mut(),
+                grad: grad.view(),
+                exp_avg: exp_avg.view_mut(),
+                exp_avg_sq: exp_avg_sq.view_mut(),
+                param_copy: Some(param.view_mut()),
+            },
+            None => ParamState {
+                param: param.view_mut(),
+                grad: grad.view(),
+                exp_avg: exp_avg.view_mut(),
+                exp_avg_sq: exp_avg_sq.view_mut(),
+                param_copy: None,
+            },
+        };
+        let rates: Vec<(f32, f32)> = multi
+            .groups
+            .iter()
+            .map(|&(multiplier, decay)| {
+                let wd = if decay { self.adamw.weight_decay } else { 0.0 };
+                ((lr * multiplier) as f32, wd)
+            })
+            .collect();
+        self.adamw
+            .update_multi(ops, &multi.layout, &mut state, &self.control, &rates)?;
+        Ok(true)
     }
 
     /// Queues the read-back of the last step's decisions (decode them with
@@ -425,12 +573,10 @@ impl Optimizer {
     /// copies in `params` from them, exactly as an update would have rounded them.
     pub fn load_masters(
         &mut self,
-        ops: &Ops,
         params: Vec<&mut Buffer>,
         values: &dyn Fn(&str) -> Result<Vec<f32>>,
     ) -> Result<()> {
         self.check_len(params.len())?;
-        let device = ops.device();
         for (slot, param) in self.slots.iter_mut().zip(params) {
             let data = values(&slot.name)?;
             if data.len() != slot.len {
@@ -447,9 +593,10 @@ impl Optimizer {
                 ..
             }) = &mut slot.local
             {
-                *master = precision::upload(device, &host, DType::F32)?;
+                master.write(&host.data)?;
             }
-            *param = precision::upload(device, &host, param.dtype())?;
+            // In place: the tensor keeps its part of the span (see `Optimizer::lay_out`).
+            precision::write(param, &host.data)?;
         }
         Ok(())
     }
@@ -478,12 +625,7 @@ impl Optimizer {
     }
 
     /// Replaces the moments with `values(name)` for the names of [`Optimizer::moments`].
-    pub fn load_moments(
-        &mut self,
-        ops: &Ops,
-        values: &dyn Fn(&str) -> Result<Vec<f32>>,
-    ) -> Result<()> {
-        let device = ops.device();
+    pub fn load_moments(&mut self, values: &dyn Fn(&str) -> Result<Vec<f32>>) -> Result<()> {
         for slot in &mut self.slots {
             let Some(local) = &mut slot.local else {
                 continue; // another rank's
@@ -501,7 +643,7 @@ impl Optimizer {
                         slot.len
                     )));
                 }
-                *b = device.upload(&data)?;
+                b.write(&data)?;
             }
         }
         Ok(())
@@ -526,10 +668,20 @@ impl Optimizer {
     /// those tensors to their owners.
     pub fn keep_only(&mut self, keep: &[bool]) -> Result<()> {
         self.check_len(keep.len())?;
+        if keep.iter().all(|&k| k) {
+            return Ok(()); // plain data parallelism: every rank updates everything
+        }
+        // The kept state moves out of the shared allocations, so the rest is freed.
+        self.multi = None;
         for (slot, &k) in self.slots.iter_mut().zip(keep) {
-            if !k {
-                slot.local = None;
-            }
+            slot.local = match (k, slot.local.take()) {
+                (true, Some(local)) => Some(Local {
+                    master: local.master.as_ref().map(own).transpose()?,
+                    exp_avg: own(&local.exp_avg)?,
+                    exp_avg_sq: own(&local.exp_avg_sq)?,
+                }),
+                _ => None,
+            };
         }
         Ok(())
     }
@@ -628,6 +780,19 @@ impl Optimizer {
         }
         Ok(())
     }
+}
+
+/// `grads` as one span laid out as `layout`, if they are.
+fn spanned<'a>(layout: &MultiTensor, grads: &[&'a Buffer]) -> Option<kiln_runtime::Span<'a>> {
+    let aligned = grads.first()?.part_alignment() == Some(MultiTensor::ALIGN);
+    Buffer::span(grads).filter(|g| aligned && g.len() == layout.len())
+}
+
+/// A copy of `buffer` in an allocation of its own.
+fn own(buffer: &Buffer) -> Result<Buffer> {
+    let mut copy = buffer.device().alloc_uninit(buffer.dtype(), buffer.len())?;
+    copy.copy_from(buffer)?;
+    Ok(copy)
 }
 
 #[cfg(test)]

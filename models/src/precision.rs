@@ -71,6 +71,24 @@ pub fn upload(device: &Device, tensor: &HostTensor, dtype: DType) -> Result<Buff
     })
 }
 
+/// Overwrites `buffer` in place with `data` (as many values as it holds) in its own element
+/// type, rounded as [`upload`] rounds.
+pub fn write(buffer: &mut Buffer, data: &[f32]) -> Result<()> {
+    match buffer.dtype() {
+        DType::F32 => buffer.write(data)?,
+        DType::Bf16 => {
+            buffer.write(&data.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>())?
+        }
+        DType::F16 => buffer.write(&data.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>())?,
+        other => {
+            return Err(Error::Invalid(format!(
+                "cannot hold model weights as {other}"
+            )))
+        }
+    }
+    Ok(())
+}
+
 /// A floating-point buffer's contents as f32 (exact: every bf16 and f16 is an f32).
 pub fn download(buffer: &Buffer) -> Result<Vec<f32>> {
     Ok(match buffer.dtype() {

@@ -282,6 +282,11 @@ impl Trainer {
             }
         };
         let optimizer = Optimizer::new(&ops, options.optimizer, params, compute)?;
+        // The gradients and the trained tensors laid out as the optimizer's state: the step's
+        // norm and update are then one launch each.
+        let mut grads = grads;
+        optimizer.lay_out(grads.buffers_mut())?;
+        optimizer.lay_out(trained_params(&mut model, &grads))?;
         let state = TrainerState::new(trajectory(&options, &model));
         Ok(Trainer {
             model,
@@ -302,6 +307,13 @@ impl Trainer {
 
     fn params(&self) -> Vec<&Buffer> {
         params_of(&self.model, &self.grads)
+    }
+
+    /// Whether each step's gradient norm and AdamW run as one launch each over all trained
+    /// tensors ([`Optimizer::lay_out`]); with ZeRO-1 they run tensor by tensor.
+    pub fn updates_in_one_launch(&self) -> bool {
+        self.optimizer
+            .laid_out(&self.params(), &self.grads.buffers())
     }
 
     /// Makes this trainer rank `dp.rank()` of a data-parallel run of `dp.world_size()` ranks,
@@ -385,10 +397,11 @@ impl Trainer {
             })
             .collect::<Result<Vec<(usize, Batch)>>>()?;
 
-        self.grads
-            .buffers_mut()
-            .into_iter()
-            .try_for_each(|b| b.zero())?;
+        let mut grads = self.grads.buffers_mut();
+        match Buffer::span_mut(&mut grads) {
+            Some(mut all) => all.zero()?,
+            None => grads.into_iter().try_for_each(|b| b.zero())?,
+        }
         self.optimizer.begin_step()?;
         let pass = if self.options.recompute {
             Pass::TrainRecompute
@@ -708,16 +721,15 @@ impl Trainer {
     pub fn resume(&mut self, dir: &Path) -> Result<()> {
         let state = checkpoint::load_state(dir)?;
         state.check_resumable(&self.state.trajectory, dir)?;
-        let ops = self.model.ops().clone();
         let weights_file = match self.grads {
             Gradients::Lora(_) => dir.join("adapter_model.safetensors"),
             Gradients::Full(_) => dir.join(checkpoint::MODEL_FILE),
         };
         let values = checkpoint::tensors(&weights_file)?;
         let params = trained_params(&mut self.model, &self.grads);
-        self.optimizer.load_masters(&ops, params, &values)?;
+        self.optimizer.load_masters(params, &values)?;
         let moments = checkpoint::tensors(&dir.join(checkpoint::OPTIMIZER_FILE))?;
-        self.optimizer.load_moments(&ops, &moments)?;
+        self.optimizer.load_moments(&moments)?;
         self.optimizer.set_updates(state.updates)?;
         self.state = state;
         Ok(())

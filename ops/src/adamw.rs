@@ -25,6 +25,7 @@ const BLOCK: usize = 1024;
 const WARPS: u32 = 8;
 /// Gradient elements per program of the sum of squares.
 const SQ_SUM_BLOCK: usize = 4096;
+const _: () = assert!(SQ_SUM_BLOCK % BLOCK == 0);
 
 /// The fields of the control block `step_control` writes (see `adamw.kiln`).
 pub mod control {
@@ -99,7 +100,7 @@ impl AdamW {
             }
         }
         // The one scalar PyTorch computes on the host that does not depend on t.
-        let decay = 1.0 - lr as f64 * self.weight_decay as f64;
+        let decay = self.decay(lr, self.weight_decay);
         let kernel = if state.param_copy.is_some() {
             "adamw"
         } else {
@@ -115,8 +116,138 @@ impl AdamW {
             .in_out("exp_avg_sq", &mut state.exp_avg_sq)
             .input("control", &control.control)
             .i64("n", n as i64)
-            .f32("decay", decay as f32)
+            .f32("decay", decay)
             .f32("lr", lr)
+            .f32("beta1", self.beta1)
+            .f32("beta2", self.beta2)
+            .f32("eps", self.eps);
+        if let Some(copy) = &mut state.param_copy {
+            config = config.elem(copy.dtype());
+            args = args.output("param_copy", copy);
+        }
+        ops.launch(&config, [config.programs("BLOCK", n), 1, 1], &args)
+    }
+}
+
+/// The layout of a multi-tensor update ([`AdamW::update_multi`]): the tensors lie back to back,
+/// each starting at a multiple of [`MultiTensor::ALIGN`] elements, and each is in one of a few
+/// parameter groups (a learning-rate multiple and whether it decays).
+pub struct MultiTensor {
+    /// The group of every block of `ALIGN` elements of the span (i32).
+    block_group: Buffer,
+    /// The span's length in elements: the last tensor's end.
+    len: usize,
+    groups: usize,
+}
+
+impl MultiTensor {
+    /// The alignment, in elements, of every tensor in the span: a block of the gradient
+    /// norm's partial sums (so each lies in one tensor, and the partial sums of a span are
+    /// those of its tensors one by one, bit for bit), and so a whole number of AdamW blocks.
+    pub const ALIGN: usize = SQ_SUM_BLOCK;
+
+    /// The layout of tensors of `lens` elements in groups `group` (indices below `groups`),
+    /// in this order.
+    pub fn new(ops: &Ops, lens: &[usize], group: &[u32], groups: usize) -> Result<MultiTensor> {
+        if lens.len() != group.len() || group.iter().any(|&g| g as usize >= groups) {
+            return Err(Error::shape(
+                "adamw (multi-tensor)",
+                format!(
+                    "{} tensors but {} group indices below {groups}",
+                    lens.len(),
+                    group.len()
+                ),
+            ));
+        }
+        let mut table: Vec<i32> = vec![];
+        let mut len = 0usize;
+        for (&n, &g) in lens.iter().zip(group) {
+            // (A gap's blocks, all zeros, take the next tensor's group: zeros stay zeros.)
+            let start = len.next_multiple_of(Self::ALIGN);
+            table.resize((start + n).div_ceil(BLOCK), g as i32);
+            len = start + n;
+        }
+        if table.is_empty() {
+            table.push(0); // a buffer cannot be empty on every device
+        }
+        Ok(MultiTensor {
+            block_group: ops.device().upload(&table)?,
+            len,
+            groups,
+        })
+    }
+
+    /// The span's length in elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl AdamW {
+    /// The decay factor `1 - lr · weight_decay` of a group, as [`AdamW::update`] computes it
+    /// (in f64, as PyTorch does on the host).
+    fn decay(&self, lr: f32, weight_decay: f32) -> f32 {
+        (1.0 - lr as f64 * weight_decay as f64) as f32
+    }
+
+    /// [`AdamW::update`] of every tensor of `layout` in one launch: `state`'s views span them
+    /// all ([`kiln_runtime::Buffer::span`]), `rates[g]` is group `g`'s `(learning rate, weight
+    /// decay)`. Gives the same results as one [`AdamW::update`] per tensor, bit for bit.
+    pub fn update_multi(
+        &self,
+        ops: &Ops,
+        layout: &MultiTensor,
+        state: &mut ParamState<'_>,
+        control: &StepControl,
+        rates: &[(f32, f32)],
+    ) -> Result<()> {
+        const OP: &str = "adamw (multi-tensor)";
+        let n = layout.len;
+        expect(OP, "param", &state.param, DType::F32, n)?;
+        expect(OP, "grad", &state.grad, DType::F32, n)?;
+        expect(OP, "exp_avg", &state.exp_avg, DType::F32, n)?;
+        expect(OP, "exp_avg_sq", &state.exp_avg_sq, DType::F32, n)?;
+        if let Some(copy) = &state.param_copy {
+            if copy.dtype() == DType::F32 || copy.len() != n {
+                expect(OP, "param_copy", copy, DType::Bf16, n)?;
+            }
+        }
+        if rates.len() != layout.groups {
+            return Err(Error::shape(
+                OP,
+                format!("{} groups' rates for {} groups", rates.len(), layout.groups),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let table: Vec<f32> = rates
+            .iter()
+            .flat_map(|&(lr, wd)| [lr, self.decay(lr, wd)])
+            .collect();
+        let rates = ops.device().upload(&table)?;
+        let kernel = if state.param_copy.is_some() {
+            "adamw_multi"
+        } else {
+            "adamw_multi_f32"
+        };
+        let mut config = KernelConfig::new(FILE, kernel)
+            .int("BLOCK", BLOCK)
+            .warps(WARPS);
+        let mut args = Args::new()
+            .in_out("param", &mut state.param)
+            .input("grad", state.grad)
+            .in_out("exp_avg", &mut state.exp_avg)
+            .in_out("exp_avg_sq", &mut state.exp_avg_sq)
+            .input("control", &control.control)
+            .input("group", &layout.block_group)
+            .input("rates", &rates)
+            .i64("n", n as i64)
             .f32("beta1", self.beta1)
             .f32("beta2", self.beta2)
             .f32("eps", self.eps);

@@ -296,7 +296,7 @@ impl Attention {
         )?;
         expect(OP, "lse", &lse, DType::F32, t * self.q_heads)?;
 
-        let mut delta = ops.scratch(DType::F32, t * self.q_heads)?;
+        let mut delta = ops.scratch_uninit(DType::F32, t * self.q_heads)?;
         let config = KernelConfig::new(FILE, "attn_bwd_delta")
             .elem(dtype)
             .int("BM", 64)
@@ -333,8 +333,8 @@ impl Attention {
             // key blocks of a sequence the longest, and with a program per key/value head
             // they alone decided the kernel's time (0.26 ms a layer on the H200 at 8 x 1024).
             let part_len = t * self.q_heads * self.head_dim;
-            let mut dk_part = ops.scratch(DType::F32, part_len)?;
-            let mut dv_part = ops.scratch(DType::F32, part_len)?;
+            let mut dk_part = ops.scratch_uninit(DType::F32, part_len)?;
+            let mut dv_part = ops.scratch_uninit(DType::F32, part_len)?;
             let args = inputs()
                 .output("dk_part", &mut dk_part)
                 .output("dv_part", &mut dv_part);

@@ -176,6 +176,12 @@ impl Ops {
     pub(crate) fn scratch(&self, dtype: DType, len: usize) -> Result<Buffer> {
         Ok(self.device.alloc(dtype, len.max(1))?)
     }
+
+    /// A new buffer of `len` elements that the next kernel or GEMM writes in full: not
+    /// zero-filled ([`kiln_runtime::Device::alloc_uninit`]).
+    pub(crate) fn scratch_uninit(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        Ok(self.device.alloc_uninit(dtype, len.max(1))?)
+    }
 }
 
 /// The kernel spec of `config`.

@@ -254,7 +254,7 @@ impl CutCrossEntropy {
         let (hidden, weight, labels) = (hidden.into(), weight.into(), labels.into());
         let dtype = self.check(OP, &hidden, &weight, &labels)?;
         let t = self.tokens;
-        let mut workspace = ops.scratch(dtype, t * self.chunk.min(self.vocab))?;
+        let mut workspace = ops.scratch_uninit(dtype, t * self.chunk.min(self.vocab))?;
         let mut running = Running::new(ops, t)?;
         let mut state = CrossEntropyState::new(ops, t)?;
         for (i, (start, rows)) in self.chunks().enumerate() {
@@ -394,7 +394,7 @@ impl CutCrossEntropy {
             .output("grad", &mut grad)
             .f32("dloss", dloss);
         ops.launch(&KernelConfig::new(FILE, "ce_token_grad"), [1, 1, 1], &args)?;
-        let mut workspace = ops.scratch(dtype, t * self.chunk.min(self.vocab))?;
+        let mut workspace = ops.scratch_uninit(dtype, t * self.chunk.min(self.vocab))?;
         let mut accumulator = if dhidden_bf16 {
             Some(ops.scratch(DType::F32, t * h)?)
         } else {
@@ -476,7 +476,7 @@ impl CutCrossEntropy {
                 format!("a block of {block} tokens x {v} logits must stay below 2^31"),
             ));
         }
-        let mut workspace = ops.scratch(dtype, block * v)?;
+        let mut workspace = ops.scratch_uninit(dtype, block * v)?;
         let mut running = Running::new(ops, t)?;
         let mut state = CrossEntropyState::new(ops, t)?;
         let grad = ops.device().upload(&[token_grad])?;

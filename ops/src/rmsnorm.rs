@@ -223,7 +223,7 @@ impl RmsNorm {
             .int("ROWS", rows_per_program(self.rows, self.n));
         // One partial row of dw per program.
         let programs = config.programs("ROWS", self.rows);
-        let mut partial = ops.scratch(DType::F32, programs * self.n)?;
+        let mut partial = ops.scratch_uninit(DType::F32, programs * self.n)?;
         let mut args = Args::new()
             .input(x_name, x)
             .input("w", w)

@@ -61,7 +61,7 @@ mod kernel;
 pub mod launch;
 pub mod profile;
 
-pub use buffer::{trim_host_pool, Buffer, BufferView, BufferViewMut, PendingRead};
+pub use buffer::{trim_host_pool, Buffer, BufferView, BufferViewMut, PendingRead, Span, SpanMut};
 pub use cache::{
     BoundsChecks, CacheKey, CacheStats, DiskCache, KernelCache, KernelSpec, PtxArtifact,
     Specialization,

@@ -33,7 +33,7 @@ impl LoraPath {
         Ok(match self.dropout {
             None => Input::Plain(x),
             Some(mask) => {
-                let mut xd = ops.device().alloc(x.dtype(), x.len())?;
+                let mut xd = ops.device().alloc_uninit(x.dtype(), x.len())?;
                 mask.forward(ops, x, &mut xd)?;
                 Input::Dropped(xd)
             }
@@ -51,7 +51,7 @@ impl LoraPath {
         let (t, r) = (self.linear.tokens, self.rank);
         let x = x.into();
         let device = ops.device();
-        let mut u = device.alloc(x.dtype(), t * r)?;
+        let mut u = device.alloc_uninit(x.dtype(), t * r)?;
         let xd = self.input(ops, x)?;
         let gemm = Gemm::new(t, r, self.linear.inputs).transpose_b();
         device.gemm(&gemm, xd.view(), &pair.a, &mut u, None)?;
@@ -93,7 +93,7 @@ impl LoraPath {
         let (inputs, outputs) = (self.linear.inputs, self.linear.outputs);
         let (x, dy) = (x.into(), dy.into());
         let device = ops.device();
-        let mut du = device.alloc(dy.dtype(), t * r)?;
+        let mut du = device.alloc_uninit(dy.dtype(), t * r)?;
         let gemm = Gemm::new(t, r, outputs).with_alpha(self.scale);
         device.gemm(&gemm, dy, &pair.b, &mut du, None)?;
         // dB[O, r] += s · dyᵀ[O, T] · u[T, r]
@@ -124,7 +124,7 @@ impl LoraPath {
         match self.dropout {
             None => device.gemm(&gemm.with_beta(1.0), du, &pair.a, dx, None)?,
             Some(mask) => {
-                let mut dxd = device.alloc(dx.dtype(), t * inputs)?;
+                let mut dxd = device.alloc_uninit(dx.dtype(), t * inputs)?;
                 device.gemm(&gemm, du, &pair.a, &mut dxd, None)?;
                 mask.backward_add(ops, &dxd, dx.reborrow())?;
             }

@@ -149,6 +149,10 @@ fn check_against_torch(ops: &Arc<Ops>, model: &str, mode: &str, lora: Option<Lor
         options(lora, 3, 1024, 64),
         sequences(&r),
     );
+    assert!(
+        t.updates_in_one_launch(),
+        "{model} {mode}: the gradients and tensors are laid out for one AdamW launch"
+    );
     for (i, step) in want["steps"].as_array().unwrap().iter().enumerate() {
         let m = t.step().unwrap();
         assert!(!m.skipped);

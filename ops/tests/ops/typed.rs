@@ -7,7 +7,7 @@ use crate::gradcheck::{added, dot, numeric_grad};
 use crate::harness::{for_each_device, Harness, Tol};
 use crate::reference as r;
 use kiln_compiler::DType;
-use kiln_ops::adamw::{control as c, AdamW, ParamState, StepControl};
+use kiln_ops::adamw::{control as c, AdamW, MultiTensor, ParamState, StepControl};
 use kiln_ops::embedding::Embedding;
 use kiln_ops::rmsnorm::RmsNorm;
 use kiln_ops::rope::Rope;
@@ -611,6 +611,132 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
             h.assert_close("exp_avg", &h.read(&bufs[i][2]), &m, tol);
             h.assert_close("param_copy", &h.read(&copies[i]), &p, BF16);
         }
+    });
+}
+
+#[test]
+fn adamw_of_many_tensors_in_one_launch_equals_one_launch_per_tensor_bit_for_bit() {
+    for_each_device(|h| {
+        let adamw = AdamW {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        // Lengths off the alignment (gaps between parts), three groups in no order, one empty.
+        let lens = [1000usize, 4097, 0, 1024, 33, 2500];
+        let group = [0u32, 1, 0, 2, 1, 0];
+        let rates = [(1e-3f32, 0.1f32), (16e-3, 0.1), (1e-3, 0.0)];
+        let device = h.ops.device();
+        let values: Vec<[Vec<f64>; 4]> = lens
+            .iter()
+            .map(|&n| {
+                let v: Vec<f64> = h.rand_f32(n, 0.01).iter().map(|x| x * x).collect();
+                [
+                    h.rand_f32(n, 1.0),
+                    h.rand_f32(n, 0.5),
+                    h.rand_f32(n, 0.1),
+                    v,
+                ]
+            })
+            .collect();
+        let mut control = StepControl::new(&h.ops, &adamw, &lens, 4).unwrap();
+        let totals = h.f32_buf(&[2.5, 3.0, 0.0]);
+        // One tensor at a time, each in a buffer of its own.
+        let mut single: Vec<[_; 4]> = values
+            .iter()
+            .map(|t| t.each_ref().map(|v| h.f32_buf(v)))
+            .collect();
+        let mut single_copies: Vec<_> = lens.iter().map(|&n| h.poisoned_bf16(n)).collect();
+        // All at once, in parts of one allocation per kind.
+        let align = MultiTensor::ALIGN;
+        let mut multi: Vec<Vec<kiln_runtime::Buffer>> = (0..4)
+            .map(|_| device.alloc_parts(DType::F32, &lens, align).unwrap())
+            .collect();
+        for (k, t) in values.iter().enumerate() {
+            for (kind, v) in t.iter().enumerate() {
+                multi[kind][k].copy_from(&h.f32_buf(v)).unwrap();
+            }
+        }
+        let mut multi_copies = device.alloc_parts(DType::Bf16, &lens, align).unwrap();
+        let layout = MultiTensor::new(&h.ops, &lens, &group, rates.len()).unwrap();
+        for _step in 0..2 {
+            // The norm over the span equals the norm tensor by tensor, bit for bit.
+            let grads: Vec<&kiln_runtime::Buffer> = multi[1].iter().collect();
+            control.begin().unwrap();
+            control.add_loss(&h.ops, &totals).unwrap();
+            control
+                .add_grad(&h.ops, &*kiln_runtime::Buffer::span(&grads).unwrap())
+                .unwrap();
+            control.finish(&h.ops, Some(1.0), false).unwrap();
+            let spanned = h.read(control.control())[c::CLIP..=c::GRAD_NORM].to_vec();
+            control.begin().unwrap();
+            control.add_loss(&h.ops, &totals).unwrap();
+            for b in &single {
+                control.add_grad(&h.ops, &b[1]).unwrap();
+            }
+            control.finish(&h.ops, Some(1.0), false).unwrap();
+            // (Each `finish` counts an update: both paths below see the same t.)
+            let tensor_by_tensor = h.read(control.control())[c::CLIP..=c::GRAD_NORM].to_vec();
+            assert_eq!(tensor_by_tensor, spanned, "the norms differ");
+            for (k, ([p, g, m, v], copy)) in single.iter_mut().zip(&mut single_copies).enumerate() {
+                let (lr, wd) = rates[group[k] as usize];
+                let mut state = ParamState {
+                    param: p.view_mut(),
+                    grad: g.view(),
+                    exp_avg: m.view_mut(),
+                    exp_avg_sq: v.view_mut(),
+                    param_copy: Some(copy.view_mut()),
+                };
+                let adamw = AdamW {
+                    weight_decay: wd,
+                    ..adamw
+                };
+                adamw.update(&h.ops, &mut state, &control, lr).unwrap();
+            }
+            let [p, g, m, v] = &mut multi[..] else {
+                unreachable!()
+            };
+            let mut p: Vec<&mut kiln_runtime::Buffer> = p.iter_mut().collect();
+            let mut m: Vec<&mut kiln_runtime::Buffer> = m.iter_mut().collect();
+            let mut v: Vec<&mut kiln_runtime::Buffer> = v.iter_mut().collect();
+            let mut copies: Vec<&mut kiln_runtime::Buffer> = multi_copies.iter_mut().collect();
+            let g: Vec<&kiln_runtime::Buffer> = g.iter().collect();
+            let (mut p, mut m, mut v) = (
+                kiln_runtime::Buffer::span_mut(&mut p).unwrap(),
+                kiln_runtime::Buffer::span_mut(&mut m).unwrap(),
+                kiln_runtime::Buffer::span_mut(&mut v).unwrap(),
+            );
+            let mut copy = kiln_runtime::Buffer::span_mut(&mut copies).unwrap();
+            let g = kiln_runtime::Buffer::span(&g).unwrap();
+            assert_eq!(g.len(), layout.len());
+            let mut state = ParamState {
+                param: p.view_mut(),
+                grad: g.view(),
+                exp_avg: m.view_mut(),
+                exp_avg_sq: v.view_mut(),
+                param_copy: Some(copy.view_mut()),
+            };
+            adamw
+                .update_multi(&h.ops, &layout, &mut state, &control, &rates)
+                .unwrap();
+        }
+        let exact = Tol { rel: 0.0, abs: 0.0 };
+        for k in 0..lens.len() {
+            for kind in [0, 2, 3] {
+                let want = h.read(&single[k][kind]);
+                h.assert_close("multi-tensor state", &h.read(&multi[kind][k]), &want, exact);
+            }
+            let want = h.read(&single_copies[k]);
+            h.assert_close("multi-tensor copy", &h.read(&multi_copies[k]), &want, exact);
+        }
+        // The gaps between the tensors stay zero.
+        let all: Vec<&kiln_runtime::Buffer> = multi[0].iter().collect();
+        let span = h.read(&kiln_runtime::Buffer::span(&all).unwrap());
+        assert!(
+            span[1000..4096].iter().all(|&x| x == 0.0),
+            "a gap was written"
+        );
     });
 }
 

@@ -1,22 +1,31 @@
-//! CUDA storage for buffers: untyped `CudaSlice<u8>` on the device's stream.
+//! CUDA storage for buffers: untyped `CudaSlice<u8>` on the device's stream. Copies and fills
+//! take a device address and a length, so they serve a whole allocation and a part of one
+//! alike.
 
-use cudarc::driver::{CudaSlice, DevicePtr};
+use cudarc::driver::{result, CudaSlice, DevicePtr};
 
 use crate::device::cuda::CudaDevice;
 pub(super) use crate::device::staging::Pending;
 use crate::{Error, Result};
 
 pub(super) fn zeros(device: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
-    device
-        .stream()
-        .alloc_zeros::<u8>(bytes)
-        .map_err(|e| match e.0 {
-            cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Error::OutOfMemory {
-                bytes,
-                device: format!("cuda:{}", device.ordinal()),
-            },
-            _ => Error::cuda(format!("allocating {bytes} bytes"), e),
-        })
+    let slice = uninit(device, bytes)?;
+    fill_bytes(device, address(&slice), bytes, 0)?;
+    Ok(slice)
+}
+
+/// `bytes` bytes from the device's stream-ordered pool, left as they are: no memset is queued.
+pub(super) fn uninit(device: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
+    // SAFETY: device memory is never read as Rust values in place: downloads copy its bytes
+    // (whatever they are) into host memory the runtime has initialised, and callers of
+    // `Buffer::uninit` promise that kernels write it before it is read for a result.
+    unsafe { device.stream().alloc::<u8>(bytes) }.map_err(|e| match e.0 {
+        cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Error::OutOfMemory {
+            bytes,
+            device: format!("cuda:{}", device.ordinal()),
+        },
+        _ => Error::cuda(format!("allocating {bytes} bytes"), e),
+    })
 }
 
 pub(super) fn address(slice: &CudaSlice<u8>) -> u64 {
@@ -29,51 +38,64 @@ pub(super) fn address(slice: &CudaSlice<u8>) -> u64 {
 /// loaded once) are copied synchronously rather than held twice in pinned memory.
 const STAGED_UPLOAD_MAX: usize = 16 << 20;
 
-/// Copies `slice` into `dst` (same length) and waits for the copy.
-pub(super) fn read_into(device: &CudaDevice, slice: &CudaSlice<u8>, dst: &mut [u8]) -> Result<()> {
+/// Binds the device's context to this thread: raw driver calls need it current (cudarc's safe
+/// calls bind it themselves).
+fn bind(device: &CudaDevice) -> Result<()> {
+    device
+        .context()
+        .bind_to_thread()
+        .map_err(|e| Error::cuda("binding the CUDA context", e))
+}
+
+/// Copies the `dst.len()` bytes at device address `src` into `dst` and waits for the copy.
+pub(super) fn read_into(device: &CudaDevice, src: u64, dst: &mut [u8]) -> Result<()> {
     device.count_wait();
+    bind(device)?;
     let stream = device.stream();
-    stream
-        .memcpy_dtoh(slice, dst)
+    // SAFETY: `src` addresses `dst.len()` bytes of a live allocation of this device (the
+    // caller's buffer, borrowed for the call); the copy is ordered after all earlier work on
+    // the stream and finished before returning, while `dst` is borrowed.
+    unsafe { result::memcpy_dtoh_async(dst, src, stream.cu_stream()) }
         .and_then(|()| stream.synchronize())
         .map_err(|e| Error::cuda(format!("downloading {} bytes", dst.len()), e))
 }
 
-/// Queues a copy of `slice` into pinned memory; [`Pending`] waits for it.
-pub(super) fn read_later(device: &CudaDevice, slice: &CudaSlice<u8>) -> Result<Pending> {
-    device
-        .downloads()
-        .download(device.stream(), address(slice), slice.len())
+/// Queues a copy of the `bytes` bytes at `src` into pinned memory; [`Pending`] waits for it.
+pub(super) fn read_later(device: &CudaDevice, src: u64, bytes: usize) -> Result<Pending> {
+    device.downloads().download(device.stream(), src, bytes)
 }
 
-/// Copies `src` (same length) into `slice`. Small copies are staged through pinned memory and
-/// return once queued; large ones wait for the copy.
-pub(super) fn write_from(device: &CudaDevice, slice: &mut CudaSlice<u8>, src: &[u8]) -> Result<()> {
+/// Copies `src` to device address `dst` (which has room for it). Small copies are staged
+/// through pinned memory and return once queued; large ones wait for the copy.
+pub(super) fn write_from(device: &CudaDevice, dst: u64, src: &[u8]) -> Result<()> {
     let stream = device.stream();
     if src.len() <= STAGED_UPLOAD_MAX {
-        return device.uploads().upload(stream, address(slice), src);
+        return device.uploads().upload(stream, dst, src);
     }
     device.count_wait();
-    // The driver only promises that an asynchronous copy from pageable memory *may* return
-    // before `src` has been read: wait, so the caller may free or reuse `src` at once.
-    stream
-        .memcpy_htod(src, slice)
+    bind(device)?;
+    // SAFETY: `dst` addresses `src.len()` bytes of a live allocation the caller holds
+    // exclusively. The driver only promises that an asynchronous copy from pageable memory
+    // *may* return before `src` has been read: wait, so the caller may free or reuse `src`.
+    unsafe { result::memcpy_htod_async(dst, src, stream.cu_stream()) }
         .and_then(|()| stream.synchronize())
         .map_err(|e| Error::cuda(format!("uploading {} bytes", src.len()), e))
 }
 
-pub(super) fn fill_bytes(device: &CudaDevice, slice: &mut CudaSlice<u8>, byte: u8) -> Result<()> {
-    let stream = device.stream();
-    let bytes = slice.len();
-    let ptr = address(slice);
-    // The raw driver call below needs the context current on this thread; cudarc's safe
-    // calls bind it themselves.
-    device
-        .context()
-        .bind_to_thread()
-        .map_err(|e| Error::cuda("binding the CUDA context", e))?;
-    // SAFETY: `ptr` addresses `bytes` bytes owned by `slice`, which outlives the call; the memset
-    // is ordered on the stream every other use of `slice` goes to.
-    unsafe { cudarc::driver::result::memset_d8_async(ptr, byte, bytes, stream.cu_stream()) }
+/// Queues a copy of `bytes` bytes from device address `src` to `dst`.
+pub(super) fn copy(device: &CudaDevice, dst: u64, src: u64, bytes: usize) -> Result<()> {
+    bind(device)?;
+    // SAFETY: both ranges are `bytes` bytes of live allocations of this device, `dst` held
+    // exclusively by the caller; the copy is ordered on the stream all their other uses go to.
+    unsafe { result::memcpy_dtod_async(dst, src, bytes, device.stream().cu_stream()) }
+        .map_err(|e| Error::cuda(format!("copying {bytes} bytes on the device"), e))
+}
+
+/// Queues a fill of the `bytes` bytes at `dst` with `byte`.
+pub(super) fn fill_bytes(device: &CudaDevice, dst: u64, bytes: usize, byte: u8) -> Result<()> {
+    bind(device)?;
+    // SAFETY: `dst` addresses `bytes` bytes of a live allocation the caller holds exclusively;
+    // the memset is ordered on the stream every other use of it goes to.
+    unsafe { result::memset_d8_async(dst, byte, bytes, device.stream().cu_stream()) }
         .map_err(|e| Error::cuda(format!("filling {bytes} bytes"), e))
 }

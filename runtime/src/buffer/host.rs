@@ -5,7 +5,7 @@
 //! page fault and a kernel page clear per 4 KiB before the memset; freed blocks of
 //! [`POOL_MIN_BYTES`] or more are therefore kept in a process-wide pool (up to
 //! [`pool_limit`] bytes, oldest dropped first) and handed out again for the same size, zeroed
-//! in place. [`trim_pool`] returns them to the allocator.
+//! in place ([`HostMem::reused`] skips the clear). [`trim_pool`] returns them to the allocator.
 
 use std::alloc::{self, Layout};
 use std::ptr::NonNull;
@@ -55,36 +55,17 @@ impl HostMem {
         Ok(HostMem { ptr, bytes })
     }
 
+    /// `bytes` bytes whose contents are unspecified: a pooled block as its last user left it
+    /// (initialised memory: it was zeroed when first allocated), else fresh zeroed memory.
+    pub(crate) fn reused(bytes: usize) -> Result<HostMem> {
+        match pool().take(bytes) {
+            Some(ptr) => Ok(HostMem { ptr, bytes }),
+            None => HostMem::zeroed(bytes),
+        }
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
-    }
-
-    /// Copies the contents into `dst`, which must be exactly as long.
-    pub(crate) fn read_into(&self, dst: &mut [u8]) {
-        assert_eq!(
-            dst.len(),
-            self.bytes,
-            "HostMem::read_into: length checked by caller"
-        );
-        // SAFETY: both ranges are `bytes` long and cannot overlap (`dst` is a unique borrow).
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.as_ptr(), dst.as_mut_ptr(), self.bytes) }
-    }
-
-    /// Overwrites the contents with `src`, which must be exactly as long.
-    pub(crate) fn write_from(&mut self, src: &[u8]) {
-        assert_eq!(
-            src.len(),
-            self.bytes,
-            "HostMem::write_from: length checked by caller"
-        );
-        // SAFETY: both ranges are `bytes` long; `&mut self` excludes any other access.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr(), self.bytes) }
-    }
-
-    /// Sets every byte to `byte`.
-    pub(crate) fn fill_bytes(&mut self, byte: u8) {
-        // SAFETY: the allocation is `bytes` long; `&mut self` excludes any other access.
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), byte, self.bytes) }
     }
 }
 

@@ -3,9 +3,11 @@
 #[cfg(feature = "cuda")]
 mod cuda;
 mod host;
+mod parts;
 mod view;
 
 use std::fmt;
+use std::sync::Arc;
 
 use kiln_compiler::DType;
 
@@ -16,6 +18,7 @@ use crate::{Error, Result};
 pub use host::trim_pool as trim_host_pool;
 use host::HostMem;
 pub(crate) use host::HOST_ALIGN;
+pub use parts::{Span, SpanMut};
 pub use view::{BufferView, BufferViewMut};
 
 /// `len` elements of one [`DType`] on one [`Device`].
@@ -36,6 +39,25 @@ enum Storage {
     Host(HostMem),
     #[cfg(feature = "cuda")]
     Cuda(cudarc::driver::CudaSlice<u8>),
+    /// Bytes from `offset` of an allocation shared by the consecutive parts
+    /// [`Device::alloc_parts`] made; each part starts at a multiple of `align` bytes.
+    Part {
+        whole: Arc<Storage>,
+        offset: usize,
+        align: usize,
+    },
+}
+
+impl Storage {
+    /// The address of the first byte (host or device address).
+    fn address(&self) -> u64 {
+        match self {
+            Storage::Host(mem) => mem.as_ptr() as u64,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(slice) => cuda::address(slice),
+            Storage::Part { whole, offset, .. } => whole.address() + *offset as u64,
+        }
+    }
 }
 
 impl Buffer {
@@ -57,6 +79,36 @@ impl Buffer {
             len,
             storage,
         })
+    }
+
+    /// A buffer whose contents are unspecified, for an output that a kernel or GEMM writes
+    /// in full before anything reads it: on a GPU no memset is queued (a training step
+    /// allocates gigabytes of activations, and clearing them cost ~7% of its time); on the
+    /// CPU a pooled block is handed out without its clear. Debug builds and
+    /// `KILN_POISON_UNINIT=1` fill it with `0xFF` (NaN) instead, so an element a kernel
+    /// failed to write cannot pass for a correct one in tests.
+    pub(crate) fn uninit(device: &Device, dtype: DType, len: usize) -> Result<Buffer> {
+        let bytes = len
+            .checked_mul(dtype.size_bytes())
+            .ok_or_else(|| Error::OutOfMemory {
+                bytes: usize::MAX,
+                device: device.to_string(),
+            })?;
+        let storage = match device.inner() {
+            Inner::Cpu { .. } => Storage::Host(HostMem::reused(bytes)?),
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(d) => Storage::Cuda(cuda::uninit(d, bytes)?),
+        };
+        let mut buffer = Buffer {
+            device: device.clone(),
+            dtype,
+            len,
+            storage,
+        };
+        if poison_uninit() {
+            buffer.poison()?;
+        }
+        Ok(buffer)
     }
 
     pub(crate) fn from_slice<T: Element>(device: &Device, data: &[T]) -> Result<Buffer> {
@@ -92,11 +144,12 @@ impl Buffer {
 
     /// The address of the first element, as kernels receive it (host or device address).
     pub fn address(&self) -> u64 {
-        match &self.storage {
-            Storage::Host(mem) => mem.as_ptr() as u64,
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(slice) => cuda::address(slice),
-        }
+        self.storage.address()
+    }
+
+    /// The host address of the first byte; `None` for device memory.
+    pub(crate) fn host_base(&self) -> Option<*mut u8> {
+        (!self.device.is_gpu()).then(|| self.address() as *mut u8)
     }
 
     /// Copies the contents to the host. Fails unless `T` is the buffer's element type.
@@ -104,12 +157,7 @@ impl Buffer {
         self.check_dtype::<T>()?;
         // Zero-initialised, so the vector is valid before the copy overwrites it.
         let mut out = vec![zeroed::<T>(); self.len];
-        let bytes = as_bytes_mut(&mut out);
-        match &self.storage {
-            Storage::Host(mem) => mem.read_into(bytes),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(slice) => cuda::read_into(self.cuda_device()?, slice, bytes)?,
-        }
+        self.read_raw(as_bytes_mut(&mut out))?;
         Ok(out)
     }
 
@@ -119,13 +167,15 @@ impl Buffer {
     /// On the CPU the values are read at once.
     pub fn read_later<T: Element>(&self) -> Result<PendingRead<T>> {
         self.check_dtype::<T>()?;
-        let state = match &self.storage {
-            Storage::Host(_) => Pending::Ready(self.download()?),
+        let state = match self.host_base() {
+            Some(_) => Pending::Ready(self.download()?),
             #[cfg(feature = "cuda")]
-            Storage::Cuda(slice) => Pending::Cuda(
-                cuda::read_later(self.cuda_device()?, slice)?,
+            None => Pending::Cuda(
+                cuda::read_later(self.cuda_device()?, self.address(), self.size_bytes())?,
                 self.device.clone(),
             ),
+            #[cfg(not(feature = "cuda"))]
+            None => unreachable!("device memory without the cuda feature"),
         };
         Ok(PendingRead {
             len: self.len,
@@ -142,13 +192,7 @@ impl Buffer {
                 host: data.len(),
             });
         }
-        let bytes = as_bytes(data);
-        match &mut self.storage {
-            Storage::Host(mem) => mem.write_from(bytes),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(slice) => cuda::write_from(device_of(&self.device)?, slice, bytes)?,
-        }
-        Ok(())
+        self.write_raw(as_bytes(data))
     }
 
     /// Sets every element to `value`, which must have the buffer's element type.
@@ -170,10 +214,78 @@ impl Buffer {
     }
 
     fn fill_bytes(&mut self, byte: u8) -> Result<()> {
-        match &mut self.storage {
-            Storage::Host(mem) => mem.fill_bytes(byte),
+        let bytes = self.size_bytes();
+        match self.host_base() {
+            // SAFETY: the buffer's `bytes` bytes, borrowed exclusively.
+            Some(ptr) => unsafe { std::ptr::write_bytes(ptr, byte, bytes) },
             #[cfg(feature = "cuda")]
-            Storage::Cuda(slice) => cuda::fill_bytes(device_of(&self.device)?, slice, byte)?,
+            None => cuda::fill_bytes(self.cuda_device()?, self.address(), bytes, byte)?,
+            #[cfg(not(feature = "cuda"))]
+            None => unreachable!("device memory without the cuda feature"),
+        }
+        Ok(())
+    }
+
+    /// Copies the buffer's bytes into `dst`, exactly [`Buffer::size_bytes`] long (waits for
+    /// the device).
+    fn read_raw(&self, dst: &mut [u8]) -> Result<()> {
+        debug_assert_eq!(dst.len(), self.size_bytes());
+        match self.host_base() {
+            // SAFETY: the buffer's bytes and `dst` are as long and cannot overlap (`dst` is a
+            // unique borrow); nothing writes the buffer while it is borrowed shared.
+            Some(ptr) => unsafe { std::ptr::copy_nonoverlapping(ptr, dst.as_mut_ptr(), dst.len()) },
+            #[cfg(feature = "cuda")]
+            None => cuda::read_into(self.cuda_device()?, self.address(), dst)?,
+            #[cfg(not(feature = "cuda"))]
+            None => unreachable!("device memory without the cuda feature"),
+        }
+        Ok(())
+    }
+
+    /// Overwrites the buffer's bytes with `src`, exactly [`Buffer::size_bytes`] long.
+    fn write_raw(&mut self, src: &[u8]) -> Result<()> {
+        debug_assert_eq!(src.len(), self.size_bytes());
+        match self.host_base() {
+            // SAFETY: as long as the buffer, which is borrowed exclusively.
+            Some(ptr) => unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), ptr, src.len()) },
+            #[cfg(feature = "cuda")]
+            None => cuda::write_from(self.cuda_device()?, self.address(), src)?,
+            #[cfg(not(feature = "cuda"))]
+            None => unreachable!("device memory without the cuda feature"),
+        }
+        Ok(())
+    }
+
+    /// Overwrites the contents with `src`'s, which must have the same element type and length
+    /// and live on the same device (queued on the device's stream on a GPU).
+    pub fn copy_from(&mut self, src: &Buffer) -> Result<()> {
+        if src.dtype != self.dtype {
+            return Err(Error::DTypeMismatch {
+                actual: self.dtype,
+                requested: src.dtype,
+            });
+        }
+        if src.len != self.len {
+            return Err(Error::LengthMismatch {
+                buffer: self.len,
+                host: src.len,
+            });
+        }
+        if !src.device.same_device(&self.device) {
+            return Err(Error::Unsupported(format!(
+                "copying a buffer of {} into one of {}",
+                src.device, self.device
+            )));
+        }
+        let bytes = self.size_bytes();
+        match (self.host_base(), src.host_base()) {
+            // SAFETY: distinct buffers (`self` is borrowed exclusively, `src` shared), each
+            // `bytes` long.
+            (Some(dst), Some(from)) => unsafe { std::ptr::copy_nonoverlapping(from, dst, bytes) },
+            #[cfg(feature = "cuda")]
+            _ => cuda::copy(self.cuda_device()?, self.address(), src.address(), bytes)?,
+            #[cfg(not(feature = "cuda"))]
+            _ => unreachable!("device memory without the cuda feature"),
         }
         Ok(())
     }
@@ -181,11 +293,7 @@ impl Buffer {
     /// The buffer's bytes, whatever its element type (waits for the device).
     pub(crate) fn read_bytes(&self) -> Result<Vec<u8>> {
         let mut out = vec![0u8; self.size_bytes()];
-        match &self.storage {
-            Storage::Host(mem) => mem.read_into(&mut out),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(slice) => cuda::read_into(self.cuda_device()?, slice, &mut out)?,
-        }
+        self.read_raw(&mut out)?;
         Ok(out)
     }
 
@@ -197,12 +305,7 @@ impl Buffer {
                 host: bytes.len(),
             });
         }
-        match &mut self.storage {
-            Storage::Host(mem) => mem.write_from(bytes),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(slice) => cuda::write_from(device_of(&self.device)?, slice, bytes)?,
-        }
-        Ok(())
+        self.write_raw(bytes)
     }
 
     fn check_dtype<T: Element>(&self) -> Result<()> {
@@ -269,6 +372,15 @@ impl<T: Element> PendingRead<T> {
             }
         }
     }
+}
+
+/// Whether [`Buffer::uninit`] poisons what it hands out: in debug builds, and where
+/// `KILN_POISON_UNINIT=1` (read once).
+fn poison_uninit() -> bool {
+    static POISON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *POISON.get_or_init(|| {
+        cfg!(debug_assertions) || std::env::var("KILN_POISON_UNINIT").is_ok_and(|v| v == "1")
+    })
 }
 
 /// The all-zero value of an element type.

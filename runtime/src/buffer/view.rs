@@ -9,7 +9,7 @@ use std::ops::{Bound, RangeBounds};
 
 use kiln_compiler::DType;
 
-use super::{Buffer, Storage};
+use super::Buffer;
 use crate::device::Device;
 use crate::{Error, Result};
 
@@ -98,15 +98,9 @@ impl<'a> BufferView<'a> {
 
     /// The host address of the view's first element; `None` for device memory.
     pub(crate) fn host_ptr(&self) -> Option<*mut u8> {
-        match &self.buffer.storage {
-            // In bounds: the view lies inside the allocation.
-            Storage::Host(mem) => Some(
-                mem.as_ptr()
-                    .wrapping_add(self.offset * self.dtype().size_bytes()),
-            ),
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(_) => None,
-        }
+        // In bounds: the view lies inside the allocation.
+        let base = self.buffer.host_base()?;
+        Some(base.wrapping_add(self.offset * self.dtype().size_bytes()))
     }
 }
 

@@ -168,6 +168,14 @@ impl Device {
         Buffer::zeros(self, dtype, len)
     }
 
+    /// A buffer of `len` elements of `dtype` whose contents are unspecified, for an output a
+    /// kernel or GEMM writes in full before it is read: no zero-fill is queued. Debug builds
+    /// and `KILN_POISON_UNINIT=1` fill it with `0xFF` bytes (NaN) instead, so tests catch an
+    /// output that is not written in full.
+    pub fn alloc_uninit(&self, dtype: DType, len: usize) -> Result<Buffer> {
+        Buffer::uninit(self, dtype, len)
+    }
+
     /// A buffer holding a copy of `data`.
     pub fn upload<T: Element>(&self, data: &[T]) -> Result<Buffer> {
         Buffer::from_slice(self, data)

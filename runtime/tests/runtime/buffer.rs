@@ -142,3 +142,86 @@ fn slices_are_bounds_checked_views_at_an_offset() {
         assert!(!s.overlaps(&other.view()));
     }
 }
+
+#[test]
+fn parts_of_one_allocation_are_separate_buffers_and_consecutive_ones_span() {
+    for device in devices("parts_of_one_allocation_are_separate_buffers_and_consecutive_ones_span")
+    {
+        let lens = [5usize, 0, 8, 3];
+        let mut parts = device.alloc_parts(DType::F32, &lens, 4).unwrap();
+        for (k, p) in parts.iter_mut().enumerate() {
+            assert_eq!(p.len(), lens[k]);
+            assert_eq!(p.part_alignment(), Some(4));
+            assert!(p.download::<f32>().unwrap().iter().all(|&v| v == 0.0));
+            let values: Vec<f32> = (0..p.len()).map(|i| (10 * k + i) as f32).collect();
+            p.write(&values).unwrap();
+        }
+        // Each part kept its own values: writes never reached a neighbour.
+        for (k, p) in parts.iter().enumerate() {
+            let want: Vec<f32> = (0..lens[k]).map(|i| (10 * k + i) as f32).collect();
+            assert_eq!(p.download::<f32>().unwrap(), want, "part {k} on {device}");
+        }
+        // Offsets 0, 8, 8, 16: the span holds each part at its offset, zeros in the gaps.
+        let all: Vec<&kiln_runtime::Buffer> = parts.iter().collect();
+        let span = kiln_runtime::Buffer::span(&all).expect("consecutive parts span");
+        assert_eq!(span.len(), 19);
+        let got = span.download::<f32>().unwrap();
+        assert_eq!(&got[..5], &[0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(&got[5..8], &[0.0; 3]);
+        assert_eq!(
+            &got[8..16],
+            &(20..28).map(|v| v as f32).collect::<Vec<_>>()[..]
+        );
+        assert_eq!(&got[16..], &[30.0, 31.0, 32.0]);
+        assert_eq!(span.address(), parts[0].address());
+        drop(span);
+        // Out of order, with a part left out, or mixed with another allocation: no span.
+        assert!(kiln_runtime::Buffer::span(&[&parts[2], &parts[0]]).is_none());
+        assert!(kiln_runtime::Buffer::span(&[&parts[0], &parts[3]]).is_none());
+        let other = device.alloc_parts(DType::F32, &[3], 4).unwrap();
+        assert!(kiln_runtime::Buffer::span(&[&parts[3], &other[0]]).is_none());
+        let own = device.alloc(DType::F32, 5).unwrap();
+        assert!(kiln_runtime::Buffer::span(&[&own]).is_none());
+        assert_eq!(own.part_alignment(), None);
+        // Writing through a span writes the parts; the allocation outlives dropped parts.
+        let mut rest: Vec<&mut kiln_runtime::Buffer> = parts.iter_mut().skip(2).collect();
+        let mut tail = kiln_runtime::Buffer::span_mut(&mut rest).unwrap();
+        tail.fill(7.0f32).unwrap();
+        drop(tail);
+        let last = parts.pop().unwrap();
+        drop(parts);
+        assert_eq!(last.download::<f32>().unwrap(), vec![7.0; 3]);
+    }
+}
+
+#[test]
+fn copy_from_copies_on_the_device_and_checks_type_and_length() {
+    for device in devices("copy_from_copies_on_the_device_and_checks_type_and_length") {
+        let src = device.upload(&[1.0f32, -2.0, 3.5]).unwrap();
+        let mut parts = device.alloc_parts(DType::F32, &[2, 3], 64).unwrap();
+        parts[1].copy_from(&src).unwrap();
+        assert_eq!(parts[1].download::<f32>().unwrap(), vec![1.0, -2.0, 3.5]);
+        assert_eq!(parts[0].download::<f32>().unwrap(), vec![0.0, 0.0]);
+        assert!(matches!(
+            parts[0].copy_from(&src),
+            Err(Error::LengthMismatch { .. })
+        ));
+        let ints = device.upload(&[1i32, 2, 3]).unwrap();
+        assert!(matches!(
+            parts[1].copy_from(&ints),
+            Err(Error::DTypeMismatch { .. })
+        ));
+    }
+}
+
+#[test]
+fn uninit_buffers_are_poisoned_in_debug_builds() {
+    for device in devices("uninit_buffers_are_poisoned_in_debug_builds") {
+        let b = device.alloc_uninit(DType::F32, 4096).unwrap();
+        assert_eq!((b.len(), b.dtype()), (4096, DType::F32));
+        if cfg!(debug_assertions) {
+            // So a kernel that leaves part of its output unwritten fails its test.
+            assert!(b.download::<f32>().unwrap().iter().all(|v| v.is_nan()));
+        }
+    }
+}
