@@ -363,7 +363,10 @@ impl Trainer {
     pub fn submit(&mut self) -> Result<PendingStep> {
         let submitted = Instant::now();
         let step = self.state.step + 1;
-        let data = self.plan.step(self.state.cursor);
+        let data = kiln_runtime::profile::timed_host(
+            || "step: planning".into(),
+            || self.plan.step(self.state.cursor),
+        );
         let vocab = self.model.config.vocab;
         let examples = &self.plan.examples;
         // The whole step's counts come from the plan every rank shares, so the loss's
@@ -386,16 +389,20 @@ impl Trainer {
             }
             None => (0..sizes.len()).collect(),
         };
-        let batches = mine
-            .iter()
-            .map(|&k| {
-                let seqs: Vec<Sequence> = data.micro_batches[k]
-                    .iter()
-                    .map(|&i| examples.get(i))
-                    .collect();
-                Ok((k, Batch::pack(&seqs.iter().collect::<Vec<_>>(), vocab)?))
-            })
-            .collect::<Result<Vec<(usize, Batch)>>>()?;
+        let batches = kiln_runtime::profile::timed_host(
+            || "step: packing the batches".into(),
+            || {
+                mine.iter()
+                    .map(|&k| {
+                        let seqs: Vec<Sequence> = data.micro_batches[k]
+                            .iter()
+                            .map(|&i| examples.get(i))
+                            .collect();
+                        Ok((k, Batch::pack(&seqs.iter().collect::<Vec<_>>(), vocab)?))
+                    })
+                    .collect::<Result<Vec<(usize, Batch)>>>()
+            },
+        )?;
 
         let mut grads = self.grads.buffers_mut();
         match Buffer::span_mut(&mut grads) {
@@ -419,7 +426,10 @@ impl Trainer {
             if let Some(lora) = &mut self.model.lora {
                 lora.seed = derive(self.options.seed, &[0xd0, step as u64, *k as u64]);
             }
-            let device_batch = batch.upload(&ops)?;
+            let device_batch = kiln_runtime::profile::timed_host(
+                || "step: uploading the batch".into(),
+                || batch.upload(&ops),
+            )?;
             // The step's loss is the sum over all its predicted tokens over their count.
             let token_grad = 1.0 / total as f32;
             let pass_loss = match (&self.dist, Some(j) == last) {
@@ -476,7 +486,10 @@ impl Trainer {
             )?;
             votes = Some(vote);
         }
-        self.update(&ops, step, total == 0)?;
+        kiln_runtime::profile::timed_host(
+            || "step: update".into(),
+            || self.update(&ops, step, total == 0),
+        )?;
         let report = self.optimizer.read_step()?;
         let stop_votes = votes.map(|v| v.read_later::<f32>()).transpose()?;
         self.state.step = step;

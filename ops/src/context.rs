@@ -145,7 +145,11 @@ impl Ops {
         args: &Args<'_>,
     ) -> Result<()> {
         let grid = grid.map(|g| u32::try_from(g).unwrap_or(u32::MAX));
-        self.kernel(config, args)?.launch(grid, args)?;
+        let kernel = kiln_runtime::profile::timed_host(
+            || "finding the kernel".into(),
+            || self.kernel(config, args),
+        )?;
+        kernel.launch(grid, args)?;
         Ok(())
     }
 

@@ -115,7 +115,10 @@ impl Kernel {
     /// If the kernel was compiled without bounds checks, every access it makes with these
     /// arguments and this grid must stay inside the buffer (or view) its pointer came from.
     pub unsafe fn launch_unchecked(&self, grid: [u32; 3], args: &Args<'_>) -> Result<()> {
-        let bound = args.bind(&self.name, &self.params, &self.device)?;
+        let bound = crate::profile::timed_host(
+            || "binding kernel arguments".into(),
+            || args.bind(&self.name, &self.params, &self.device),
+        )?;
         if !bound.satisfies(&self.specialization) {
             return Err(Error::launch(
                 &self.name,

@@ -17,9 +17,37 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_PROFILE").is_ok_and(|v| !v.is_empty() && v != "0"))
 }
 
-fn table() -> &'static Mutex<HashMap<String, (u64, Duration)>> {
-    static TABLE: OnceLock<Mutex<HashMap<String, (u64, Duration)>>> = OnceLock::new();
+type Table = Mutex<HashMap<String, (u64, Duration)>>;
+
+fn table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(Default::default)
+}
+
+/// The host's time to queue GPU work, by name: a step whose queueing takes longer than the
+/// device's work leaves the device idle.
+fn host_table() -> &'static Table {
+    static TABLE: OnceLock<Table> = OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+fn add(table: &Table, name: String, spent: Duration) {
+    let mut t = table.lock().unwrap_or_else(PoisonError::into_inner);
+    let e = t.entry(name).or_default();
+    e.0 += 1;
+    e.1 += spent;
+}
+
+/// Runs `f`, host work that queues device work (an allocation, finding a kernel), and when
+/// profiling is on adds its wall time to the host's table under `name()`.
+pub fn timed_host<T>(name: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
+    if !enabled() {
+        return f();
+    }
+    let start = Instant::now();
+    let out = f();
+    add(host_table(), name(), start.elapsed());
+    out
 }
 
 /// Runs `f`, and when profiling is on adds its wall time under the name `name()` returns.
@@ -29,11 +57,7 @@ pub(crate) fn timed<T>(name: impl FnOnce() -> String, f: impl FnOnce() -> T) -> 
     }
     let start = Instant::now();
     let out = f();
-    let spent = start.elapsed();
-    let mut t = table().lock().unwrap_or_else(PoisonError::into_inner);
-    let e = t.entry(name()).or_default();
-    e.0 += 1;
-    e.1 += spent;
+    add(table(), name(), start.elapsed());
     out
 }
 
@@ -65,16 +89,16 @@ pub(crate) fn timed_gpu<T>(
     }
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     let start = stream.record_event(flags).ok();
+    let queueing = Instant::now();
     let out = f();
+    let queued = queueing.elapsed();
+    let name = name();
+    add(host_table(), name.clone(), queued);
     if let (Some(start), Ok(end)) = (start, stream.record_event(flags)) {
         pending()
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(PendingGpu {
-                name: name(),
-                start,
-                end,
-            });
+            .push(PendingGpu { name, start, end });
     }
     out
 }
@@ -99,10 +123,9 @@ fn resolve_gpu() {
 /// Forgets everything recorded so far (to profile only the steps after a warm-up).
 pub fn reset() {
     resolve_gpu();
-    table()
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clear();
+    for t in [table(), host_table()] {
+        t.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
 }
 
 /// The recorded entries, largest total time first: name, calls, total time.
@@ -137,5 +160,30 @@ pub fn report() -> String {
         "",
         total.as_secs_f64() * 1e3
     ));
+    let host = host_table().lock().unwrap_or_else(PoisonError::into_inner);
+    if !host.is_empty() {
+        let mut v: Vec<_> = host.iter().map(|(k, &(n, d))| (k.clone(), n, d)).collect();
+        v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        let total: Duration = v.iter().map(|e| e.2).sum();
+        out.push_str(&format!(
+            "\nthe host's time to queue it\n{:<40} {:>8} {:>10} {:>9}\n",
+            "kernel / gemm / allocation", "calls", "ms", "us a call"
+        ));
+        for (name, calls, d) in v.iter().take(30) {
+            out.push_str(&format!(
+                "{:<40} {:>8} {:>10.1} {:>9.1}\n",
+                name,
+                calls,
+                d.as_secs_f64() * 1e3,
+                d.as_secs_f64() * 1e6 / (*calls).max(1) as f64
+            ));
+        }
+        out.push_str(&format!(
+            "{:<40} {:>8} {:>10.1}\n",
+            "total",
+            "",
+            total.as_secs_f64() * 1e3
+        ));
+    }
     out
 }

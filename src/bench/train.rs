@@ -228,9 +228,14 @@ fn bench(
                 .map_err(|e| e.to_string())?;
             if is_root {
                 eprintln!(
-                    "kiln {mode} {precision}: {:.3} s a step, {:.0} tokens/s (last grad norm \
-                     {:.4}, loss {:.4} -> {:.4})",
-                    kiln.step_s, kiln.tokens_per_s, kiln.grad_norm, kiln.first_loss, kiln.last_loss
+                    "kiln {mode} {precision}: {:.3} s a step ({:.1} ms of them the host's to \
+                     queue it), {:.0} tokens/s (last grad norm {:.4}, loss {:.4} -> {:.4})",
+                    kiln.step_s,
+                    1e3 * kiln.submit_s,
+                    kiln.tokens_per_s,
+                    kiln.grad_norm,
+                    kiln.first_loss,
+                    kiln.last_loss
                 );
             }
             rows.push(Row {
@@ -361,6 +366,8 @@ fn model_flops_per_token(c: &ModelConfig, mode: &str, sequences: &[Sequence]) ->
 /// What Kiln's timed steps measured.
 struct KilnSteps {
     step_s: f64,
+    /// The host's time to queue a step (median): at or above `step_s`, the host sets the pace.
+    submit_s: f64,
     tokens_per_s: f64,
     grad_norm: f64,
     first_loss: f64,
@@ -435,11 +442,17 @@ fn kiln_steps(
             .map_err(|e| e.to_string())?;
     }
     let mut metrics = vec![];
+    let mut submit_s = vec![];
     let mut pending: Option<PendingStep> = None;
     for i in 0..=args.steps + 1 {
         // Queue step i + 1 (1-based) before reading step i.
         let next = if i <= args.steps {
-            Some(trainer.submit().map_err(|e| e.to_string())?)
+            let start = std::time::Instant::now();
+            let step = trainer.submit().map_err(|e| e.to_string())?;
+            if i > 0 {
+                submit_s.push(start.elapsed().as_secs_f64());
+            }
+            Some(step)
         } else {
             None
         };
@@ -478,6 +491,7 @@ fn kiln_steps(
                 .collect(),
         ),
         tokens_per_s: median(timed.iter().map(|m| m.tokens_per_s).collect()),
+        submit_s: median(submit_s),
         grad_norm: metrics.last().map_or(0.0, |m| m.grad_norm),
         first_loss: metrics[0].loss,
         last_loss: metrics.last().map_or(0.0, |m| m.loss),

@@ -2,24 +2,80 @@
 //! take a device address and a length, so they serve a whole allocation and a part of one
 //! alike.
 
+use std::sync::Arc;
+
 use cudarc::driver::{result, CudaSlice, DevicePtr};
 
+use crate::device::blocks::{self, BlockCache};
 use crate::device::cuda::CudaDevice;
 pub(super) use crate::device::staging::Pending;
 use crate::{Error, Result};
 
-pub(super) fn zeros(device: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
-    let slice = uninit(device, bytes)?;
-    fill_bytes(device, address(&slice), bytes, 0)?;
-    Ok(slice)
+/// A device allocation of a buffer; dropped, it goes back to the device's block cache (or,
+/// with the cache off, to the driver).
+pub(super) struct DeviceMem {
+    block: Option<CudaSlice<u8>>,
+    cache: Option<Arc<BlockCache>>,
 }
 
-/// `bytes` bytes from the device's stream-ordered pool, left as they are: no memset is queued.
-pub(super) fn uninit(device: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
+impl DeviceMem {
+    fn slice(&self) -> &CudaSlice<u8> {
+        self.block.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for DeviceMem {
+    fn drop(&mut self) {
+        if let (Some(block), Some(cache)) = (self.block.take(), &self.cache) {
+            cache.put(block);
+        }
+    }
+}
+
+pub(super) fn zeros(device: &CudaDevice, bytes: usize) -> Result<DeviceMem> {
+    let mem = uninit(device, bytes)?;
+    fill_bytes(device, address(&mem), bytes, 0)?;
+    Ok(mem)
+}
+
+/// At least `bytes` bytes (rounded up to the cache's granule), left as they are: no memset is
+/// queued. A block freed earlier is reused when the cache holds one of the size.
+pub(super) fn uninit(device: &CudaDevice, bytes: usize) -> Result<DeviceMem> {
+    let rounded = bytes.max(1).next_multiple_of(blocks::GRANULE);
+    if !BlockCache::enabled() {
+        return Ok(DeviceMem {
+            block: Some(allocate(device, rounded)?),
+            cache: None,
+        });
+    }
+    let cache = device.blocks();
+    let block = match cache.take(rounded) {
+        Some(block) => block,
+        None => match allocate(device, rounded) {
+            Err(Error::OutOfMemory { .. }) => {
+                // The cache may hold what is missing: give it back and try once more.
+                cache.release();
+                allocate(device, rounded)?
+            }
+            other => other?,
+        },
+    };
+    Ok(DeviceMem {
+        block: Some(block),
+        cache: Some(cache.clone()),
+    })
+}
+
+/// `bytes` new bytes from the device's stream-ordered pool, left as they are.
+fn allocate(device: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>> {
     // SAFETY: device memory is never read as Rust values in place: downloads copy its bytes
     // (whatever they are) into host memory the runtime has initialised, and callers of
     // `Buffer::uninit` promise that kernels write it before it is read for a result.
-    unsafe { device.stream().alloc::<u8>(bytes) }.map_err(|e| match e.0 {
+    let allocated = crate::profile::timed_host(
+        || "allocation (driver)".into(),
+        || unsafe { device.stream().alloc::<u8>(bytes) },
+    );
+    allocated.map_err(|e| match e.0 {
         cudarc::driver::sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => Error::OutOfMemory {
             bytes,
             device: format!("cuda:{}", device.ordinal()),
@@ -28,7 +84,8 @@ pub(super) fn uninit(device: &CudaDevice, bytes: usize) -> Result<CudaSlice<u8>>
     })
 }
 
-pub(super) fn address(slice: &CudaSlice<u8>) -> u64 {
+pub(super) fn address(mem: &DeviceMem) -> u64 {
+    let slice = mem.slice();
     // Event tracking is off (see `CudaDevice::open`), so the guard records nothing.
     let (ptr, _guard) = slice.device_ptr(slice.stream());
     ptr
@@ -70,7 +127,10 @@ pub(super) fn read_later(device: &CudaDevice, src: u64, bytes: usize) -> Result<
 pub(super) fn write_from(device: &CudaDevice, dst: u64, src: &[u8]) -> Result<()> {
     let stream = device.stream();
     if src.len() <= STAGED_UPLOAD_MAX {
-        return device.uploads().upload(stream, dst, src);
+        return crate::profile::timed_host(
+            || "staged upload".into(),
+            || device.uploads().upload(stream, dst, src),
+        );
     }
     device.count_wait();
     bind(device)?;
@@ -96,6 +156,11 @@ pub(super) fn fill_bytes(device: &CudaDevice, dst: u64, bytes: usize, byte: u8) 
     bind(device)?;
     // SAFETY: `dst` addresses `bytes` bytes of a live allocation the caller holds exclusively;
     // the memset is ordered on the stream every other use of it goes to.
-    unsafe { result::memset_d8_async(dst, byte, bytes, device.stream().cu_stream()) }
-        .map_err(|e| Error::cuda(format!("filling {bytes} bytes"), e))
+    let stream = device.stream();
+    crate::profile::timed_gpu(
+        stream,
+        || "memset".into(),
+        || unsafe { result::memset_d8_async(dst, byte, bytes, stream.cu_stream()) },
+    )
+    .map_err(|e| Error::cuda(format!("filling {bytes} bytes"), e))
 }

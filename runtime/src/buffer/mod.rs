@@ -38,7 +38,7 @@ pub struct Buffer {
 enum Storage {
     Host(HostMem),
     #[cfg(feature = "cuda")]
-    Cuda(cudarc::driver::CudaSlice<u8>),
+    Cuda(cuda::DeviceMem),
     /// Bytes from `offset` of an allocation shared by the consecutive parts
     /// [`Device::alloc_parts`] made; each part starts at a multiple of `align` bytes.
     Part {

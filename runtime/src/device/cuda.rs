@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{sys, CudaContext, CudaStream};
 
+use super::blocks::BlockCache;
 use super::staging::Pool;
 
 use crate::{Error, Result};
@@ -24,6 +25,8 @@ pub(crate) struct CudaDevice {
     downloads: Arc<Pool>,
     /// Times the host has blocked on this device's work (see [`crate::Device::host_waits`]).
     host_waits: AtomicU64,
+    /// Freed allocations kept for reuse (see [`BlockCache`]).
+    blocks: Arc<BlockCache>,
 }
 
 impl CudaDevice {
@@ -52,6 +55,7 @@ impl CudaDevice {
             compute_capability: (major.max(0) as u32, minor.max(0) as u32),
             gemm: Default::default(),
             host_waits: AtomicU64::new(0),
+            blocks: Arc::default(),
         })
     }
 
@@ -84,6 +88,10 @@ impl CudaDevice {
 
     pub(crate) fn gemm_slot(&self) -> &crate::gemm::cublaslt::Slot {
         &self.gemm
+    }
+
+    pub(crate) fn blocks(&self) -> &Arc<BlockCache> {
+        &self.blocks
     }
 
     pub(crate) fn uploads(&self) -> &Pool {

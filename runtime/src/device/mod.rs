@@ -1,6 +1,8 @@
 //! Devices: the CPU and CUDA GPUs.
 
 #[cfg(feature = "cuda")]
+pub(crate) mod blocks;
+#[cfg(feature = "cuda")]
 pub(crate) mod cuda;
 #[cfg(feature = "cuda")]
 pub(crate) mod staging;

@@ -173,3 +173,39 @@ fn bad_ptx_is_an_error_naming_the_kernel() {
     assert!(matches!(err, Error::Cuda { .. }), "{err:?}");
     assert!(err.to_string().contains("kernel `axpb`"), "{err}");
 }
+
+#[test]
+fn freed_device_blocks_are_reused_and_stream_order_keeps_their_old_readers_right() {
+    let Some(device) = cuda_or_skip(
+        "freed_device_blocks_are_reused_and_stream_order_keeps_their_old_readers_right",
+    ) else {
+        return;
+    };
+    let n = 1 << 20;
+    // A product reads `a`; `a` is dropped at once and its block reused, and overwritten,
+    // for the next buffer of its size before the GPU has necessarily run the product.
+    let a_values: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+    let a = device.upload(&a_values).unwrap();
+    let address = a.address();
+    let b = device.upload(&vec![1.0f32; n]).unwrap();
+    let mut c = device.alloc(DType::F32, 1).unwrap();
+    let gemm = kiln_runtime::Gemm::new(1, 1, n).transpose_b();
+    device.gemm(&gemm, &a, &b, &mut c, None).unwrap();
+    drop(a);
+    let mut reused = device.alloc_uninit(DType::F32, n).unwrap();
+    if std::env::var("KILN_CUDA_BLOCK_CACHE").as_deref() != Ok("0") {
+        assert_eq!(
+            reused.address(),
+            address,
+            "the freed block is handed out again"
+        );
+    }
+    reused.fill(-5.0f32).unwrap();
+    let want: f64 = a_values.iter().map(|&x| x as f64).sum();
+    let got = c.download::<f32>().unwrap()[0] as f64;
+    assert!(
+        (got - want).abs() <= 1e-3 * want,
+        "{got} vs {want}: the reader saw the reuse"
+    );
+    assert!(reused.download::<f32>().unwrap().iter().all(|&x| x == -5.0));
+}
