@@ -438,6 +438,7 @@ impl<'a> Block<'a> {
                 lora.zip(lora_grads.as_deref_mut())
             };
         }
+        let mut _section = kiln_runtime::profile::section("block backward: down");
         // A frozen base still runs the norms' backward; their weight gradients land here.
         let mut frozen_norm = self.ops.device().alloc(DType::F32, self.hidden)?;
         let after = &s.after;
@@ -466,6 +467,7 @@ impl<'a> Block<'a> {
             Write::Overwrite,
             defer,
         )?;
+        _section = kiln_runtime::profile::section("block backward: swiglu");
         let (mut d_gate, mut d_up) = (self.alloc(ti)?, self.alloc(ti)?);
         match mlp {
             Some([(g_path, g_pair), (_, u_pair)]) => {
@@ -484,6 +486,7 @@ impl<'a> Block<'a> {
             }
             None => swiglu::backward(ops, &after.gate, &after.up, &d_act, &mut d_gate, &mut d_up)?,
         }
+        _section = kiln_runtime::profile::section("block backward: gate and up");
         drop(d_act);
         let mut d_n2 = self.alloc(th)?;
         let up_proj = &self.up_proj;
@@ -517,6 +520,7 @@ impl<'a> Block<'a> {
         )?;
         drop((d_gate, d_up));
 
+        _section = kiln_runtime::profile::section("block backward: post-attention norm");
         // h = x + attn: d_h is the gradient of h from the norm and the residual together, and
         // is the gradient of both the attention's output and x's residual path.
         let mut d_h = self.alloc(th)?;
@@ -535,6 +539,7 @@ impl<'a> Block<'a> {
             d_post_norm,
         )?;
         drop(d_n2);
+        _section = kiln_runtime::profile::section("block backward: o");
         let mut d_o = self.alloc(q_len)?;
         let dw = base
             .as_deref_mut()
@@ -553,6 +558,7 @@ impl<'a> Block<'a> {
             false,
         )?;
 
+        _section = kiln_runtime::profile::section("block backward: attention");
         let (mut dq, mut dk, mut dv) =
             (self.alloc(q_len)?, self.alloc(kv_len)?, self.alloc(kv_len)?);
         self.attention.backward(
@@ -565,9 +571,11 @@ impl<'a> Block<'a> {
             (&mut dq, &mut dk, &mut dv),
         )?;
         drop(d_o);
+        _section = kiln_runtime::profile::section("block backward: rope");
         self.rope
             .backward(ops, &mut dq, &mut dk, &batch.positions)?;
 
+        _section = kiln_runtime::profile::section("block backward: q, k, v");
         let mut d_n1 = self.alloc(th)?;
         let dw = base
             .as_deref_mut()
@@ -617,6 +625,7 @@ impl<'a> Block<'a> {
             Write::Accumulate,
             false,
         )?;
+        _section = kiln_runtime::profile::section("block backward: input norm");
         // x feeds the first norm and the residual: dx = rmsnorm's input gradient + d_h.
         let d_input_norm = match base {
             Some(g) => &mut g.input_norm,

@@ -623,6 +623,7 @@ impl Model {
                 base: grads.as_deref_mut().map(|g| &mut g.layers[l]),
                 lora: lora_grads.as_deref_mut().map(|g| &mut g.layers[l]),
             };
+            let section = kiln_runtime::profile::section("step: backward, in Block::backward");
             block.backward(
                 &self.weights.layers[l],
                 lora.as_ref(),
@@ -634,6 +635,10 @@ impl Model {
                 &mut d_prev,
                 &ones,
             )?;
+            drop(section);
+            let freeing = kiln_runtime::profile::section("step: backward, freeing a layer's saved");
+            drop(s);
+            drop(freeing);
             std::mem::swap(&mut d_x, &mut d_prev);
             ready(
                 GradsReady::Layer(l),

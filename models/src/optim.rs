@@ -180,8 +180,8 @@ pub struct FullState {
 ///
 /// The masters and moments of all tensors are parts of one allocation each
 /// ([`kiln_runtime::Device::alloc_parts`], aligned to [`MultiTensor::ALIGN`]); when the
-/// gradients and the model's tensors are laid out the same way ([`Optimizer::lay_out`]) the
-/// norm and the update are one launch each for the whole model, not two per tensor.
+/// gradients and the model's tensors are laid out the same way ([`lay_out`]) the norm and the
+/// update are one launch each for the whole model, not two per tensor.
 pub struct Optimizer {
     pub config: OptimizerConfig,
     adamw: AdamW,
@@ -294,28 +294,6 @@ impl Optimizer {
             multi,
             updates: 0,
         })
-    }
-
-    /// Moves `buffers` (the gradients or the model's trained tensors, in the optimizer's
-    /// order) into parts of one allocation laid out as the optimizer's state, keeping their
-    /// contents, so that the step's norm and update run as one launch each. Without this
-    /// (or where a buffer was replaced since) the optimizer updates tensor by tensor.
-    pub fn lay_out(&self, buffers: Vec<&mut Buffer>) -> Result<()> {
-        self.check_len(buffers.len())?;
-        let Some(first) = buffers.first() else {
-            return Ok(());
-        };
-        let (device, dtype) = (first.device().clone(), first.dtype());
-        if buffers.iter().any(|b| b.dtype() != dtype) {
-            return Ok(()); // mixed types cannot share one span: tensor by tensor
-        }
-        let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
-        let parts = device.alloc_parts(dtype, &lens, MultiTensor::ALIGN)?;
-        for (buffer, mut part) in buffers.into_iter().zip(parts) {
-            part.copy_from(buffer)?;
-            *buffer = part;
-        }
-        Ok(())
     }
 
     /// The names of the tensors, in order.
@@ -437,8 +415,8 @@ impl Optimizer {
     }
 
     /// Whether the step's norm and update run as one launch each: `params` and `grads` (in
-    /// the optimizer's order) are laid out as the state ([`Optimizer::lay_out`]), which is all
-    /// on this rank.
+    /// the optimizer's order) are laid out as the state ([`lay_out`]), which is all on this
+    /// rank.
     pub fn laid_out(&self, params: &[&Buffer], grads: &[&Buffer]) -> bool {
         self.multi.as_ref().is_some_and(|m| {
             spanned(&m.layout, grads).is_some() && spanned(&m.layout, params).is_some()
@@ -780,6 +758,46 @@ impl Optimizer {
         }
         Ok(())
     }
+}
+
+/// What [`lay_out`] does with the buffers' contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contents {
+    /// Copy them into the new parts (the model's tensors).
+    Keep,
+    /// The buffers are zero (fresh gradients): free them first, so that the old and the new
+    /// allocations never coexist, and start from zeros.
+    Zero,
+}
+
+/// Moves `buffers` (the gradients or the model's trained tensors, in the optimizer's order)
+/// into parts of one allocation laid out as [`Optimizer`] lays out its state, so that a step's
+/// norm and update run as one launch each for all of them. Without this (or where a buffer
+/// was replaced since) the optimizer updates tensor by tensor. Call it before the optimizer's
+/// state exists: with [`Contents::Keep`] the old and new copies coexist for a moment.
+pub fn lay_out(buffers: Vec<&mut Buffer>, contents: Contents) -> Result<()> {
+    let Some(first) = buffers.first() else {
+        return Ok(());
+    };
+    let (device, dtype) = (first.device().clone(), first.dtype());
+    if buffers.iter().any(|b| b.dtype() != dtype) {
+        return Ok(()); // mixed types cannot share one span: tensor by tensor
+    }
+    let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+    let mut buffers = buffers;
+    if contents == Contents::Zero {
+        for b in &mut buffers {
+            **b = device.alloc(dtype, 0)?;
+        }
+    }
+    let parts = device.alloc_parts(dtype, &lens, MultiTensor::ALIGN)?;
+    for (buffer, mut part) in buffers.into_iter().zip(parts) {
+        if contents == Contents::Keep {
+            part.copy_from(buffer)?;
+        }
+        *buffer = part;
+    }
+    Ok(())
 }
 
 /// `grads` as one span laid out as `layout`, if they are.

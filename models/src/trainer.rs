@@ -35,7 +35,7 @@ use crate::data_plan::{predicted, DataPlan, Examples};
 use crate::eval::evaluate;
 use crate::metrics::{peak_resident_bytes, MetricsLog, StepMetrics};
 use crate::model::{GradsReady, Model, Pass};
-use crate::optim::{FullState, Optimizer, OptimizerConfig, ParamSpec, StepReport};
+use crate::optim::{self, Contents, FullState, Optimizer, OptimizerConfig, ParamSpec, StepReport};
 use crate::params::Weights;
 use crate::rng::{derive, SplitMix64};
 use crate::weights::SafeTensors;
@@ -88,7 +88,7 @@ pub struct TrainOptions {
 
 /// The gradients of what is trained.
 enum Gradients {
-    Full(Weights<Buffer>),
+    Full(Box<Weights<Buffer>>),
     Lora(Lora<Buffer>),
 }
 
@@ -247,7 +247,7 @@ impl Trainer {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                (params, Gradients::Full(model.zero_gradients()?))
+                (params, Gradients::Full(Box::new(model.zero_gradients()?)))
             }
             Some(lora) => {
                 if !(lora.plus_ratio.is_finite() && lora.plus_ratio > 0.0) {
@@ -281,12 +281,13 @@ impl Trainer {
                 (params, Gradients::Lora(model.zero_lora_gradients()?))
             }
         };
-        let optimizer = Optimizer::new(&ops, options.optimizer, params, compute)?;
         // The gradients and the trained tensors laid out as the optimizer's state: the step's
-        // norm and update are then one launch each.
+        // norm and update are then one launch each. Before the state exists, so that the copy
+        // of the tensors does not raise the run's peak memory.
         let mut grads = grads;
-        optimizer.lay_out(grads.buffers_mut())?;
-        optimizer.lay_out(trained_params(&mut model, &grads))?;
+        optim::lay_out(grads.buffers_mut(), Contents::Zero)?;
+        optim::lay_out(trained_params(&mut model, &grads), Contents::Keep)?;
+        let optimizer = Optimizer::new(&ops, options.optimizer, params, compute)?;
         let state = TrainerState::new(trajectory(&options, &model));
         Ok(Trainer {
             model,
@@ -310,7 +311,7 @@ impl Trainer {
     }
 
     /// Whether each step's gradient norm and AdamW run as one launch each over all trained
-    /// tensors ([`Optimizer::lay_out`]); with ZeRO-1 they run tensor by tensor.
+    /// tensors ([`optim::lay_out`]); with ZeRO-1 they run tensor by tensor.
     pub fn updates_in_one_launch(&self) -> bool {
         self.optimizer
             .laid_out(&self.params(), &self.grads.buffers())
@@ -446,7 +447,7 @@ impl Trainer {
                             dist.reduce_at(point, &mut grads)
                         };
                     let (g, l) = match &mut self.grads {
-                        Gradients::Full(g) => (Some(g), None),
+                        Gradients::Full(g) => (Some(&mut **g), None),
                         Gradients::Lora(l) => (None, Some(l)),
                     };
                     self.model.train_pass_hooked(

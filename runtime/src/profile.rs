@@ -38,6 +38,29 @@ fn add(table: &Table, name: String, spent: Duration) {
     e.1 += spent;
 }
 
+/// A stretch of host code timed into the host's table until it is dropped (when profiling is
+/// on): assign the next section to the same variable to end this one.
+pub struct HostSection {
+    name: &'static str,
+    start: Option<Instant>,
+}
+
+/// Starts timing the host code from here to the returned section's drop under `name`.
+pub fn section(name: &'static str) -> HostSection {
+    HostSection {
+        name,
+        start: enabled().then(Instant::now),
+    }
+}
+
+impl Drop for HostSection {
+    fn drop(&mut self) {
+        if let Some(start) = self.start {
+            add(host_table(), self.name.to_string(), start.elapsed());
+        }
+    }
+}
+
 /// Runs `f`, host work that queues device work (an allocation, finding a kernel), and when
 /// profiling is on adds its wall time to the host's table under `name()`.
 pub fn timed_host<T>(name: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {

@@ -10,8 +10,13 @@
 //! collectives' stream joins the device's stream before the buffers it used are dropped.)
 //!
 //! The cache is bounded by the memory it can hold: an allocation the driver refuses for lack
-//! of memory first returns every cached block and tries again. `KILN_CUDA_BLOCK_CACHE=0` turns
-//! the cache off (every buffer is then allocated and freed by the driver).
+//! of memory first returns every cached block and tries again.
+//!
+//! It is off unless `KILN_CUDA_BLOCK_CACHE=1`: measured on the H200 (bench/RESULTS.md,
+//! 2026-12-04) it made the 0.5B step ~2% faster but held blocks of one size that another size
+//! could have used, so the pool's peak grew from 16.6 to 19.8 GiB at fixed lengths and to 50 GiB
+//! at variable ones (each step's sizes differ). Blocks by exact size are the wrong policy; the
+//! driver's stream-ordered pool reuses freed memory for any size.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -28,10 +33,10 @@ pub(crate) struct BlockCache {
 }
 
 impl BlockCache {
-    /// Whether blocks are cached (read once from `KILN_CUDA_BLOCK_CACHE`).
+    /// Whether blocks are cached: `KILN_CUDA_BLOCK_CACHE=1` (read once).
     pub(crate) fn enabled() -> bool {
         static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| std::env::var("KILN_CUDA_BLOCK_CACHE").map_or(true, |v| v != "0"))
+        *ON.get_or_init(|| std::env::var("KILN_CUDA_BLOCK_CACHE").is_ok_and(|v| v == "1"))
     }
 
     /// A cached block of exactly `bytes`, if there is one.
