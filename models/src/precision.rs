@@ -56,19 +56,9 @@ impl FromStr for Precision {
 
 /// `tensor` on `device` as `dtype` (bf16 and f16 rounded to nearest even).
 pub fn upload(device: &Device, tensor: &HostTensor, dtype: DType) -> Result<Buffer> {
-    let data = &tensor.data;
-    Ok(match dtype {
-        DType::F32 => device.upload(data)?,
-        DType::Bf16 => {
-            device.upload(&data.iter().map(|&x| bf16::from_f32(x)).collect::<Vec<_>>())?
-        }
-        DType::F16 => device.upload(&data.iter().map(|&x| f16::from_f32(x)).collect::<Vec<_>>())?,
-        other => {
-            return Err(Error::Invalid(format!(
-                "cannot hold model weights as {other}"
-            )))
-        }
-    })
+    let mut buffer = device.alloc_uninit(dtype, tensor.data.len())?;
+    write(&mut buffer, &tensor.data)?;
+    Ok(buffer)
 }
 
 /// Overwrites `buffer` in place with `data` (as many values as it holds) in its own element

@@ -88,24 +88,28 @@ impl AdamW {
         control: &StepControl,
         lr: f32,
     ) -> Result<()> {
-        const OP: &str = "adamw";
         let n = state.param.len();
-        expect(OP, "param", &state.param, DType::F32, n)?;
-        expect(OP, "grad", &state.grad, DType::F32, n)?;
-        expect(OP, "exp_avg", &state.exp_avg, DType::F32, n)?;
-        expect(OP, "exp_avg_sq", &state.exp_avg_sq, DType::F32, n)?;
-        if let Some(copy) = &state.param_copy {
-            if copy.dtype() == DType::F32 || copy.len() != n {
-                expect(OP, "param_copy", copy, DType::Bf16, n)?;
-            }
-        }
+        check_state("adamw", state, n)?;
         // The one scalar PyTorch computes on the host that does not depend on t.
         let decay = self.decay(lr, self.weight_decay);
-        let kernel = if state.param_copy.is_some() {
-            "adamw"
-        } else {
-            "adamw_f32"
-        };
+        self.launch(ops, ["adamw", "adamw_f32"], state, control, n, |args| {
+            args.f32("decay", decay).f32("lr", lr)
+        })
+    }
+
+    /// Launches the update `kernels[0]` (with a compute copy) or `kernels[1]` (the weights
+    /// are the masters) over `n` elements of `state`, with `extra`'s arguments besides the
+    /// tensors, the control block and the betas.
+    fn launch<'a>(
+        &self,
+        ops: &Ops,
+        kernels: [&'static str; 2],
+        state: &'a mut ParamState<'_>,
+        control: &'a StepControl,
+        n: usize,
+        extra: impl FnOnce(Args<'a>) -> Args<'a>,
+    ) -> Result<()> {
+        let kernel = kernels[usize::from(state.param_copy.is_none())];
         let mut config = KernelConfig::new(FILE, kernel)
             .int("BLOCK", BLOCK)
             .warps(WARPS);
@@ -116,8 +120,6 @@ impl AdamW {
             .in_out("exp_avg_sq", &mut state.exp_avg_sq)
             .input("control", &control.control)
             .i64("n", n as i64)
-            .f32("decay", decay)
-            .f32("lr", lr)
             .f32("beta1", self.beta1)
             .f32("beta2", self.beta2)
             .f32("eps", self.eps);
@@ -125,8 +127,23 @@ impl AdamW {
             config = config.elem(copy.dtype());
             args = args.output("param_copy", copy);
         }
+        let args = extra(args);
         ops.launch(&config, [config.programs("BLOCK", n), 1, 1], &args)
     }
+}
+
+/// Checks that `state`'s tensors are f32 (the copy bf16) of `n` elements each.
+fn check_state(op: &'static str, state: &ParamState<'_>, n: usize) -> Result<()> {
+    expect(op, "param", &state.param, DType::F32, n)?;
+    expect(op, "grad", &state.grad, DType::F32, n)?;
+    expect(op, "exp_avg", &state.exp_avg, DType::F32, n)?;
+    expect(op, "exp_avg_sq", &state.exp_avg_sq, DType::F32, n)?;
+    if let Some(copy) = &state.param_copy {
+        if copy.dtype() == DType::F32 || copy.len() != n {
+            expect(op, "param_copy", copy, DType::Bf16, n)?;
+        }
+    }
+    Ok(())
 }
 
 /// The layout of a multi-tensor update ([`AdamW::update_multi`]): the tensors lie back to back,
@@ -208,15 +225,7 @@ impl AdamW {
     ) -> Result<()> {
         const OP: &str = "adamw (multi-tensor)";
         let n = layout.len;
-        expect(OP, "param", &state.param, DType::F32, n)?;
-        expect(OP, "grad", &state.grad, DType::F32, n)?;
-        expect(OP, "exp_avg", &state.exp_avg, DType::F32, n)?;
-        expect(OP, "exp_avg_sq", &state.exp_avg_sq, DType::F32, n)?;
-        if let Some(copy) = &state.param_copy {
-            if copy.dtype() == DType::F32 || copy.len() != n {
-                expect(OP, "param_copy", copy, DType::Bf16, n)?;
-            }
-        }
+        check_state(OP, state, n)?;
         if rates.len() != layout.groups {
             return Err(Error::shape(
                 OP,
@@ -231,31 +240,11 @@ impl AdamW {
             .flat_map(|&(lr, wd)| [lr, self.decay(lr, wd)])
             .collect();
         let rates = ops.device().upload(&table)?;
-        let kernel = if state.param_copy.is_some() {
-            "adamw_multi"
-        } else {
-            "adamw_multi_f32"
-        };
-        let mut config = KernelConfig::new(FILE, kernel)
-            .int("BLOCK", BLOCK)
-            .warps(WARPS);
-        let mut args = Args::new()
-            .in_out("param", &mut state.param)
-            .input("grad", state.grad)
-            .in_out("exp_avg", &mut state.exp_avg)
-            .in_out("exp_avg_sq", &mut state.exp_avg_sq)
-            .input("control", &control.control)
-            .input("group", &layout.block_group)
-            .input("rates", &rates)
-            .i64("n", n as i64)
-            .f32("beta1", self.beta1)
-            .f32("beta2", self.beta2)
-            .f32("eps", self.eps);
-        if let Some(copy) = &mut state.param_copy {
-            config = config.elem(copy.dtype());
-            args = args.output("param_copy", copy);
-        }
-        ops.launch(&config, [config.programs("BLOCK", n), 1, 1], &args)
+        let kernels = ["adamw_multi", "adamw_multi_f32"];
+        self.launch(ops, kernels, state, control, n, |args| {
+            args.input("group", &layout.block_group)
+                .input("rates", &rates)
+        })
     }
 }
 

@@ -513,6 +513,17 @@ fn embedding_forward_and_backward_with_repeated_ids() {
     });
 }
 
+/// Random AdamW state of `n` elements: weights, gradient, first and (non-negative) second moment.
+fn adam_tensors(h: &Harness, n: usize) -> [Vec<f64>; 4] {
+    let v: Vec<f64> = h.rand_f32(n, 0.01).iter().map(|x| x * x).collect();
+    [
+        h.rand_f32(n, 1.0),
+        h.rand_f32(n, 0.5),
+        h.rand_f32(n, 0.1),
+        v,
+    ]
+}
+
 #[test]
 fn adamw_with_global_norm_clipping_and_two_groups() {
     for_each_device(|h| {
@@ -526,18 +537,7 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
         let sizes = [1000usize, 4097];
         let lrs = [1e-3f32, 16e-3];
         let max_norm = 1.0;
-        let tensors: Vec<[Vec<f64>; 4]> = sizes
-            .iter()
-            .map(|&n| {
-                let v: Vec<f64> = h.rand_f32(n, 0.01).iter().map(|x| x * x).collect();
-                [
-                    h.rand_f32(n, 1.0),
-                    h.rand_f32(n, 0.5),
-                    h.rand_f32(n, 0.1),
-                    v,
-                ]
-            })
-            .collect();
+        let tensors: Vec<[Vec<f64>; 4]> = sizes.iter().map(|&n| adam_tensors(h, n)).collect();
         let norm = tensors
             .iter()
             .map(|t| t[1].iter().map(|g| g * g).sum::<f64>())
@@ -628,18 +628,7 @@ fn adamw_of_many_tensors_in_one_launch_equals_one_launch_per_tensor_bit_for_bit(
         let group = [0u32, 1, 0, 2, 1, 0];
         let rates = [(1e-3f32, 0.1f32), (16e-3, 0.1), (1e-3, 0.0)];
         let device = h.ops.device();
-        let values: Vec<[Vec<f64>; 4]> = lens
-            .iter()
-            .map(|&n| {
-                let v: Vec<f64> = h.rand_f32(n, 0.01).iter().map(|x| x * x).collect();
-                [
-                    h.rand_f32(n, 1.0),
-                    h.rand_f32(n, 0.5),
-                    h.rand_f32(n, 0.1),
-                    v,
-                ]
-            })
-            .collect();
+        let values: Vec<[Vec<f64>; 4]> = lens.iter().map(|&n| adam_tensors(h, n)).collect();
         let mut control = StepControl::new(&h.ops, &adamw, &lens, 4).unwrap();
         let totals = h.f32_buf(&[2.5, 3.0, 0.0]);
         // One tensor at a time, each in a buffer of its own.
@@ -650,7 +639,7 @@ fn adamw_of_many_tensors_in_one_launch_equals_one_launch_per_tensor_bit_for_bit(
         let mut single_copies: Vec<_> = lens.iter().map(|&n| h.poisoned_bf16(n)).collect();
         // All at once, in parts of one allocation per kind.
         let align = MultiTensor::ALIGN;
-        let mut multi: Vec<Vec<kiln_runtime::Buffer>> = (0..4)
+        let mut multi: Vec<Vec<Buffer>> = (0..4)
             .map(|_| device.alloc_parts(DType::F32, &lens, align).unwrap())
             .collect();
         for (k, t) in values.iter().enumerate() {
@@ -662,11 +651,11 @@ fn adamw_of_many_tensors_in_one_launch_equals_one_launch_per_tensor_bit_for_bit(
         let layout = MultiTensor::new(&h.ops, &lens, &group, rates.len()).unwrap();
         for _step in 0..2 {
             // The norm over the span equals the norm tensor by tensor, bit for bit.
-            let grads: Vec<&kiln_runtime::Buffer> = multi[1].iter().collect();
+            let grads: Vec<&Buffer> = multi[1].iter().collect();
             control.begin().unwrap();
             control.add_loss(&h.ops, &totals).unwrap();
             control
-                .add_grad(&h.ops, &*kiln_runtime::Buffer::span(&grads).unwrap())
+                .add_grad(&h.ops, &*Buffer::span(&grads).unwrap())
                 .unwrap();
             control.finish(&h.ops, Some(1.0), false).unwrap();
             let spanned = h.read(control.control())[c::CLIP..=c::GRAD_NORM].to_vec();
@@ -697,18 +686,18 @@ fn adamw_of_many_tensors_in_one_launch_equals_one_launch_per_tensor_bit_for_bit(
             let [p, g, m, v] = &mut multi[..] else {
                 unreachable!()
             };
-            let mut p: Vec<&mut kiln_runtime::Buffer> = p.iter_mut().collect();
-            let mut m: Vec<&mut kiln_runtime::Buffer> = m.iter_mut().collect();
-            let mut v: Vec<&mut kiln_runtime::Buffer> = v.iter_mut().collect();
-            let mut copies: Vec<&mut kiln_runtime::Buffer> = multi_copies.iter_mut().collect();
-            let g: Vec<&kiln_runtime::Buffer> = g.iter().collect();
+            let mut p: Vec<&mut Buffer> = p.iter_mut().collect();
+            let mut m: Vec<&mut Buffer> = m.iter_mut().collect();
+            let mut v: Vec<&mut Buffer> = v.iter_mut().collect();
+            let mut copies: Vec<&mut Buffer> = multi_copies.iter_mut().collect();
+            let g: Vec<&Buffer> = g.iter().collect();
             let (mut p, mut m, mut v) = (
-                kiln_runtime::Buffer::span_mut(&mut p).unwrap(),
-                kiln_runtime::Buffer::span_mut(&mut m).unwrap(),
-                kiln_runtime::Buffer::span_mut(&mut v).unwrap(),
+                Buffer::span_mut(&mut p).unwrap(),
+                Buffer::span_mut(&mut m).unwrap(),
+                Buffer::span_mut(&mut v).unwrap(),
             );
-            let mut copy = kiln_runtime::Buffer::span_mut(&mut copies).unwrap();
-            let g = kiln_runtime::Buffer::span(&g).unwrap();
+            let mut copy = Buffer::span_mut(&mut copies).unwrap();
+            let g = Buffer::span(&g).unwrap();
             assert_eq!(g.len(), layout.len());
             let mut state = ParamState {
                 param: p.view_mut(),
@@ -731,8 +720,8 @@ fn adamw_of_many_tensors_in_one_launch_equals_one_launch_per_tensor_bit_for_bit(
             h.assert_close("multi-tensor copy", &h.read(&multi_copies[k]), &want, exact);
         }
         // The gaps between the tensors stay zero.
-        let all: Vec<&kiln_runtime::Buffer> = multi[0].iter().collect();
-        let span = h.read(&kiln_runtime::Buffer::span(&all).unwrap());
+        let all: Vec<&Buffer> = multi[0].iter().collect();
+        let span = h.read(&Buffer::span(&all).unwrap());
         assert!(
             span[1000..4096].iter().all(|&x| x == 0.0),
             "a gap was written"

@@ -62,16 +62,38 @@ impl Storage {
 
 impl Buffer {
     pub(crate) fn zeros(device: &Device, dtype: DType, len: usize) -> Result<Buffer> {
+        Buffer::allocate(device, dtype, len, true)
+    }
+
+    /// A buffer whose contents are unspecified, for an output that a kernel or GEMM writes
+    /// in full before anything reads it: on a GPU no memset is queued (a training step
+    /// allocates gigabytes of activations, and clearing them cost ~10% of its time); on the
+    /// CPU a pooled block is handed out without its clear. Debug builds and
+    /// `KILN_POISON_UNINIT=1` fill it with `0xFF` (NaN) instead, so an element a kernel
+    /// failed to write cannot pass for a correct one in tests.
+    pub(crate) fn uninit(device: &Device, dtype: DType, len: usize) -> Result<Buffer> {
+        let mut buffer = Buffer::allocate(device, dtype, len, false)?;
+        if poison_uninit() {
+            buffer.poison()?;
+        }
+        Ok(buffer)
+    }
+
+    /// `len` elements of `dtype` on `device`, zero-filled or as the allocator left them.
+    fn allocate(device: &Device, dtype: DType, len: usize, zeroed: bool) -> Result<Buffer> {
         let bytes = len
             .checked_mul(dtype.size_bytes())
             .ok_or_else(|| Error::OutOfMemory {
                 bytes: usize::MAX,
                 device: device.to_string(),
             })?;
-        let storage = match device.inner() {
-            Inner::Cpu { .. } => Storage::Host(HostMem::zeroed(bytes)?),
+        let storage = match (device.inner(), zeroed) {
+            (Inner::Cpu { .. }, true) => Storage::Host(HostMem::zeroed(bytes)?),
+            (Inner::Cpu { .. }, false) => Storage::Host(HostMem::reused(bytes)?),
             #[cfg(feature = "cuda")]
-            Inner::Cuda(d) => Storage::Cuda(cuda::zeros(d, bytes)?),
+            (Inner::Cuda(d), true) => Storage::Cuda(cuda::zeros(d, bytes)?),
+            #[cfg(feature = "cuda")]
+            (Inner::Cuda(d), false) => Storage::Cuda(cuda::uninit(d, bytes)?),
         };
         Ok(Buffer {
             device: device.clone(),
@@ -79,36 +101,6 @@ impl Buffer {
             len,
             storage,
         })
-    }
-
-    /// A buffer whose contents are unspecified, for an output that a kernel or GEMM writes
-    /// in full before anything reads it: on a GPU no memset is queued (a training step
-    /// allocates gigabytes of activations, and clearing them cost ~7% of its time); on the
-    /// CPU a pooled block is handed out without its clear. Debug builds and
-    /// `KILN_POISON_UNINIT=1` fill it with `0xFF` (NaN) instead, so an element a kernel
-    /// failed to write cannot pass for a correct one in tests.
-    pub(crate) fn uninit(device: &Device, dtype: DType, len: usize) -> Result<Buffer> {
-        let bytes = len
-            .checked_mul(dtype.size_bytes())
-            .ok_or_else(|| Error::OutOfMemory {
-                bytes: usize::MAX,
-                device: device.to_string(),
-            })?;
-        let storage = match device.inner() {
-            Inner::Cpu { .. } => Storage::Host(HostMem::reused(bytes)?),
-            #[cfg(feature = "cuda")]
-            Inner::Cuda(d) => Storage::Cuda(cuda::uninit(d, bytes)?),
-        };
-        let mut buffer = Buffer {
-            device: device.clone(),
-            dtype,
-            len,
-            storage,
-        };
-        if poison_uninit() {
-            buffer.poison()?;
-        }
-        Ok(buffer)
     }
 
     pub(crate) fn from_slice<T: Element>(device: &Device, data: &[T]) -> Result<Buffer> {

@@ -14,8 +14,8 @@
 //!
 //! It is off unless `KILN_CUDA_BLOCK_CACHE=1`: measured on the H200 (bench/RESULTS.md,
 //! 2026-12-04) it made the 0.5B step ~2% faster but held blocks of one size that another size
-//! could have used, so the pool's peak grew from 16.6 to 19.8 GiB at fixed lengths and to 50 GiB
-//! at variable ones (each step's sizes differ). Blocks by exact size are the wrong policy; the
+//! could have used, so the pool's peak grew from 16.2 to 19.3 GiB at fixed lengths and from 16.6
+//! to 49.1 GiB at variable ones (each step's sizes differ). Blocks by exact size are the wrong policy; the
 //! driver's stream-ordered pool reuses freed memory for any size.
 
 use std::collections::HashMap;
