@@ -784,11 +784,19 @@ pub fn lay_out(buffers: Vec<&mut Buffer>, contents: Contents) -> Result<()> {
         return Ok(()); // mixed types cannot share one span: tensor by tensor
     }
     let lens: Vec<usize> = buffers.iter().map(|b| b.len()).collect();
+    // On the CPU freed blocks go to a pool of the process that keeps them for reuse; these
+    // never are, so they go back to the allocator (at setup the pool holds nothing else).
+    let release = || {
+        if !device.is_gpu() {
+            kiln_runtime::trim_host_pool();
+        }
+    };
     let mut buffers = buffers;
     if contents == Contents::Zero {
         for b in &mut buffers {
             **b = device.alloc(dtype, 0)?;
         }
+        release();
     }
     let parts = device.alloc_parts(dtype, &lens, MultiTensor::ALIGN)?;
     for (buffer, mut part) in buffers.into_iter().zip(parts) {
@@ -797,6 +805,7 @@ pub fn lay_out(buffers: Vec<&mut Buffer>, contents: Contents) -> Result<()> {
         }
         *buffer = part;
     }
+    release();
     Ok(())
 }
 
