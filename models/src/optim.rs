@@ -392,22 +392,8 @@ impl Optimizer {
                 },
                 ..self.adamw
             };
-            let mut state = match &mut local.master {
-                Some(master) => ParamState {
-                    param: master.view_mut(),
-                    grad: grad.view(),
-                    exp_avg: local.exp_avg.view_mut(),
-                    exp_avg_sq: local.exp_avg_sq.view_mut(),
-                    param_copy: Some(param.view_mut()),
-                },
-                None => ParamState {
-                    param: param.view_mut(),
-                    grad: grad.view(),
-                    exp_avg: local.exp_avg.view_mut(),
-                    exp_avg_sq: local.exp_avg_sq.view_mut(),
-                    param_copy: None,
-                },
-            };
+            let (m, v) = (&mut local.exp_avg, &mut local.exp_avg_sq);
+            let mut state = param_state(local.master.as_mut(), param, grad, m, v);
             let group_lr = (lr * slot.lr_multiplier) as f32;
             adamw.update(ops, &mut state, &self.control, group_lr)?;
         }
@@ -424,7 +410,7 @@ impl Optimizer {
     }
 
     /// AdamW on every tensor in one launch, if the gradients and `params` are laid out as the
-    /// state (see [`Optimizer::lay_out`]); returns whether it was queued.
+    /// state (see [`lay_out`]); returns whether it was queued.
     fn update_multi(
         &mut self,
         ops: &Ops,
@@ -438,10 +424,7 @@ impl Optimizer {
         let Some(grad) = spanned(&multi.layout, grads) else {
             return Ok(false);
         };
-        let aligned = params.first().and_then(|p| p.part_alignment()) == Some(MultiTensor::ALIGN);
-        let Some(mut param) =
-            Buffer::span_mut(params).filter(|p| aligned && p.len() == multi.layout.len())
-        else {
+        let Some(mut param) = spanned_mut(&multi.layout, params) else {
             return Ok(false);
         };
         let locals: Vec<&mut Local> = self
@@ -471,22 +454,13 @@ impl Optimizer {
             true => None,
             false => Some(span(&mut masters)?),
         };
-        let mut state = match &mut master {
-            Some(master) => ParamState {
-                param: master.view_mut(),
-                grad: grad.view(),
-                exp_avg: exp_avg.view_mut(),
-                exp_avg_sq: exp_avg_sq.view_mut(),
-                param_copy: Some(param.view_mut()),
-            },
-            None => ParamState {
-                param: param.view_mut(),
-                grad: grad.view(),
-                exp_avg: exp_avg.view_mut(),
-                exp_avg_sq: exp_avg_sq.view_mut(),
-                param_copy: None,
-            },
-        };
+        let mut state = param_state(
+            master.as_deref_mut(),
+            &mut param,
+            &grad,
+            &mut exp_avg,
+            &mut exp_avg_sq,
+        );
         let rates: Vec<(f32, f32)> = multi
             .groups
             .iter()
@@ -573,7 +547,7 @@ impl Optimizer {
             {
                 master.write(&host.data)?;
             }
-            // In place: the tensor keeps its part of the span (see `Optimizer::lay_out`).
+            // In place: the tensor keeps its part of the span (see `lay_out`).
             precision::write(param, &host.data)?;
         }
         Ok(())
@@ -809,10 +783,41 @@ pub fn lay_out(buffers: Vec<&mut Buffer>, contents: Contents) -> Result<()> {
     Ok(())
 }
 
-/// `grads` as one span laid out as `layout`, if they are.
-fn spanned<'a>(layout: &MultiTensor, grads: &[&'a Buffer]) -> Option<kiln_runtime::Span<'a>> {
-    let aligned = grads.first()?.part_alignment() == Some(MultiTensor::ALIGN);
-    Buffer::span(grads).filter(|g| aligned && g.len() == layout.len())
+/// `buffers` as one span laid out as `layout`, if they are.
+fn spanned<'a>(layout: &MultiTensor, buffers: &[&'a Buffer]) -> Option<kiln_runtime::Span<'a>> {
+    let aligned = buffers.first()?.part_alignment() == Some(MultiTensor::ALIGN);
+    Buffer::span(buffers).filter(|b| aligned && b.len() == layout.len())
+}
+
+/// [`spanned`], to write.
+fn spanned_mut<'a>(
+    layout: &MultiTensor,
+    buffers: &'a mut [&mut Buffer],
+) -> Option<kiln_runtime::SpanMut<'a>> {
+    let aligned = buffers.first()?.part_alignment() == Some(MultiTensor::ALIGN);
+    Buffer::span_mut(buffers).filter(|b| aligned && b.len() == layout.len())
+}
+
+/// One update's tensors: the f32 `master` weights with the model's `param` as their copy, or,
+/// without masters, `param` itself (f32 training).
+fn param_state<'a>(
+    master: Option<&'a mut Buffer>,
+    param: &'a mut Buffer,
+    grad: &'a Buffer,
+    exp_avg: &'a mut Buffer,
+    exp_avg_sq: &'a mut Buffer,
+) -> ParamState<'a> {
+    let (param, param_copy) = match master {
+        Some(master) => (master.view_mut(), Some(param.view_mut())),
+        None => (param.view_mut(), None),
+    };
+    ParamState {
+        param,
+        grad: grad.view(),
+        exp_avg: exp_avg.view_mut(),
+        exp_avg_sq: exp_avg_sq.view_mut(),
+        param_copy,
+    }
 }
 
 /// A copy of `buffer` in an allocation of its own.

@@ -150,7 +150,7 @@ fn check_state(op: &'static str, state: &ParamState<'_>, n: usize) -> Result<()>
 /// each starting at a multiple of [`MultiTensor::ALIGN`] elements, and each is in one of a few
 /// parameter groups (a learning-rate multiple and whether it decays).
 pub struct MultiTensor {
-    /// The group of every block of `ALIGN` elements of the span (i32).
+    /// The group of every AdamW block (`BLOCK` elements) of the span, one program each (i32).
     block_group: Buffer,
     /// The span's length in elements: the last tensor's end.
     len: usize,

@@ -64,23 +64,22 @@ impl Drop for HostSection {
 /// Runs `f`, host work that queues device work (an allocation, finding a kernel), and when
 /// profiling is on adds its wall time to the host's table under `name()`.
 pub fn timed_host<T>(name: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
-    if !enabled() {
-        return f();
-    }
-    let start = Instant::now();
-    let out = f();
-    add(host_table(), name(), start.elapsed());
-    out
+    time_into(host_table(), name, f)
 }
 
 /// Runs `f`, and when profiling is on adds its wall time under the name `name()` returns.
 pub(crate) fn timed<T>(name: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
+    time_into(table(), name, f)
+}
+
+/// Runs `f`, and when profiling is on adds its wall time to `table` under `name()`.
+fn time_into<T>(table: &Table, name: impl FnOnce() -> String, f: impl FnOnce() -> T) -> T {
     if !enabled() {
         return f();
     }
     let start = Instant::now();
     let out = f();
-    add(table(), name(), start.elapsed());
+    add(table, name(), start.elapsed());
     out
 }
 
@@ -132,12 +131,10 @@ fn resolve_gpu() {
     {
         let done: Vec<PendingGpu> =
             std::mem::take(&mut *pending().lock().unwrap_or_else(PoisonError::into_inner));
-        let mut t = table().lock().unwrap_or_else(PoisonError::into_inner);
         for p in done {
             if let Ok(ms) = p.start.elapsed_ms(&p.end) {
-                let e = t.entry(p.name).or_default();
-                e.0 += 1;
-                e.1 += Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
+                let spent = Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
+                add(table(), p.name, spent);
             }
         }
     }
@@ -154,7 +151,12 @@ pub fn reset() {
 /// The recorded entries, largest total time first: name, calls, total time.
 pub fn entries() -> Vec<(String, u64, Duration)> {
     resolve_gpu();
-    let t = table().lock().unwrap_or_else(PoisonError::into_inner);
+    sorted(table())
+}
+
+/// `table`'s entries, largest total time first.
+fn sorted(table: &Table) -> Vec<(String, u64, Duration)> {
+    let t = table.lock().unwrap_or_else(PoisonError::into_inner);
     let mut v: Vec<_> = t.iter().map(|(k, &(n, d))| (k.clone(), n, d)).collect();
     v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
     v
@@ -183,16 +185,15 @@ pub fn report() -> String {
         "",
         total.as_secs_f64() * 1e3
     ));
-    let host = host_table().lock().unwrap_or_else(PoisonError::into_inner);
+    let host = sorted(host_table());
     if !host.is_empty() {
-        let mut v: Vec<_> = host.iter().map(|(k, &(n, d))| (k.clone(), n, d)).collect();
-        v.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
-        let total: Duration = v.iter().map(|e| e.2).sum();
+        // No total: a stretch of the step (`step: ...`) includes the calls timed within it.
         out.push_str(&format!(
-            "\nthe host's time to queue it\n{:<40} {:>8} {:>10} {:>9}\n",
-            "kernel / gemm / allocation", "calls", "ms", "us a call"
+            "\nthe host's time to queue it (stretches include the calls within them)\n\
+             {:<40} {:>8} {:>10} {:>9}\n",
+            "kernel / gemm / allocation / stretch", "calls", "ms", "us a call"
         ));
-        for (name, calls, d) in v.iter().take(30) {
+        for (name, calls, d) in host.iter().take(30) {
             out.push_str(&format!(
                 "{:<40} {:>8} {:>10.1} {:>9.1}\n",
                 name,
@@ -201,12 +202,6 @@ pub fn report() -> String {
                 d.as_secs_f64() * 1e6 / (*calls).max(1) as f64
             ));
         }
-        out.push_str(&format!(
-            "{:<40} {:>8} {:>10.1}\n",
-            "total",
-            "",
-            total.as_secs_f64() * 1e3
-        ));
     }
     out
 }
