@@ -149,6 +149,7 @@ impl<'a> Block<'a> {
         let (q_len, kv_len) = (t * self.q_proj.outputs, t * self.kv_proj.outputs);
         let (mut q, mut k, mut v) = (self.alloc(q_len)?, self.alloc(kv_len)?, self.alloc(kv_len)?);
         let mut acts = AdapterActs::default();
+        let mut _section = kiln_runtime::profile::section("block forward: norm, q, k, v, rope");
         let (n1, rstd1) = self.attention_inputs(
             w,
             lora,
@@ -157,9 +158,11 @@ impl<'a> Block<'a> {
             &batch.positions,
             (&mut q, &mut k, &mut v),
         )?;
+        _section = kiln_runtime::profile::section("block forward: attention");
         let mut o = self.alloc(q_len)?;
         let mut lse = self.alloc_f32(t * self.attention.q_heads)?;
         self.attend(&batch.blocks, (&q, &k, &v), &mut o, &mut lse)?;
+        _section = kiln_runtime::profile::section("block forward: o, norm, MLP");
         let after = self.after_attention(w, lora, x, o.view(), out)?;
         Ok(Saved {
             n1,

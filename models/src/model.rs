@@ -507,27 +507,22 @@ impl Model {
         }
         let (ops, t, dtype) = (&*self.ops, batch.tokens, self.dtype());
         let lora_seed = self.lora.as_ref().map_or(0, |l| l.seed);
-        let trunk = kiln_runtime::profile::timed_host(
-            || "step: forward".into(),
-            || self.trunk(batch, pass, lora_seed),
-        )?;
+        let trunk =
+            kiln_runtime::profile::stretch("step: forward", || self.trunk(batch, pass, lora_seed))?;
         let mut d_hidden = ops.device().alloc(dtype, t * self.config.hidden)?;
         let output_grad = grads.as_deref_mut().map(|g| self.output_gradient(g));
-        let ce = kiln_runtime::profile::timed_host(
-            || "step: loss".into(),
-            || {
-                self.cross_entropy(t).forward_backward(
-                    ops,
-                    &trunk.hidden,
-                    self.weights.output(),
-                    &batch.targets,
-                    token_grad,
-                    &mut d_hidden,
-                    output_grad,
-                    true,
-                )
-            },
-        )?;
+        let ce = kiln_runtime::profile::stretch("step: loss", || {
+            self.cross_entropy(t).forward_backward(
+                ops,
+                &trunk.hidden,
+                self.weights.output(),
+                &batch.targets,
+                token_grad,
+                &mut d_hidden,
+                output_grad,
+                true,
+            )
+        })?;
         if let Some(hook) = hook.as_deref_mut() {
             hook(
                 GradsReady::Output,
@@ -535,14 +530,11 @@ impl Model {
                 lora_grads.as_deref_mut(),
             )?;
         }
-        kiln_runtime::profile::timed_host(
-            || "step: backward".into(),
-            || {
-                self.backward_trunk(
-                    batch, trunk, pass, lora_seed, d_hidden, grads, lora_grads, hook,
-                )
-            },
-        )?;
+        kiln_runtime::profile::stretch("step: backward", || {
+            self.backward_trunk(
+                batch, trunk, pass, lora_seed, d_hidden, grads, lora_grads, hook,
+            )
+        })?;
         Ok(PassLoss {
             totals: ce.totals,
             predicted: batch.predicted,

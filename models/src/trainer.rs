@@ -487,10 +487,7 @@ impl Trainer {
             )?;
             votes = Some(vote);
         }
-        kiln_runtime::profile::timed_host(
-            || "step: update".into(),
-            || self.update(&ops, step, total == 0),
-        )?;
+        kiln_runtime::profile::stretch("step: update", || self.update(&ops, step, total == 0))?;
         let report = self.optimizer.read_step()?;
         let stop_votes = votes.map(|v| v.read_later::<f32>()).transpose()?;
         self.state.step = step;

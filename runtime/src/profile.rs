@@ -39,17 +39,43 @@ fn add(table: &Table, name: String, spent: Duration) {
 }
 
 /// A stretch of host code timed into the host's table until it is dropped (when profiling is
-/// on): assign the next section to the same variable to end this one.
+/// on): assign the next section to the same variable to end this one. On a GPU it is also
+/// bracketed by two events, so the report sets the device's wall time over the stretch beside
+/// the time its operations kept the device busy: the difference is the device's idle time there.
 pub struct HostSection {
     name: &'static str,
     start: Option<Instant>,
+    id: u64,
+    #[cfg(feature = "cuda")]
+    gpu_start: Option<cudarc::driver::CudaEvent>,
+}
+
+thread_local! {
+    /// The sections open on this thread (ids and names), which every GPU operation queued
+    /// meanwhile is counted in.
+    static OPEN: std::cell::RefCell<Vec<(u64, &'static str)>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Starts timing the host code from here to the returned section's drop under `name`.
 pub fn section(name: &'static str) -> HostSection {
+    if !enabled() {
+        return HostSection {
+            name,
+            start: None,
+            id: 0,
+            #[cfg(feature = "cuda")]
+            gpu_start: None,
+        };
+    }
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    OPEN.with(|open| open.borrow_mut().push((id, name)));
     HostSection {
         name,
-        start: enabled().then(Instant::now),
+        start: Some(Instant::now()),
+        id,
+        #[cfg(feature = "cuda")]
+        gpu_start: gpu::record(),
     }
 }
 
@@ -57,8 +83,28 @@ impl Drop for HostSection {
     fn drop(&mut self) {
         if let Some(start) = self.start {
             add(host_table(), self.name.to_string(), start.elapsed());
+            // (A section replaced by the next one ends after that one began: remove by id.)
+            OPEN.with(|open| open.borrow_mut().retain(|&(id, _)| id != self.id));
+            #[cfg(feature = "cuda")]
+            if let (Some(start), Some(end)) = (self.gpu_start.take(), gpu::record()) {
+                gpu::pending()
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(gpu::Pending {
+                        name: self.name.to_string(),
+                        start,
+                        end,
+                        kind: gpu::Kind::Stretch,
+                    });
+            }
         }
     }
+}
+
+/// Runs `f` as a [`section`] named `name`.
+pub fn stretch<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    let _section = section(name);
+    f()
 }
 
 /// Runs `f`, host work that queues device work (an allocation, finding a kernel), and when
@@ -83,18 +129,50 @@ fn time_into<T>(table: &Table, name: impl FnOnce() -> String, f: impl FnOnce() -
     out
 }
 
-/// A GPU launch bracketed by events, whose time is read when the table is.
+/// Events on the device's stream: per operation, and per stretch of the step.
 #[cfg(feature = "cuda")]
-struct PendingGpu {
-    name: String,
-    start: cudarc::driver::CudaEvent,
-    end: cudarc::driver::CudaEvent,
+mod gpu {
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use cudarc::driver::{CudaEvent, CudaStream};
+
+    pub(super) enum Kind {
+        /// One kernel, GEMM or memset, counted in these open sections.
+        Op(Vec<&'static str>),
+        /// A whole section, from its first operation's queueing to its end.
+        Stretch,
+    }
+
+    /// Two events around GPU work, resolved when the table is read.
+    pub(super) struct Pending {
+        pub(super) name: String,
+        pub(super) start: CudaEvent,
+        pub(super) end: CudaEvent,
+        pub(super) kind: Kind,
+    }
+
+    pub(super) fn pending() -> &'static Mutex<Vec<Pending>> {
+        static PENDING: OnceLock<Mutex<Vec<Pending>>> = OnceLock::new();
+        PENDING.get_or_init(Default::default)
+    }
+
+    /// The stream sections are timed on: the first GPU's (the runtime queues everything there).
+    pub(super) fn stream() -> &'static OnceLock<Arc<CudaStream>> {
+        static STREAM: OnceLock<Arc<CudaStream>> = OnceLock::new();
+        &STREAM
+    }
+
+    /// An event recorded on the sections' stream now, if there is a GPU.
+    pub(super) fn record() -> Option<CudaEvent> {
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        stream().get()?.record_event(flags).ok()
+    }
 }
 
+/// Sets the stream the sections are timed on (the first GPU opened).
 #[cfg(feature = "cuda")]
-fn pending() -> &'static Mutex<Vec<PendingGpu>> {
-    static PENDING: OnceLock<Mutex<Vec<PendingGpu>>> = OnceLock::new();
-    PENDING.get_or_init(Default::default)
+pub(crate) fn watch_stream(stream: &std::sync::Arc<cudarc::driver::CudaStream>) {
+    let _ = gpu::stream().set(stream.clone());
 }
 
 /// Queues `f` (GPU work on `stream`) between two events when profiling is on; its device time
@@ -117,24 +195,55 @@ pub(crate) fn timed_gpu<T>(
     let name = name();
     add(host_table(), name.clone(), queued);
     if let (Some(start), Ok(end)) = (start, stream.record_event(flags)) {
-        pending()
+        let sections = OPEN.with(|open| open.borrow().iter().map(|&(_, n)| n).collect());
+        gpu::pending()
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(PendingGpu { name, start, end });
+            .push(gpu::Pending {
+                name,
+                start,
+                end,
+                kind: gpu::Kind::Op(sections),
+            });
     }
     out
 }
 
-/// Waits for the recorded GPU launches and moves their device times into the table.
+/// The device's wall time over each section, and the time its operations were busy in it.
+fn stretch_table() -> &'static Mutex<HashMap<String, (u64, Duration, Duration)>> {
+    static TABLE: OnceLock<Mutex<HashMap<String, (u64, Duration, Duration)>>> = OnceLock::new();
+    TABLE.get_or_init(Default::default)
+}
+
+/// Waits for the recorded GPU launches and moves their device times into the tables.
 fn resolve_gpu() {
     #[cfg(feature = "cuda")]
     {
-        let done: Vec<PendingGpu> =
-            std::mem::take(&mut *pending().lock().unwrap_or_else(PoisonError::into_inner));
+        let done: Vec<gpu::Pending> = std::mem::take(
+            &mut *gpu::pending()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut stretches = stretch_table()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for p in done {
-            if let Ok(ms) = p.start.elapsed_ms(&p.end) {
-                let spent = Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
-                add(table(), p.name, spent);
+            let Ok(ms) = p.start.elapsed_ms(&p.end) else {
+                continue;
+            };
+            let spent = Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3);
+            match p.kind {
+                gpu::Kind::Op(sections) => {
+                    add(table(), p.name, spent);
+                    for s in sections {
+                        stretches.entry(s.to_string()).or_default().2 += spent;
+                    }
+                }
+                gpu::Kind::Stretch => {
+                    let e = stretches.entry(p.name).or_default();
+                    e.0 += 1;
+                    e.1 += spent;
+                }
             }
         }
     }
@@ -146,6 +255,10 @@ pub fn reset() {
     for t in [table(), host_table()] {
         t.lock().unwrap_or_else(PoisonError::into_inner).clear();
     }
+    stretch_table()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clear();
 }
 
 /// The recorded entries, largest total time first: name, calls, total time.
@@ -185,6 +298,32 @@ pub fn report() -> String {
         "",
         total.as_secs_f64() * 1e3
     ));
+    let mut stretches: Vec<_> = stretch_table()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter(|(_, e)| e.0 > 0)
+        .map(|(k, &e)| (k.clone(), e))
+        .collect();
+    if !stretches.is_empty() {
+        stretches.sort_by(|a, b| b.1 .1.cmp(&a.1 .1).then_with(|| a.0.cmp(&b.0)));
+        out.push_str(&format!(
+            "\nthe device's time over each stretch of the step: wall, busy in its operations, idle\n\
+             {:<40} {:>8} {:>10} {:>10} {:>10}\n",
+            "stretch", "calls", "wall ms", "busy ms", "idle ms"
+        ));
+        for (name, (calls, wall, busy)) in stretches {
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            out.push_str(&format!(
+                "{:<40} {:>8} {:>10.1} {:>10.1} {:>10.1}\n",
+                name,
+                calls,
+                ms(wall),
+                ms(busy),
+                ms(wall) - ms(busy)
+            ));
+        }
+    }
     let host = sorted(host_table());
     if !host.is_empty() {
         // No total: a stretch of the step (`step: ...`) includes the calls timed within it.

@@ -5,6 +5,7 @@ pub mod data;
 pub mod gemm;
 mod gpu;
 mod handwritten;
+pub mod host_profile;
 pub mod jit;
 pub mod kernels;
 pub mod ops;

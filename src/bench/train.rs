@@ -444,8 +444,15 @@ fn kiln_steps(
     let mut metrics = vec![];
     let mut submit_s = vec![];
     let mut pending: Option<PendingStep> = None;
+    let mut host_profile = None;
     for i in 0..=args.steps + 1 {
         // Queue step i + 1 (1-based) before reading step i.
+        if i == 1 {
+            // KILN_PROFILE and KILN_HOST_PROFILE cover the timed steps (2 on) exactly: step 1
+            // (the warm-up) is queued by now, step 2 not yet.
+            kiln::runtime::profile::reset();
+            host_profile = super::host_profile::HostProfile::start();
+        }
         let next = if i <= args.steps {
             let start = std::time::Instant::now();
             let step = trainer.submit().map_err(|e| e.to_string())?;
@@ -464,12 +471,15 @@ fn kiln_steps(
                     m.step, m.grad_norm, m.skipped
                 ));
             }
-            if m.step == 1 {
-                kiln::runtime::profile::reset(); // KILN_PROFILE: the timed steps only
-            }
             metrics.push(m);
         }
         pending = next;
+    }
+    if let Some(profile) = host_profile {
+        eprintln!(
+            "kiln {mode}: the host's CPU time in the timed steps\n{}",
+            profile.report()
+        );
     }
     if kiln::runtime::profile::enabled() {
         eprintln!(

@@ -46,6 +46,7 @@ impl CudaDevice {
         // order already orders them; cudarc's per-buffer events would only add overhead. This
         // runs before any buffer of this context is created by us.
         unsafe { ctx.disable_event_tracking() };
+        crate::profile::watch_stream(&stream);
         Ok(CudaDevice {
             uploads: Pool::uploads(&ctx),
             downloads: Pool::downloads(&ctx),
