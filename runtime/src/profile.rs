@@ -209,9 +209,13 @@ pub(crate) fn timed_gpu<T>(
     out
 }
 
+/// Per section: how often it ran, the device's wall time over it, and the time its operations
+/// were busy in it.
+type StretchTable = Mutex<HashMap<String, (u64, Duration, Duration)>>;
+
 /// The device's wall time over each section, and the time its operations were busy in it.
-fn stretch_table() -> &'static Mutex<HashMap<String, (u64, Duration, Duration)>> {
-    static TABLE: OnceLock<Mutex<HashMap<String, (u64, Duration, Duration)>>> = OnceLock::new();
+fn stretch_table() -> &'static StretchTable {
+    static TABLE: OnceLock<StretchTable> = OnceLock::new();
     TABLE.get_or_init(Default::default)
 }
 
