@@ -508,3 +508,35 @@ fn gemm_at_qwen2_mlp_size_matches_sampled_reference_entries_on_gpu() {
         );
     }
 }
+
+/// On a GPU a class of shapes runs with cuBLASLt's first pick until its candidates have been
+/// measured (queued beside the first product, in place when it overwrites C, into scratch when
+/// it adds to C), then with the fastest: the products of a training step's skinny shapes (LoRA's
+/// rank-wide ones, weight gradients over many tokens) match the reference before and after.
+#[test]
+fn gemm_matches_the_reference_before_and_after_its_algorithm_is_chosen_by_measurement() {
+    let name = "gemm_matches_the_reference_before_and_after_its_algorithm_is_chosen_by_measurement";
+    let Some(gpu) = cuda_or_skip(name) else {
+        return;
+    };
+    let mut rng = Rng(17);
+    let (bf, f32_) = (DType::Bf16, DType::F32);
+    for (spec, c) in [
+        (Gemm::new(4096, 32, 896).transpose_b(), bf), // u = x Aᵀ
+        (Gemm::new(32, 896, 4096).transpose_a().with_beta(1.0), f32_), // dA += duᵀ x
+        (Gemm::new(4096, 896, 32).with_beta(1.0), bf), // dx += du A
+        (Gemm::new(1, 128, 4096).with_beta(1.0), f32_), // a bias gradient
+    ] {
+        // Downloading each result waits for the trials queued with the first product, so the
+        // second and third run with the class's measured choice.
+        for _ in 0..3 {
+            let case = Case {
+                spec,
+                ab: bf,
+                c,
+                bias: None,
+            };
+            check(&gpu, case, &mut rng);
+        }
+    }
+}

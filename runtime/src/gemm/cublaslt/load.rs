@@ -18,7 +18,7 @@ const SONAMES: [&str; 2] = ["libcublasLt.so.13", "libcublasLt.so.12"];
 
 /// Every cuBLASLt function this crate calls: checked up front, as cudarc panics on a missing
 /// symbol at its first call.
-const SYMBOLS: [&str; 12] = [
+const SYMBOLS: [&str; 14] = [
     "cublasLtCreate",
     "cublasLtDestroy",
     "cublasLtMatmulDescCreate",
@@ -30,6 +30,8 @@ const SYMBOLS: [&str; 12] = [
     "cublasLtMatmulPreferenceSetAttribute",
     "cublasLtMatmulPreferenceDestroy",
     "cublasLtMatmulAlgoGetHeuristic",
+    "cublasLtMatmulAlgoCheck",
+    "cublasLtMatmulAlgoConfigGetAttribute",
     "cublasLtMatmul",
 ];
 
