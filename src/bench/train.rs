@@ -57,8 +57,9 @@ pub struct TrainBenchArgs {
     /// (written to a temporary folder), e.g. bench/qwen2.5-0.5b.config.json.
     #[arg(long, value_name = "CONFIG", conflicts_with = "model")]
     random: Option<PathBuf>,
-    /// Timed steps per mode (after one warm-up step).
-    #[arg(long, default_value_t = 4)]
+    /// Timed steps per mode (after one warm-up step, and before one more that gives the last
+    /// of them its time).
+    #[arg(long, default_value_t = 4, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     steps: usize,
     /// Modes, comma-separated: lora, full.
     #[arg(long, value_delimiter = ',', default_value = "lora,full")]
@@ -316,8 +317,8 @@ fn bench_sequences(args: &TrainBenchArgs, vocab: usize, world: usize) -> Vec<Seq
     // which the shuffled bins would put among the timed steps); Best-Fit-Decreasing leaves a
     // little of each varlen step empty: draw half as many again.
     let wanted = match args.data.as_str() {
-        "varlen" => (args.steps + 1) * step_tokens * 3 / 2,
-        _ => (args.steps + 2) * step_tokens,
+        "varlen" => (args.steps + 2) * step_tokens * 3 / 2,
+        _ => (args.steps + 3) * step_tokens,
     };
     let mut sequences = vec![];
     let mut total = 0;
@@ -415,7 +416,7 @@ fn kiln_steps(
         },
         max_seq_len: args.micro_batch_tokens.unwrap_or(tokens),
         tokens_per_step: tokens * dp.map_or(1, |d| d.2),
-        length: Length::Steps(args.steps + 1),
+        length: Length::Steps(args.steps + 2),
         warmup_steps: Some(0),
         seed: 1,
         recompute: args.recompute,
@@ -445,7 +446,12 @@ fn kiln_steps(
     let mut submit_s = vec![];
     let mut pending: Option<PendingStep> = None;
     let mut host_profile = None;
-    for i in 0..=args.steps + 1 {
+    let mut reports = (None, None);
+    // A step's time runs from the previous step's collect to its own (`Trainer::collect`). On
+    // a CPU, submitting a step runs it, so each step's interval holds the next one's submit:
+    // one more step after the timed ones gives the last of them its time (it is not counted).
+    let submitted = args.steps + 2;
+    for i in 0..=submitted {
         // Queue step i + 1 (1-based) before reading step i.
         if i == 1 {
             // KILN_PROFILE and KILN_HOST_PROFILE cover the timed steps (2 on) exactly: step 1
@@ -453,10 +459,17 @@ fn kiln_steps(
             kiln::runtime::profile::reset();
             host_profile = super::host_profile::HostProfile::start();
         }
-        let next = if i <= args.steps {
+        if i == args.steps + 1 {
+            // Every timed step is queued; the one after them is not profiled.
+            reports = (
+                host_profile.take().map(|p| p.report()),
+                kiln::runtime::profile::enabled().then(kiln::runtime::profile::report),
+            );
+        }
+        let next = if i < submitted {
             let start = std::time::Instant::now();
             let step = trainer.submit().map_err(|e| e.to_string())?;
-            if i > 0 {
+            if (1..=args.steps).contains(&i) {
                 submit_s.push(start.elapsed().as_secs_f64());
             }
             Some(step)
@@ -475,20 +488,16 @@ fn kiln_steps(
         }
         pending = next;
     }
-    if let Some(profile) = host_profile {
+    if let Some(report) = reports.0 {
+        eprintln!("kiln {mode}: the host's CPU time in the timed steps\n{report}");
+    }
+    if let Some(report) = reports.1 {
         eprintln!(
-            "kiln {mode}: the host's CPU time in the timed steps\n{}",
-            profile.report()
+            "kiln {mode}: where the {} timed steps went (KILN_PROFILE)\n{report}",
+            args.steps
         );
     }
-    if kiln::runtime::profile::enabled() {
-        eprintln!(
-            "kiln {mode}: where the {} timed steps went (KILN_PROFILE)\n{}",
-            args.steps,
-            kiln::runtime::profile::report()
-        );
-    }
-    let timed = &metrics[1..];
+    let timed = &metrics[1..=args.steps];
     let median = |mut x: Vec<f64>| {
         x.sort_by(f64::total_cmp);
         x[x.len() / 2]
