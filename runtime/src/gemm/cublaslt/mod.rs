@@ -265,9 +265,13 @@ impl Lt {
         }
         if self.tuning.knows(&class) {
             let first = self.candidates(spec, problem, &key, 1)?[0];
-            self.algos.insert(key, (first, false));
-            // (The class may be chosen already: the next product of this key applies it.)
-            return Ok(first);
+            let choice = match self.tuning.chosen(&class) {
+                Some(chosen) if self.accepts(problem, &chosen) => (chosen, true),
+                Some(_) => (first, true),
+                None => (first, false),
+            };
+            self.algos.insert(key, choice);
+            return Ok(choice.0);
         }
         let candidates = self.candidates(spec, problem, &key, tune::CANDIDATES)?;
         let first = candidates[0];
