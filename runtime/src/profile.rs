@@ -5,7 +5,10 @@
 //! synchronous, so their wall time is exact. A GPU launch returns before the work runs, so it is
 //! bracketed by two CUDA events on the device's stream and resolved (device time) when the table
 //! is read: the sum is the device's busy time, and the launch gaps between kernels are what the
-//! step's wall time adds to it. [`report`] formats the table, largest total first.
+//! step's wall time adds to it. Named stretches of host code ([`section`], [`stretch`]) add the
+//! host's time to queue them and, on a GPU, the device's wall time over them beside the busy
+//! time of the operations queued inside, so idle time is found where it lies. [`report`] formats
+//! the tables, largest total first.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
