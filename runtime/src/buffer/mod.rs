@@ -165,14 +165,12 @@ impl Buffer {
             None => Pending::Cuda(
                 cuda::read_later(self.cuda_device()?, self.address(), self.size_bytes())?,
                 self.device.clone(),
+                self.len,
             ),
             #[cfg(not(feature = "cuda"))]
             None => unreachable!("device memory without the cuda feature"),
         };
-        Ok(PendingRead {
-            len: self.len,
-            state,
-        })
+        Ok(PendingRead { state })
     }
 
     /// Overwrites the contents with `data`, which must have the buffer's element type and length.
@@ -328,14 +326,14 @@ fn device_of(device: &Device) -> Result<&crate::device::cuda::CudaDevice> {
 
 /// A download queued by [`Buffer::read_later`].
 pub struct PendingRead<T: Element> {
-    len: usize,
     state: Pending<T>,
 }
 
 enum Pending<T> {
     Ready(Vec<T>),
+    /// A copy in flight, of this many elements.
     #[cfg(feature = "cuda")]
-    Cuda(cuda::Pending, Device),
+    Cuda(cuda::Pending, Device, usize),
 }
 
 impl<T: Element> PendingRead<T> {
@@ -344,7 +342,7 @@ impl<T: Element> PendingRead<T> {
         match &self.state {
             Pending::Ready(_) => true,
             #[cfg(feature = "cuda")]
-            Pending::Cuda(p, _) => p.is_ready(),
+            Pending::Cuda(p, _, _) => p.is_ready(),
         }
     }
 
@@ -354,11 +352,11 @@ impl<T: Element> PendingRead<T> {
         match self.state {
             Pending::Ready(values) => Ok(values),
             #[cfg(feature = "cuda")]
-            Pending::Cuda(pending, device) => {
+            Pending::Cuda(pending, device, len) => {
                 if !pending.is_ready() {
                     device_of(&device)?.count_wait();
                 }
-                let mut out = vec![zeroed::<T>(); self.len];
+                let mut out = vec![zeroed::<T>(); len];
                 pending.wait_into(as_bytes_mut(&mut out))?;
                 Ok(out)
             }
