@@ -513,6 +513,25 @@ fn embedding_forward_and_backward_with_repeated_ids() {
     });
 }
 
+/// The hyperparameters of the AdamW tests against the reference.
+const CHECKED_ADAMW: AdamW = AdamW {
+    beta1: 0.9,
+    beta2: 0.95,
+    eps: 1e-8,
+    weight_decay: 0.1,
+};
+
+/// One tensor's update state: its `[param, grad, exp_avg, exp_avg_sq]` buffers and bf16 copy.
+fn param_state<'a>([p, g, m, v]: &'a mut [Buffer; 4], copy: &'a mut Buffer) -> ParamState<'a> {
+    ParamState {
+        param: p.view_mut(),
+        grad: g.view(),
+        exp_avg: m.view_mut(),
+        exp_avg_sq: v.view_mut(),
+        param_copy: Some(copy.view_mut()),
+    }
+}
+
 /// Random AdamW state of `n` elements: weights, gradient, first and (non-negative) second moment.
 fn adam_tensors(h: &Harness, n: usize) -> [Vec<f64>; 4] {
     let v: Vec<f64> = h.rand_f32(n, 0.01).iter().map(|x| x * x).collect();
@@ -527,12 +546,7 @@ fn adam_tensors(h: &Harness, n: usize) -> [Vec<f64>; 4] {
 #[test]
 fn adamw_with_global_norm_clipping_and_two_groups() {
     for_each_device(|h| {
-        let adamw = AdamW {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        };
+        let adamw = CHECKED_ADAMW;
         // Two tensors in two groups (LoRA+: B learns 16x faster than A).
         let sizes = [1000usize, 4097];
         let lrs = [1e-3f32, 16e-3];
@@ -563,14 +577,8 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
                 control.add_grad(&h.ops, &b[1]).unwrap();
             }
             control.finish(&h.ops, Some(max_norm), false).unwrap();
-            for (([p, g, m, v], copy), &lr) in bufs.iter_mut().zip(&mut copies).zip(&lrs) {
-                let mut state = ParamState {
-                    param: p.view_mut(),
-                    grad: g.view(),
-                    exp_avg: m.view_mut(),
-                    exp_avg_sq: v.view_mut(),
-                    param_copy: Some(copy.view_mut()),
-                };
+            for ((tensor, copy), &lr) in bufs.iter_mut().zip(&mut copies).zip(&lrs) {
+                let mut state = param_state(tensor, copy);
                 adamw.update(&h.ops, &mut state, &control, lr).unwrap();
             }
             let block = h.read(control.control());
@@ -617,12 +625,7 @@ fn adamw_with_global_norm_clipping_and_two_groups() {
 #[test]
 fn adamw_of_many_tensors_in_one_launch_equals_one_launch_per_tensor_bit_for_bit() {
     for_each_device(|h| {
-        let adamw = AdamW {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        };
+        let adamw = CHECKED_ADAMW;
         // Lengths off the alignment (gaps between parts), three groups in no order, one empty.
         let lens = [1000usize, 4097, 0, 1024, 33, 2500];
         let group = [0u32, 1, 0, 2, 1, 0];
@@ -668,15 +671,9 @@ fn adamw_of_many_tensors_in_one_launch_equals_one_launch_per_tensor_bit_for_bit(
             // (Each `finish` counts an update: both paths below see the same t.)
             let tensor_by_tensor = h.read(control.control())[c::CLIP..=c::GRAD_NORM].to_vec();
             assert_eq!(tensor_by_tensor, spanned, "the norms differ");
-            for (k, ([p, g, m, v], copy)) in single.iter_mut().zip(&mut single_copies).enumerate() {
+            for (k, (tensor, copy)) in single.iter_mut().zip(&mut single_copies).enumerate() {
                 let (lr, wd) = rates[group[k] as usize];
-                let mut state = ParamState {
-                    param: p.view_mut(),
-                    grad: g.view(),
-                    exp_avg: m.view_mut(),
-                    exp_avg_sq: v.view_mut(),
-                    param_copy: Some(copy.view_mut()),
-                };
+                let mut state = param_state(tensor, copy);
                 let adamw = AdamW {
                     weight_decay: wd,
                     ..adamw
