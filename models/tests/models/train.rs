@@ -672,16 +672,24 @@ fn submitted_steps_do_not_wait_for_the_device_and_match_steps_run_one_at_a_time(
             .chain(pending)
             .map(|p| queued.collect(p).unwrap())
             .collect();
+        // The gradients and the update are deterministic where the GEMMs are (not while they
+        // are tuned by measurement: a class of shapes switches algorithms once timed, at a
+        // point that differs between the two runs); the loss total is summed with atomics on
+        // the GPU, so it may differ in its last bits.
+        let exact = ops.device().gemm_reproducible();
         for (g, w) in got.iter().zip(&want) {
             assert_eq!((g.step, g.tokens, g.skipped), (w.step, w.tokens, w.skipped));
-            // The gradients and the update are deterministic; the loss total is summed with
-            // atomics on the GPU, so it may differ in its last bits.
-            assert_eq!(
-                g.grad_norm.to_bits(),
-                w.grad_norm.to_bits(),
-                "step {}",
-                g.step
-            );
+            if exact {
+                assert_eq!(
+                    g.grad_norm.to_bits(),
+                    w.grad_norm.to_bits(),
+                    "step {}",
+                    g.step
+                );
+            } else {
+                let r = rel(g.grad_norm, w.grad_norm);
+                assert!(r < 1e-5, "step {}: grad norm rel {r:.1e}", g.step);
+            }
             assert!(
                 rel(g.loss, w.loss) < 1e-6,
                 "step {}: {} vs {}",

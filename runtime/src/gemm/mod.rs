@@ -147,6 +147,18 @@ impl fmt::Display for Gemm {
 }
 
 impl Device {
+    /// Whether this device's products give the same bits for the same operands in every run of
+    /// a program: always on the CPU; on a GPU unless products are tuned by measurement, which
+    /// switches a class of shapes to the fastest algorithm once timed (`KILN_GEMM_TUNE=0` keeps
+    /// the heuristic's first pick: the deterministic mode).
+    pub fn gemm_reproducible(&self) -> bool {
+        match self.inner() {
+            Inner::Cpu { .. } => true,
+            #[cfg(feature = "cuda")]
+            Inner::Cuda(_) => !cublaslt::tuned(),
+        }
+    }
+
     /// Computes `c = spec.alpha * op(a) @ op(b) + spec.beta * c (+ bias)` (see [`Gemm`]).
     ///
     /// Operands are views: `&buffer` or [`crate::Buffer::view`] for a whole buffer,

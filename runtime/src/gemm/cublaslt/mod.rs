@@ -12,6 +12,11 @@ mod load;
 mod problem;
 mod tune;
 
+/// Whether products are tuned by measurement ([`tune`]), so not bit-for-bit reproducible.
+pub(crate) fn tuned() -> bool {
+    tune::enabled()
+}
+
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Mutex, PoisonError};
