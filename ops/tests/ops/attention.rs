@@ -292,8 +292,7 @@ fn decode_steps_match_the_full_forward() {
         attn.forward(&h.ops, &full, &q, &k, &v, &mut o_full, &mut lse_full)
             .unwrap();
         let o_full = h.read(&o_full);
-        // Past 64 rows, a step's first row is not aligned to a key block: the keys wholly before it
-        // are unmasked, the block holding it masked.
+        // The last two steps start past the first key block, and not on a block boundary.
         for (past, new) in [(0, 5), (5, 1), (6, 17), (23, 14), (70, 9), (127, 23)] {
             assert!(past + new <= tokens);
             let blocks = PackedBlocks::decode(&h.ops, past, new, capacity).unwrap();

@@ -155,7 +155,7 @@ impl Device {
         match self.inner() {
             Inner::Cpu { .. } => true,
             #[cfg(feature = "cuda")]
-            Inner::Cuda(_) => !cublaslt::tuned(),
+            Inner::Cuda(_) => !cublaslt::tune::enabled(),
         }
     }
 

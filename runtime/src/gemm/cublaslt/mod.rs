@@ -10,12 +10,7 @@
 mod desc;
 mod load;
 mod problem;
-mod tune;
-
-/// Whether products are tuned by measurement ([`tune`]), so not bit-for-bit reproducible.
-pub(crate) fn tuned() -> bool {
-    tune::enabled()
-}
+pub(crate) mod tune;
 
 use std::collections::HashMap;
 use std::ffi::c_void;

@@ -37,7 +37,7 @@ pub(super) const RUNS: usize = 3;
 pub(super) const SCRATCH_MAX: usize = 64 << 20;
 
 /// Whether products are tuned: unless `KILN_GEMM_TUNE=0` (read once).
-pub(super) fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_GEMM_TUNE").map_or(true, |v| v != "0"))
 }
